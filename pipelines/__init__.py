@@ -1,0 +1,1 @@
+"""facegen.pipelines: diffusion pipelines and the synthetic dataset generator."""

@@ -1,0 +1,1 @@
+"""facegen.training: Accelerate training loops and face-recognition evaluation."""
