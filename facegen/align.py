@@ -175,7 +175,9 @@ def paste_back(
         raise ValueError(f"`new_crop` must be uint8 (S, S, 3), got {crop.dtype} {crop.shape}")
     s = aligned.size
     if crop.shape[:2] != (s, s):
-        crop = cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA if crop.shape[0] > s else cv2.INTER_CUBIC)
+        crop = cv2.resize(
+            crop, (s, s), interpolation=cv2.INTER_AREA if crop.shape[0] > s else cv2.INTER_CUBIC
+        )
     if mask is None:
         m = feather_mask(s, feather)
     else:

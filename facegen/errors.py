@@ -20,6 +20,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelNotAvailableError",
     "NoFaceDetectedError",
+    "OutputError",
     "UnknownNameError",
 ]
 
@@ -113,7 +114,9 @@ class UnknownNameError(FacegenError, KeyError):
         self.kind = kind
         self.name = name
         self.valid = sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(self.valid) or '(none)'}")
+        super().__init__(
+            f"unknown {kind} {name!r}; valid names: {', '.join(self.valid) or '(none)'}"
+        )
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0])
@@ -132,3 +135,7 @@ class MissingDependencyError(FacegenError, ImportError):
 
 class DeviceNotAvailableError(FacegenError, ValueError):
     """A device was requested that this machine or runtime cannot use."""
+
+
+class OutputError(FacegenError, OSError):
+    """An output could not be written (unwritable path, disk full, name escaping its folder, …)."""

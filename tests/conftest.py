@@ -1,0 +1,60 @@
+"""Shared fixtures: real photos that ship inside installed packages, and the ORL set."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ORL_DIR = REPO.parent / "shared" / "data" / "orl_faces"
+
+
+def _insightface_images() -> Path:
+    spec = importlib.util.find_spec("insightface")
+    assert spec is not None and spec.origin is not None, "insightface must be installed"
+    return Path(spec.origin).parent / "data" / "images"
+
+
+@pytest.fixture(scope="session")
+def t1_path() -> Path:
+    """insightface's group photo: six different people."""
+    return _insightface_images() / "t1.jpg"
+
+
+@pytest.fixture(scope="session")
+def hanks_path() -> Path:
+    """insightface's Tom Hanks photo (a 112×112 face crop)."""
+    return _insightface_images() / "Tom_Hanks_54745.png"
+
+
+@pytest.fixture(scope="session")
+def t1_image(t1_path: Path) -> np.ndarray:
+    from facegen.image_io import load_image
+
+    return load_image(t1_path)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut (one face, 512×512 RGB)."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def orl_dir() -> Path:
+    if not ORL_DIR.is_dir():
+        pytest.skip(f"ORL faces not present at {ORL_DIR} (the shared data folder beside the repo)")
+    return ORL_DIR
+
+
+@pytest.fixture(scope="session")
+def dlib_analyzer():
+    """The out-of-the-box analyzer (dlib HOG + 68 points + dlib ResNet), built once."""
+    from facegen.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer.from_names("dlib", None, "dlib")
