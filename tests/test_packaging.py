@@ -16,7 +16,13 @@ LAYERS = {  # folder → import names it must NOT use (imports only go down the 
     "pipelines": ["facegen.training", "facegen.app"],
     "training": ["facegen.app"],
 }
-SUBPACKAGES = ["facegen", "facegen.adapters", "facegen.pipelines", "facegen.training", "facegen.app"]
+SUBPACKAGES = [
+    "facegen",
+    "facegen.adapters",
+    "facegen.pipelines",
+    "facegen.training",
+    "facegen.app",
+]
 
 
 @pytest.mark.parametrize("folder", sorted(LAYERS))
@@ -46,7 +52,16 @@ def test_core_import_is_light() -> None:
 def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(dist),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -73,7 +88,9 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
         f"[importlib.import_module(m) for m in {SUBPACKAGES!r}];"
         "print(facegen.__file__)"
     )
-    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    out = subprocess.run(
+        [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
     assert str(venv) in out.stdout, f"imported the wrong facegen: {out.stdout}"
     cli = subprocess.run(
         [str(venv / "bin" / "facegen"), "--help"], capture_output=True, text=True, cwd=tmp_path

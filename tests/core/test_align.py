@@ -16,7 +16,9 @@ from facegen.align import (
 from facegen.types import Face, transform_points
 
 
-def _kps_from(rng: np.random.Generator, center: np.ndarray, scale: float, angle: float) -> np.ndarray:
+def _kps_from(
+    rng: np.random.Generator, center: np.ndarray, scale: float, angle: float
+) -> np.ndarray:
     base = (arcface_template(112) - 56.0) * scale
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, -s], [s, c]])
@@ -43,7 +45,9 @@ def test_arcface_template_sizes() -> None:
         arcface_template(8)
 
 
-def test_crop_matches_insightface_norm_crop_on_real_photos(t1_image, dlib_analyzer, astronaut) -> None:
+def test_crop_matches_insightface_norm_crop_on_real_photos(
+    t1_image, dlib_analyzer, astronaut
+) -> None:
     """At 112 (and 512) our crop equals insightface's norm_crop to within one grey level."""
     from insightface.utils import face_align
 

@@ -23,7 +23,10 @@ def test_presets_name_the_published_files() -> None:
     names = {p.name for p in hub.presets()}
     assert {"antelopev2", "buffalo_l", "arc2face-arcface", "dlib"} <= names
     a = hub.get_preset("antelopev2")
-    assert a.file_for("detector") == "scrfd_10g_bnkps.onnx" and a.file_for("recognition") == "glintr100.onnx"
+    assert (
+        a.file_for("detector") == "scrfd_10g_bnkps.onnx"
+        and a.file_for("recognition") == "glintr100.onnx"
+    )
     b = hub.get_preset("buffalo_l")
     assert (b.repo_id, b.subfolder, b.file_for("recognition")) == (
         "public-data/insightface",
@@ -61,7 +64,10 @@ def test_resolution_order(isolated: Path) -> None:
     explicit = isolated / "mine.onnx"
     explicit.write_bytes(b"y")
     assert hub.resolve("buffalo_l", "w600k_r50.onnx", path=explicit) == explicit
-    assert hub.resolve("buffalo_l", "w600k_r50.onnx", path=isolated / "fg" / "models" / "buffalo_l") == own
+    assert (
+        hub.resolve("buffalo_l", "w600k_r50.onnx", path=isolated / "fg" / "models" / "buffalo_l")
+        == own
+    )
     with pytest.raises(ModelNotAvailableError, match="explicit path"):
         hub.resolve("buffalo_l", "w600k_r50.onnx", path=isolated / "nope.onnx")
     # insightface's own folder is looked at too

@@ -18,7 +18,10 @@ from facegen.identity import (
 def test_blockwise_similarity_equals_dense() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(37, 16)), rng.normal(size=(11, 16))
-    an, bn = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    an, bn = (
+        a / np.linalg.norm(a, axis=1, keepdims=True),
+        b / np.linalg.norm(b, axis=1, keepdims=True),
+    )
     np.testing.assert_allclose(cosine_similarity_matrix(a, b, block_size=5), an @ bn.T, atol=1e-5)
     s = cosine_similarity_matrix(a, block_size=8)
     np.testing.assert_allclose(np.diag(s), 1.0, atol=1e-5)

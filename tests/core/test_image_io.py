@@ -19,10 +19,17 @@ def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims w×h pixels, with one tiny IDAT: a decompression-bomb header."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture()
@@ -82,7 +89,9 @@ def test_real_photo_loads_as_rgb_uint8(t1_path: Path) -> None:
         ("huge", "limit"),
     ],
 )
-def test_bad_files_raise_invalid_image_naming_the_file(corpus: dict[str, Path], key: str, match: str) -> None:
+def test_bad_files_raise_invalid_image_naming_the_file(
+    corpus: dict[str, Path], key: str, match: str
+) -> None:
     with pytest.raises(InvalidImageError, match=match) as ei:
         load_image(corpus[key])
     assert str(corpus[key]) in str(ei.value)
