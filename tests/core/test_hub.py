@@ -102,3 +102,29 @@ def test_offline_flag_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEGEN_OFFLINE", "1")
     assert hub.is_offline() is True
     assert hub.is_offline(False) is False
+
+
+def test_url_download_checks_sha256_and_writes_atomically(isolated: Path, monkeypatch) -> None:
+    import hashlib
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    src = isolated / "served.bin"
+    src.write_bytes(b"weights" * 100)
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    preset = hub.ModelPreset(
+        name="toy",
+        description="",
+        files=("toy.bin",),
+        license="test",
+        urls={"toy.bin": src.as_uri()},
+        sha256={"toy.bin": "0" * 64},
+    )
+    with pytest.raises(ModelNotAvailableError, match="checksum mismatch"):
+        hub.resolve(preset)
+    dest_dir = isolated / "fg" / "models" / "toy"
+    assert not any(dest_dir.iterdir())  # no partial file left behind
+    ok = hub.ModelPreset(**{**preset.__dict__, "sha256": {"toy.bin": good}})
+    got = hub.resolve(ok)
+    assert got == dest_dir / "toy.bin" and got.read_bytes() == src.read_bytes()
+    # offline: the local copy is found without any download
+    assert hub.resolve(ok, offline=True) == got

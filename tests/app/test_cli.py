@@ -1,0 +1,143 @@
+"""The `facegen` command line, run in-process and as a real subprocess, on real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facegen.app.cli import main
+from facegen.embedding_io import load_embeddings
+from facegen.image_io import load_image
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0 and "facegen" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_analyze_group_photo_writes_everything(tmp_path: Path, t1_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["analyze", str(t1_path), "--out", str(out)]) == 0
+    rec = json.loads((out / "t1.json").read_text())
+    assert len(rec["faces"]) == 6
+    for f in rec["faces"]:
+        x1, y1, x2, y2 = f["bbox"]
+        pts = np.array(f["landmarks"])
+        assert pts.shape == (68, 2) and f["landmark_scheme"] == "ibug68"
+        pad = 0.25 * (x2 - x1)
+        assert (pts[:, 0] > x1 - pad).all() and (pts[:, 0] < x2 + pad).all()
+        assert (pts[:, 1] > y1 - pad).all() and (pts[:, 1] < y2 + pad).all()
+        assert load_image(out / f["crop"]).shape == (112, 112, 3)
+        assert f["embedding"]["encoder_id"] == "dlib-resnet-v1"
+    embs, names = load_embeddings(out / "t1.safetensors")
+    assert len(embs) == 6 and embs[0].dim == 128 and names[5] == f"{t1_path}#5"
+    assert load_image(out / "t1_preview.png").shape == (886, 1280, 3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["encoder"] == "dlib-resnet-v1" and manifest["images"][0]["faces"] == 6
+    assert "6 face(s)" in capsys.readouterr().out
+
+
+def test_analyze_json_and_folder_walk_with_bad_files(tmp_path: Path, t1_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(t1_path, src / "sub" / "group.jpg")
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    (src / "blank.png").write_bytes(b"")
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    from facegen.image_io import save_image
+
+    save_image(grey, src / "noface.png")
+    code = main(["analyze", str(src), "--json", "--encoder", "none", "--select", "largest"])
+    cap = capsys.readouterr()
+    assert code == 1  # two unreadable files and one without a face (with --select largest)
+    results = json.loads(cap.out)
+    by_name = {Path(r["source"]).name: r for r in results}
+    assert set(by_name) == {"broken.jpg", "blank.png", "noface.png", "group.jpg"}
+    assert len(by_name["group.jpg"]["faces"]) == 1  # --select largest
+    assert "0 bytes" in by_name["blank.png"]["error"]
+    assert (
+        "noface.png" in by_name["noface.png"]["error"]
+        and "no face" in by_name["noface.png"]["error"]
+    )
+    assert cap.err.count("facegen: error:") == 3
+    assert "Traceback" not in cap.err
+
+
+def test_compare_same_and_different(t1_path: Path, tmp_path: Path, capsys) -> None:
+    img = load_image(t1_path)
+    from facegen.image_io import save_image
+
+    # crop two different people out of the group photo; mirror one of them for "same"
+    left = save_image(np.ascontiguousarray(img[:, :430]), tmp_path / "left.png")
+    mirrored = save_image(np.ascontiguousarray(img[:, :430][:, ::-1]), tmp_path / "mirror.png")
+    right = save_image(np.ascontiguousarray(img[:, 850:]), tmp_path / "right.png")
+    assert main(["compare", str(left), str(mirrored), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["same_person"] is True and same["encoder_id"] == "dlib-resnet-v1"
+    assert main(["compare", str(left), str(right), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["same_person"] is False and diff["similarity"] < same["similarity"]
+    assert main(["compare", str(left), str(right), "--threshold", "-1"]) == 0
+    assert "same person" in capsys.readouterr().out
+
+
+def test_embed_writes_safetensors(t1_path: Path, hanks_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ids.safetensors"
+    assert main(["embed", str(t1_path), str(t1_path), "--out", str(out)]) == 0
+    embs, names = load_embeddings(out)
+    assert names == [str(t1_path)] * 2
+    assert len(embs) == 2 and embs[0].similarity(embs[1]) == pytest.approx(1.0, abs=1e-5)
+    assert main(["embed", str(t1_path), "--select", "all", "--out", str(out)]) == 1
+
+
+def test_models_commands(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["dlib"]["files_present"] == 4 and "antelopev2" in rows
+    assert main(["models", "where", "dlib"]) == 0
+    assert "shape_predictor_68_face_landmarks.dat: /" in capsys.readouterr().out
+    assert main(["models", "download", "antelopev2", "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert "antelopev2/scrfd_10g_bnkps.onnx" in err and "Looked in" in err
+
+
+def test_missing_onnx_model_is_one_clear_error(
+    capsys, monkeypatch, tmp_path: Path, t1_path: Path
+) -> None:
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path))
+    code = main(["analyze", str(t1_path), "--json", "--detector", "insightface", "--offline"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("facegen: error: model 'antelopev2/scrfd_10g_bnkps.onnx'")
+    assert "Traceback" not in err
+
+
+def test_bad_options_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["analyze", "x.jpg", "--crop-size", "0"])
+    assert ei.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["analyze", "x.jpg", "--detector", "nope"])
+    assert main(["analyze", "missing.jpg", "--json"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_console_script_runs(t1_path: Path, tmp_path: Path) -> None:
+    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli"
+    proc = subprocess.run(
+        [*exe.split(), "analyze", str(t1_path), "--json", "--encoder", "none", "--no-preview"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)[0]["faces"]) == 6
