@@ -91,9 +91,10 @@ def test_compare_same_and_different(t1_path: Path, tmp_path: Path, capsys) -> No
 
 def test_embed_writes_safetensors(t1_path: Path, hanks_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "ids.safetensors"
-    assert main(["embed", str(t1_path), str(t1_path), "--out", str(out)]) == 0
+    copy = shutil.copy(t1_path, tmp_path / "copy.jpg")
+    assert main(["embed", str(t1_path), str(copy), "--out", str(out)]) == 0
     embs, names = load_embeddings(out)
-    assert names == [str(t1_path)] * 2
+    assert names == [str(t1_path), str(copy)]
     assert len(embs) == 2 and embs[0].similarity(embs[1]) == pytest.approx(1.0, abs=1e-5)
     assert main(["embed", str(t1_path), "--select", "all", "--out", str(out)]) == 1
 
