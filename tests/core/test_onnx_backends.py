@@ -1,0 +1,630 @@
+"""ONNX backends (SCRFD detector, insightface landmarkers, ArcFace encoder) on tiny test doubles.
+
+The models come from ``tests/core/conftest.py``: they have the real input/output signatures
+and compute known functions of their input, so these tests check preprocessing (RGB order,
+letterbox, mean/std, crops) and decoding against closed-form expectations. They say nothing
+about detection or recognition quality — that needs the published weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from facegen.align import ARCFACE_TEMPLATE_112
+from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder, encoder_id_for_file
+from facegen.backends.insightface_landmarks import InsightfaceLandmarker, kps5_from_ibug68
+from facegen.backends.onnx_utils import graph_normalises_input
+from facegen.backends.scrfd import SCRFDDetector, nms
+from facegen.errors import (
+    InvalidImageError,
+    InvalidModelError,
+    ModelNotAvailableError,
+    UnknownNameError,
+)
+from facegen.onnx_session import open_session
+from facegen.types import Face
+
+pytest.importorskip("onnx")
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def _norm(v: float) -> float:
+    """A pixel value as the SCRFD/landmark networks see it: (v - 127.5) / 128."""
+    return (v - 127.5) / 128.0
+
+
+def _expected(
+    spec: dict[str, Any], row: int, col: int, stride: int, anchor: int = 0, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box (4,) and keypoints (5, 2) that the tiny SCRFD decodes for a cell, in source pixels.
+
+    SCRFD anchor centres are the cells' top-left corners: (col · stride, row · stride).
+    """
+    c = np.array([col * stride, row * stride], np.float64)
+    d = spec["box_dist"][anchor] * stride
+    box = np.array([c[0] - d[0], c[1] - d[1], c[0] + d[2], c[1] + d[3]]) / scale
+    kps = (c + spec["kps_dist"][anchor].reshape(5, 2) * stride) / scale
+    return box, kps
+
+
+def _plant(img: np.ndarray, x: int, y: int, size: int, channel: int, value: int = 255) -> None:
+    img[y : y + size, x : x + size, channel] = value
+
+
+# =========================================================================== SCRFD
+
+
+def test_scrfd_decodes_a_planted_face(scrfd_model: Any) -> None:
+    spec = scrfd_model.spec
+    det = SCRFDDetector(model_path=scrfd_model.path, name="tiny")
+    assert (det.fmc, det.num_anchors, det.batched, det.input_size) == (3, 2, False, (640, 640))
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 5 * 32, 10 * 32, 32, channel=2)  # blue drives stride 32: cell (10, 5)
+    faces = det.detect(img)
+    assert len(faces) == 1
+    f = faces[0]
+    box, kps = _expected(spec, 10, 5, 32)
+    # a BGR feed would put the marker on the stride-8 channel: many small boxes instead
+    np.testing.assert_allclose(f.bbox, box, atol=1e-3)
+    np.testing.assert_allclose(f.kps5, kps, atol=1e-3)
+    assert f.score == pytest.approx(_sigmoid(spec["gain"] * _norm(255) + spec["bias"]), abs=1e-5)
+    assert f.detector == "tiny" and f.landmarks is None
+
+
+def test_scrfd_nms_merges_the_two_anchors_of_a_cell(scrfd_model: Any) -> None:
+    spec = scrfd_model.spec
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 8 * 32, 4 * 32, 32, channel=2)
+    # the two anchors' boxes overlap with IoU ≈ 0.73: kept apart only above that
+    loose = SCRFDDetector(model_path=scrfd_model.path, nms_threshold=0.9).detect(img)
+    assert len(loose) == 2
+    assert loose[0].score > loose[1].score
+    np.testing.assert_allclose(loose[1].bbox, _expected(spec, 4, 8, 32, anchor=1)[0], atol=1e-3)
+    tight = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(tight) == 1
+    np.testing.assert_allclose(tight[0].bbox, loose[0].bbox)
+
+
+def test_scrfd_score_threshold(scrfd_model: Any) -> None:
+    spec = scrfd_model.spec
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 6 * 32, 6 * 32, 32, channel=2, value=208)
+    s0 = _sigmoid(spec["gain"] * _norm(208) + spec["bias"])  # ≈ 0.737
+    s1 = _sigmoid(spec["gain"] * _norm(208) + spec["bias"] + spec["anchor_step"])  # ≈ 0.51
+    assert s1 < 0.6 < s0 < 0.8
+    loose = SCRFDDetector(model_path=scrfd_model.path, score_threshold=0.5, nms_threshold=1.0)
+    assert sorted(f.score for f in loose.detect(img)) == pytest.approx([s1, s0], abs=1e-5)
+    mid = SCRFDDetector(model_path=scrfd_model.path, score_threshold=0.6, nms_threshold=1.0)
+    assert [f.score for f in mid.detect(img)] == pytest.approx([s0], abs=1e-5)
+    assert SCRFDDetector(model_path=scrfd_model.path, score_threshold=0.8).detect(img) == []
+    assert SCRFDDetector(model_path=scrfd_model.path).detect(np.zeros((64, 64, 3), np.uint8)) == []
+
+
+def test_scrfd_letterbox_scales_back_on_a_wide_image(scrfd_model: Any) -> None:
+    # 480×240 (W×H) → 640×320 in the 640×640 input: scale 4/3, padding below
+    img = np.zeros((240, 480, 3), np.uint8)
+    _plant(img, 144, 72, 24, channel=2)  # → input x 192…224, y 96…128: stride-32 cell (3, 6)
+    faces = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(faces) == 1
+    box, kps = _expected(scrfd_model.spec, 3, 6, 32, scale=4 / 3)
+    np.testing.assert_allclose(faces[0].bbox, box, atol=1e-3)
+    np.testing.assert_allclose(faces[0].kps5, kps, atol=1e-3)
+    np.testing.assert_allclose(faces[0].bbox, [120, 42, 168, 108], atol=1e-3)
+
+
+def test_scrfd_letterbox_tall_image_and_non_square_input(scrfd_model: Any) -> None:
+    # 200×400 (W×H) into a 320×256 input: height-bound, 128×256, scale 0.64, padding right
+    det = SCRFDDetector(model_path=scrfd_model.path, input_size=(320, 256))
+    img = np.zeros((400, 200, 3), np.uint8)
+    _plant(img, 100, 100, 50, channel=2)  # → input x 64…96, y 64…96: stride-32 cell (2, 2)
+    faces = det.detect(img)
+    assert len(faces) == 1
+    box, kps = _expected(scrfd_model.spec, 2, 2, 32, scale=0.64)
+    np.testing.assert_allclose(faces[0].bbox, box, atol=1e-3)
+    np.testing.assert_allclose(faces[0].kps5, kps, atol=1e-3)
+
+
+def test_scrfd_clips_boxes_to_the_image(scrfd_model: Any) -> None:
+    img = np.zeros((320, 320, 3), np.uint8)
+    _plant(img, 0, 0, 16, channel=2)  # cell (0, 0): box starts at (-32, -40)
+    faces = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(faces) == 1
+    box, kps = _expected(scrfd_model.spec, 0, 0, 32, scale=2.0)
+    np.testing.assert_allclose(faces[0].bbox, [0, 0, box[2], box[3]], atol=1e-3)
+    np.testing.assert_allclose(faces[0].kps5, kps, atol=1e-3)  # keypoints are not clipped
+
+
+def test_scrfd_sorts_by_score_and_max_faces_keeps_the_largest(scrfd_model: Any) -> None:
+    spec = scrfd_model.spec
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 10 * 8, 10 * 8, 8, channel=0, value=255)  # stride 8, small box, best score
+    _plant(img, 20 * 16, 5 * 16, 16, channel=1, value=230)  # stride 16, medium
+    _plant(img, 6 * 32, 14 * 32, 32, channel=2, value=210)  # stride 32, largest, worst score
+    exp = {
+        8: _expected(spec, 10, 10, 8)[0],
+        16: _expected(spec, 5, 20, 16)[0],
+        32: _expected(spec, 14, 6, 32)[0],
+    }
+    faces = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+    np.testing.assert_allclose(
+        np.stack([f.bbox for f in faces]), np.stack([exp[8], exp[16], exp[32]]), atol=1e-3
+    )
+    one = SCRFDDetector(model_path=scrfd_model.path, max_faces=1).detect(img)
+    np.testing.assert_allclose(np.stack([f.bbox for f in one]), exp[32][None], atol=1e-3)
+    two = SCRFDDetector(model_path=scrfd_model.path, max_faces=2).detect(img)
+    np.testing.assert_allclose(
+        np.stack([f.bbox for f in two]), np.stack([exp[16], exp[32]]), atol=1e-3
+    )
+
+
+def test_scrfd_batched_outputs_decode_the_same(scrfd_model: Any, scrfd_batched_model: Any) -> None:
+    img = np.zeros((480, 640, 3), np.uint8)
+    _plant(img, 3 * 32, 7 * 32, 32, channel=2)
+    _plant(img, 30 * 16, 20 * 16, 16, channel=1)
+    det = SCRFDDetector(model_path=scrfd_batched_model.path)
+    assert det.batched
+    got, ref = det.detect(img), SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(got) == len(ref) == 2
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.bbox, b.bbox)
+        np.testing.assert_allclose(a.kps5, b.kps5)
+        assert a.score == pytest.approx(b.score)
+
+
+def test_scrfd_five_strides_one_anchor(scrfd_fmc5_model: Any) -> None:
+    det = SCRFDDetector(model_path=scrfd_fmc5_model.path)
+    assert (det.fmc, det.strides, det.num_anchors) == (5, (8, 16, 32, 64, 128), 1)
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 9 * 32, 2 * 32, 32, channel=2)
+    faces = det.detect(img)
+    assert len(faces) == 1
+    np.testing.assert_allclose(
+        faces[0].bbox, _expected(scrfd_fmc5_model.spec, 2, 9, 32)[0], atol=1e-3
+    )
+
+
+def test_scrfd_fixed_input_size(scrfd_fixed_model: Any) -> None:
+    det = SCRFDDetector(model_path=scrfd_fixed_model.path)
+    assert det.input_size == (320, 256)
+    with pytest.raises(ValueError, match="input_size"):
+        SCRFDDetector(model_path=scrfd_fixed_model.path, input_size=(640, 640))
+
+
+def test_scrfd_refuses_bad_models_and_arguments(
+    scrfd_model: Any, scrfd_no_kps_model: Any, scrfd_7_outputs_model: Any, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidModelError, match="keypoint"):
+        SCRFDDetector(model_path=scrfd_no_kps_model.path)
+    with pytest.raises(InvalidModelError, match=r"6, 9, 10 or 15 outputs.*got 7"):
+        SCRFDDetector(model_path=scrfd_7_outputs_model.path)
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(InvalidModelError, match=r"corrupt\.onnx"):
+        SCRFDDetector(model_path=bad)
+    for kw in (
+        {"input_size": (650, 640)},
+        {"score_threshold": 1.5},
+        {"nms_threshold": 0.0},
+        {"max_faces": -1},
+    ):
+        with pytest.raises(ValueError):
+            SCRFDDetector(model_path=scrfd_model.path, **kw)
+    det = SCRFDDetector(open_session(scrfd_model.path))  # injected session
+    with pytest.raises(InvalidImageError, match="uint8"):
+        det.detect(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(InvalidImageError):
+        det.detect(np.zeros((64, 64), np.uint8))
+
+
+def test_nms_is_greedy_by_score() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], float)
+    scores = np.array([0.6, 0.9, 0.5, 0.1])
+    # box 1 wins, suppresses 0 and 3 (IoU 0.68 with both); box 2 does not overlap
+    assert nms(boxes, scores, 0.4).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.99).tolist() == [1, 0, 2]  # 0 and 3 coincide: IoU 1
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.4).tolist() == []
+
+
+# =========================================================================== landmarks
+
+
+def _face(bbox: list[float]) -> Face:
+    x1, y1, x2, y2 = bbox
+    kps = np.array([[x1, y1], [x2, y1], [(x1 + x2) / 2, (y1 + y2) / 2], [x1, y2], [x2, y2]])
+    return Face(bbox=np.array(bbox), score=0.9, kps5=kps, detector="test")
+
+
+def _expected_points(spec: dict[str, Any], face: Face, m: float, dims: int) -> np.ndarray:
+    """The tiny landmark model's points mapped back to the image, in closed form.
+
+    pred ∈ crop units [-1, 1] → crop pixel (pred + 1)·96 → image: centre + pred·96 / s with
+    s = 192 / (1.5 · max(w, h)); z scales the same way.
+    """
+    raw = (spec["const"] + spec["alpha"] * m).reshape(-1, dims)
+    pts = raw[-(68 if dims == 3 else 106) :].astype(np.float64)
+    x1, y1, x2, y2 = face.bbox.astype(np.float64)
+    s = spec["size"] / (1.5 * max(x2 - x1, y2 - y1))
+    half = spec["size"] // 2
+    out = pts * half / s
+    out[:, 0] += (x1 + x2) / 2
+    out[:, 1] += (y1 + y2) / 2
+    return out
+
+
+def test_landmark68_decodes_last_68_points_and_maps_back(landmark68_model: Any) -> None:
+    spec = landmark68_model.spec
+    lm = InsightfaceLandmarker(model_path=landmark68_model.path, scheme="ibug68")
+    assert (lm.input_size, lm.input_mean, lm.input_std) == (192, 127.5, 128.0)
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 200, 10, 60  # only R feeds the model
+    face = _face([150.0, 100.0, 210.0, 180.0])
+    (out,) = lm.annotate(img, [face])
+    assert out.landmark_scheme == "ibug68" and out.landmarks is not None
+    assert out.landmarks.shape == (68, 3)
+    exp = _expected_points(spec, face, _norm(200), 3)
+    np.testing.assert_allclose(out.landmarks, exp, atol=1e-3)
+    # kps5 recomputed from the 68 points; everything else kept
+    np.testing.assert_allclose(out.kps5, kps5_from_ibug68(exp), atol=1e-3)
+    np.testing.assert_allclose(out.bbox, face.bbox)
+    assert out.detector == "test" and out.extras["landmarker"] == "insightface-68"
+
+
+def test_landmark_all_zero_prediction_lands_on_the_box_centre() -> None:
+    spec = {"const": np.zeros(212), "alpha": np.zeros(212), "size": 192}
+    face = _face([10.0, 20.0, 50.0, 100.0])
+    pts = _expected_points(spec, face, 0.0, 2)
+    np.testing.assert_allclose(pts, np.tile([[30.0, 60.0]], (106, 1)))
+
+
+def test_landmark106_graph_normalisation_and_batch(landmark106_model: Any) -> None:
+    spec = landmark106_model.spec
+    lm = InsightfaceLandmarker(model_path=landmark106_model.path, scheme="insightface106")
+    # the graph starts with Sub_0/Mul_1: it normalises itself and gets raw pixels
+    assert (lm.input_mean, lm.input_std) == (0.0, 1.0)
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[..., 0] = 90
+    faces = [_face([40.0, 40.0, 100.0, 90.0]), _face([200.0, 120.0, 240.0, 180.0])]
+    out = lm.annotate(img, faces)  # batch axis fixed at 1: one run per face
+    assert len(out) == 2
+    for o, f in zip(out, faces):
+        assert o.landmark_scheme == "insightface106" and o.landmarks is not None
+        assert o.landmarks.shape == (106, 2)
+        np.testing.assert_allclose(o.landmarks, _expected_points(spec, f, _norm(90), 2), atol=1e-3)
+        np.testing.assert_allclose(o.kps5, f.kps5)  # the detector's keypoints are kept
+    assert lm.annotate(img, []) == []
+
+
+def test_landmark_crop_is_centred_on_the_box(landmark68_model: Any) -> None:
+    spec = landmark68_model.spec
+    lm = InsightfaceLandmarker(model_path=landmark68_model.path, scheme="ibug68")
+    img = np.zeros((400, 400, 3), np.uint8)
+    # bright R exactly where the first face's crop looks (1.5 × the 40 px box, plus 1 px)
+    img[99:162, 199:262, 0] = 255
+    inside, elsewhere = _face([210.0, 110.0, 250.0, 150.0]), _face([40.0, 240.0, 80.0, 280.0])
+    a, b = lm.annotate(img, [inside, elsewhere])
+    np.testing.assert_allclose(
+        a.landmarks, _expected_points(spec, inside, _norm(255), 3), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        b.landmarks, _expected_points(spec, elsewhere, _norm(0), 3), atol=1e-3
+    )
+
+
+def test_landmark_explicit_normalisation_with_an_injected_session(landmark68_model: Any) -> None:
+    sess = open_session(landmark68_model.path)
+    with pytest.raises(ValueError, match="input_mean"):
+        InsightfaceLandmarker(sess, scheme="ibug68")
+    lm = InsightfaceLandmarker(sess, scheme="ibug68", input_mean=0.0, input_std=1.0)
+    img = np.full((200, 200, 3), 40, np.uint8)
+    face = _face([80.0, 80.0, 120.0, 120.0])
+    (out,) = lm.annotate(img, [face])
+    # raw pixels reach a graph that does not normalise: m = 40, not (40 - 127.5) / 128
+    np.testing.assert_allclose(
+        out.landmarks, _expected_points(landmark68_model.spec, face, 40.0, 3), atol=1e-2
+    )
+
+
+def test_landmark_scheme_must_match_the_model(
+    landmark68_model: Any, landmark106_model: Any
+) -> None:
+    with pytest.raises(InvalidModelError, match="212"):
+        InsightfaceLandmarker(model_path=landmark68_model.path, scheme="insightface106")
+    with pytest.raises(InvalidModelError, match="68"):
+        InsightfaceLandmarker(model_path=landmark106_model.path, scheme="ibug68")
+    with pytest.raises(UnknownNameError, match="ibug68"):
+        InsightfaceLandmarker(model_path=landmark68_model.path, scheme="ibug69")
+    with pytest.raises(UnknownNameError, match="landmark_106"):
+        InsightfaceLandmarker.from_pretrained(role="landmark_5", model_path=landmark68_model.path)
+
+
+def test_graph_normalisation_rule(
+    arcface_model: Any, arcface_submul_model: Any, bn_data_model: Any
+) -> None:
+    assert not graph_normalises_input(arcface_model.path, check_bn_data=False)
+    assert graph_normalises_input(arcface_submul_model.path, check_bn_data=False)
+    # `bn_data` first counts for the landmark models only (as in insightface)
+    assert graph_normalises_input(bn_data_model.path, check_bn_data=True)
+    assert not graph_normalises_input(bn_data_model.path, check_bn_data=False)
+
+
+def test_kps5_from_ibug68() -> None:
+    pts = np.zeros((68, 2))
+    pts[36:42] = [10, 20]
+    pts[42:48] = [30, 20]
+    pts[36, 0] = 16  # the eye centre is a mean: (16 + 5·10) / 6 = 11
+    pts[30], pts[48], pts[54] = [20, 30], [12, 40], [28, 40]
+    np.testing.assert_allclose(
+        kps5_from_ibug68(pts), [[11, 20], [30, 20], [20, 30], [12, 40], [28, 40]]
+    )
+    with pytest.raises(ValueError, match="68"):
+        kps5_from_ibug68(np.zeros((67, 2)))
+
+
+# =========================================================================== ArcFace
+
+
+def _crops(n: int, seed: int = 0, size: int = 112) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _blob(crops: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The RGB NCHW blob an insightface ArcFace expects, written independently."""
+    return np.stack([(c.astype(np.float64) - mean) / std for c in crops]).transpose(0, 3, 1, 2)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_arcface_shapes_normalisation_and_reference(arcface_model: Any) -> None:
+    enc = ArcFaceOnnxEncoder(model_path=arcface_model.path)
+    assert (enc.input_size, enc.dim) == (112, 512)
+    assert (enc.input_mean, enc.input_std) == (127.5, 127.5)
+    assert enc.encoder_id == "arcface-onnx/arcface_tiny"
+    assert 0.3 <= enc.same_person_threshold <= 0.4
+    crops = _crops(3)
+    raw = enc._forward(crops)
+    ref = arcface_model.spec["reference"](_blob(crops, 127.5, 127.5))
+    np.testing.assert_allclose(raw, ref, rtol=1e-4, atol=1e-4)
+    # a BGR feed gives something else (the check above is sensitive to channel order)
+    bgr = arcface_model.spec["reference"](_blob(crops[..., ::-1], 127.5, 127.5))
+    assert not np.allclose(raw, bgr, atol=1e-2)
+    emb = enc.embed_crops(crops)
+    assert emb.shape == (3, 512) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb, _unit(ref), atol=1e-5)
+
+
+def test_arcface_sub_mul_graph_gets_raw_pixels(
+    arcface_submul_model: Any, arcface_model: Any
+) -> None:
+    enc = ArcFaceOnnxEncoder(model_path=arcface_submul_model.path)
+    assert (enc.input_mean, enc.input_std) == (0.0, 1.0)
+    crops = _crops(2, seed=1)
+    ref = arcface_submul_model.spec["reference"](_blob(crops, 0.0, 1.0))
+    np.testing.assert_allclose(enc._forward(crops), ref, rtol=1e-4, atol=1e-4)
+    # explicit arguments override the graph rule
+    plain = ArcFaceOnnxEncoder(model_path=arcface_model.path, input_mean=0.0, input_std=1.0)
+    np.testing.assert_allclose(
+        plain._forward(crops),
+        arcface_model.spec["reference"](_blob(crops, 0.0, 1.0)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+def test_arcface_batches_equal_one_by_one(arcface_model: Any, arcface_batch1_model: Any) -> None:
+    crops = _crops(5, seed=2)
+    batched = ArcFaceOnnxEncoder(model_path=arcface_model.path, batch_size=32).embed_crops(crops)
+    single = ArcFaceOnnxEncoder(model_path=arcface_model.path, batch_size=1).embed_crops(crops)
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+    fixed = ArcFaceOnnxEncoder(model_path=arcface_batch1_model.path)  # batch axis fixed at 1
+    assert fixed._fixed_batch_one
+    np.testing.assert_allclose(fixed.embed_crops(crops), batched, atol=1e-6)
+
+
+def test_arcface_flip_averaging(arcface_model: Any) -> None:
+    crops = _crops(2, seed=3)
+    plain = ArcFaceOnnxEncoder(model_path=arcface_model.path).embed_crops(crops)
+    flipped = ArcFaceOnnxEncoder(model_path=arcface_model.path, flip=True).embed_crops(crops)
+    np.testing.assert_allclose(np.linalg.norm(flipped, axis=1), 1.0, atol=1e-5)
+    assert np.abs(flipped - plain).max() > 1e-3
+    ref = arcface_model.spec["reference"]
+    exp = ref(_blob(crops, 127.5, 127.5)) + ref(_blob(crops[:, :, ::-1], 127.5, 127.5))
+    np.testing.assert_allclose(flipped, _unit(exp), atol=1e-5)
+
+
+def test_arcface_embed_aligns_with_the_arcface_template(arcface_model: Any) -> None:
+    enc = ArcFaceOnnxEncoder(model_path=arcface_model.path)
+    img = _crops(1, seed=4)[0]
+    # keypoints already on the template: the alignment is the identity
+    face = Face(bbox=np.array([0, 0, 112, 112]), score=1.0, kps5=ARCFACE_TEMPLATE_112)
+    aligned = enc.align(img, face)
+    assert aligned.size == 112 and aligned.template == "arcface"
+    np.testing.assert_array_equal(aligned.image, img)
+    (emb,) = enc.embed(img, [face])
+    assert emb.encoder_id == enc.encoder_id and emb.normalized and emb.dim == 512
+    np.testing.assert_allclose(emb.vector, enc.embed_crops([img])[0], atol=1e-6)
+
+
+def test_arcface_encoder_ids_name_the_weights(arcface_model: Any, tmp_path: Path) -> None:
+    assert encoder_id_for_file("/x/glintr100.onnx") == "arcface-onnx/antelopev2"
+    assert encoder_id_for_file("w600k_r50.onnx") == "arcface-onnx/buffalo_l"
+    assert encoder_id_for_file("my_model.onnx") == "arcface-onnx/my_model"
+    glint = tmp_path / "glintr100.onnx"
+    shutil.copy(arcface_model.path, glint)
+    assert ArcFaceOnnxEncoder(model_path=glint).encoder_id == "arcface-onnx/antelopev2"
+    arc2face = tmp_path / "arc2face"
+    arc2face.mkdir()
+    shutil.copy(arcface_model.path, arc2face / "arcface.onnx")
+    enc = ArcFaceOnnxEncoder.from_pretrained("arc2face-arcface", model_path=arc2face, offline=True)
+    assert enc.encoder_id == "arcface-onnx/arc2face"
+    # a differently named file passed for a preset is named after itself, not the preset
+    other = ArcFaceOnnxEncoder.from_pretrained("antelopev2", model_path=arcface_model.path)
+    assert other.encoder_id == "arcface-onnx/arcface_tiny"
+    assert ArcFaceOnnxEncoder(model_path=glint, encoder_id="mine/v1").encoder_id == "mine/v1"
+    sess = open_session(arcface_model.path)
+    with pytest.raises(ValueError, match="encoder_id"):
+        ArcFaceOnnxEncoder(sess, input_mean=127.5, input_std=127.5)
+    enc = ArcFaceOnnxEncoder(sess, encoder_id="test/tiny", input_mean=127.5, input_std=127.5)
+    assert enc.embed_crops(_crops(1)).shape == (1, 512)
+
+
+# =========================================================================== from_pretrained
+
+
+@pytest.fixture()
+def no_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every model location points into an empty temporary folder."""
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path / "fg"))
+    monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "if"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("build", "filename"),
+    [
+        (lambda: SCRFDDetector.from_pretrained(offline=True), "scrfd_10g_bnkps.onnx"),
+        (lambda: SCRFDDetector.from_pretrained("buffalo_l", offline=True), "det_10g.onnx"),
+        (lambda: InsightfaceLandmarker.from_pretrained("landmark_68", offline=True), "1k3d68.onnx"),
+        (
+            lambda: InsightfaceLandmarker.from_pretrained("landmark_106", offline=True),
+            "2d106det.onnx",
+        ),
+        (lambda: ArcFaceOnnxEncoder.from_pretrained(offline=True), "glintr100.onnx"),
+        (lambda: ArcFaceOnnxEncoder.from_pretrained("buffalo_l", offline=True), "w600k_r50.onnx"),
+    ],
+)
+def test_from_pretrained_offline_without_files(no_models: Path, build: Any, filename: str) -> None:
+    with pytest.raises(ModelNotAvailableError) as ei:
+        build()
+    msg = str(ei.value)
+    assert filename in msg and "offline" in msg
+    assert str(no_models / "fg" / "models") in msg  # FACEGEN_HOME
+    assert str(no_models / "if" / "models") in msg  # insightface's own folder
+    assert str(no_models / "hf" / "hub") in msg  # the Hugging Face cache
+
+
+def test_from_pretrained_with_model_path(
+    no_models: Path,
+    scrfd_model: Any,
+    landmark68_model: Any,
+    landmark106_model: Any,
+    arcface_model: Any,
+) -> None:
+    det = SCRFDDetector.from_pretrained(model_path=scrfd_model.path, offline=True, max_faces=3)
+    assert (det.name, det.max_faces) == ("scrfd/antelopev2", 3)
+    lm68 = InsightfaceLandmarker.from_pretrained("landmark_68", model_path=landmark68_model.path)
+    lm106 = InsightfaceLandmarker.from_pretrained(
+        role="landmark_106", model_path=landmark106_model.path
+    )
+    assert (lm68.scheme, lm106.scheme) == ("ibug68", "insightface106")
+    enc = ArcFaceOnnxEncoder.from_pretrained(model_path=arcface_model.path, flip=True, batch_size=4)
+    assert (enc.flip, enc.batch_size, enc.dim) == (True, 4, 512)
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        SCRFDDetector.from_pretrained(model_path=no_models / "missing.onnx")
+
+
+def test_registries_build_the_onnx_backends(
+    no_models: Path, scrfd_model: Any, arcface_model: Any
+) -> None:
+    from facegen.backends import DETECTORS, ENCODERS, LANDMARKERS
+
+    assert isinstance(DETECTORS.create("insightface", model_path=scrfd_model.path), SCRFDDetector)
+    assert isinstance(
+        ENCODERS.create("arcface-onnx", model_path=arcface_model.path), ArcFaceOnnxEncoder
+    )
+    with pytest.raises(ModelNotAvailableError, match=r"2d106det\.onnx"):
+        LANDMARKERS.create("insightface-106", offline=True)
+
+
+def test_corrupt_model_files(tmp_path: Path) -> None:
+    bad = tmp_path / "glintr100.onnx"
+    bad.write_bytes(b"\x00\x01 definitely not onnx")
+    with pytest.raises(InvalidModelError, match=r"glintr100\.onnx"):
+        ArcFaceOnnxEncoder.from_pretrained(model_path=bad)
+    with pytest.raises(InvalidModelError):
+        InsightfaceLandmarker(model_path=bad, scheme="ibug68")
+    with pytest.raises(InvalidModelError, match="ONNX graph"):
+        graph_normalises_input(bad, check_bn_data=True)
+
+
+# =========================================================================== insightface parity
+
+
+def test_parity_with_insightface_reference_implementation(
+    scrfd_model: Any, landmark68_model: Any, landmark106_model: Any, arcface_model: Any
+) -> None:
+    """Our backends and insightface's own model_zoo classes agree on the same tiny models.
+
+    insightface takes BGR images (and swaps them back to RGB for the network), so it gets
+    ``img[..., ::-1]``. The image is 480×240 so that both letterbox axes scale by exactly
+    4/3 (see ``SCRFDDetector._letterbox`` on the sub-pixel difference otherwise).
+    """
+    zoo = pytest.importorskip("insightface.model_zoo")
+    from insightface.app.common import Face as InsightfaceFace
+
+    rng = np.random.default_rng(7)
+    img = np.zeros((240, 480, 3), np.uint8)
+    _plant(img, 144, 72, 24, channel=2)
+    _plant(img, 300, 120, 40, channel=1, value=235)
+    _plant(img, 30, 180, 9, channel=0, value=250)
+    bgr = np.ascontiguousarray(img[..., ::-1])
+
+    ref_det = zoo.scrfd.SCRFD(model_file=str(scrfd_model.path))
+    ref_det.prepare(-1, input_size=(640, 640))
+    boxes, kpss = ref_det.detect(bgr, input_size=(640, 640))
+    ours = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(ours) == len(boxes) >= 3  # unaligned markers fire several cells
+    np.testing.assert_allclose(np.stack([f.bbox for f in ours]), boxes[:, :4], atol=1e-3)
+    np.testing.assert_allclose([f.score for f in ours], boxes[:, 4], atol=1e-5)
+    np.testing.assert_allclose(np.stack([f.kps5 for f in ours]), kpss, atol=1e-3)
+
+    photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    bbox = np.array([150.0, 100.0, 210.0, 180.0], np.float32)
+    for model, scheme in ((landmark68_model, "ibug68"), (landmark106_model, "insightface106")):
+        ref_lm = zoo.landmark.Landmark(model_file=str(model.path))
+        ref_face = InsightfaceFace(bbox=bbox)
+        ref_pts = ref_lm.get(np.ascontiguousarray(photo[..., ::-1]), ref_face)
+        lm = InsightfaceLandmarker(model_path=model.path, scheme=scheme)
+        assert (lm.input_mean, lm.input_std) == (ref_lm.input_mean, ref_lm.input_std)
+        (got,) = lm.annotate(photo, [Face(bbox=bbox, score=1.0, kps5=np.zeros((5, 2)))])
+        np.testing.assert_allclose(got.landmarks, ref_pts, atol=1e-3)
+
+    ref_enc = zoo.arcface_onnx.ArcFaceONNX(model_file=str(arcface_model.path))
+    crops = _crops(3, seed=8)
+    ref_feat = ref_enc.get_feat([np.ascontiguousarray(c[..., ::-1]) for c in crops])
+    enc = ArcFaceOnnxEncoder(model_path=arcface_model.path)
+    np.testing.assert_allclose(enc._forward(crops), ref_feat, rtol=1e-5, atol=1e-5)
+
+
+def test_face_analyzer_runs_the_three_onnx_backends(
+    scrfd_model: Any, landmark68_model: Any, arcface_model: Any
+) -> None:
+    from facegen.analyzer import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(
+        SCRFDDetector(model_path=scrfd_model.path),
+        InsightfaceLandmarker(model_path=landmark68_model.path, scheme="ibug68"),
+        ArcFaceOnnxEncoder(model_path=arcface_model.path),
+    )
+    img = np.zeros((480, 640, 3), np.uint8)
+    _plant(img, 6 * 32, 3 * 32, 32, channel=2)
+    (face,) = analyzer.analyze(img)
+    np.testing.assert_allclose(face.bbox, _expected(scrfd_model.spec, 3, 6, 32)[0], atol=1e-3)
+    assert face.landmarks is not None and face.landmarks.shape == (68, 3)
+    assert face.embedding is not None and face.embedding.encoder_id == "arcface-onnx/arcface_tiny"
