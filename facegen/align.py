@@ -6,6 +6,9 @@
   1024 crops match insightface/Arc2Face); any other size scales by ``size/112``.
 * ``ffhq``: the FFHQ-style oriented square from the eyes and mouth, with a ``margin``
   multiplier (1.0 = the FFHQ crop, larger = more context).
+
+Encoders may have their own crop (dlib's 150×150 chip, template ``"dlib"``, made by
+``DlibEncoder.align``); every :class:`AlignedFace` carries its matrix either way.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ class FaceDetector(ABC):
 
     ``detect`` returns faces sorted by descending score, each with ``kps5`` in the
     ArcFace order, keeping at most ``max_faces`` (0 = all) above ``score_threshold``.
+    ``score_threshold`` is in the backend's own units (a probability for SCRFD, dlib's raw
+    SVM/MMOD margin for dlib); ``Face.score`` is always in [0, 1].
     """
 
     name: str = "detector"

@@ -33,6 +33,7 @@ from facegen.backends.onnx_utils import (
 )
 from facegen.base import Landmarker
 from facegen.errors import InvalidModelError, UnknownNameError
+from facegen.landmarks import kps5_from_ibug68
 from facegen.types import Face, transform_points
 
 __all__ = ["LANDMARK_SCHEMES", "ROLE_SCHEMES", "InsightfaceLandmarker", "kps5_from_ibug68"]
@@ -47,22 +48,6 @@ ROLE_SCHEMES: dict[str, str] = {"landmark_68": "ibug68", "landmark_106": "insigh
 _DEFAULT_NORMALISATION = (127.5, 128.0)
 #: the crop covers this multiple of the box's longer side
 _CROP_MARGIN = 1.5
-
-
-def kps5_from_ibug68(points: np.ndarray) -> np.ndarray:
-    """ArcFace-order 5 keypoints from 68 iBUG points.
-
-    ``points``: ``(68, 2)`` or ``(68, 3)`` (only x, y are used). Eye centres are the means of
-    points 36–41 (image-left eye) and 42–47 (image-right eye); the nose tip is point 30; the
-    mouth corners are points 48 and 54. Returns float32 ``(5, 2)``.
-    """
-    p = np.asarray(points, np.float64)
-    if p.ndim != 2 or p.shape[0] != 68 or p.shape[1] < 2:
-        raise ValueError(f"`points` must have shape (68, 2) or (68, 3), got {p.shape}")
-    xy = p[:, :2]
-    return np.stack([xy[36:42].mean(0), xy[42:48].mean(0), xy[30], xy[48], xy[54]]).astype(
-        np.float32
-    )
 
 
 def crop_matrix(bbox: np.ndarray, size: int) -> np.ndarray:

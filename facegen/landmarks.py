@@ -1,0 +1,26 @@
+"""Landmark schemes and the rules that turn dense landmarks into ArcFace-order keypoints."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["IBUG68", "kps5_from_ibug68"]
+
+#: Name of the 68-point iBUG 300-W layout (dlib's predictor, insightface's 1k3d68).
+IBUG68 = "ibug68"
+
+
+def kps5_from_ibug68(points: np.ndarray) -> np.ndarray:
+    """iBUG 68-point landmarks → ArcFace-order 5 points.
+
+    ``points``: ``(68, 2)`` or ``(68, 3)`` pixels (only x, y are used). Returns float32
+    ``(5, 2)``: image-left eye centre (mean of points 36–41), image-right eye centre (42–47),
+    nose tip (30), image-left mouth corner (48), image-right mouth corner (54).
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] != 68 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"`points` must have shape (68, 2) or (68, 3), got {pts.shape}")
+    xy = pts[:, :2]
+    return np.stack([xy[36:42].mean(0), xy[42:48].mean(0), xy[30], xy[48], xy[54]]).astype(
+        np.float32
+    )
