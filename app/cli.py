@@ -204,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def _check_analysis_options(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot check; run before any file is touched."""
+    if args.detector_preset and args.detector != "insightface":
+        raise FacegenError("`--detector-preset` applies to `--detector insightface` only")
+    if args.encoder_preset and args.encoder != "arcface-onnx":
+        raise FacegenError("`--encoder-preset` applies to `--encoder arcface-onnx` only")
+
+
 def _analyzer(args: argparse.Namespace, *, need_encoder: bool) -> Any:
     from facegen.analyzer import FaceAnalyzer
 
@@ -251,6 +259,8 @@ def _err(msg: str) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from facegen.analysis_writer import AnalysisWriter
     from facegen.image_io import find_images, load_image
+
+    _check_analysis_options(args)
 
     if args.out is None and not args.json:
         raise FacegenError("`--out DIR` is required unless --json is given")
@@ -323,6 +333,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from facegen.embedding_io import save_embeddings
     from facegen.image_io import find_images
 
+    _check_analysis_options(args)
+
     if args.select == "all":
         raise FacegenError("`--select` must pick one face per image (largest, best or INDEX)")
     files = find_images(args.images)
@@ -345,6 +357,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    _check_analysis_options(args)
     analyzer = _analyzer(args, need_encoder=True)
     a = analyzer.embed(args.image_a)
     b = analyzer.embed(args.image_b)
@@ -441,12 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
-    except FacegenError as exc:
+    except (FacegenError, ValueError) as exc:
+        # FacegenError and the ValueErrors of argument checks are the user's to fix:
+        # one message, no traceback (multi-line ones, like a missing model, keep their detail)
         if args.debug:
             raise
-        msg = str(exc)
-        # multi-line messages (model not found) keep their detail; others stay one line
-        _err(msg)
+        _err(str(exc))
         return EXIT_ERROR
     except OSError as exc:
         if args.debug:

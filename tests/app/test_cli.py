@@ -130,6 +130,19 @@ def test_bad_options_exit_2(capsys) -> None:
         main(["analyze", "x.jpg", "--detector", "nope"])
     assert main(["analyze", "missing.jpg", "--json"]) == 1
     assert "not found" in capsys.readouterr().err
+    assert main(["analyze", "x.jpg", "--json", "--detector-preset", "buffalo_l"]) == 1
+    assert "applies to `--detector insightface` only" in capsys.readouterr().err
+
+
+def test_value_errors_are_one_line_without_debug(t1_path: Path, tmp_path: Path, capsys) -> None:
+    args = ["analyze", str(t1_path), "--json", "--detector-model", str(t1_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("facegen: error: `model_path` must be a folder") and "Traceback" not in err
+    )
+    with pytest.raises(ValueError):
+        main([*args, "--debug"])
 
 
 def test_console_script_runs(t1_path: Path, tmp_path: Path) -> None:
