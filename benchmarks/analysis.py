@@ -3,10 +3,12 @@
 Measures, in one run (compare ratios, not absolute times, on a noisy machine):
 
 1. end to end, one ~1024-px photo with one face: load → detect (dlib HOG) → 68 landmarks →
-   align → embed (dlib ResNet);
+   align → embed (dlib ResNet, through the encoder's default backend: PyTorch);
 2. each stage separately;
 3. identity embedding of aligned crops: one at a time vs batched (faces/s);
-4. the ONNX path (SCRFD + ArcFace) when the antelopev2/buffalo_l files are available
+4. batched embedding through both backends of the dlib encoder, ``torch`` and ``dlib`` (same
+   vectors; ``dlib`` is timed once after a warm-up, it takes seconds per batch);
+5. the ONNX path (SCRFD + ArcFace) when the antelopev2/buffalo_l files are available
    locally (``facegen models download antelopev2``), otherwise reported as skipped.
 
 Usage: ``python benchmarks/analysis.py [--repeats 10] [--json out.json]``
@@ -28,6 +30,7 @@ import cv2
 
 from facegen import ModelNotAvailableError
 from facegen.analyzer import FaceAnalyzer
+from facegen.backends.dlib_backend import ENCODER_BACKENDS, DlibEncoder
 from facegen.image_io import load_image, save_image
 from facegen.samples import sample_path
 
@@ -84,6 +87,10 @@ def main() -> None:
     res["embed_single_faces_per_s"] = len(crops) / t_single
     res["embed_batched_faces_per_s"] = len(crops) / t_batch
     res["batched_over_single"] = t_single / t_batch
+    for backend in ENCODER_BACKENDS:
+        be = DlibEncoder(backend=backend)
+        t_be, _ = _time(lambda be=be: be.embed_crops(crops), reps if backend == "torch" else 1)
+        res[f"embed_batched_faces_per_s_{backend}_backend"] = len(crops) / t_be
 
     try:
         onnx = FaceAnalyzer.from_names("insightface", None, "arcface-onnx", offline=True)

@@ -9,7 +9,9 @@ wheel) is imported lazily, inside the classes.
   (``model="cnn"``, more robust to pose, slow on CPU). Every face gets ``kps5`` and the 68
   iBUG landmarks from dlib's 68-point shape predictor.
 * :class:`DlibLandmarker` — the 68-point shape predictor run inside any face's box.
-* :class:`DlibEncoder` — dlib's ResNet face recogniser (128-D), on dlib's own 150×150 chips.
+* :class:`DlibEncoder` — dlib's ResNet face recogniser (128-D), on dlib's own 150×150 chips; the
+  network runs in PyTorch by default (:mod:`facegen.backends.dlib_torch`, same vectors, ~20×
+  faster on one CPU core, CUDA/float16 possible) or in dlib itself (``backend="dlib"``).
 * :func:`kps5_from_68` — the iBUG-68 → ArcFace 5-point rule other backends reuse.
 * :func:`kps5_from_box` — a rough 5-point guess from a dlib box alone (no predictor).
 """
@@ -21,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -32,9 +34,13 @@ from facegen.errors import DeviceNotAvailableError, InvalidImageError, MissingDe
 from facegen.hub import get_preset, resolve
 from facegen.types import AlignedFace, Face
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "DEFAULT_RAW_THRESHOLDS",
     "DETECTOR_MODELS",
+    "ENCODER_BACKENDS",
     "DlibDetector",
     "DlibEncoder",
     "DlibLandmarker",
@@ -66,6 +72,10 @@ _BOX_KPS5: dict[str, np.ndarray] = {
         [[0.32, 0.37], [0.75, 0.37], [0.52, 0.59], [0.33, 0.80], [0.74, 0.80]], np.float32
     ),
 }
+
+#: Where :class:`DlibEncoder` runs its network: PyTorch (default) or dlib itself.
+ENCODER_BACKENDS: tuple[str, ...] = ("torch", "dlib")
+_TORCH_DTYPES = ("float32", "float16")
 
 _CHIP_SIZE = 150
 _CHIP_PADDING = 0.25
@@ -117,6 +127,44 @@ def _check_device(device: str, dlib: Any) -> str:
         f"`device` must be 'cpu' for this dlib build (dlib-bin is CPU-only; a CUDA build of "
         f"dlib uses the GPU by itself), got {device!r}"
     )
+
+
+def _torch_device(device: str) -> str:
+    """``device`` for the torch backend: ``"cpu"`` or an available ``"cuda:N"``."""
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return "cpu"
+    if kind == "cuda":
+        import torch
+
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            return f"cuda:{index}"
+        raise DeviceNotAvailableError(
+            f"`device` {device!r} is not available to this PyTorch "
+            f"({torch.cuda.device_count()} CUDA device(s)); use 'cpu'"
+        )
+    raise DeviceNotAvailableError(
+        f"`device` must be 'cpu' or 'cuda[:N]' for the torch backend, got {device!r}"
+    )
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    """``"float32"`` / ``"float16"`` (or the torch dtypes) → the name; anything else raises."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in _TORCH_DTYPES:
+        raise ValueError(f"`dtype` must be one of {', '.join(_TORCH_DTYPES)}, got {dtype!r}")
+    return name
+
+
+@functools.lru_cache(maxsize=4)
+def _load_torch(path: str, device: str, dtype: str) -> Any:
+    """The PyTorch port of the recogniser, once per (file, device, dtype) per process."""
+    import torch
+
+    from facegen.backends.dlib_torch import DlibResNet
+
+    logger.debug("loading dlib ResNet %s into PyTorch (%s, %s)", path, device, dtype)
+    return DlibResNet.from_dat(path, device=device, dtype=getattr(torch, dtype))
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -386,6 +434,18 @@ class DlibEncoder(IdentityEncoder):
     ``(N, 150, 150, 3)`` chips to float32 ``(N, 128)`` raw descriptors (norm ≈ 1.3–1.6);
     :meth:`embed_crops` L2-normalises them.
 
+    ``backend`` picks what runs the network (alignment is dlib's either way):
+
+    * ``"torch"`` (default): :class:`~facegen.backends.dlib_torch.DlibResNet`, the same network
+      in PyTorch with the weights parsed from the same ``.dat``. It reproduces dlib's descriptors to ~4e-7 (max abs, float32
+      CPU) and embeds ~270 faces/s on one CPU core where dlib manages ~13. ``device`` may be
+      ``"cpu"`` or ``"cuda[:N]"``; ``dtype`` ``"float32"`` or, on CUDA, ``"float16"`` (≈5e-4
+      max abs off dlib's vectors, cosine > 0.99999, measured in float16 on CPU). Batches of
+      ``batch_size`` run under ``torch.inference_mode``.
+    * ``"dlib"``: dlib's own ``compute_face_descriptor`` (CPU only for ``dlib-bin``, float32).
+
+    Both give the same ``encoder_id``: their vectors agree to ~4e-7.
+
     ``same_person_threshold = 0.925`` is a cosine between the normalised vectors, measured
     (``tests/core/test_dlib_backend.py::orl_similarities``) on all pairs of ORL's 390 photos
     (39 people × 10, grey; HOG at upsample 0, raw threshold 0 found 386, the other 4 use the
@@ -399,9 +459,10 @@ class DlibEncoder(IdentityEncoder):
     (median impostor cosine 0.86, median genuine 0.98). ORL is easy (frontal, same session);
     expect more false rejects on in-the-wild photos.
 
-    ``num_jitters > 1`` averages that many randomly jittered copies of each chip (~``num_jitters``×
-    slower, slightly more robust; 0 and 1 both mean no jitter). dlib's jitter generator cannot be
-    seeded from Python, so jittered embeddings differ slightly from call to call.
+    ``num_jitters > 1`` averages that many randomly jittered copies of each chip (dlib's
+    ``jitter_image``; ~``num_jitters``× slower, slightly more robust; 0 and 1 both mean no
+    jitter). dlib's jitter generator cannot be seeded from Python, so jittered embeddings
+    differ slightly from call to call.
     """
 
     encoder_id = "dlib-resnet-v1"
@@ -415,18 +476,47 @@ class DlibEncoder(IdentityEncoder):
         flip: bool = False,
         batch_size: int = 32,
         num_jitters: int = 0,
+        backend: str = "torch",
         device: str = "cpu",
+        dtype: str | torch.dtype = "float32",
         model_path: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
     ) -> None:
         super().__init__(flip=flip, batch_size=batch_size)
         self.num_jitters = _check_int("num_jitters", num_jitters, 0)
-        dlib = _import_dlib("dlib face recognition")
-        self.device = _check_device(device, dlib)
+        if backend not in ENCODER_BACKENDS:
+            raise ValueError(
+                f"`backend` must be one of {', '.join(ENCODER_BACKENDS)}, got {backend!r}"
+            )
+        self.backend = backend
+        self.dtype = _dtype_name(dtype)
+        dlib = _import_dlib("dlib face recognition")  # alignment is dlib's for both backends
         self._model_path = model_path
         self._offline = offline
-        self._net = _load("recognition", _model_file("recognition", model_path, offline))
+        weights = _model_file("recognition", model_path, offline)
+        self._net: Any = None
+        self._torch_net: Any = None
+        if backend == "dlib":
+            if self.dtype != "float32":
+                raise ValueError(f"`dtype` must be 'float32' for backend 'dlib', got {dtype!r}")
+            self.device = _check_device(device, dlib)
+            self._net = _load("recognition", weights)
+        else:
+            self.device = _torch_device(device)
+            if self.dtype == "float16" and not self.device.startswith("cuda"):
+                raise ValueError(
+                    f"`dtype` 'float16' needs a CUDA `device` (PyTorch's float16 convolutions "
+                    f"are ~6x slower than float32 on CPU), got device {device!r}"
+                )
+            self._torch_net = _load_torch(weights, self.device, self.dtype)
         self._sp5: Any | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(backend={self.backend!r}, device={self.device!r}, "
+            f"dtype={self.dtype!r}, batch_size={self.batch_size}, flip={self.flip}, "
+            f"num_jitters={self.num_jitters})"
+        )
 
     def _shape5(self) -> Any:
         if self._sp5 is None:
@@ -474,6 +564,28 @@ class DlibEncoder(IdentityEncoder):
             raise ValueError(f"`crops` must be uint8 (N, 150, 150, 3), got {arr.dtype} {arr.shape}")
         if len(arr) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self._torch_net is not None:
+            return self._forward_torch(arr)
         batch = [np.ascontiguousarray(c) for c in arr]
         vecs = self._net.compute_face_descriptor(batch, self.num_jitters)
         return np.array([np.asarray(v) for v in vecs], dtype=np.float32).reshape(len(arr), self.dim)
+
+    def _forward_torch(self, arr: np.ndarray) -> np.ndarray:
+        import torch
+
+        net = self._torch_net
+        bs = self.batch_size
+
+        def run(x: np.ndarray) -> np.ndarray:
+            parts = [net(x[s : s + bs]).cpu().numpy() for s in range(0, len(x), bs)]
+            return np.concatenate(parts).astype(np.float32, copy=False)
+
+        with torch.inference_mode():
+            if self.num_jitters <= 1:  # like dlib: 0 and 1 both mean no jitter
+                return run(arr)
+            dlib = _import_dlib("dlib face recognition")
+            out = np.empty((len(arr), self.dim), np.float32)
+            for i, chip in enumerate(arr):
+                copies = np.stack(dlib.jitter_image(np.ascontiguousarray(chip), self.num_jitters))
+                out[i] = run(copies.astype(np.uint8, copy=False)).mean(axis=0)
+            return out
