@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,13 @@ def test_core_import_is_light() -> None:
 
 
 def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
+    # build from a copy of the sources so that no build/ folder lands in the checkout
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for folder in ("facegen", "adapters", "pipelines", "training", "app"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     subprocess.run(
         [
@@ -60,8 +68,9 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
             "--no-isolation",
             "--outdir",
             str(dist),
-            str(REPO),
+            str(src),
         ],
+        cwd=src,
         check=True,
         capture_output=True,
         text=True,
@@ -76,10 +85,15 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
     venv = tmp_path / "venv"
     # dependencies come from this environment; the wheel itself must carry every subpackage
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+        cwd=tmp_path,
+        check=True,
+    )
     py = venv / "bin" / "python"
     subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheels[0])],
+        cwd=tmp_path,
         check=True,
         capture_output=True,
     )
