@@ -12,7 +12,6 @@ wheel) is imported lazily, inside the classes.
 * :class:`DlibEncoder` — dlib's ResNet face recogniser (128-D), on dlib's own 150×150 chips; the
   network runs in PyTorch by default (:mod:`facegen.backends.dlib_torch`, same vectors, ~20×
   faster on one CPU core, CUDA/float16 possible) or in dlib itself (``backend="dlib"``).
-* :func:`kps5_from_68` — the iBUG-68 → ArcFace 5-point rule other backends reuse.
 * :func:`kps5_from_box` — a rough 5-point guess from a dlib box alone (no predictor).
 """
 
@@ -32,6 +31,7 @@ from facegen.base import FaceDetector, IdentityEncoder, Landmarker
 from facegen.devices import parse_device
 from facegen.errors import DeviceNotAvailableError, InvalidImageError, MissingDependencyError
 from facegen.hub import get_preset, resolve
+from facegen.landmarks import kps5_from_ibug68
 from facegen.types import AlignedFace, Face
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ __all__ = [
     "DlibEncoder",
     "DlibLandmarker",
     "chip_matrix",
-    "kps5_from_68",
     "kps5_from_box",
 ]
 
@@ -206,21 +205,6 @@ def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def kps5_from_68(points: np.ndarray) -> np.ndarray:
-    """iBUG 68-point landmarks → ArcFace-order 5 points.
-
-    ``points``: ``(68, 2)`` or ``(68, 3)`` (only x, y are used), pixels. Returns float32
-    ``(5, 2)``: image-left eye centre (mean of points 36–41), image-right eye centre (42–47),
-    nose tip (30), image-left mouth corner (48), image-right mouth corner (54).
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[0] != 68 or pts.shape[1] not in (2, 3):
-        raise ValueError(f"`points` must have shape (68, 2) or (68, 3), got {pts.shape}")
-    xy = pts[:, :2]
-    out = np.stack([xy[36:42].mean(0), xy[42:48].mean(0), xy[30], xy[48], xy[54]])
-    return out.astype(np.float32)
-
-
 def kps5_from_box(bbox: np.ndarray, model: str = "hog") -> np.ndarray:
     """A rough ArcFace-order ``(5, 2)`` float32 guess from a dlib ``model`` box alone.
 
@@ -255,7 +239,7 @@ class DlibDetector(FaceDetector):
 
     Boxes are xyxy float32, clipped to the image. With ``landmarks5=True`` (default) the
     68-point shape predictor runs in every box: ``Face.landmarks`` is ``(68, 2)`` float32
-    (``landmark_scheme="ibug68"``) and ``kps5`` follows :func:`kps5_from_68`. With
+    (``landmark_scheme="ibug68"``) and ``kps5`` follows :func:`kps5_from_ibug68`. With
     ``landmarks5=False`` no predictor is loaded, ``landmarks`` stay ``None`` and ``kps5`` is
     the rough box template of :func:`kps5_from_box` (run a :class:`DlibLandmarker` next).
 
@@ -338,7 +322,7 @@ class DlibDetector(FaceDetector):
             bbox = np.clip(edges, 0, [w, h, w, h]).astype(np.float32)
             if self._predictor is not None:
                 landmarks: np.ndarray | None = _parts(self._predictor(img, rect))
-                kps5 = kps5_from_68(landmarks)
+                kps5 = kps5_from_ibug68(landmarks)
             else:
                 landmarks = None
                 kps5 = kps5_from_box(edges, self.model)
@@ -365,7 +349,7 @@ class DlibLandmarker(Landmarker):
 
     ``annotate(image, faces)``: RGB uint8 ``(H, W, 3)`` image → copies of ``faces`` with
     ``landmarks`` float32 ``(68, 2)``, ``landmark_scheme="ibug68"`` and ``kps5`` recomputed by
-    :func:`kps5_from_68`. The predictor was trained on dlib HOG boxes; boxes of other
+    :func:`kps5_from_ibug68`. The predictor was trained on dlib HOG boxes; boxes of other
     detectors (taller, looser) still work but slightly less precisely. ``model_path``: the
     ``shape_predictor_68_face_landmarks.dat`` file or a folder holding it.
     """
@@ -396,7 +380,7 @@ class DlibLandmarker(Landmarker):
         for face in faces:
             pts = _parts(self._predictor(img, _rect_from_bbox(dlib, face.bbox)))
             out.append(
-                face.replace(landmarks=pts, landmark_scheme=self.scheme, kps5=kps5_from_68(pts))
+                face.replace(landmarks=pts, landmark_scheme=self.scheme, kps5=kps5_from_ibug68(pts))
             )
         return out
 

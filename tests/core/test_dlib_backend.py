@@ -22,7 +22,6 @@ from facegen.backends.dlib_backend import (
     DlibEncoder,
     DlibLandmarker,
     chip_matrix,
-    kps5_from_68,
     kps5_from_box,
 )
 from facegen.errors import (
@@ -32,6 +31,7 @@ from facegen.errors import (
     ModelNotAvailableError,
 )
 from facegen.hub import resolve
+from facegen.landmarks import kps5_from_ibug68
 from facegen.types import Face
 
 dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed")
@@ -145,7 +145,7 @@ def test_landmarks_and_kps5_are_plausible(t1_faces: list[Face]) -> None:
         box = _grow(f.bbox, 0.15)
         assert _inside(f.landmarks, box), f"landmarks leave {box}"
         assert _inside(f.kps5, box)
-        np.testing.assert_allclose(f.kps5, kps5_from_68(f.landmarks), atol=1e-5)
+        np.testing.assert_allclose(f.kps5, kps5_from_ibug68(f.landmarks), atol=1e-5)
         k = f.kps5
         assert k[0, 0] < k[1, 0], "eyes must be image-left, image-right"
         assert k[3, 0] < k[4, 0], "mouth corners must be image-left, image-right"
@@ -281,12 +281,12 @@ def test_kps5_rule() -> None:
     pts[48, :2] = [12.0, 40.0]
     pts[54, :2] = [28.0, 41.0]
     want = [[9.0, 20.0], [30.0, 21.0], [20.0, 30.0], [12.0, 40.0], [28.0, 41.0]]
-    out = kps5_from_68(pts)
+    out = kps5_from_ibug68(pts)
     assert out.dtype == np.float32 and out.shape == (5, 2)
     np.testing.assert_allclose(out, want)
-    np.testing.assert_allclose(kps5_from_68(pts[:, :2]), want)
+    np.testing.assert_allclose(kps5_from_ibug68(pts[:, :2]), want)
     with pytest.raises(ValueError, match=r"`points` must have shape \(68, 2\) or \(68, 3\)"):
-        kps5_from_68(np.zeros((5, 2)))
+        kps5_from_ibug68(np.zeros((5, 2)))
     box = kps5_from_box(np.array([0, 0, 100, 100]))
     assert box.shape == (5, 2) and box[0, 0] < box[1, 0] < 100
 
