@@ -8,8 +8,10 @@ Measures, in one run (compare ratios, not absolute times, on a noisy machine):
 3. identity embedding of aligned crops: one at a time vs batched (faces/s);
 4. batched embedding through both backends of the dlib encoder, ``torch`` and ``dlib`` (same
    vectors; ``dlib`` is timed once after a warm-up, it takes seconds per batch);
-5. the ONNX path (SCRFD + ArcFace) when the antelopev2/buffalo_l files are available
-   locally (``facegen models download antelopev2``), otherwise reported as skipped.
+5. the ONNX path (SCRFD + ArcFace) end to end when the antelopev2 files are available
+   locally (``facegen models download antelopev2``), otherwise reported as skipped;
+6. ArcFace ONNX embedding (single vs batched) with a random-weight IResNet-50, the
+   architecture of buffalo_l's ``w600k_r50.onnx``: true timings, no quality.
 
 Usage: ``python benchmarks/analysis.py [--repeats 10] [--json out.json]``
 """
@@ -95,11 +97,26 @@ def main() -> None:
     try:
         onnx = FaceAnalyzer.from_names("insightface", None, "arcface-onnx", offline=True)
     except ModelNotAvailableError as exc:
-        res["onnx"] = f"skipped: {str(exc).splitlines()[0]}"
+        res["onnx_real_models"] = f"skipped: {str(exc).splitlines()[0]}"
     else:
         t_onnx, f2 = _time(lambda: onnx.analyze(photo), args.repeats)
         res["onnx_end_to_end_1024px_s"] = t_onnx
         res["onnx_faces"] = len(f2)
+
+    # ArcFace ONNX embedding throughput with a random-weight IResNet-50 (w600k_r50's
+    # architecture): true timings of the ONNX path, no quality whatsoever.
+    from iresnet_onnx import export
+
+    from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r50 = ArcFaceOnnxEncoder(model_path=export(os.path.join(tmp, "r50.onnx"), "r50"))
+        arc_crops = [r50.align(group, f) for f in gfaces]
+        arc_crops = (arc_crops * (args.crops // len(arc_crops) + 1))[: args.crops]
+        t1, _ = _time(lambda: [r50.embed_crops([c]) for c in arc_crops], reps)
+        tb, _ = _time(lambda: r50.embed_crops(arc_crops), reps)
+    res["onnx_r50_random_single_faces_per_s"] = len(arc_crops) / t1
+    res["onnx_r50_random_batched_faces_per_s"] = len(arc_crops) / tb
 
     width = max(len(k) for k in res)
     for k, v in res.items():
