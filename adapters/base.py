@@ -1,0 +1,114 @@
+"""What every identity adapter declares, and the checks done on identities it is given.
+
+An adapter turns identity vectors into diffusion conditioning. Each declares an
+:class:`IdentitySpec`: which encoder's vectors it was trained on (``encoder_ids``), their
+dimension and whether they must be L2-normalised; and its output form:
+
+* ``"prompt_embeds"``: ``(N, 77, hidden)`` text-encoder states (Arc2Face);
+* ``"ip_adapter_image_embeds"``: what diffusers' IP-Adapter path takes (IP-Adapter-FaceID).
+
+:meth:`IdentitySpec.prepare` is the single gate: :class:`~facegen.types.IdentityEmbedding`
+objects of another encoder are refused with :class:`IncompatibleEmbeddingError`; raw arrays
+or tensors (whose encoder cannot be known) are accepted when their shape fits, and are
+checked for NaN/inf and zero vectors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from facegen.errors import IncompatibleEmbeddingError
+from facegen.types import IdentityEmbedding
+
+__all__ = ["IdentityAdapter", "IdentityInput", "IdentitySpec", "OutputForm"]
+
+OutputForm = Literal["prompt_embeds", "ip_adapter_image_embeds"]
+
+#: What adapters accept as identities: embeddings, or raw ``(N, D)`` / ``(D,)`` vectors.
+IdentityInput = IdentityEmbedding | Sequence[IdentityEmbedding] | np.ndarray | Any
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """The identity vectors an adapter was trained on."""
+
+    encoder_ids: tuple[str, ...]
+    dim: int = 512
+    normalized: bool = True
+
+    def describe(self) -> str:
+        ids = " or ".join(repr(e) for e in self.encoder_ids)
+        return f"{self.dim}-D {'L2-normalised ' if self.normalized else ''}vectors from {ids}"
+
+    def prepare(self, identities: IdentityInput, *, adapter: str = "this adapter") -> Any:
+        """Check ``identities`` and return a float32 torch tensor ``(N, dim)``.
+
+        Normalised when the spec says so (a raw vector is normalised here; an
+        :class:`IdentityEmbedding` marked un-normalised is refused rather than fixed,
+        because its scale may carry meaning the adapter was not trained on).
+        """
+        import torch
+
+        if isinstance(identities, IdentityEmbedding):
+            identities = [identities]
+        if (
+            isinstance(identities, (list, tuple))
+            and identities
+            and all(isinstance(e, IdentityEmbedding) for e in identities)
+        ):
+            for e in identities:
+                if e.encoder_id not in self.encoder_ids:
+                    raise IncompatibleEmbeddingError(
+                        f"{adapter} needs {self.describe()}, got an embedding from "
+                        f"{e.encoder_id!r}. Embed the photo with the matching encoder "
+                        "(vectors of different encoders are not interchangeable)."
+                    )
+                if self.normalized and not e.normalized:
+                    raise IncompatibleEmbeddingError(
+                        f"{adapter} needs L2-normalised embeddings, got normalized=False; "
+                        "call .normalize() first"
+                    )
+            arr = np.stack([e.vector for e in identities]).astype(np.float32)
+        else:
+            if isinstance(identities, (list, tuple)) and not identities:
+                raise ValueError("`id_embeds` must not be empty")
+            t = identities if isinstance(identities, torch.Tensor) else None
+            arr = (
+                t.detach().to("cpu", torch.float32).numpy()
+                if t is not None
+                else np.asarray(identities, dtype=np.float32)
+            )
+            if arr.ndim == 1:
+                arr = arr[None]
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != self.dim:
+            raise IncompatibleEmbeddingError(
+                f"`id_embeds` must be (N, {self.dim}) for {adapter} ({self.describe()}), "
+                f"got shape {tuple(arr.shape)}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise IncompatibleEmbeddingError("`id_embeds` must be finite, got NaN or inf")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise IncompatibleEmbeddingError(
+                "`id_embeds` contains a zero vector; it has no identity (for an "
+                "identity-free baseline use the adapter's documented zero-identity option)"
+            )
+        if self.normalized:
+            arr = arr / norms
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class IdentityAdapter(ABC):
+    """An identity → conditioning module. Subclasses set :attr:`identity` and :attr:`output_form`."""
+
+    identity: IdentitySpec
+    output_form: OutputForm
+
+    @abstractmethod
+    def encode(self, id_embeds: IdentityInput, **kwargs: Any) -> Any:
+        """Conditioning for ``id_embeds`` (see the subclass for shapes)."""
