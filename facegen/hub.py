@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from facegen.errors import ModelNotAvailableError, UnknownNameError
 from facegen.registry import Registry
@@ -36,6 +37,7 @@ __all__ = [
     "facegen_home",
     "get_preset",
     "is_offline",
+    "load_pretrained",
     "presets",
     "resolve",
     "status",
@@ -365,3 +367,44 @@ def status(preset: str | ModelPreset) -> dict[str, str | None]:
         except ModelNotAvailableError:
             out[f] = None
     return out
+
+
+def load_pretrained(
+    cls: Any,
+    repo_id: str,
+    subfolder: str | None = None,
+    *,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``cls.from_pretrained(repo_id, subfolder=…)`` with facegen's offline rules and errors.
+
+    For diffusers/transformers classes (models, tokenizers, schedulers). ``repo_id`` may be a
+    hub id or a local folder. Offline when ``local_files_only`` or the environment says so;
+    a missing component raises :class:`ModelNotAvailableError` naming the repo, subfolder,
+    the cache looked in and how to provide it.
+    """
+    offline = is_offline(local_files_only)
+    try:
+        return cls.from_pretrained(
+            repo_id, subfolder=subfolder, revision=revision, local_files_only=offline, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        where = f"{repo_id}" + (f" (subfolder {subfolder})" if subfolder else "")
+        searched = [str(Path(repo_id) / (subfolder or ""))] if Path(repo_id).exists() else []
+        searched.append(f"Hugging Face cache {_hf_cache_dir()}")
+        lines = [
+            "To provide it, do one of:",
+            f"  - pass a local folder that holds it instead of {repo_id!r}",
+            f"  - point HF_HOME at a Hugging Face cache holding {repo_id}",
+            "  - go online (unset HF_HUB_OFFLINE/FACEGEN_OFFLINE, drop --offline)"
+            if offline
+            else "  - check the network and your Hugging Face access to the repo",
+        ]
+        raise ModelNotAvailableError(
+            f"{cls.__name__} from {where}",
+            searched=searched,
+            hint="\n".join(lines),
+            reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        ) from exc

@@ -1,0 +1,180 @@
+"""Arc2Face's identity encoder: an ArcFace vector → CLIP ``prompt_embeds`` for SD1.5.
+
+The published procedure (Papantoniou et al., Arc2Face, ECCV 2024):
+
+1. tokenize ``"photo of a id person"`` (padded to 77 tokens);
+2. take the token embeddings and replace the one of ``id`` with the L2-normalised 512-D
+   ArcFace vector, zero-padded to the text encoder's hidden size (768 for SD1.5);
+3. run the fine-tuned CLIP text transformer on those embeddings (positional embeddings and
+   causal mask as usual) and use ``last_hidden_state`` ``(N, 77, 768)`` as ``prompt_embeds``.
+
+Here step 2 is a forward hook on the text encoder's input-embedding layer (a public torch
+and transformers API), so the real ``CLIPTextModel`` runs unmodified on any transformers
+version. Unconditional embeddings follow the authors (the empty prompt through the same
+fine-tuned encoder); ``unconditional="zero-identity"`` instead runs the ID prompt with a zero
+identity vector, which keeps the prompt structure and removes only the identity.
+
+Checkpoints: hub ``FoivosPar/Arc2Face`` subfolder ``encoder`` (``config.json`` +
+``pytorch_model.bin``, a ``CLIPTextModel``) and ``arc2face`` (the UNet); tokenizer, VAE and
+scheduler from ``stable-diffusion-v1-5/stable-diffusion-v1-5``. Identity vectors come from
+Arc2Face's own ``arcface.onnx`` (faces detected with antelopev2's SCRFD): facegen's
+``arcface-onnx`` encoder with the ``arc2face-arcface`` preset (encoder id
+``arcface-onnx/arc2face``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from facegen.adapters.base import IdentityAdapter, IdentityInput, IdentitySpec
+
+__all__ = ["ARC2FACE_PROMPT", "ARC2FACE_REPO", "SD15_REPO", "Arc2FaceIDEncoder"]
+
+ARC2FACE_REPO = "FoivosPar/Arc2Face"
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ARC2FACE_PROMPT = "photo of a id person"
+ARC2FACE_ENCODER_IDS = ("arcface-onnx/arc2face",)
+
+Unconditional = Literal["empty-prompt", "zero-identity"]
+
+
+class Arc2FaceIDEncoder(IdentityAdapter):
+    """Arc2Face's ID encoder around a ``CLIPTextModel`` and its tokenizer.
+
+    ``encode(id_embeds)`` → float ``(N, 77, hidden)`` ``prompt_embeds`` on the text encoder's
+    device and dtype. ``id_embeds``: :class:`~facegen.types.IdentityEmbedding` objects from
+    Arc2Face's ArcFace (``arcface-onnx/arc2face``), or raw ``(N, 512)`` vectors.
+    """
+
+    output_form = "prompt_embeds"
+
+    def __init__(
+        self,
+        text_encoder: Any,
+        tokenizer: Any,
+        *,
+        prompt: str = ARC2FACE_PROMPT,
+        id_token: str = "id",
+        encoder_ids: tuple[str, ...] = ARC2FACE_ENCODER_IDS,
+    ) -> None:
+        hidden = int(text_encoder.config.hidden_size)
+        self.identity = IdentitySpec(encoder_ids, dim=512, normalized=True)
+        if hidden < self.identity.dim:
+            raise ValueError(
+                f"the text encoder's hidden size must be >= {self.identity.dim} to hold an "
+                f"ArcFace vector, got {hidden}"
+            )
+        token = tokenizer.encode(id_token, add_special_tokens=False)
+        if len(token) != 1:
+            raise ValueError(f"`id_token` must be a single token, got {id_token!r} → {token}")
+        ids = tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        positions = (ids[0] == token[0]).nonzero().flatten()
+        if len(positions) != 1:
+            raise ValueError(
+                f"`prompt` must contain {id_token!r} exactly once, got {len(positions)} in {prompt!r}"
+            )
+        empty = tokenizer(
+            "",
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.hidden_size = hidden
+        self._input_ids = ids
+        self._empty_ids = empty
+        self._id_position = int(positions[0])
+
+    @property
+    def device(self) -> Any:
+        return self.text_encoder.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.text_encoder.dtype
+
+    @contextmanager
+    def _identity_tokens(self, padded: Any) -> Iterator[None]:
+        """Replace the ``id`` token's embedding by ``padded`` (N, hidden) while active."""
+        pos = self._id_position
+
+        def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+            out = output.clone()
+            out[:, pos] = padded.to(out.dtype)
+            return out
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _run(self, input_ids: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.text_encoder(input_ids=input_ids.to(self.device))[0]
+
+    def encode(self, id_embeds: IdentityInput, **_: Any) -> Any:
+        """``prompt_embeds`` ``(N, 77, hidden)`` for ``N`` identities."""
+        import torch.nn.functional as F
+
+        vecs = self.identity.prepare(id_embeds, adapter="Arc2Face")
+        padded = F.pad(vecs, (0, self.hidden_size - vecs.shape[1])).to(self.device)
+        with self._identity_tokens(padded):
+            return self._run(self._input_ids.repeat(len(vecs), 1))
+
+    def encode_unconditional(self, n: int, kind: Unconditional = "empty-prompt") -> Any:
+        """``(n, 77, hidden)`` negative embeddings: the authors' empty prompt, or a zero identity."""
+        import torch
+
+        if n < 1:
+            raise ValueError(f"`n` must be >= 1, got {n}")
+        if kind == "empty-prompt":
+            return self._run(self._empty_ids).repeat(n, 1, 1)
+        if kind == "zero-identity":
+            zeros = torch.zeros(1, self.hidden_size, device=self.device)
+            with self._identity_tokens(zeros):
+                return self._run(self._input_ids).repeat(n, 1, 1)
+        raise ValueError(f"`kind` must be 'empty-prompt' or 'zero-identity', got {kind!r}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str = ARC2FACE_REPO,
+        *,
+        subfolder: str = "encoder",
+        tokenizer_repo: str = SD15_REPO,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        torch_dtype: Any = None,
+        device: str = "cpu",
+    ) -> Arc2FaceIDEncoder:
+        """Load the fine-tuned encoder (``repo_id``/``subfolder``) and SD1.5's tokenizer."""
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        from facegen.hub import load_pretrained
+
+        text_encoder = load_pretrained(
+            CLIPTextModel,
+            repo_id,
+            subfolder,
+            revision=revision,
+            local_files_only=local_files_only,
+            torch_dtype=torch_dtype,
+        )
+        tokenizer = load_pretrained(
+            CLIPTokenizer, tokenizer_repo, "tokenizer", local_files_only=local_files_only
+        )
+        return cls(text_encoder.to(device).eval(), tokenizer)
