@@ -1,0 +1,270 @@
+"""``IDToFacePipeline``: identity → face images with Arc2Face (identity only, no text).
+
+It is diffusers' ``StableDiffusionPipeline`` (same registered modules, same denoising loop)
+driven through its public ``prompt_embeds`` hook: facegen adds the identity encoding, the
+N identities × M images batching with one seed per image, input checks and per-image
+metadata. The authors' defaults: DPM-Solver++ multistep, 25 steps, guidance 3.0, 512×512.
+
+Reproducibility: every image has its own ``torch.Generator`` seeded with its seed, so an
+image depends only on (identity, seed, settings) — not on which batch it was generated in.
+Batched and one-by-one runs agree to float32 round-off of batched matrix products (the
+tests see ≤ 2e-3 on [0, 1] pixels with the tiny model; on a GPU, batch-size-dependent kernels
+can differ slightly more).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from facegen._version import __version__
+from facegen.adapters.arc2face import Arc2FaceIDEncoder, Unconditional
+from facegen.adapters.base import IdentityInput
+from facegen.errors import FacegenError
+from facegen.types import IdentityEmbedding
+
+__all__ = ["FaceGenerationOutput", "IDToFacePipeline"]
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+
+
+@dataclass
+class FaceGenerationOutput(BaseOutput):
+    """``images``: PIL images, or an ``(N·M, H, W, 3)`` float array in [0, 1] for
+    ``output_type="np"``, identity-major (identity 0's M images first). ``metadata``: one
+    dict per image (identity index, seed, preset, models, steps, guidance, size, …)."""
+
+    images: Any
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class IDToFacePipeline(StableDiffusionPipeline):
+    """Arc2Face: ``pipe(id_embeds, num_images_per_identity=4, seeds=[...])``.
+
+    Build it with :func:`facegen.pipelines.presets.from_preset` (``"arc2face"``, ``"tiny"``)
+    or from components like any ``StableDiffusionPipeline`` (``safety_checker=None``).
+    ``id_embeds`` are Arc2Face ArcFace vectors (``arcface-onnx/arc2face``) or raw ``(N, 512)``
+    vectors; a photo goes through :attr:`identity_analyzer` (see :meth:`identities_from_images`).
+    """
+
+    #: Recorded in metadata; set by presets.
+    preset_name: str | None = None
+    model_ids: dict[str, str] = {}  # noqa: RUF012 - replaced per instance by presets
+    #: A FaceAnalyzer whose encoder produces the vectors this pipeline expects.
+    identity_analyzer: Any = None
+    id_encoder_ids: tuple[str, ...] = ("arcface-onnx/arc2face",)
+
+    @property
+    def id_encoder(self) -> Arc2FaceIDEncoder:
+        enc = getattr(self, "_id_encoder", None)
+        if enc is None or enc.text_encoder is not self.text_encoder:
+            enc = Arc2FaceIDEncoder(
+                self.text_encoder, self.tokenizer, encoder_ids=self.id_encoder_ids
+            )
+            self._id_encoder = enc
+        return enc
+
+    # -- identities from photos ---------------------------------------------------------------
+    def identities_from_images(
+        self, images: Sequence[Any], *, select: str | int = "largest", require_single: bool = True
+    ) -> list[IdentityEmbedding]:
+        """One identity per photo, analysed with :attr:`identity_analyzer`.
+
+        ``require_single`` (default) refuses photos with several faces unless ``select`` is
+        an index; a photo without a face raises :class:`NoFaceDetectedError`.
+        """
+        if self.identity_analyzer is None:
+            raise FacegenError(
+                "this pipeline has no identity analyzer; pass `id_embeds`, or build it with "
+                "a preset that sets one (the Arc2Face ArcFace encoder needs the antelopev2 "
+                "detector and arcface.onnx: `facegen models download antelopev2 arc2face-arcface`)"
+            )
+        single = require_single and not isinstance(select, int)
+        out = []
+        for i, img in enumerate(images):
+            faces = self.identity_analyzer.analyze(
+                img, select=select, require_single=single, source=f"identity image {i}"
+            )
+            out.append(faces[0].embedding)
+        return out
+
+    # -- checks -------------------------------------------------------------------------------
+    def check_face_inputs(
+        self,
+        n_identities: int,
+        num_images_per_identity: int,
+        seeds: Sequence[int] | None,
+        generator: Any,
+        num_inference_steps: int,
+        guidance_scale: float,
+        height: int,
+        width: int,
+        batch_size: int | None,
+    ) -> None:
+        total = n_identities * num_images_per_identity
+        if num_images_per_identity < 1:
+            raise ValueError(
+                f"`num_images_per_identity` must be >= 1, got {num_images_per_identity}"
+            )
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale}")
+        for name, v in (("height", height), ("width", width)):
+            if v < 8 or v % 8:
+                raise ValueError(f"`{name}` must be a positive multiple of 8, got {v}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError("pass either `seeds` or `generator`, not both")
+            if len(seeds) != total:
+                raise ValueError(
+                    f"`seeds` must have one seed per image ({n_identities} identities × "
+                    f"{num_images_per_identity} images = {total}), got {len(seeds)}"
+                )
+            bad = [
+                s for s in seeds if not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED
+            ]
+            if bad:
+                raise ValueError(f"`seeds` must be integers in [0, {MAX_SEED}], got {bad[:3]}")
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(f"`generator` list must have {total} generators, got {len(generator)}")
+
+    # -- call ---------------------------------------------------------------------------------
+    def __call__(  # type: ignore[override]
+        self,
+        id_embeds: IdentityInput | None = None,
+        *,
+        images: Sequence[Any] | None = None,
+        num_images_per_identity: int = 1,
+        seeds: Sequence[int] | None = None,
+        generator: Any = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        height: int | None = None,
+        width: int | None = None,
+        unconditional: Unconditional = "empty-prompt",
+        batch_size: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
+    ) -> FaceGenerationOutput | tuple[Any, list[dict[str, Any]]]:
+        """Generate ``num_images_per_identity`` images for each identity.
+
+        Steps: 1 check inputs → 2 encode identities → 3 per-image generators → 4 denoise and
+        decode (diffusers' loop, in chunks of ``batch_size`` images) → 5 output + metadata.
+        Other keyword arguments go to ``StableDiffusionPipeline.__call__`` (``eta``,
+        ``guidance_rescale``, ``latents``, ``timesteps``, …).
+        """
+        import torch
+
+        # 1. check inputs
+        if (id_embeds is None) == (images is None):
+            raise ValueError("pass exactly one of `id_embeds` or `images`")
+        if "prompt" in kwargs or "prompt_embeds" in kwargs:
+            raise ValueError("Arc2Face is identity-only: `prompt`/`prompt_embeds` are not taken")
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        identities = self.identities_from_images(images) if images is not None else id_embeds
+        # 2. encode identities (validates encoder, shape, NaN/zero)
+        cond = self.id_encoder.encode(identities)
+        n = int(cond.shape[0])
+        self.check_face_inputs(
+            n,
+            num_images_per_identity,
+            seeds,
+            generator,
+            num_inference_steps,
+            guidance_scale,
+            height,
+            width,
+            batch_size,
+        )
+        total = n * num_images_per_identity
+        cond = cond.repeat_interleave(num_images_per_identity, dim=0)
+        uncond = self.id_encoder.encode_unconditional(total, unconditional)
+        # 3. one generator per image
+        if generator is None:
+            if seeds is None:
+                seeds = [secrets.randbelow(MAX_SEED + 1) for _ in range(total)]
+            gen_device = "cpu" if self.device.type == "mps" else self.device
+            generator = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+        gens = generator if isinstance(generator, list) else [generator] * total
+        if not isinstance(generator, list):
+            seeds = None  # a shared generator: images depend on their batch
+        # 4. denoise + decode, chunked
+        step = batch_size or total
+        chunks = []
+        for start in range(0, total, step):
+            sl = slice(start, start + step)
+            out = super().__call__(
+                prompt_embeds=cond[sl].to(self.device, self.unet.dtype),
+                negative_prompt_embeds=uncond[sl].to(self.device, self.unet.dtype),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                generator=gens[sl] if isinstance(generator, list) else generator,
+                output_type=output_type,
+                return_dict=True,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
+                **kwargs,
+            )
+            chunks.append(out.images)
+        images_out: Any
+        if output_type == "pil":
+            images_out = [im for c in chunks for im in c]
+        elif output_type == "latent":
+            images_out = torch.cat(chunks)
+        else:
+            images_out = (
+                np.concatenate(chunks) if isinstance(chunks[0], np.ndarray) else torch.cat(chunks)
+            )
+        # 5. metadata
+        enc_ids = (
+            sorted({e.encoder_id for e in identities})
+            if isinstance(identities, list)
+            and identities
+            and isinstance(identities[0], IdentityEmbedding)
+            else ([identities.encoder_id] if isinstance(identities, IdentityEmbedding) else None)
+        )
+        base = {
+            "pipeline": type(self).__name__,
+            "preset": self.preset_name,
+            "models": dict(self.model_ids),
+            "scheduler": type(self.scheduler).__name__,
+            "steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "height": height,
+            "width": width,
+            "unconditional": unconditional,
+            "identity_encoder": enc_ids,
+            "dtype": str(self.unet.dtype).replace("torch.", ""),
+            "facegen_version": __version__,
+        }
+        metadata = [
+            {
+                **base,
+                "identity_index": i // num_images_per_identity,
+                "image_index": i % num_images_per_identity,
+                "seed": int(seeds[i]) if seeds is not None else None,
+            }
+            for i in range(total)
+        ]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images_out, metadata
+        return FaceGenerationOutput(images=images_out, metadata=metadata)

@@ -1,0 +1,134 @@
+"""Generation presets by name: ``from_preset("arc2face", device="cuda", dtype="float16")``.
+
+| preset | what | weights |
+|---|---|---|
+| ``arc2face`` | identity only, Arc2Face UNet + fine-tuned CLIP encoder; DPM-Solver++, 25 steps, guidance 3 | ``FoivosPar/Arc2Face`` (``arc2face``, ``encoder``) + SD1.5 VAE/tokenizer/scheduler |
+| ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from facegen.adapters.arc2face import ARC2FACE_REPO, SD15_REPO
+from facegen.hub import is_offline, load_pretrained
+from facegen.registry import Registry
+
+__all__ = ["PRESETS", "from_preset", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+PRESETS: Registry[Callable[..., Any]] = Registry("generation preset")
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """``"float16"`` etc. → ``torch.float16``; half precision on the CPU is refused."""
+    import torch
+
+    name = str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else str(dtype)
+    if name not in _DTYPES:
+        raise ValueError(f"`dtype` must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if name == "float16" and str(device).startswith("cpu"):
+        raise ValueError("`dtype` float16 needs a GPU; use float32 (or bfloat16) on the CPU")
+    return getattr(torch, name)
+
+
+def _finish(pipe: Any, name: str, models: dict[str, str], device: str, dtype: Any) -> Any:
+    pipe.preset_name = name
+    pipe.model_ids = models
+    pipe.set_progress_bar_config(leave=False)
+    return pipe.to(device, dtype)
+
+
+@PRESETS.register("tiny", description="random tiny SD1.5-shaped components (plumbing, demos)")
+def _tiny(*, device: str = "cpu", dtype: Any = "float32", seed: int = 0, **_: Any) -> Any:
+    from facegen.pipelines.id_to_face import IDToFacePipeline
+    from facegen.pipelines.tiny import tiny_components
+
+    pipe = IDToFacePipeline(
+        **tiny_components(seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return _finish(
+        pipe,
+        "tiny",
+        {"components": f"tiny-random-seed{seed}"},
+        device,
+        resolve_dtype(dtype, device),
+    )
+
+
+@PRESETS.register("arc2face", description="Arc2Face (identity only), SD1.5 base")
+def _arc2face(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    local_files_only: bool | None = None,
+    with_analyzer: bool = True,
+    **_: Any,
+) -> Any:
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from facegen.pipelines.id_to_face import IDToFacePipeline
+
+    torch_dtype = resolve_dtype(dtype, device)
+    off = is_offline(local_files_only)
+    common = {"local_files_only": off}
+    unet = load_pretrained(
+        UNet2DConditionModel, ARC2FACE_REPO, "arc2face", torch_dtype=torch_dtype, **common
+    )
+    text_encoder = load_pretrained(
+        CLIPTextModel, ARC2FACE_REPO, "encoder", torch_dtype=torch_dtype, **common
+    )
+    vae = load_pretrained(AutoencoderKL, SD15_REPO, "vae", torch_dtype=torch_dtype, **common)
+    tokenizer = load_pretrained(CLIPTokenizer, SD15_REPO, "tokenizer", **common)
+    scheduler = load_pretrained(DPMSolverMultistepScheduler, SD15_REPO, "scheduler", **common)
+    pipe = IDToFacePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if with_analyzer:
+        from facegen.analyzer import FaceAnalyzer
+
+        pipe.identity_analyzer = FaceAnalyzer.from_names(
+            "insightface",
+            None,
+            "arcface-onnx",
+            device=device,
+            offline=off,
+            encoder_options={"preset": "arc2face-arcface"},
+        )
+    models = {
+        "unet": f"{ARC2FACE_REPO}/arc2face",
+        "text_encoder": f"{ARC2FACE_REPO}/encoder",
+        "vae": f"{SD15_REPO}/vae",
+        "identity": "arc2face-arcface",
+    }
+    return _finish(pipe, "arc2face", models, device, torch_dtype)
+
+
+def from_preset(
+    name: str,
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    local_files_only: bool | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Build the pipeline of preset ``name`` (see the module table) on ``device``/``dtype``."""
+    return PRESETS.create(
+        name, device=device, dtype=dtype, local_files_only=local_files_only, **kwargs
+    )

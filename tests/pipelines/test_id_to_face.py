@@ -1,0 +1,175 @@
+"""IDToFacePipeline with tiny random components: equivalence, seeds, metadata, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from facegen import IdentityEmbedding, IncompatibleEmbeddingError
+from facegen.errors import FacegenError
+from facegen.pipelines.presets import from_preset, resolve_dtype
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = from_preset("tiny")
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def ids() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(2, 512)).astype(np.float32)
+
+
+def test_same_images_as_diffusers_given_the_same_embeddings(pipe, ids) -> None:
+    """facegen adds nothing to the denoising: diffusers with our prompt_embeds gives the same."""
+    out = pipe(
+        ids,
+        num_images_per_identity=2,
+        seeds=[5, 6, 7, 8],
+        num_inference_steps=STEPS,
+        output_type="np",
+    )
+    sd = StableDiffusionPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    sd.set_progress_bar_config(disable=True)
+    cond = pipe.id_encoder.encode(ids).repeat_interleave(2, dim=0)
+    uncond = pipe.id_encoder.encode_unconditional(4)
+    ref = sd(
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in (5, 6, 7, 8)],
+    ).images
+    np.testing.assert_array_equal(out.images, ref)
+
+
+def test_seeds_reproduce_across_batching(pipe, ids) -> None:
+    seeds = [11, 12, 13, 14]
+    batched = pipe(
+        ids, num_images_per_identity=2, seeds=seeds, num_inference_steps=STEPS, output_type="np"
+    ).images
+    chunked = pipe(
+        ids,
+        num_images_per_identity=2,
+        seeds=seeds,
+        num_inference_steps=STEPS,
+        output_type="np",
+        batch_size=1,
+    ).images
+    single = pipe(
+        ids[1:], num_images_per_identity=1, seeds=[13], num_inference_steps=STEPS, output_type="np"
+    ).images
+    np.testing.assert_allclose(batched, chunked, atol=2e-3)
+    np.testing.assert_allclose(batched[2], single[0], atol=2e-3)
+    assert np.abs(batched[0] - batched[1]).mean() > 1e-3  # different seeds, different images
+    again = pipe(
+        ids, num_images_per_identity=2, seeds=seeds, num_inference_steps=STEPS, output_type="np"
+    ).images
+    np.testing.assert_array_equal(batched, again)
+
+
+def test_identity_changes_the_image(pipe, ids) -> None:
+    a = pipe(ids[:1], seeds=[3], num_inference_steps=STEPS, output_type="np").images
+    b = pipe(ids[1:], seeds=[3], num_inference_steps=STEPS, output_type="np").images
+    assert np.abs(a - b).mean() > 1e-3
+
+
+def test_metadata_and_pil_output(pipe) -> None:
+    emb = IdentityEmbedding(np.eye(512, dtype=np.float32)[3], "arcface-onnx/arc2face")
+    out = pipe([emb, emb], num_images_per_identity=3, num_inference_steps=2)
+    assert len(out.images) == 6 and out.images[0].size == (64, 64)
+    md = out.metadata
+    assert [m["identity_index"] for m in md] == [0, 0, 0, 1, 1, 1]
+    assert [m["image_index"] for m in md] == [0, 1, 2, 0, 1, 2]
+    assert all(isinstance(m["seed"], int) for m in md) and len({m["seed"] for m in md}) == 6
+    assert md[0]["preset"] == "tiny" and md[0]["steps"] == 2 and md[0]["guidance_scale"] == 3.0
+    assert md[0]["identity_encoder"] == ["arcface-onnx/arc2face"]
+    # a recorded seed regenerates its image
+    again = pipe([emb], seeds=[md[4]["seed"]], num_inference_steps=2)
+    np.testing.assert_allclose(
+        np.asarray(again.images[0], float), np.asarray(out.images[4], float), atol=2
+    )
+
+
+def test_callback_and_zero_identity_option(pipe, ids) -> None:
+    steps: list[int] = []
+
+    def cb(p, i, t, kw):
+        steps.append(i)
+        return kw
+
+    pipe(ids[:1], seeds=[1], num_inference_steps=STEPS, output_type="np", callback_on_step_end=cb)
+    assert steps == list(range(STEPS))
+    a = pipe(ids[:1], seeds=[1], num_inference_steps=STEPS, output_type="np").images
+    b = pipe(
+        ids[:1],
+        seeds=[1],
+        num_inference_steps=STEPS,
+        output_type="np",
+        unconditional="zero-identity",
+    ).images
+    assert np.abs(a - b).mean() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"id_embeds": np.ones((1, 128))}, IncompatibleEmbeddingError, r"\(N, 512\)"),
+        ({"id_embeds": np.zeros((1, 512))}, IncompatibleEmbeddingError, "zero vector"),
+        ({"id_embeds": np.full((1, 512), np.nan)}, IncompatibleEmbeddingError, "finite"),
+        (
+            {
+                "id_embeds": [
+                    IdentityEmbedding(np.eye(512, dtype=np.float32)[0], "arcface-onnx/buffalo_l")
+                ]
+            },
+            IncompatibleEmbeddingError,
+            "arcface-onnx/arc2face",
+        ),
+        ({"id_embeds": np.ones((2, 512)), "seeds": [1, 2, 3]}, ValueError, "one seed per image"),
+        (
+            {"id_embeds": np.ones((1, 512)), "num_inference_steps": 0},
+            ValueError,
+            "num_inference_steps",
+        ),
+        ({"id_embeds": np.ones((1, 512)), "height": 60}, ValueError, "multiple of 8"),
+        ({"id_embeds": np.ones((1, 512)), "seeds": [-1]}, ValueError, "seeds"),
+        ({"id_embeds": np.ones((1, 512)), "num_images_per_identity": 0}, ValueError, ">= 1"),
+        ({}, ValueError, "exactly one of"),
+        ({"id_embeds": np.ones((1, 512)), "prompt": "a cat"}, ValueError, "identity-only"),
+    ],
+)
+def test_bad_inputs(pipe, kwargs, err, match) -> None:
+    with pytest.raises(err, match=match):
+        pipe(num_inference_steps=kwargs.pop("num_inference_steps", 1), **kwargs)
+
+
+def test_photo_input_needs_an_analyzer(pipe, t1_path) -> None:
+    with pytest.raises(FacegenError, match="no identity analyzer"):
+        pipe(images=[t1_path], num_inference_steps=1)
+
+
+def test_dtype_rules() -> None:
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="needs a GPU"):
+        resolve_dtype("float16", "cpu")
+    with pytest.raises(ValueError, match="`dtype` must be one of"):
+        resolve_dtype("int8", "cpu")
