@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+    from facegen.app.generate_cmd import add_generate_parser
+
+    add_generate_parser(sub, common, _positive_int)
+
     s = sub.add_parser(
         "samples",
         parents=[common],

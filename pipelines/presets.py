@@ -41,7 +41,9 @@ def _finish(pipe: Any, name: str, models: dict[str, str], device: str, dtype: An
     pipe.preset_name = name
     pipe.model_ids = models
     pipe.set_progress_bar_config(leave=False)
-    return pipe.to(device, dtype)
+    if pipe.unet.dtype != dtype:
+        pipe = pipe.to(device, dtype)
+    return pipe.to(device)
 
 
 @PRESETS.register("tiny", description="random tiny SD1.5-shaped components (plumbing, demos)")

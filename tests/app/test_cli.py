@@ -155,3 +155,45 @@ def test_console_script_runs(t1_path: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)[0]["faces"]) == 6
+
+
+def test_generate_random_identities_with_the_tiny_preset(tmp_path: Path, capsys) -> None:
+    from facegen.image_io import read_metadata
+
+    out = tmp_path / "gen"
+    args = ["generate", "--random-identities", "2", "--num-images", "2", "--preset", "tiny"]
+    assert main([*args, "--steps", "2", "--seed", "7", "--batch-size", "3", "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    files = [r["file"] for r in man["images"]]
+    assert files == [
+        "id0000_img000_seed7.png",
+        "id0000_img001_seed8.png",
+        "id0001_img000_seed9.png",
+        "id0001_img001_seed10.png",
+    ]
+    md = read_metadata(out / files[3])
+    assert md["seed"] == 10 and md["identity_index"] == 1 and md["preset"] == "tiny"
+    assert load_image(out / files[0]).shape == (64, 64, 3)
+    assert "wrote 4 image(s) of 2 identities" in capsys.readouterr().out
+    # the same command gives the same images
+    again = tmp_path / "again"
+    assert main([*args, "--steps", "2", "--seed", "7", "--out", str(again)]) == 0
+    diff = np.abs(load_image(out / files[2]).astype(int) - load_image(again / files[2]).astype(int))
+    assert diff.max() <= 2
+
+
+def test_generate_errors(tmp_path: Path, capsys) -> None:
+    base = ["generate", "--preset", "tiny", "--out", str(tmp_path / "o")]
+    assert main([*base, "--random-identities", "1", "--prompt", "a cat"]) == 1
+    assert "identity-only" in capsys.readouterr().err
+    assert main([*base, "--id-image", str(tmp_path / "missing.jpg")]) == 1
+    assert "file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--random-identities", "0"])
+    emb = tmp_path / "dlib.safetensors"
+    from facegen.embedding_io import save_embeddings
+    from facegen.types import IdentityEmbedding
+
+    save_embeddings(emb, [IdentityEmbedding(np.eye(128, dtype=np.float32)[0], "dlib-resnet-v1")])
+    assert main([*base, "--id-embedding", str(emb)]) == 1
+    assert "dlib-resnet-v1" in capsys.readouterr().err
