@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from facegen._version import __version__
 from facegen.align import align_face
 from facegen.embedding_io import save_embeddings
 from facegen.errors import OutputError
+from facegen.fileio import atomic_write
 from facegen.image_io import save_image
 from facegen.paths import safe_child, safe_name
 from facegen.types import Face
@@ -33,16 +33,15 @@ from facegen.visualize import draw_faces
 __all__ = ["AnalysisWriter", "write_json"]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Atomically write ``data`` as indented JSON (see :func:`facegen.fileio.atomic_write`).
+
+    Values JSON cannot encode are written as ``str(value)``; a circular structure raises
+    ``ValueError`` and leaves no file behind.
+    """
+    text = json.dumps(data, indent=2, default=str)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 class AnalysisWriter:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from facegen._version import __version__
-from facegen.errors import IncompatibleEmbeddingError, InvalidModelError, OutputError
+from facegen.errors import IncompatibleEmbeddingError, InvalidModelError
+from facegen.fileio import atomic_write
 from facegen.types import IdentityEmbedding
 
 __all__ = ["load_embeddings", "save_embeddings"]
@@ -50,17 +50,8 @@ def save_embeddings(
     for k, v in (extra or {}).items():
         meta[str(k)] = json.dumps(v, default=str)
     p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".part")
-        os.close(fd)
+    with atomic_write(p) as tmp:
         save_file({"embeddings": np.stack([e.vector for e in embeddings])}, tmp, metadata=meta)
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
-    finally:
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from facegen.errors import InvalidImageError, OutputError
+from facegen.fileio import atomic_write
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -254,20 +254,8 @@ def save_image(
             kwargs["exif"] = exif.tobytes()
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".part")
-    except OSError as exc:
-        raise OutputError(f"cannot write to {p.parent}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **kwargs)
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(p) as tmp:
+        pil.save(tmp, format=fmt, **kwargs)
     return p
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,11 @@ import pytest
 
 from facegen import Face, IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.align import arcface_template
-from facegen.analysis_writer import AnalysisWriter
+from facegen.analysis_writer import AnalysisWriter, write_json
 from facegen.embedding_io import load_embeddings, save_embeddings
 from facegen.errors import InvalidModelError, OutputError
-from facegen.image_io import load_image, read_metadata
+from facegen.fileio import atomic_write
+from facegen.image_io import load_image, read_metadata, save_image
 from facegen.paths import safe_child, safe_name
 
 
@@ -86,3 +89,48 @@ def test_writer_refuses_unwritable_folder(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot create output folder"):
         AnalysisWriter(blocker / "out")
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield 0o644
+    finally:
+        os.umask(old)
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path: Path, umask_022: int) -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    files = [
+        save_image(img, tmp_path / "a.png"),
+        save_embeddings(tmp_path / "e.safetensors", [_emb([1, 0])]),
+    ]
+    write_json(tmp_path / "r.json", {"a": 1})
+    files.append(tmp_path / "r.json")
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == umask_022, f.name
+
+
+def test_failed_writes_leave_no_temporary_file(tmp_path: Path) -> None:
+    circular: list[object] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match=r"[Cc]ircular"):
+        write_json(tmp_path / "r.json", circular)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_errors_name_the_path(tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    with pytest.raises(OutputError, match=r"cannot write .*x\.bin"), atomic_write(target) as tmp:
+        tmp.write_bytes(b"data")
+        tmp.unlink()  # the rename now fails
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
