@@ -95,6 +95,7 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         self._input_ids = ids
         self._empty_ids = empty
         self._id_position = int(positions[0])
+        self._uncond_cache: dict[tuple[str, str, str], Any] = {}
 
     @property
     def device(self) -> Any:
@@ -141,13 +142,26 @@ class Arc2FaceIDEncoder(IdentityAdapter):
 
         if n < 1:
             raise ValueError(f"`n` must be >= 1, got {n}")
-        if kind == "empty-prompt":
-            return self._run(self._empty_ids).repeat(n, 1, 1)
-        if kind == "zero-identity":
-            zeros = torch.zeros(1, self.hidden_size, device=self.device)
-            with self._identity_tokens(zeros):
-                return self._run(self._input_ids).repeat(n, 1, 1)
-        raise ValueError(f"`kind` must be 'empty-prompt' or 'zero-identity', got {kind!r}")
+        if kind not in ("empty-prompt", "zero-identity"):
+            raise ValueError(f"`kind` must be 'empty-prompt' or 'zero-identity', got {kind!r}")
+        # Constant for given weights: cached per (kind, device, dtype) while the encoder is in
+        # eval mode (call clear_cache() after changing its weights in place).
+        key = (kind, str(self.device), str(self.dtype))
+        one = None if self.text_encoder.training else self._uncond_cache.get(key)
+        if one is None:
+            if kind == "empty-prompt":
+                one = self._run(self._empty_ids)
+            else:
+                zeros = torch.zeros(1, self.hidden_size, device=self.device)
+                with self._identity_tokens(zeros):
+                    one = self._run(self._input_ids)
+            if not self.text_encoder.training:
+                self._uncond_cache[key] = one
+        return one.repeat(n, 1, 1)
+
+    def clear_cache(self) -> None:
+        """Forget cached unconditional embeddings (after editing the encoder's weights)."""
+        self._uncond_cache.clear()
 
     @classmethod
     def from_pretrained(
