@@ -289,36 +289,39 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     results: list[dict[str, Any]] = []
     failures = 0
-    for path in _progress(files, "analyze"):
-        try:
-            image = load_image(path)
-            faces = analyzer.analyze(image, select=args.select, source=str(path))
-        except FacegenError as exc:
-            failures += 1
-            _err(str(exc))
-            results.append({"source": str(path), "error": str(exc)})
-            if writer is not None:
-                writer.add_failure(path, str(exc))
-            continue
-        if not faces:
-            print(f"facegen: warning: {path}: no face found", file=sys.stderr)
-        record = (
-            writer.write(path, image, faces)
-            if writer is not None
-            else {
-                "source": str(path),
-                "width": image.shape[1],
-                "height": image.shape[0],
-                "faces": [f.to_dict() for f in faces],
-            }
-        )
-        if args.json and writer is None:
-            for fd, f in zip(record["faces"], faces):
-                if f.embedding is not None:
-                    fd["embedding"]["vector"] = f.embedding.vector.tolist()
-        results.append(record)
-    if writer is not None:
-        writer.close()
+    try:
+        for path in _progress(files, "analyze"):
+            try:
+                image = load_image(path)
+                faces = analyzer.analyze(image, select=args.select, source=str(path))
+            except FacegenError as exc:
+                failures += 1
+                _err(str(exc))
+                results.append({"source": str(path), "error": str(exc)})
+                if writer is not None:
+                    writer.add_failure(path, str(exc))
+                continue
+            if not faces:
+                print(f"facegen: warning: {path}: no face found", file=sys.stderr)
+            record = (
+                writer.write(path, image, faces)
+                if writer is not None
+                else {
+                    "source": str(path),
+                    "width": image.shape[1],
+                    "height": image.shape[0],
+                    "faces": [f.to_dict() for f in faces],
+                }
+            )
+            if args.json and writer is None:
+                for fd, f in zip(record["faces"], faces):
+                    if f.embedding is not None:
+                        fd["embedding"]["vector"] = f.embedding.vector.tolist()
+            results.append(record)
+    finally:
+        # the manifest records what was done even when the run stops early
+        if writer is not None:
+            writer.close()
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -360,8 +363,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     _check_analysis_options(args)
     analyzer = _analyzer(args, need_encoder=True)
-    a = analyzer.embed(args.image_a)
-    b = analyzer.embed(args.image_b)
+    a = analyzer.embed(args.image_a, source=args.image_a)
+    b = analyzer.embed(args.image_b, source=args.image_b)
     sim = a.similarity(b)
     thr = args.threshold if args.threshold is not None else analyzer.encoder.same_person_threshold
     same = sim >= thr

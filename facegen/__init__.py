@@ -9,6 +9,7 @@ from facegen._version import __version__
 from facegen.errors import (
     AmbiguousFaceError,
     FacegenError,
+    FaceIndexError,
     IncompatibleEmbeddingError,
     InvalidImageError,
     InvalidModelError,
@@ -22,6 +23,7 @@ __all__ = [
     "AlignedFace",
     "AmbiguousFaceError",
     "Face",
+    "FaceIndexError",
     "FacegenError",
     "IdentityEmbedding",
     "IncompatibleEmbeddingError",

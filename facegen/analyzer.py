@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,12 @@ import numpy as np
 
 from facegen.align import align_face
 from facegen.base import FaceDetector, IdentityEncoder, Landmarker
-from facegen.errors import AmbiguousFaceError, IncompatibleEmbeddingError, NoFaceDetectedError
+from facegen.errors import (
+    AmbiguousFaceError,
+    FaceIndexError,
+    IncompatibleEmbeddingError,
+    NoFaceDetectedError,
+)
 from facegen.image_io import ImageSource, load_image
 from facegen.types import AlignedFace, Face, IdentityEmbedding
 
@@ -39,8 +45,10 @@ def select_faces(
     with the largest box / highest score; an ``int`` keeps that index (detector order,
     negative counts from the end); an :class:`IdentityEmbedding` keeps the face whose
     embedding is most similar (faces must carry embeddings of the same encoder).
-    Single-face policies raise :class:`NoFaceDetectedError` when there is no face;
-    ``require_single=True`` raises :class:`AmbiguousFaceError` when more than one was found.
+    Single-face policies raise :class:`NoFaceDetectedError` when there is no face, an index
+    outside the faces found raises :class:`FaceIndexError`; ``require_single=True`` raises
+    :class:`AmbiguousFaceError` when more than one was found. ``source`` names the image in
+    these errors.
     """
     faces = list(faces)
     if require_single and len(faces) > 1:
@@ -63,10 +71,7 @@ def select_faces(
         return [max(faces, key=lambda f: f.score)]
     if isinstance(select, (int, np.integer)) and not isinstance(select, bool):
         if not -len(faces) <= int(select) < len(faces):
-            raise ValueError(
-                f"face index must be in [{-len(faces)}, {len(faces) - 1}], got {select} "
-                f"({len(faces)} face(s) found)"
-            )
+            raise FaceIndexError(index=int(select), num_faces=len(faces), source=source)
         return [faces[int(select)]]
     if isinstance(select, IdentityEmbedding):
         if any(f.embedding is None for f in faces):
@@ -76,6 +81,15 @@ def select_faces(
         sims = [select.similarity(f.embedding) for f in faces]  # type: ignore[arg-type]
         return [faces[int(np.argmax(sims))]]
     raise ValueError(f"`select` has an unsupported type {type(select).__name__}")
+
+
+def _is_all(select: Selection) -> bool:
+    return isinstance(select, str) and select == "all"
+
+
+def _path_name(image: ImageSource) -> str | None:
+    """The path an image is read from (for error messages), or ``None``."""
+    return str(image) if isinstance(image, (str, os.PathLike)) else None
 
 
 @dataclass
@@ -139,7 +153,7 @@ class FaceAnalyzer:
             select=select,
             require_single=require_single,
             embed=embed,
-            sources=[source] if source else None,
+            sources=[source],
         )[0]
 
     # -- many images --------------------------------------------------------------------------
@@ -150,15 +164,23 @@ class FaceAnalyzer:
         select: Selection = "all",
         require_single: bool = False,
         embed: bool = True,
-        sources: Sequence[str] | None = None,
+        sources: Sequence[str | None] | None = None,
     ) -> list[list[Face]]:
         """Analyze several images; the embedding runs in batches across all their faces.
 
-        Selection by reference embedding happens after embedding; other policies before, so
-        unselected faces are never embedded.
+        ``sources`` (one per image, or ``None``) name the images in errors; a missing name
+        defaults to the path an image was read from. Selection by reference embedding
+        happens after embedding; other policies before, so unselected faces are never
+        embedded.
         """
-        arrays = [load_image(im) for im in images]
-        names = list(sources) if sources else [None] * len(arrays)
+        images = list(images)
+        if sources is not None and len(sources) != len(images):
+            raise ValueError(f"`sources` must have {len(images)} entries, got {len(sources)}")
+        names = [
+            src if src is not None else _path_name(im)
+            for im, src in zip(images, sources if sources is not None else [None] * len(images))
+        ]
+        arrays = [load_image(im, name=n) for im, n in zip(images, names)]
         per_image: list[list[Face]] = []
         for arr, name in zip(arrays, names):
             faces = self.detect(arr)
@@ -198,13 +220,21 @@ class FaceAnalyzer:
         embs = iter(self.encoder.wrap(self.encoder.embed_crops(crops)))
         return [[f.replace(embedding=next(embs)) for f in faces] for faces in per_image]
 
-    def embed(self, image: ImageSource, *, select: Selection = "largest") -> IdentityEmbedding:
-        """The identity embedding of one face (the largest by default)."""
+    def embed(
+        self, image: ImageSource, *, select: Selection = "largest", source: str | None = None
+    ) -> IdentityEmbedding:
+        """The identity embedding of one face (the largest by default).
+
+        ``select="all"`` requires the image to hold exactly one face. Raises
+        :class:`NoFaceDetectedError` when there is none, :class:`AmbiguousFaceError` when
+        ``"all"`` finds several; ``source`` (default: the path ``image`` was read from)
+        names the image in these errors.
+        """
         if self.encoder is None:
             raise ValueError("this FaceAnalyzer has no encoder; pass one to embed faces")
-        faces = self.analyze(image, select=select)
-        if len(faces) != 1:
-            raise AmbiguousFaceError(num_faces=len(faces))
+        faces = self.analyze(image, select=select, require_single=_is_all(select), source=source)
+        if len(faces) != 1:  # every selection policy returns one face or raises
+            raise AmbiguousFaceError(num_faces=len(faces), source=source or _path_name(image))
         emb = faces[0].embedding
         assert emb is not None
         return emb

@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "AmbiguousFaceError",
     "DeviceNotAvailableError",
+    "FaceIndexError",
     "FacegenError",
     "IncompatibleEmbeddingError",
     "InvalidImageError",
@@ -73,6 +74,20 @@ class AmbiguousFaceError(FacegenError):
         super().__init__(
             f"{where}exactly one face is required, got {num_faces}. "
             "Choose one with a selection policy (largest, best, index=N, or closest to a reference)."
+        )
+
+
+class FaceIndexError(FacegenError, IndexError):
+    """A face was selected by an index that the image's detected faces do not have."""
+
+    def __init__(self, *, index: int, num_faces: int, source: str | None = None) -> None:
+        self.index = index
+        self.num_faces = num_faces
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(
+            f"{where}face index must be in [{-num_faces}, {num_faces - 1}], got {index} "
+            f"({num_faces} face(s) found)"
         )
 
 

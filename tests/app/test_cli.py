@@ -71,6 +71,31 @@ def test_analyze_json_and_folder_walk_with_bad_files(tmp_path: Path, t1_path: Pa
     assert "Traceback" not in cap.err
 
 
+def test_face_index_out_of_range_fails_one_image_not_the_batch(
+    tmp_path: Path, t1_path: Path, hanks_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    args = ["--select", "1", "--encoder", "none", "--no-preview", "--out", str(out)]
+    assert main(["analyze", str(t1_path), str(hanks_path), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"{hanks_path}: face index must be in [-1, 0], got 1" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_name = {Path(i["source"]).name: i for i in manifest["images"]}
+    assert by_name["t1.jpg"]["faces"] == 1 and "face index" in by_name[hanks_path.name]["error"]
+    ids = tmp_path / "ids.safetensors"
+    assert main(["embed", str(hanks_path), str(t1_path), "--select", "1", "--out", str(ids)]) == 1
+    assert "face index must be in" in capsys.readouterr().err
+    assert load_embeddings(ids)[1] == [str(t1_path)]
+
+
+def test_compare_names_the_image_without_a_face(t1_path: Path, tmp_path: Path, capsys) -> None:
+    from facegen.image_io import save_image
+
+    blank = save_image(np.full((80, 80, 3), 128, np.uint8), tmp_path / "blank.png")
+    assert main(["compare", str(t1_path), str(blank)]) == 1
+    assert f"facegen: error: {blank}: no face detected" in capsys.readouterr().err
+
+
 def test_compare_same_and_different(t1_path: Path, tmp_path: Path, capsys) -> None:
     img = load_image(t1_path)
     from facegen.image_io import save_image

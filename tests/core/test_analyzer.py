@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from facegen import AmbiguousFaceError, Face, IdentityEmbedding, NoFaceDetectedError
+from facegen import (
+    AmbiguousFaceError,
+    Face,
+    FacegenError,
+    IdentityEmbedding,
+    IncompatibleEmbeddingError,
+    NoFaceDetectedError,
+)
 from facegen.align import align_face, arcface_template
 from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.base import FaceDetector, IdentityEncoder
+from facegen.errors import FaceIndexError
+from facegen.image_io import save_image
 from facegen.types import AlignedFace
 
 
@@ -61,8 +73,12 @@ def test_selection_policies() -> None:
     assert select_faces(faces, "largest")[0] is faces[1]
     assert select_faces(faces, "best")[0] is faces[2]
     assert select_faces(faces, -1)[0] is faces[2]
-    with pytest.raises(ValueError, match=r"face index must be in \[-3, 2\]"):
-        select_faces(faces, 3)
+    with pytest.raises(FaceIndexError, match=r"^x\.jpg: face index must be in \[-3, 2\]") as ei:
+        select_faces(faces, 3, source="x.jpg")
+    assert isinstance(ei.value, FacegenError) and isinstance(ei.value, IndexError)
+    assert ei.value.source == "x.jpg" and ei.value.index == 3 and ei.value.num_faces == 3
+    with pytest.raises(FaceIndexError, match=r"got -4 \(3 face\(s\) found\)"):
+        select_faces(faces, -4)
     with pytest.raises(AmbiguousFaceError, match="exactly one face is required, got 3"):
         select_faces(faces, "largest", require_single=True)
     with pytest.raises(NoFaceDetectedError, match=r"threshold 0.5 \(found 0 face"):
@@ -98,17 +114,44 @@ def test_select_closest_to_reference() -> None:
     chosen = an.analyze(img, select=ref)
     assert len(chosen) == 1 and chosen[0].bbox[0] == 150
     wrong = IdentityEmbedding(np.array([1.0, 0, 0, 0]), "other-encoder")
-    with pytest.raises(Exception, match="same encoder"):
+    with pytest.raises(IncompatibleEmbeddingError, match="same encoder"):
         an.analyze(img, select=wrong)
 
 
-def test_no_face_and_embed_errors() -> None:
+def test_no_face_and_embed_errors(tmp_path: Path) -> None:
     an = FaceAnalyzer(FakeDetector([]), None, MeanColourEncoder())
     assert an.analyze(_image((1, 2, 3))) == []
     with pytest.raises(NoFaceDetectedError, match="detector 'fake'"):
         an.embed(_image((1, 2, 3)))
+    # errors name the image: an explicit source, or the path the image was read from
+    with pytest.raises(NoFaceDetectedError, match=r"^a\.jpg: no face detected"):
+        an.embed(_image((1, 2, 3)), source="a.jpg")
+    path = save_image(_image((1, 2, 3)), tmp_path / "b.png")
+    with pytest.raises(NoFaceDetectedError, match=rf"^{re.escape(str(path))}: no face"):
+        an.embed(path)
+    # select="all" on an image without a face: no face, not "exactly one … got 0"
+    with pytest.raises(NoFaceDetectedError, match="no face detected"):
+        an.embed(_image((1, 2, 3)), select="all")
+    two = FaceAnalyzer(FakeDetector([_face(10, 60, 0.9), _face(120, 60, 0.8)]), None, an.encoder)
+    with pytest.raises(AmbiguousFaceError, match=r"^c\.jpg: exactly one face .* got 2"):
+        two.embed(_image((1, 2, 3)), select="all", source="c.jpg")
+    assert two.embed(_image((1, 2, 3))).encoder_id == "fake-colour"  # largest of two
     with pytest.raises(ValueError, match="no encoder"):
         FaceAnalyzer(FakeDetector([])).embed(_image((1, 2, 3)))
+
+
+def test_analyze_many_checks_sources(tmp_path: Path) -> None:
+    an = FaceAnalyzer(FakeDetector([]), None, None)
+    imgs = [_image((1, 2, 3))] * 3
+    with pytest.raises(ValueError, match="`sources` must have 3 entries, got 2"):
+        an.analyze_many(imgs, sources=["a", "b"])
+    with pytest.raises(ValueError, match="`sources` must have 3 entries, got 4"):
+        an.analyze_many(imgs, sources=["a", "b", "c", "d"])
+    assert an.analyze_many(imgs, sources=["a", "b", "c"]) == [[], [], []]
+    # without sources, errors name the file an image was read from
+    path = save_image(_image((1, 2, 3)), tmp_path / "p.png")
+    with pytest.raises(NoFaceDetectedError, match=rf"^{re.escape(str(path))}: no face"):
+        an.analyze_many([path, imgs[0]], select="largest", sources=None)
 
 
 def test_encoder_base_checks_crops_and_flip() -> None:
