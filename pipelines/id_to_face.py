@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from facegen._version import __version__
@@ -30,7 +30,12 @@ from facegen.adapters.base import IdentityInput
 from facegen.errors import FacegenError
 from facegen.types import IdentityEmbedding
 
-__all__ = ["FaceGenerationOutput", "IDToFacePipeline"]
+__all__ = [
+    "FaceGenerationOutput",
+    "IDGenerationMixin",
+    "IDToFaceControlNetPipeline",
+    "IDToFacePipeline",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +52,9 @@ class FaceGenerationOutput(BaseOutput):
     metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
-class IDToFacePipeline(StableDiffusionPipeline):
-    """Arc2Face: ``pipe(id_embeds, num_images_per_identity=4, seeds=[...])``.
-
-    Build it with :func:`facegen.pipelines.presets.from_preset` (``"arc2face"``, ``"tiny"``)
-    or from components like any ``StableDiffusionPipeline`` (``safety_checker=None``).
-    ``id_embeds`` are Arc2Face ArcFace vectors (``arcface-onnx/arc2face``) or raw ``(N, 512)``
-    vectors; a photo goes through :attr:`identity_analyzer` (see :meth:`identities_from_images`).
-    """
+class IDGenerationMixin:
+    """Identity handling shared by the Arc2Face pipelines (placed before the diffusers
+    pipeline class in the bases, so ``super().__call__`` is diffusers' own loop)."""
 
     #: Recorded in metadata; set by presets.
     preset_name: str | None = None
@@ -159,14 +159,17 @@ class IDToFacePipeline(StableDiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        control_image: Any = None,
         **kwargs: Any,
     ) -> FaceGenerationOutput | tuple[Any, list[dict[str, Any]]]:
         """Generate ``num_images_per_identity`` images for each identity.
 
         Steps: 1 check inputs → 2 encode identities → 3 per-image generators → 4 denoise and
         decode (diffusers' loop, in chunks of ``batch_size`` images) → 5 output + metadata.
-        Other keyword arguments go to ``StableDiffusionPipeline.__call__`` (``eta``,
-        ``guidance_rescale``, ``latents``, ``timesteps``, …).
+        Other keyword arguments go to the diffusers pipeline's ``__call__`` (``eta``,
+        ``guidance_rescale``, ``latents``, ``timesteps``, ``controlnet_conditioning_scale``, …).
+        ``control_image`` (ControlNet variant only): one conditioning image for all images, one
+        per identity, or one per image (identity-major).
         """
         import torch
 
@@ -175,6 +178,13 @@ class IDToFacePipeline(StableDiffusionPipeline):
             raise ValueError("pass exactly one of `id_embeds` or `images`")
         if "prompt" in kwargs or "prompt_embeds" in kwargs:
             raise ValueError("Arc2Face is identity-only: `prompt`/`prompt_embeds` are not taken")
+        has_controlnet = getattr(self, "controlnet", None) is not None
+        if has_controlnet and control_image is None:
+            raise ValueError("`control_image` is required by the ControlNet pipeline")
+        if not has_controlnet and control_image is not None:
+            raise ValueError(
+                "`control_image` needs the ControlNet pipeline (IDToFaceControlNetPipeline)"
+            )
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         identities = self.identities_from_images(images) if images is not None else id_embeds
@@ -193,6 +203,7 @@ class IDToFacePipeline(StableDiffusionPipeline):
             batch_size,
         )
         total = n * num_images_per_identity
+        controls = _per_image(control_image, n, num_images_per_identity) if has_controlnet else None
         cond = cond.repeat_interleave(num_images_per_identity, dim=0)
         uncond = self.id_encoder.encode_unconditional(total, unconditional)
         # 3. one generator per image
@@ -209,7 +220,9 @@ class IDToFacePipeline(StableDiffusionPipeline):
         chunks = []
         for start in range(0, total, step):
             sl = slice(start, start + step)
-            out = super().__call__(
+            if controls is not None:
+                kwargs["image"] = controls[sl]
+            out = super().__call__(  # type: ignore[misc]
                 prompt_embeds=cond[sl].to(self.device, self.unet.dtype),
                 negative_prompt_embeds=uncond[sl].to(self.device, self.unet.dtype),
                 num_inference_steps=num_inference_steps,
@@ -268,3 +281,37 @@ class IDToFacePipeline(StableDiffusionPipeline):
         if not return_dict:
             return images_out, metadata
         return FaceGenerationOutput(images=images_out, metadata=metadata)
+
+
+def _per_image(control_image: Any, n: int, m: int) -> list[Any]:
+    """One control image per generated image (identity-major)."""
+    if not isinstance(control_image, (list, tuple)):
+        return [control_image] * (n * m)
+    if len(control_image) == n * m:
+        return list(control_image)
+    if len(control_image) == n:
+        return [c for c in control_image for _ in range(m)]
+    if len(control_image) == 1:
+        return list(control_image) * (n * m)
+    raise ValueError(
+        f"`control_image` must be one image, one per identity ({n}) or one per image "
+        f"({n * m}), got {len(control_image)}"
+    )
+
+
+class IDToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
+    """Arc2Face: ``pipe(id_embeds, num_images_per_identity=4, seeds=[...])``.
+
+    Build it with :func:`facegen.pipelines.presets.from_preset` (``"arc2face"``, ``"tiny"``)
+    or from components like any ``StableDiffusionPipeline`` (``safety_checker=None``).
+    ``id_embeds`` are Arc2Face ArcFace vectors (``arcface-onnx/arc2face``) or raw ``(N, 512)``
+    vectors; a photo goes through :attr:`identity_analyzer` (see :meth:`identities_from_images`).
+    """
+
+
+class IDToFaceControlNetPipeline(IDGenerationMixin, StableDiffusionControlNetPipeline):
+    """Arc2Face with a ControlNet (landmarks / pose): ``pipe(id_embeds, control_image=…)``.
+
+    Control images come from :mod:`facegen.control` (e.g. ``render_landmarks68`` of a
+    reference face moved into the output frame with ``transfer_landmarks``), as PIL images.
+    """
