@@ -40,6 +40,27 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
         "--preset", default="arc2face", choices=PRESETS.names(), help="(default: arc2face)"
     )
     g.add_argument("--prompt", help="text prompt (presets with text control only)")
+    ctl = g.add_mutually_exclusive_group()
+    ctl.add_argument(
+        "--pose-from",
+        type=Path,
+        metavar="PHOTO",
+        help="take pose/expression from this photo: its 68 landmarks, moved into the output "
+        "frame, drawn as facegen's landmark map (ControlNet presets)",
+    )
+    ctl.add_argument(
+        "--control-image",
+        type=Path,
+        metavar="IMAGE",
+        help="a ready conditioning image (e.g. an EMOCA render for arc2face-controlnet)",
+    )
+    g.add_argument(
+        "--controlnet",
+        type=Path,
+        metavar="PATH",
+        help="a local ControlNet folder (e.g. facegen-trained landmark ControlNet) for "
+        "arc2face-controlnet",
+    )
     g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale (preset default)")
     g.add_argument("--seed", type=int, default=0, help="base seed: image k uses seed+k (0)")
@@ -80,11 +101,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if not p.is_file():
                 raise FacegenError(f"{p}: file not found")
     args.out.mkdir(parents=True, exist_ok=True)
+    wants_control = args.pose_from is not None or args.control_image is not None
+    is_control = args.preset.endswith("controlnet")
+    if wants_control != is_control:
+        raise FacegenError(
+            "`--pose-from`/`--control-image` need a ControlNet preset (arc2face-controlnet, "
+            "tiny-controlnet), and those presets need one of them"
+        )
+    if args.controlnet is not None and args.preset != "arc2face-controlnet":
+        raise FacegenError("`--controlnet` applies to `--preset arc2face-controlnet` only")
+    for p in (args.pose_from, args.control_image):
+        if p is not None and not p.is_file():
+            raise FacegenError(f"{p}: file not found")
+    extra = {"controlnet": str(args.controlnet)} if args.controlnet else {}
     pipe = from_preset(
         args.preset,
         device=args.device,
         dtype=args.dtype,
         local_files_only=True if args.offline else None,
+        **extra,
     )
     pipe.set_progress_bar_config(disable=True)
     ids = _identities(args, pipe)
@@ -106,6 +141,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.update(1)
         return kw
 
+    if is_control:
+        kwargs["control_image"] = _control_image(args, pipe)
+        save_image(kwargs["control_image"], args.out / "control.png")
     try:
         out = pipe(
             ids,
@@ -130,12 +168,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control_image(args: argparse.Namespace, pipe: Any) -> Any:
+    """The conditioning image: a given file, or the pose of ``--pose-from`` as a landmark map."""
+    from PIL import Image
+
+    from facegen.image_io import load_image
+
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if args.control_image is not None:
+        return Image.fromarray(load_image(args.control_image)).resize((size, size))
+    from facegen.analyzer import FaceAnalyzer
+    from facegen.control import render_landmarks68, transfer_landmarks
+
+    analyzer = FaceAnalyzer.from_names("dlib", "dlib68", None)
+    face = analyzer.analyze(args.pose_from, select="largest", source=str(args.pose_from))[0]
+    points = transfer_landmarks(face, size=size)
+    return render_landmarks68(points, size, output_type="pil")
+
+
 def _source(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any]
     if args.id_image:
-        return {"id_image": [str(p) for p in args.id_image]}
-    if args.id_embedding:
-        return {"id_embedding": str(args.id_embedding)}
-    return {"random_identities": args.random_identities, "seed": args.seed}
+        out = {"id_image": [str(p) for p in args.id_image]}
+    elif args.id_embedding:
+        out = {"id_embedding": str(args.id_embedding)}
+    else:
+        out = {"random_identities": args.random_identities, "seed": args.seed}
+    if args.pose_from:
+        out["pose_from"] = str(args.pose_from)
+    if args.control_image:
+        out["control_image"] = str(args.control_image)
+    return out
 
 
 def manifest(out: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 | preset | what | weights |
 |---|---|---|
 | ``arc2face`` | identity only, Arc2Face UNet + fine-tuned CLIP encoder; DPM-Solver++, 25 steps, guidance 3 | ``FoivosPar/Arc2Face`` (``arc2face``, ``encoder``) + SD1.5 VAE/tokenizer/scheduler |
+| ``arc2face-controlnet`` | Arc2Face + its pose ControlNet (conditioned on EMOCA 3-D renders, which facegen cannot compute offline: pass them as ``control_image``), or ``controlnet=PATH`` for a facegen-trained landmark ControlNet | ``FoivosPar/Arc2Face`` ``controlnet`` |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
+| ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
 """
 
 from __future__ import annotations
@@ -120,6 +122,67 @@ def _arc2face(
         "identity": "arc2face-arcface",
     }
     return _finish(pipe, "arc2face", models, device, torch_dtype)
+
+
+@PRESETS.register(
+    "tiny-controlnet", description="tiny preset + a random ControlNet (control plumbing, demos)"
+)
+def _tiny_controlnet(
+    *, device: str = "cpu", dtype: Any = "float32", seed: int = 0, **_: Any
+) -> Any:
+    import torch
+    from diffusers import ControlNetModel
+
+    from facegen.pipelines.id_to_face import IDToFaceControlNetPipeline
+    from facegen.pipelines.tiny import tiny_components
+
+    parts = tiny_components(seed)
+    torch.manual_seed(seed + 3)
+    controlnet = ControlNetModel.from_unet(
+        parts["unet"], conditioning_embedding_out_channels=(16, 32)
+    )
+    pipe = IDToFaceControlNetPipeline(
+        **parts,
+        controlnet=controlnet.eval(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    models = {"components": f"tiny-random-seed{seed}", "controlnet": "tiny-random"}
+    return _finish(pipe, "tiny-controlnet", models, device, resolve_dtype(dtype, device))
+
+
+@PRESETS.register(
+    "arc2face-controlnet",
+    description="Arc2Face + its pose ControlNet (control images: EMOCA renders, or a "
+    "facegen-trained landmark ControlNet via controlnet=PATH)",
+)
+def _arc2face_controlnet(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    local_files_only: bool | None = None,
+    controlnet: str | None = None,
+    **kw: Any,
+) -> Any:
+    from diffusers import ControlNetModel
+
+    from facegen.pipelines.id_to_face import IDToFaceControlNetPipeline
+
+    base = _arc2face(device="cpu", dtype=dtype, local_files_only=local_files_only, **kw)
+    torch_dtype = resolve_dtype(dtype, device)
+    src, sub = (controlnet, None) if controlnet else (ARC2FACE_REPO, "controlnet")
+    cn = load_pretrained(
+        ControlNetModel,
+        src,
+        sub,
+        torch_dtype=torch_dtype,
+        local_files_only=is_offline(local_files_only),
+    )
+    pipe = IDToFaceControlNetPipeline(**base.components, controlnet=cn)
+    pipe.identity_analyzer = base.identity_analyzer
+    models = {**base.model_ids, "controlnet": controlnet or f"{ARC2FACE_REPO}/controlnet"}
+    return _finish(pipe, "arc2face-controlnet", models, device, torch_dtype)
 
 
 def from_preset(

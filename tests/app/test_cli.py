@@ -147,10 +147,52 @@ def test_missing_onnx_model_is_one_clear_error(
     assert "Traceback" not in err
 
 
-def test_bad_options_exit_2(capsys) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--crop-size", "0", "must be in [16, 4096], got 0"),
+        ("--crop-size", "8", "must be in [16, 4096], got 8"),
+        ("--crop-size", "5000", "must be in [16, 4096], got 5000"),
+        ("--crop-size", "big", "must be an integer, got 'big'"),
+        ("--margin", "0", "must be a finite number > 0, got 0"),
+        ("--margin", "-1", "must be a finite number > 0, got -1"),
+        ("--margin", "nan", "must be a finite number > 0, got nan"),
+        ("--margin", "inf", "must be a finite number > 0, got inf"),
+        ("--margin", "wide", "must be a number, got 'wide'"),
+        ("--detector-preset", "scrfd_2.5g", "invalid choice: 'scrfd_2.5g'"),
+        ("--encoder-preset", "dlib", "invalid choice: 'dlib'"),
+    ],
+)
+def test_analysis_options_are_checked_by_the_parser(
+    option: str, value: str, message: str, capsys
+) -> None:
     with pytest.raises(SystemExit) as ei:
-        main(["analyze", "x.jpg", "--crop-size", "0"])
-    assert ei.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+        main(["analyze", "x.jpg", "--json", option, value])
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and f"argument {option}: {message}" in err
+
+
+def test_preset_choices_are_what_the_backends_load() -> None:
+    from facegen.app.cli import build_parser
+
+    actions = {a.dest: a for sp in _subparsers(build_parser()) for a in sp._actions}
+    assert list(actions["detector_preset"].choices) == ["antelopev2", "buffalo_l"]
+    assert list(actions["encoder_preset"].choices) == [
+        "antelopev2",
+        "buffalo_l",
+        "arc2face-arcface",
+    ]
+
+
+def _subparsers(parser):  # the sub-command parsers of `parser`
+    import argparse
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            yield from a.choices.values()
+
+
+def test_bad_options_exit_2(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["analyze", "x.jpg", "--detector", "nope"])
     assert main(["analyze", "missing.jpg", "--json"]) == 1
@@ -222,3 +264,42 @@ def test_generate_errors(tmp_path: Path, capsys) -> None:
     save_embeddings(emb, [IdentityEmbedding(np.eye(128, dtype=np.float32)[0], "dlib-resnet-v1")])
     assert main([*base, "--id-embedding", str(emb)]) == 1
     assert "dlib-resnet-v1" in capsys.readouterr().err
+
+
+def test_generate_with_pose_from_a_photo(tmp_path: Path, capsys) -> None:
+    from facegen.samples import sample_path
+
+    out = tmp_path / "pose"
+    args = ["generate", "--random-identities", "1", "--num-images", "1", "--steps", "1"]
+    ok = main(
+        [
+            *args,
+            "--preset",
+            "tiny-controlnet",
+            "--pose-from",
+            str(sample_path("astronaut")),
+            "--out",
+            str(out),
+        ]
+    )
+    assert ok == 0
+    control = load_image(out / "control.png")
+    assert control.shape == (64, 64, 3) and control.max() > 0  # a drawn landmark map
+    assert json.loads((out / "manifest.json").read_text())["source"]["pose_from"].endswith(
+        "astronaut.png"
+    )
+    assert (
+        main(
+            [
+                *args,
+                "--preset",
+                "tiny",
+                "--pose-from",
+                str(sample_path("astronaut")),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
+    assert "need a ControlNet preset" in capsys.readouterr().err
