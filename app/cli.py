@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,12 +29,14 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # ---------------------------------------------------------------------------------------------
 # option parsing
 # ---------------------------------------------------------------------------------------------
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if maximum is not None and not minimum <= v <= maximum:
+            raise argparse.ArgumentTypeError(f"must be in [{minimum}, {maximum}], got {v}")
         if v < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
         return v
@@ -43,6 +46,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+_crop_size = _int_at_least(16, 4096)  # the sizes facegen.align.align_face accepts
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
 
 
 def _unit_float(text: str) -> float:
@@ -88,7 +102,13 @@ def _common(*, top: bool) -> argparse.ArgumentParser:
 
 
 def _analysis_options() -> argparse.ArgumentParser:
-    from facegen.backends import DETECTORS, ENCODERS, LANDMARKERS
+    from facegen.backends import (
+        ARCFACE_PRESETS,
+        DETECTORS,
+        ENCODERS,
+        LANDMARKERS,
+        SCRFD_PRESETS,
+    )
 
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("face analysis")
@@ -96,8 +116,8 @@ def _analysis_options() -> argparse.ArgumentParser:
     g.add_argument("--detector-model", metavar="PATH", help="explicit detector model file")
     g.add_argument(
         "--detector-preset",
-        metavar="NAME",
-        help="model preset for ONNX detectors (antelopev2, buffalo_l)",
+        choices=SCRFD_PRESETS,
+        help="model preset of --detector insightface (default: antelopev2)",
     )
     g.add_argument(
         "--det-threshold",
@@ -118,8 +138,8 @@ def _analysis_options() -> argparse.ArgumentParser:
     g.add_argument("--encoder-model", metavar="PATH", help="explicit identity encoder model file")
     g.add_argument(
         "--encoder-preset",
-        metavar="NAME",
-        help="model preset for arcface-onnx (antelopev2, buffalo_l, arc2face-arcface)",
+        choices=ARCFACE_PRESETS,
+        help="model preset of --encoder arcface-onnx (default: antelopev2)",
     )
     g.add_argument("--flip", action="store_true", help="average embeddings with the mirrored face")
     return p
@@ -147,9 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, help="output folder (required unless --json)")
     a.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     a.add_argument("--select", type=_selection, default="all", help="all|largest|best|INDEX")
-    a.add_argument("--crop-size", type=_positive_int, default=112, help="aligned crop size (112)")
+    a.add_argument(
+        "--crop-size", type=_crop_size, default=112, help="aligned crop size, 16…4096 (112)"
+    )
     a.add_argument("--template", choices=["arcface", "ffhq"], default="arcface")
-    a.add_argument("--margin", type=float, default=1.0, help="ffhq crop margin multiplier")
+    a.add_argument(
+        "--margin", type=_positive_float, default=1.0, help="ffhq crop margin multiplier (1.0)"
+    )
     a.add_argument("--no-preview", action="store_true", help="skip the annotated preview PNG")
     a.set_defaults(func=cmd_analyze)
 

@@ -29,7 +29,7 @@ from facegen.backends.onnx_utils import (
     to_blob,
 )
 from facegen.base import IdentityEncoder
-from facegen.errors import InvalidModelError
+from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.types import AlignedFace, Face
 
 __all__ = ["ArcFaceOnnxEncoder", "encoder_id_for_file"]
@@ -184,8 +184,11 @@ class ArcFaceOnnxEncoder(IdentityEncoder):
         (``arcface-onnx/antelopev2``, ``arcface-onnx/buffalo_l``, ``arcface-onnx/arc2face``);
         a differently named file given through ``model_path`` is named after itself.
         """
+        from facegen.backends import ARCFACE_PRESETS
         from facegen.hub import get_preset, resolve
 
+        if preset not in ARCFACE_PRESETS:
+            raise UnknownNameError("ArcFace ONNX preset", preset, ARCFACE_PRESETS)
         filename = get_preset(preset).file_for("recognition")
         path = resolve(preset, filename, path=model_path, offline=offline)
         if encoder_id is None and path.name == filename:

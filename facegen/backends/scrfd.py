@@ -31,7 +31,7 @@ import numpy as np
 
 from facegen.backends.onnx_utils import check_rgb_image, load_session, static_dim, to_blob
 from facegen.base import FaceDetector
-from facegen.errors import InvalidModelError
+from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.types import Face
 
 __all__ = ["SCRFDDetector", "distance2bbox", "distance2kps", "nms"]
@@ -234,8 +234,11 @@ class SCRFDDetector(FaceDetector):
         ``model_path`` (a file or a folder holding the preset's file) wins over the caches.
         Other keyword arguments go to the constructor; ``name`` defaults to ``scrfd/<preset>``.
         """
+        from facegen.backends import SCRFD_PRESETS
         from facegen.hub import get_preset, resolve
 
+        if preset not in SCRFD_PRESETS:
+            raise UnknownNameError("SCRFD detector preset", preset, SCRFD_PRESETS)
         path = resolve(
             preset, get_preset(preset).file_for("detector"), path=model_path, offline=offline
         )

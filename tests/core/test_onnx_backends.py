@@ -539,6 +539,19 @@ def test_from_pretrained_with_model_path(
         SCRFDDetector.from_pretrained(model_path=no_models / "missing.onnx")
 
 
+def test_from_pretrained_refuses_presets_without_such_a_model(no_models: Path) -> None:
+    from facegen.backends import ARCFACE_PRESETS, SCRFD_PRESETS
+    from facegen.backends.arcface_onnx import _PRESET_IDS
+    from facegen.hub import get_preset
+
+    assert set(_PRESET_IDS) == set(ARCFACE_PRESETS)
+    assert all(get_preset(p).file_for("detector").endswith(".onnx") for p in SCRFD_PRESETS)
+    with pytest.raises(UnknownNameError, match=r"ArcFace ONNX preset 'dlib'.*buffalo_l"):
+        ArcFaceOnnxEncoder.from_pretrained("dlib", offline=True)
+    with pytest.raises(UnknownNameError, match=r"SCRFD detector preset 'arc2face-arcface'"):
+        SCRFDDetector.from_pretrained("arc2face-arcface", offline=True)
+
+
 def test_registries_build_the_onnx_backends(
     no_models: Path, scrfd_model: Any, arcface_model: Any
 ) -> None:
