@@ -133,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["num_inference_steps"] = args.steps
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
-    steps = args.steps or 25
+    steps = args.steps or pipe.default_steps
     chunks = -(-total // (args.batch_size or total))
     bar = tqdm(total=steps * chunks, desc="generate", unit="step", file=sys.stderr)
 

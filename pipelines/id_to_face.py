@@ -62,6 +62,9 @@ class IDGenerationMixin:
     #: A FaceAnalyzer whose encoder produces the vectors this pipeline expects.
     identity_analyzer: Any = None
     id_encoder_ids: tuple[str, ...] = ("arcface-onnx/arc2face",)
+    #: Used when a call does not give them (the authors' values; LCM presets change them).
+    default_steps: int = 25
+    default_guidance: float = 3.0
 
     @property
     def id_encoder(self) -> Arc2FaceIDEncoder:
@@ -149,8 +152,8 @@ class IDGenerationMixin:
         num_images_per_identity: int = 1,
         seeds: Sequence[int] | None = None,
         generator: Any = None,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 3.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         unconditional: Unconditional = "empty-prompt",
@@ -173,7 +176,9 @@ class IDGenerationMixin:
         """
         import torch
 
-        # 1. check inputs
+        # 1. check inputs (steps/guidance default to the preset's, e.g. 4 and 1.0 with LCM)
+        num_inference_steps = num_inference_steps or self.default_steps
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         if (id_embeds is None) == (images is None):
             raise ValueError("pass exactly one of `id_embeds` or `images`")
         if "prompt" in kwargs or "prompt_embeds" in kwargs:

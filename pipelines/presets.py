@@ -3,6 +3,7 @@
 | preset | what | weights |
 |---|---|---|
 | ``arc2face`` | identity only, Arc2Face UNet + fine-tuned CLIP encoder; DPM-Solver++, 25 steps, guidance 3 | ``FoivosPar/Arc2Face`` (``arc2face``, ``encoder``) + SD1.5 VAE/tokenizer/scheduler |
+| ``arc2face-lcm`` | Arc2Face + LCM-LoRA, ``LCMScheduler``, 4 steps, guidance 1 | as ``arc2face`` + ``latent-consistency/lcm-lora-sdv1-5`` |
 | ``arc2face-controlnet`` | Arc2Face + its pose ControlNet (conditioned on EMOCA 3-D renders, which facegen cannot compute offline: pass them as ``control_image``), or ``controlnet=PATH`` for a facegen-trained landmark ControlNet | ``FoivosPar/Arc2Face`` ``controlnet`` |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
@@ -122,6 +123,23 @@ def _arc2face(
         "identity": "arc2face-arcface",
     }
     return _finish(pipe, "arc2face", models, device, torch_dtype)
+
+
+@PRESETS.register(
+    "arc2face-lcm", description="Arc2Face + LCM-LoRA: 4 steps, guidance 1 (LCMScheduler)"
+)
+def _arc2face_lcm(
+    *, device: str = "cpu", dtype: Any = "float32", local_files_only: bool | None = None, **kw: Any
+) -> Any:
+    from facegen.adapters.lora import enable_lcm
+
+    pipe = _arc2face(device=device, dtype=dtype, local_files_only=local_files_only, **kw)
+    call = enable_lcm(pipe, local_files_only=local_files_only)
+    pipe.default_steps = call["num_inference_steps"]
+    pipe.default_guidance = call["guidance_scale"]
+    pipe.preset_name = "arc2face-lcm"
+    pipe.model_ids = {**pipe.model_ids, "lora": "latent-consistency/lcm-lora-sdv1-5"}
+    return pipe.to(device)
 
 
 @PRESETS.register(

@@ -173,3 +173,38 @@ def test_dtype_rules() -> None:
         resolve_dtype("float16", "cpu")
     with pytest.raises(ValueError, match="`dtype` must be one of"):
         resolve_dtype("int8", "cpu")
+
+
+def test_lcm_defaults_and_scheduler(tmp_path, monkeypatch) -> None:
+    """enable_lcm on the tiny pipeline (a random LoRA stands in for LCM-LoRA's weights)."""
+    from peft import LoraConfig
+
+    from facegen.adapters.lora import enable_lcm, save_lora
+
+    p = from_preset("tiny")
+    p.set_progress_bar_config(disable=True)
+    p.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"]), "tmp"
+    )
+    lora = save_lora(p.unet, tmp_path / "lcm", adapter_name="tmp")
+    p.unet.delete_adapters("tmp")
+    call = enable_lcm(p, source=lora)
+    p.default_steps, p.default_guidance = call["num_inference_steps"], call["guidance_scale"]
+    steps: list[int] = []
+    out = p(
+        np.ones((1, 512), np.float32),
+        seeds=[0],
+        output_type="np",
+        callback_on_step_end=lambda pp, i, t, kw: (steps.append(i), kw)[1],
+    )
+    assert type(p.scheduler).__name__ == "LCMScheduler" and len(steps) == 4
+    assert out.metadata[0]["steps"] == 4 and out.metadata[0]["guidance_scale"] == 1.0
+
+
+def test_lcm_preset_missing_weights_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    from facegen import ModelNotAvailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path))
+    with pytest.raises(ModelNotAvailableError, match="FoivosPar/Arc2Face"):
+        from_preset("arc2face-lcm")
