@@ -289,7 +289,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     if args.out is None and not args.json:
         raise FacegenError("`--out DIR` is required unless --json is given")
-    files = find_images(args.images)
+    # never walk into our own output folder (a re-run would analyse its crops and previews)
+    files = find_images(args.images, exclude=[args.out] if args.out is not None else ())
     if not files:
         raise FacegenError("no image files found in the given paths")
     analyzer = _analyzer(args, need_encoder=False)

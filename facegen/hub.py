@@ -169,6 +169,65 @@ _add(
         "detector and ResNet recogniser are CC0 (trained on dlib's own and public face sets).",
     )
 )
+_IP_ADAPTER_FACEID_LICENSE = (
+    "IP-Adapter-FaceID (h94/IP-Adapter-FaceID): non-commercial research use only. The adapter "
+    "was trained on insightface buffalo_l identity embeddings and insightface's models are "
+    "licensed for non-commercial research only, so the FaceID weights carry that restriction "
+    "(see the model card)."
+)
+_add(
+    ModelPreset(
+        name="ip-adapter-faceid-sd15",
+        description="IP-Adapter-FaceID for SD1.5: buffalo_l ArcFace vector → 4 image tokens, "
+        "plus its LoRA (also embedded in the .bin)",
+        files=("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15_lora.safetensors"),
+        roles={
+            "ip_adapter": "ip-adapter-faceid_sd15.bin",
+            "lora": "ip-adapter-faceid_sd15_lora.safetensors",
+        },
+        repo_id="h94/IP-Adapter-FaceID",
+        license=_IP_ADAPTER_FACEID_LICENSE,
+    )
+)
+_add(
+    ModelPreset(
+        name="ip-adapter-faceid-plusv2-sd15",
+        description="IP-Adapter-FaceID-PlusV2 for SD1.5: buffalo_l ArcFace vector + CLIP ViT-H/14 "
+        "features of the 224 aligned face → 4 image tokens, plus its LoRA",
+        files=(
+            "ip-adapter-faceid-plusv2_sd15.bin",
+            "ip-adapter-faceid-plusv2_sd15_lora.safetensors",
+        ),
+        roles={
+            "ip_adapter": "ip-adapter-faceid-plusv2_sd15.bin",
+            "lora": "ip-adapter-faceid-plusv2_sd15_lora.safetensors",
+        },
+        repo_id="h94/IP-Adapter-FaceID",
+        license=_IP_ADAPTER_FACEID_LICENSE,
+    )
+)
+_add(
+    ModelPreset(
+        name="ip-adapter-image-encoder-vit-h",
+        description="CLIP ViT-H/14 image encoder (OpenCLIP laion2B-s32B-b79K) as IP-Adapter ships "
+        "it; needed by IP-Adapter-FaceID-Plus/PlusV2",
+        files=("config.json", "model.safetensors"),
+        roles={"config": "config.json", "weights": "model.safetensors"},
+        repo_id="h94/IP-Adapter",
+        subfolder="models/image_encoder",
+        license="OpenCLIP ViT-H/14 laion2B-s32B-b79K: MIT; h94/IP-Adapter: Apache-2.0.",
+    )
+)
+_add(
+    ModelPreset(
+        name="lcm-lora-sdv1-5",
+        description="LCM-LoRA for Stable Diffusion 1.5: 2-8 step sampling with LCMScheduler",
+        files=("pytorch_lora_weights.safetensors",),
+        roles={"lora": "pytorch_lora_weights.safetensors"},
+        repo_id="latent-consistency/lcm-lora-sdv1-5",
+        license="openrail++ (see the latent-consistency/lcm-lora-sdv1-5 model card).",
+    )
+)
 
 
 def presets() -> list[ModelPreset]:

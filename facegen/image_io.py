@@ -274,20 +274,32 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out if isinstance(out, dict) else {}
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]], *, recursive: bool = True) -> list[Path]:
+def find_images(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of image files.
 
     Files given explicitly are kept whatever their suffix (so loading reports a bad one);
-    folders contribute files with a known image suffix. A missing path raises
-    :class:`InvalidImageError`.
+    folders contribute files with a known image suffix, except files inside any of the
+    ``exclude`` folders (compared after resolving, e.g. an output folder inside the input
+    folder). A missing path raises :class:`InvalidImageError`.
     """
+    skip = [Path(e).resolve() for e in exclude]
+
+    def excluded(f: Path) -> bool:
+        r = f.resolve()
+        return any(r == s or s in r.parents for s in skip)
+
     seen: dict[Path, None] = {}
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.glob("*")
             for f in sorted(it):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not excluded(f):
                     seen.setdefault(f, None)
         elif p.exists():
             seen.setdefault(p, None)

@@ -177,7 +177,8 @@ class IDGenerationMixin:
         import torch
 
         # 1. check inputs (steps/guidance default to the preset's, e.g. 4 and 1.0 with LCM)
-        num_inference_steps = num_inference_steps or self.default_steps
+        if num_inference_steps is None:
+            num_inference_steps = self.default_steps
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         if (id_embeds is None) == (images is None):
             raise ValueError("pass exactly one of `id_embeds` or `images`")

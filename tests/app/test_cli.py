@@ -96,6 +96,25 @@ def test_compare_names_the_image_without_a_face(t1_path: Path, tmp_path: Path, c
     assert f"facegen: error: {blank}: no face detected" in capsys.readouterr().err
 
 
+def test_analyze_skips_its_own_output_folder(tmp_path: Path, t1_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(t1_path, src / "group.jpg")
+    out = src / "out"
+    args = ["analyze", str(src), "--out", str(out), "--encoder", "none", "--select", "largest"]
+    assert main(args) == 0
+    assert main(args) == 0  # the second run must not analyse the first run's crops
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(i["source"]).name for i in manifest["images"]] == ["group.jpg"]
+    # a relative --out spelled differently is the same folder
+    other = src / "sub"
+    other.mkdir()
+    args2 = ["analyze", str(src), "--out", str(other / ".." / "out"), "--encoder", "none"]
+    assert main([*args2, "--select", "largest"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(i["source"]).name for i in manifest["images"]] == ["group.jpg"]
+
+
 def test_compare_same_and_different(t1_path: Path, tmp_path: Path, capsys) -> None:
     img = load_image(t1_path)
     from facegen.image_io import save_image

@@ -180,6 +180,10 @@ def test_find_images_walks_folders(tmp_path: Path) -> None:
         (tmp_path / p).write_bytes(b"x")
     got = find_images([tmp_path / "a", tmp_path / "a" / "1.jpg"])
     assert [p.name for p in got] == ["1.jpg", "2.PNG"]
+    # an excluded folder is not walked (however it is spelled); explicit files stay
+    excl = find_images([tmp_path / "a"], exclude=[tmp_path / "a" / "x" / ".." / "b"])
+    assert [p.name for p in excl] == ["1.jpg"]
+    assert find_images([tmp_path / "a" / "b" / "2.PNG"], exclude=[tmp_path / "a"])
     with pytest.raises(InvalidImageError, match="not found"):
         find_images([tmp_path / "missing"])
 
