@@ -100,6 +100,62 @@ class IDGenerationMixin:
             out.append(faces[0].embedding)
         return out
 
+    def measure_identity_similarity(
+        self,
+        generated: Sequence[Any],
+        targets: Sequence[IdentityEmbedding] | None,
+        references: Sequence[Any] | None,
+    ) -> list[dict[str, float | None]]:
+        """Per generated image: ``{encoder_id: cosine similarity}`` of its largest face.
+
+        With the conditioning encoder (:attr:`identity_analyzer`) against ``targets`` and with an
+        independent encoder (:attr:`independent_analyzer`, dlib by default) against the
+        reference photos, when given. ``None`` where no face was found.
+        """
+        from facegen.errors import NoFaceDetectedError
+
+        if targets is None and references is None:
+            raise ValueError(
+                "`measure_identity` needs IdentityEmbedding targets or reference photos"
+            )
+        pairs: list[tuple[Any, list[Any]]] = []
+        if targets is not None and self.identity_analyzer is not None:
+            pairs.append((self.identity_analyzer, list(targets)))
+        if references is not None:
+            ind = self.independent_analyzer
+            ref_embs: dict[int, Any] = {}
+            for r in references:
+                if id(r) not in ref_embs:
+                    ref_embs[id(r)] = ind.embed(r)
+            pairs.append((ind, [ref_embs[id(r)] for r in references]))
+        if not pairs:
+            raise FacegenError("`measure_identity` needs an identity analyzer or reference photos")
+        out: list[dict[str, float | None]] = [{} for _ in generated]
+        for analyzer, refs in pairs:
+            enc_id = analyzer.encoder.encoder_id
+            for k, (img, ref) in enumerate(zip(generated, refs)):
+                arr = np.asarray(img)
+                if arr.dtype != np.uint8:
+                    arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+                try:
+                    emb = analyzer.embed(arr, select="largest")
+                except NoFaceDetectedError:
+                    out[k][enc_id] = None
+                    continue
+                out[k][enc_id] = round(float(emb.similarity(ref)), 6)
+        return out
+
+    @property
+    def independent_analyzer(self) -> Any:
+        """An identity analyzer independent of the conditioning one (dlib, offline)."""
+        ana = getattr(self, "_independent_analyzer", None)
+        if ana is None:
+            from facegen.analyzer import FaceAnalyzer
+
+            ana = FaceAnalyzer.from_names("dlib", None, "dlib")
+            self._independent_analyzer = ana
+        return ana
+
     # -- checks -------------------------------------------------------------------------------
     def check_face_inputs(
         self,
@@ -157,6 +213,7 @@ class IDGenerationMixin:
         height: int | None = None,
         width: int | None = None,
         unconditional: Unconditional = "empty-prompt",
+        measure_identity: bool = False,
         batch_size: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -172,7 +229,9 @@ class IDGenerationMixin:
         Other keyword arguments go to the diffusers pipeline's ``__call__`` (``eta``,
         ``guidance_rescale``, ``latents``, ``timesteps``, ``controlnet_conditioning_scale``, …).
         ``control_image`` (ControlNet variant only): one conditioning image for all images, one
-        per identity, or one per image (identity-major).
+        per identity, or one per image (identity-major). ``measure_identity`` adds to each
+        image's metadata the cosine similarity of its face to the target identity, see
+        :meth:`measure_identity_similarity`.
         """
         import torch
 
@@ -283,6 +342,22 @@ class IDGenerationMixin:
             }
             for i in range(total)
         ]
+        if measure_identity:
+            if output_type not in ("pil", "np"):
+                raise ValueError("`measure_identity` needs output_type 'pil' or 'np'")
+            targets = (
+                [identities[i // num_images_per_identity] for i in range(total)]
+                if (enc_ids is not None and isinstance(identities, list))
+                else None
+            )
+            refs = (
+                [images[i // num_images_per_identity] for i in range(total)]
+                if images is not None
+                else None
+            )
+            sims = self.measure_identity_similarity(images_out, targets, refs)
+            for md, sim in zip(metadata, sims):
+                md["identity_similarity"] = sim
         self.maybe_free_model_hooks()
         if not return_dict:
             return images_out, metadata

@@ -208,3 +208,43 @@ def test_lcm_preset_missing_weights_is_a_clear_error(monkeypatch, tmp_path) -> N
     monkeypatch.setenv("FACEGEN_HOME", str(tmp_path))
     with pytest.raises(ModelNotAvailableError, match="FoivosPar/Arc2Face"):
         from_preset("arc2face-lcm")
+
+
+def test_measure_identity_similarity_with_real_encoders(pipe, dlib_analyzer) -> None:
+    from facegen.image_io import load_image
+    from facegen.samples import sample_path
+
+    astro = load_image(sample_path("astronaut"))
+    mirrored = np.ascontiguousarray(astro[:, ::-1])
+    noise = np.random.default_rng(0).integers(0, 255, astro.shape, dtype=np.uint8)
+    pipe._independent_analyzer = dlib_analyzer
+    old = pipe.identity_analyzer
+    pipe.identity_analyzer = dlib_analyzer  # stands in for the conditioning encoder
+    try:
+        target = dlib_analyzer.embed(astro)
+        sims = pipe.measure_identity_similarity([mirrored, noise], [target, target], [astro, astro])
+    finally:
+        pipe.identity_analyzer = old
+    assert sims[0]["dlib-resnet-v1"] > 0.925  # same person, mirrored
+    assert sims[1] == {"dlib-resnet-v1": None}  # no face in noise
+
+
+def test_measure_identity_in_a_call_records_none_without_faces(pipe) -> None:
+    class NoFace:
+        class encoder:
+            encoder_id = "arcface-onnx/arc2face"
+
+        def embed(self, image, select="largest"):
+            from facegen import NoFaceDetectedError
+
+            raise NoFaceDetectedError(num_candidates=0)
+
+    emb = IdentityEmbedding(np.eye(512, dtype=np.float32)[1], "arcface-onnx/arc2face")
+    pipe.identity_analyzer = NoFace()
+    try:
+        out = pipe([emb], seeds=[0], num_inference_steps=1, measure_identity=True)
+    finally:
+        pipe.identity_analyzer = None
+    assert out.metadata[0]["identity_similarity"] == {"arcface-onnx/arc2face": None}
+    with pytest.raises(ValueError, match="needs IdentityEmbedding targets"):
+        pipe(np.ones((1, 512)), seeds=[0], num_inference_steps=1, measure_identity=True)
