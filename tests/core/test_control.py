@@ -20,10 +20,6 @@ from facegen.control import (
     FACE_MESH_IRIS_CENTRES,
     INSTANTID_COLOURS,
     LANDMARKS68_PARTS,
-    POSE_MODEL_INDICES,
-    POSE_MODEL_POINTS,
-    head_rotation,
-    pose_from_landmarks,
     render_face_mesh,
     render_instantid_kps,
     render_landmarks68,
@@ -32,6 +28,12 @@ from facegen.control import (
     transfer_landmarks,
 )
 from facegen.errors import MissingDependencyError
+from facegen.head_pose import (
+    POSE_MODEL_INDICES,
+    POSE_MODEL_POINTS,
+    head_rotation,
+    pose_from_landmarks,
+)
 from facegen.types import Face
 
 # --------------------------------------------------------------------------- helpers
