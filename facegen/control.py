@@ -1,4 +1,4 @@
-"""Conditioning images for landmark / pose ControlNets, pose transfer and head-pose estimates.
+"""Conditioning images for landmark / pose ControlNets, and pose transfer (head pose: facegen.head_pose).
 
 Every renderer draws points given in some *source frame* onto a black ``size``×``size`` canvas
 and returns RGB ``uint8`` ``(size, size, 3)`` (``output_type="np"``, default) or an RGB PIL image
