@@ -115,6 +115,18 @@ def test_analyze_skips_its_own_output_folder(tmp_path: Path, t1_path: Path) -> N
     assert [Path(i["source"]).name for i in manifest["images"]] == ["group.jpg"]
 
 
+def test_broken_pipe_exits_quietly(tmp_path: Path) -> None:
+    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli"
+    proc = subprocess.Popen(
+        [*exe.split(), "samples"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `facegen samples | head -0`
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == "" and proc.returncode != 0
+
+
 def test_compare_same_and_different(t1_path: Path, tmp_path: Path, capsys) -> None:
     img = load_image(t1_path)
     from facegen.image_io import save_image
