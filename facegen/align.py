@@ -13,6 +13,8 @@ Encoders may have their own crop (dlib's 150×150 chip, template ``"dlib"``, mad
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -127,8 +129,8 @@ def align_face(
     if template == "arcface":
         m = estimate_similarity(kps, arcface_template(size))
     elif template == "ffhq":
-        if margin <= 0:
-            raise ValueError(f"`margin` must be > 0, got {margin}")
+        if not (math.isfinite(margin) and margin > 0):
+            raise ValueError(f"`margin` must be a finite number > 0, got {margin}")
         quad = ffhq_quad(kps, margin)
         m = cv2.getAffineTransform(
             quad[:3].astype(np.float32),

@@ -1,6 +1,7 @@
 """Writes face-analysis results to a folder: JSON, aligned crops, embeddings, previews.
 
-Layout for an image ``photo.jpg`` (names made safe and unique within the folder)::
+Layout for an image ``photo.jpg`` (names made safe and unique within the folder, ignoring
+case; an input named ``manifest.*`` gets ``manifest-2``)::
 
     OUT/photo.json                 faces (bbox, score, kps5, landmarks, embedding info), files
     OUT/photo_face0.png            aligned crops (template and size as configured)
@@ -12,6 +13,7 @@ Layout for an image ``photo.jpg`` (names made safe and unique within the folder)
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from facegen._version import __version__
-from facegen.align import align_face
+from facegen.align import TEMPLATES, align_face
 from facegen.embedding_io import save_embeddings
 from facegen.errors import OutputError
 from facegen.fileio import atomic_write
@@ -30,7 +32,10 @@ from facegen.paths import safe_child, safe_name
 from facegen.types import Face
 from facegen.visualize import draw_faces
 
-__all__ = ["AnalysisWriter", "write_json"]
+__all__ = ["MANIFEST_NAME", "AnalysisWriter", "write_json"]
+
+#: Base name of the run's manifest; no image's outputs may use it.
+MANIFEST_NAME = "manifest"
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -57,6 +62,18 @@ class AnalysisWriter:
         preview: bool = True,
         provenance: dict[str, Any] | None = None,
     ) -> None:
+        if (
+            isinstance(crop_size, bool)
+            or not isinstance(crop_size, (int, np.integer))
+            or not 16 <= crop_size <= 4096
+        ):
+            raise ValueError(f"`crop_size` must be an int in [16, 4096], got {crop_size!r}")
+        if template not in TEMPLATES:
+            raise ValueError(f"`template` must be one of {', '.join(TEMPLATES)}, got {template!r}")
+        if isinstance(margin, bool) or not (
+            isinstance(margin, (int, float, np.number)) and math.isfinite(margin) and margin > 0
+        ):
+            raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}")
         self.out_dir = Path(out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,15 +95,17 @@ class AnalysisWriter:
             "margin": margin,
             **(provenance or {}),
         }
-        self._used: set[str] = set()
+        # base names in use, lower-cased (one file on case-insensitive disks); "manifest" is
+        # reserved so that an input called manifest.jpg cannot write over manifest.json
+        self._used: set[str] = {MANIFEST_NAME}
         self._images: list[dict[str, Any]] = []
 
     def _unique(self, source: Path) -> str:
         base = safe_name(source.stem)
         name, k = base, 2
-        while name in self._used:
+        while name.lower() in self._used:
             name, k = f"{base}-{k}", k + 1
-        self._used.add(name)
+        self._used.add(name.lower())
         return name
 
     def write(
@@ -147,6 +166,6 @@ class AnalysisWriter:
 
     def close(self) -> Path:
         """Write ``manifest.json`` (provenance and per-image status)."""
-        path = self.out_dir / "manifest.json"
+        path = self.out_dir / f"{MANIFEST_NAME}.json"
         write_json(path, {**self.provenance, "images": self._images})
         return path

@@ -92,6 +92,9 @@ def test_ffhq_template_is_upright_and_margin_zooms_out() -> None:
     assert np.linalg.norm(e2[1] - e2[0]) == pytest.approx(d1 / 1.5, rel=1e-4)
     with pytest.raises(ValueError, match="template"):
         align_face(img, kps, template="nope")
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`margin` must be a finite number > 0"):
+            align_face(img, kps, template="ffhq", margin=bad)
 
 
 def test_paste_back_roundtrip_and_mask() -> None:

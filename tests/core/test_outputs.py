@@ -84,6 +84,37 @@ def test_writer_layout_and_unique_names(tmp_path: Path) -> None:
     assert [i.get("error") for i in manifest["images"]] == [None, None, "corrupt"]
 
 
+def test_writer_never_writes_over_the_manifest(tmp_path: Path) -> None:
+    img = np.full((100, 100, 3), 90, np.uint8)
+    face = Face(bbox=[10, 10, 80, 80], score=0.8, kps5=arcface_template(112) * 0.6 + 10)
+    w = AnalysisWriter(tmp_path / "out", preview=False, provenance={"detector": "fake"})
+    rec = w.write(Path("in/manifest.jpg"), img, [face])
+    rec2 = w.write(Path("other/MANIFEST.png"), img, [face])  # one file on case-blind disks
+    manifest = json.loads(w.close().read_text())
+    assert manifest["detector"] == "fake"
+    results = [i["result"] for i in manifest["images"]]
+    assert results == ["manifest-2.json", "MANIFEST-3.json"]
+    assert rec["faces"][0]["crop"] == "manifest-2_face0.png"
+    assert rec2["faces"][0]["crop"] == "MANIFEST-3_face0.png"
+    assert json.loads((tmp_path / "out" / "manifest-2.json").read_text())["source"].endswith(
+        "manifest.jpg"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"crop_size": 8}, r"`crop_size` must be an int in \[16, 4096\], got 8"),
+        ({"margin": float("nan")}, "`margin` must be a finite number > 0, got nan"),
+        ({"template": "dlib"}, "`template` must be one of arcface, ffhq, got 'dlib'"),
+    ],
+)
+def test_writer_checks_its_options(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AnalysisWriter(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 def test_writer_refuses_unwritable_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
