@@ -15,7 +15,10 @@ from facegen.errors import IncompatibleEmbeddingError, InvalidModelError
 from facegen.fileio import atomic_write
 from facegen.types import IdentityEmbedding
 
-__all__ = ["load_embeddings", "save_embeddings"]
+__all__ = ["RESERVED_METADATA", "load_embeddings", "save_embeddings"]
+
+#: Metadata keys :func:`save_embeddings` writes itself; ``extra`` may not use them.
+RESERVED_METADATA = ("encoder_id", "normalized", "names", "facegen_version")
 
 
 def save_embeddings(
@@ -28,7 +31,8 @@ def save_embeddings(
     """Write embeddings of one encoder as a float32 ``(N, D)`` tensor named ``embeddings``.
 
     The safetensors metadata holds ``encoder_id``, ``normalized``, ``names`` (JSON list, one
-    per row), ``facegen_version`` and, JSON-encoded, any ``extra`` entries. Atomic write.
+    per row), ``facegen_version`` and, JSON-encoded, any ``extra`` entries (which must not
+    use those reserved keys). Atomic write.
     """
     from safetensors.numpy import save_file
 
@@ -41,6 +45,12 @@ def save_embeddings(
             raise IncompatibleEmbeddingError("embeddings must all be normalized or all not")
     if names is not None and len(names) != len(embeddings):
         raise ValueError(f"`names` must have {len(embeddings)} entries, got {len(names)}")
+    clash = sorted(str(k) for k in (extra or {}) if str(k) in RESERVED_METADATA)
+    if clash:
+        raise ValueError(
+            f"`extra` must not use the reserved keys {', '.join(RESERVED_METADATA)}, "
+            f"got {', '.join(clash)}"
+        )
     meta = {
         "encoder_id": first.encoder_id,
         "normalized": json.dumps(first.normalized),
@@ -56,7 +66,14 @@ def save_embeddings(
 
 
 def load_embeddings(path: str | os.PathLike[str]) -> tuple[list[IdentityEmbedding], list[str]]:
-    """Read a file written by :func:`save_embeddings`: (embeddings, names)."""
+    """Read a file written by :func:`save_embeddings`: (embeddings, names).
+
+    ``names`` is empty when the file was saved without names. Anything that does not
+    follow the format (no ``(N, D)`` ``embeddings`` tensor, missing ``encoder_id``,
+    ``normalized`` not ``true``/``false``, ``names`` not a JSON list of N strings, vectors
+    that are not finite or not unit-norm although marked normalized) raises
+    :class:`InvalidModelError` naming the file.
+    """
     from safetensors import safe_open
 
     try:
@@ -67,7 +84,28 @@ def load_embeddings(path: str | os.PathLike[str]) -> tuple[list[IdentityEmbeddin
         raise InvalidModelError(f"{path}: not a facegen embeddings file ({exc})") from exc
     if "encoder_id" not in meta or arr.ndim != 2:
         raise InvalidModelError(f"{path}: missing encoder_id metadata or not an (N, D) tensor")
-    normalized = json.loads(meta.get("normalized", "true"))
-    names = json.loads(meta.get("names", "[]"))
-    embs = [IdentityEmbedding(v, meta["encoder_id"], normalized) for v in arr]
+    raw_norm = meta.get("normalized", "true")
+    if raw_norm not in ("true", "false"):
+        raise InvalidModelError(
+            f"{path}: `normalized` metadata must be true or false, got {raw_norm[:60]!r}"
+        )
+    normalized = raw_norm == "true"
+    raw_names = meta.get("names", "[]")
+    try:
+        names = json.loads(raw_names)
+    except ValueError:
+        names = None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise InvalidModelError(
+            f"{path}: `names` metadata must be a JSON list of {len(arr)} strings, "
+            f"got {raw_names[:60]!r}"
+        )
+    if names and len(names) != len(arr):
+        raise InvalidModelError(
+            f"{path}: `names` metadata must be a JSON list of {len(arr)} strings, got {len(names)}"
+        )
+    try:
+        embs = [IdentityEmbedding(v, meta["encoder_id"], normalized) for v in arr]
+    except ValueError as exc:  # IncompatibleEmbeddingError too
+        raise InvalidModelError(f"{path}: {exc}") from exc
     return embs, names

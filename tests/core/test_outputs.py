@@ -38,6 +38,51 @@ def test_embeddings_roundtrip(tmp_path: Path) -> None:
         load_embeddings(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.parametrize("key", ["encoder_id", "names", "normalized", "facegen_version"])
+def test_save_embeddings_refuses_reserved_extra_keys(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError, match=f"`extra` must not use the reserved key.*{key}"):
+        save_embeddings(tmp_path / "e.safetensors", [_emb([1, 0])], extra={key: "x", "ok": 1})
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+def _raw_embeddings_file(path: Path, rows: int = 2, **meta: str) -> Path:
+    from safetensors.numpy import save_file
+
+    vecs = np.tile(np.array([[0.6, 0.8]], np.float32), (rows, 1))
+    save_file({"embeddings": vecs}, str(path), metadata={"encoder_id": "enc", **meta})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({"names": "[not json"}, "`names` metadata must be a JSON list of 2 strings"),
+        ({"names": '{"a": 1}'}, "`names` metadata must be a JSON list of 2 strings"),
+        ({"names": '["a", 2]'}, "`names` metadata must be a JSON list of 2 strings"),
+        ({"names": '["only one"]'}, "`names` metadata must be a JSON list of 2 strings, got 1"),
+        ({"normalized": "yes"}, "`normalized` metadata must be true or false, got 'yes'"),
+        ({"normalized": "1"}, "`normalized` metadata must be true or false, got '1'"),
+        ({"encoder_id": ""}, "encoder_id"),
+    ],
+)
+def test_load_embeddings_refuses_bad_metadata(tmp_path: Path, meta: dict, match: str) -> None:
+    path = _raw_embeddings_file(tmp_path / "bad.safetensors", **meta)
+    with pytest.raises(InvalidModelError, match=match) as ei:
+        load_embeddings(path)
+    assert str(path) in str(ei.value)
+
+
+def test_load_embeddings_reads_files_without_names(tmp_path: Path) -> None:
+    embs, names = load_embeddings(_raw_embeddings_file(tmp_path / "e.safetensors"))
+    assert len(embs) == 2 and names == [] and embs[0].normalized
+    not_unit = tmp_path / "n.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"embeddings": np.ones((1, 2), np.float32)}, str(not_unit), {"encoder_id": "e"})
+    with pytest.raises(InvalidModelError, match="L2 norm"):
+        load_embeddings(not_unit)
+
+
 @pytest.mark.parametrize(
     ("raw", "want"),
     [
