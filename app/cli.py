@@ -284,9 +284,10 @@ def _err(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
     from facegen.analysis_writer import AnalysisWriter
-    from facegen.image_io import find_images, load_image
+    from facegen.image_io import find_images, load_image, pixel_limit
 
     _check_analysis_options(args)
+    pixel_limit()  # a bad FACEGEN_MAX_PIXELS is one error, not one per image
 
     if args.out is None and not args.json:
         raise FacegenError("`--out DIR` is required unless --json is given")
@@ -361,9 +362,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from facegen.embedding_io import save_embeddings
-    from facegen.image_io import find_images
+    from facegen.image_io import find_images, pixel_limit
 
     _check_analysis_options(args)
+    pixel_limit()
 
     if args.select == "all":
         raise FacegenError("`--select` must pick one face per image (largest, best or INDEX)")

@@ -12,8 +12,15 @@ for :func:`load_image`:
   are scaled by 255, others clipped to [0, 255].
 
 Zero-byte, truncated, non-image and unsupported inputs raise :class:`InvalidImageError` naming
-the source. Images with more than ``max_pixels`` pixels (default 64 MP, overridable with
-``FACEGEN_MAX_PIXELS``) are refused from the header alone, before any pixel is decoded.
+the source. Images with more than ``max_pixels`` pixels (default 64 MP, overridable with the
+``FACEGEN_MAX_PIXELS`` environment variable, a positive integer; see :func:`pixel_limit`) are
+refused from the header alone, before any pixel is decoded.
+
+Pillow has a decompression-bomb cap of its own, ``2 × PIL.Image.MAX_IMAGE_PIXELS`` (about
+179 MP by default), which it applies when it opens a file or bytes. That cap wins over a
+larger ``max_pixels``: such files stay refused whatever ``FACEGEN_MAX_PIXELS`` says (raise
+``PIL.Image.MAX_IMAGE_PIXELS`` in your program if you really mean to read them). Arrays and
+already-open PIL images are not subject to it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "ImageSource",
     "find_images",
     "load_image",
+    "pixel_limit",
     "read_metadata",
     "save_image",
 ]
@@ -55,11 +63,40 @@ ImageSource = (
 )
 
 
-def _max_pixels(max_pixels: int | None) -> int:
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The most pixels :func:`load_image` accepts: ``max_pixels`` when given, else the
+    ``FACEGEN_MAX_PIXELS`` environment variable when set, else :data:`DEFAULT_MAX_PIXELS`.
+
+    A ``max_pixels`` that is not a positive integer raises ``ValueError``; so does a
+    ``FACEGEN_MAX_PIXELS`` that is not one (as :class:`InvalidImageError`, naming it).
+    Files are also subject to Pillow's own cap (see the module doc).
+    """
     if max_pixels is not None:
-        return max_pixels
-    env = os.environ.get("FACEGEN_MAX_PIXELS")
-    return int(env) if env else DEFAULT_MAX_PIXELS
+        if (
+            isinstance(max_pixels, bool)
+            or not isinstance(max_pixels, (int, np.integer))
+            or max_pixels < 1
+        ):
+            raise ValueError(f"`max_pixels` must be a positive integer, got {max_pixels!r}")
+        return int(max_pixels)
+    env = os.environ.get("FACEGEN_MAX_PIXELS", "").strip()
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidImageError(
+            f"FACEGEN_MAX_PIXELS must be a positive integer (pixels), got {env!r}"
+        )
+    return value
+
+
+def _pillow_cap() -> int | None:
+    """Pixels above which ``PIL.Image.open`` raises ``DecompressionBombError`` (None: no cap)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
 def _describe(src: Any, name: str | None) -> str:
@@ -145,7 +182,7 @@ def load_image(
     conversion rules. Raises :class:`InvalidImageError` for anything unreadable.
     """
     where = _describe(src, name)
-    limit = _max_pixels(max_pixels)
+    limit = pixel_limit(max_pixels)
     if isinstance(src, np.ndarray):
         return _from_array(src, where, limit, background)
     opened_here = False
@@ -178,7 +215,11 @@ def load_image(
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(fp)
         except Image.DecompressionBombError as exc:
-            raise InvalidImageError(f"image is too large ({exc})", source=where) from exc
+            raise InvalidImageError(
+                f"image is larger than Pillow's decompression-bomb limit of {_pillow_cap()} "
+                f"pixels; FACEGEN_MAX_PIXELS cannot raise it (Pillow: {exc})",
+                source=where,
+            ) from exc
         except UnidentifiedImageError as exc:
             raise InvalidImageError(
                 "not an image, or a format PIL cannot read", source=where

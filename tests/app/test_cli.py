@@ -232,6 +232,19 @@ def test_bad_options_exit_2(capsys) -> None:
     assert "applies to `--detector insightface` only" in capsys.readouterr().err
 
 
+def test_bad_pixel_limit_is_one_error_before_any_work(
+    t1_path: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("FACEGEN_MAX_PIXELS", "64MP")
+    out = tmp_path / "out"
+    assert main(["analyze", str(t1_path), str(t1_path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("facegen: error:") == 1 and "FACEGEN_MAX_PIXELS must be a positive" in err
+    assert not out.exists()
+    assert main(["embed", str(t1_path), "--out", str(tmp_path / "e.safetensors")]) == 1
+    assert capsys.readouterr().err.count("FACEGEN_MAX_PIXELS") == 1
+
+
 def test_value_errors_are_one_line_without_debug(t1_path: Path, tmp_path: Path, capsys) -> None:
     args = ["analyze", str(t1_path), "--json", "--detector-model", str(t1_path)]
     assert main(args) == 1

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from facegen.errors import InvalidImageError, OutputError
-from facegen.image_io import find_images, load_image, read_metadata, save_image
+from facegen.image_io import (
+    DEFAULT_MAX_PIXELS,
+    find_images,
+    load_image,
+    pixel_limit,
+    read_metadata,
+    save_image,
+)
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -147,8 +154,43 @@ def test_array_inputs_are_checked() -> None:
 
 def test_pixel_limit_from_environment(monkeypatch: pytest.MonkeyPatch, t1_path: Path) -> None:
     monkeypatch.setenv("FACEGEN_MAX_PIXELS", "1000")
-    with pytest.raises(InvalidImageError, match="limit of 1000"):
+    with pytest.raises(InvalidImageError, match=r"limit of 1000 .*FACEGEN_MAX_PIXELS"):
         load_image(t1_path)
+    assert pixel_limit() == 1000 and pixel_limit(5) == 5
+    monkeypatch.setenv("FACEGEN_MAX_PIXELS", "")
+    assert pixel_limit() == DEFAULT_MAX_PIXELS
+
+
+@pytest.mark.parametrize("value", ["lots", "1.5e6", "0", "-5"])
+def test_bad_pixel_limit_in_environment(
+    monkeypatch: pytest.MonkeyPatch, t1_path: Path, value: str
+) -> None:
+    monkeypatch.setenv("FACEGEN_MAX_PIXELS", value)
+    want = f"FACEGEN_MAX_PIXELS must be a positive integer \\(pixels\\), got '{value}'"
+    with pytest.raises(InvalidImageError, match=want):
+        load_image(t1_path)
+    with pytest.raises(InvalidImageError, match=want):
+        pixel_limit()
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_bad_max_pixels_argument(value: object) -> None:
+    with pytest.raises(ValueError, match="`max_pixels` must be a positive integer"):
+        load_image(np.zeros((2, 2, 3), np.uint8), max_pixels=value)  # type: ignore[arg-type]
+
+
+def test_pillow_cap_is_not_blamed_on_facegen_max_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 MP: above Pillow's own decompression-bomb cap (2 x Image.MAX_IMAGE_PIXELS ≈ 179 MP)
+    monkeypatch.setenv("FACEGEN_MAX_PIXELS", str(10**9))
+    with pytest.raises(InvalidImageError) as ei:
+        load_image(_png_header_only(20_000, 10_000))
+    msg = str(ei.value)
+    assert f"Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS}" in msg
+    assert "FACEGEN_MAX_PIXELS cannot raise it" in msg and "raise it with" not in msg
+    # below Pillow's cap, facegen's own limit is the one to raise
+    monkeypatch.delenv("FACEGEN_MAX_PIXELS")
+    with pytest.raises(InvalidImageError, match="raise it with max_pixels= or FACEGEN_MAX"):
+        load_image(_png_header_only(12_000, 10_000))
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
