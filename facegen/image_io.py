@@ -8,8 +8,11 @@ for :func:`load_image`:
 * ``LA``/``RGBA``/``PA`` and palette images with transparency → composited over ``background``
   (white by default), i.e. ``rgb·α + background·(1-α)``; the alpha channel is then dropped.
 * ``P`` → its palette colours; ``CMYK``/``YCbCr``/``LAB``/``HSV`` → PIL's RGB conversion.
-* 16-bit (``I;16*``, or ``I`` holding 0…65535) → ``round(v / 257)``; float ``F`` images in [0, 1]
-  are scaled by 255, others clipped to [0, 255].
+* High bit depths follow a fixed rule per mode, never the pixel values (so one odd pixel
+  cannot change how a whole image is read): 16-bit ``I;16*`` and 32-bit integer ``I`` are
+  taken as 16-bit, ``round(v / 257)`` clipped to [0, 255] (an ``I`` image holding 8-bit
+  values therefore comes out dark); float ``F`` is taken as [0, 1], ``round(v · 255)``
+  clipped to [0, 255], NaN → 0.
 
 Zero-byte, truncated, non-image and unsupported inputs raise :class:`InvalidImageError` naming
 the source. Images with more than ``max_pixels`` pixels (default 64 MP, overridable with the
@@ -120,20 +123,10 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int], where: str) -> n
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         return np.asarray(_flatten_alpha(img, background), dtype=np.uint8)
     if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img)
-        if arr.dtype.kind == "f":
-            a = arr.astype(np.float64)
-            scaled = a * 255.0 if np.nanmax(a) <= 1.0 else a
-            grey = np.clip(np.nan_to_num(scaled), 0, 255)
-        else:
-            a = arr.astype(np.int64)
-            if a.min() < 0 or a.max() > 65535:
-                raise InvalidImageError(
-                    f"32-bit integer image with values outside 0…65535 (got {a.min()}…{a.max()})",
-                    source=where,
-                )
-            grey = a / 257.0 if (mode.startswith("I;16") or a.max() > 255) else a
-        g = np.round(grey).astype(np.uint8)
+        a = np.asarray(img).astype(np.float64)
+        # fixed per mode (see the module doc): F is [0, 1]; I and I;16* are 16-bit
+        scaled = np.nan_to_num(a, nan=0.0) * 255.0 if mode == "F" else a / 257.0
+        g = np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
     try:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)

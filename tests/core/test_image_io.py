@@ -131,6 +131,21 @@ def test_conversions(corpus: dict[str, Path]) -> None:
     assert gif.shape == (5, 6, 3) and gif[0, 0, 0] > 200 and gif[0, 0, 1] < 50  # first frame
 
 
+def test_high_bit_depth_rules_do_not_depend_on_the_data() -> None:
+    # float "F": [0, 1] scaled by 255 and clipped; one pixel over 1 changes nothing else
+    f = np.array([[0.0, 0.5, 1.0, 1.001, -0.2, 7.0]], np.float32)
+    got = load_image(Image.fromarray(f, "F"))[..., 0]
+    assert got.tolist() == [[0, 128, 255, 255, 0, 255]]
+    assert load_image(Image.fromarray(f[:, :3], "F"))[..., 0].tolist() == [[0, 128, 255]]
+    # 32-bit integer "I" is read as 16-bit like "I;16": value / 257, clipped to [0, 255]
+    i = np.array([[0, 200, 257 * 100, 65535, 70000, -5]], np.int32)
+    got = load_image(Image.fromarray(i, "I"))[..., 0]
+    assert got.tolist() == [[0, 1, 100, 255, 255, 0]]
+    assert load_image(Image.fromarray(i[:, :2], "I"))[..., 0].tolist() == [[0, 1]]
+    i16 = Image.fromarray(np.array([[0, 200, 65535]], np.uint16))
+    assert i16.mode.startswith("I;16") and load_image(i16)[0, :, 0].tolist() == [0, 1, 255]
+
+
 def test_rgba_composited_over_background() -> None:
     arr = np.zeros((2, 2, 4), np.uint8)
     arr[..., 0] = 255
