@@ -59,6 +59,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
 )
 METADATA_KEY = "facegen"
+#: Largest width/height each lossy format can store (PNG has no practical limit).
+_MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 
 ImageSource = (
@@ -261,6 +263,8 @@ def save_image(
     The format follows the suffix (``.png``, ``.jpg``/``.jpeg``, ``.webp``). ``metadata`` is
     stored as JSON: a PNG text chunk named ``facegen`` (plus one chunk per top-level string
     value), or the EXIF ImageDescription of JPEG/WebP. :func:`read_metadata` reads it back.
+    WebP holds at most 16383 and JPEG 65500 pixels per side; larger images raise
+    :class:`OutputError` (use PNG).
     """
     p = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower())
@@ -272,6 +276,12 @@ def save_image(
         pil = Image.fromarray(image, "RGB")
     else:
         pil = image.convert("RGB") if image.mode not in ("RGB", "L") else image
+    side = _MAX_SIDE.get(fmt)
+    if side is not None and max(pil.size) > side:
+        raise OutputError(
+            f"cannot write {p}: {fmt} images must be at most {side} pixels wide and high, got "
+            f"{pil.size[0]}×{pil.size[1]}; save as .png instead"
+        )
     kwargs: dict[str, Any] = {}
     if metadata:
         text = _json_meta(metadata)
@@ -294,11 +304,33 @@ def save_image(
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The facegen metadata stored by :func:`save_image` (``{}`` when there is none)."""
-    with Image.open(path) as img:
-        text = img.info.get(METADATA_KEY) if img.format == "PNG" else None
-        if text is None:
-            text = img.getexif().get(_EXIF_IMAGE_DESCRIPTION)
+    """The facegen metadata stored by :func:`save_image` (``{}`` when there is none).
+
+    A missing, unreadable or non-image file raises :class:`InvalidImageError` naming it.
+    """
+    where = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise InvalidImageError("file not found", source=where)
+    if p.is_dir():
+        raise InvalidImageError("is a folder, not an image file", source=where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                text = img.info.get(METADATA_KEY) if img.format == "PNG" else None
+                if text is None:
+                    text = img.getexif().get(_EXIF_IMAGE_DESCRIPTION)
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError("not an image, or a format PIL cannot read", source=where) from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(
+            f"image is larger than Pillow's decompression-bomb limit of {_pillow_cap()} pixels "
+            f"(Pillow: {exc})",
+            source=where,
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImageError(f"cannot read the image's metadata ({exc})", source=where) from exc
     if not text:
         return {}
     try:

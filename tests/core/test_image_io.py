@@ -231,6 +231,31 @@ def test_save_errors(tmp_path: Path) -> None:
         save_image(img, blocker / "x.png")
 
 
+def test_read_metadata_errors_are_invalid_image_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    for path, match in [
+        (junk, "not an image"),
+        (tmp_path / "missing.png", "not found"),
+        (tmp_path, "folder"),
+    ]:
+        with pytest.raises(InvalidImageError, match=match) as ei:
+            read_metadata(path)
+        assert str(path) in str(ei.value)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (2, 2)).save(plain)
+    assert read_metadata(plain) == {}
+
+
+@pytest.mark.parametrize(("suffix", "limit"), [(".webp", 16383), (".jpg", 65500)])
+def test_save_refuses_sizes_the_format_cannot_hold(tmp_path: Path, suffix: str, limit: int) -> None:
+    img = np.zeros((1, limit + 1, 3), np.uint8)
+    with pytest.raises(OutputError, match=f"at most {limit} pixels wide and high") as ei:
+        save_image(img, tmp_path / f"wide{suffix}")
+    assert f"wide{suffix}" in str(ei.value) and ".png" in str(ei.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_find_images_walks_folders(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     for p in ("a/1.jpg", "a/b/2.PNG", "a/readme.txt"):
