@@ -156,6 +156,32 @@ class IDGenerationMixin:
             self._independent_analyzer = ana
         return ana
 
+    # -- conditioning (overridden by the ID + text pipeline) -----------------------------------
+    def _check_prompt(self, prompt: str | None, negative_prompt: str | None) -> None:
+        if prompt is not None or negative_prompt is not None:
+            raise ValueError("Arc2Face is identity-only: `prompt`/`negative_prompt` are not taken")
+
+    def _encode_conditioning(
+        self,
+        identities: IdentityInput,
+        m: int,
+        unconditional: Unconditional,
+        prompt: str | None,
+        negative_prompt: str | None,
+    ) -> dict[str, Any]:
+        """Per-image tensors (batch = identities × m, identity-major) for the denoising calls."""
+        if m < 1:
+            raise ValueError(f"`num_images_per_identity` must be >= 1, got {m}")
+        cond = self.id_encoder.encode(identities).repeat_interleave(m, dim=0)
+        uncond = self.id_encoder.encode_unconditional(int(cond.shape[0]), unconditional)
+        return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+
+    def _chunk_call_kwargs(
+        self, per_image: dict[str, Any], sl: slice, guidance_scale: float
+    ) -> dict[str, Any]:
+        dtype = self.unet.dtype
+        return {k: v[sl].to(self.device, dtype) for k, v in per_image.items()}
+
     # -- checks -------------------------------------------------------------------------------
     def check_face_inputs(
         self,
@@ -220,6 +246,8 @@ class IDGenerationMixin:
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         control_image: Any = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
         **kwargs: Any,
     ) -> FaceGenerationOutput | tuple[Any, list[dict[str, Any]]]:
         """Generate ``num_images_per_identity`` images for each identity.
@@ -241,8 +269,12 @@ class IDGenerationMixin:
         guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         if (id_embeds is None) == (images is None):
             raise ValueError("pass exactly one of `id_embeds` or `images`")
-        if "prompt" in kwargs or "prompt_embeds" in kwargs:
-            raise ValueError("Arc2Face is identity-only: `prompt`/`prompt_embeds` are not taken")
+        if "prompt_embeds" in kwargs or "ip_adapter_image_embeds" in kwargs:
+            raise ValueError(
+                "`prompt_embeds`/`ip_adapter_image_embeds` are made from the identities here; "
+                "use a plain diffusers pipeline to pass them yourself"
+            )
+        self._check_prompt(prompt, negative_prompt)
         has_controlnet = getattr(self, "controlnet", None) is not None
         if has_controlnet and control_image is None:
             raise ValueError("`control_image` is required by the ControlNet pipeline")
@@ -253,9 +285,12 @@ class IDGenerationMixin:
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         identities = self.identities_from_images(images) if images is not None else id_embeds
-        # 2. encode identities (validates encoder, shape, NaN/zero)
-        cond = self.id_encoder.encode(identities)
-        n = int(cond.shape[0])
+        # 2. encode identities (validates encoder, shape, NaN/zero) → per-image conditioning
+        per_image = self._encode_conditioning(
+            identities, num_images_per_identity, unconditional, prompt, negative_prompt
+        )
+        total = next(iter(per_image.values())).shape[0]
+        n = total // num_images_per_identity
         self.check_face_inputs(
             n,
             num_images_per_identity,
@@ -267,10 +302,7 @@ class IDGenerationMixin:
             width,
             batch_size,
         )
-        total = n * num_images_per_identity
         controls = _per_image(control_image, n, num_images_per_identity) if has_controlnet else None
-        cond = cond.repeat_interleave(num_images_per_identity, dim=0)
-        uncond = self.id_encoder.encode_unconditional(total, unconditional)
         # 3. one generator per image
         if generator is None:
             if seeds is None:
@@ -288,8 +320,7 @@ class IDGenerationMixin:
             if controls is not None:
                 kwargs["image"] = controls[sl]
             out = super().__call__(  # type: ignore[misc]
-                prompt_embeds=cond[sl].to(self.device, self.unet.dtype),
-                negative_prompt_embeds=uncond[sl].to(self.device, self.unet.dtype),
+                **self._chunk_call_kwargs(per_image, sl, guidance_scale),
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 height=height,
@@ -329,6 +360,8 @@ class IDGenerationMixin:
             "height": height,
             "width": width,
             "unconditional": unconditional,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
             "identity_encoder": enc_ids,
             "dtype": str(self.unet.dtype).replace("torch.", ""),
             "facegen_version": __version__,
