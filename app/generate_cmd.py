@@ -39,7 +39,7 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
     g.add_argument(
         "--preset", default="arc2face", choices=PRESETS.names(), help="(default: arc2face)"
     )
-    g.add_argument("--prompt", help="text prompt (presets with text control only)")
+    g.add_argument("--prompt", help="text prompt (ip-adapter-faceid-sd15; required there)")
     ctl = g.add_mutually_exclusive_group()
     ctl.add_argument(
         "--pose-from",
@@ -92,8 +92,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from facegen.image_io import save_image
     from facegen.pipelines.presets import from_preset
 
-    if args.prompt is not None and args.preset in ("arc2face", "tiny"):
+    text_preset = args.preset.startswith("ip-adapter")
+    if args.prompt is not None and not text_preset:
         raise FacegenError(f"preset {args.preset!r} is identity-only; `--prompt` is not taken")
+    if text_preset and not args.prompt:
+        raise FacegenError(f"preset {args.preset!r} needs `--prompt TEXT`")
     if not 0 <= args.seed <= 2**31 - 1:
         raise FacegenError(f"`--seed` must be in [0, 2147483647], got {args.seed}")
     if args.id_image:
@@ -133,6 +136,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["num_inference_steps"] = args.steps
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
+    if args.prompt is not None:
+        kwargs["prompt"] = args.prompt
     steps = args.steps or pipe.default_steps
     chunks = -(-total // (args.batch_size or total))
     bar = tqdm(total=steps * chunks, desc="generate", unit="step", file=sys.stderr)

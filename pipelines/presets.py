@@ -5,6 +5,7 @@
 | ``arc2face`` | identity only, Arc2Face UNet + fine-tuned CLIP encoder; DPM-Solver++, 25 steps, guidance 3 | ``FoivosPar/Arc2Face`` (``arc2face``, ``encoder``) + SD1.5 VAE/tokenizer/scheduler |
 | ``arc2face-lcm`` | Arc2Face + LCM-LoRA, ``LCMScheduler``, 4 steps, guidance 1 | as ``arc2face`` + ``latent-consistency/lcm-lora-sdv1-5`` |
 | ``arc2face-controlnet`` | Arc2Face + its pose ControlNet (conditioned on EMOCA 3-D renders, which facegen cannot compute offline: pass them as ``control_image``), or ``controlnet=PATH`` for a facegen-trained landmark ControlNet | ``FoivosPar/Arc2Face`` ``controlnet`` |
+| ``ip-adapter-faceid-sd15`` | identity + text prompt (IP-Adapter-FaceID with its LoRA), DDIM, 30 steps, guidance 7.5 | ``h94/IP-Adapter-FaceID`` + SD1.5 (``base=`` for another SD1.5 model) + buffalo_l |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
 """
@@ -201,6 +202,61 @@ def _arc2face_controlnet(
     pipe.identity_analyzer = base.identity_analyzer
     models = {**base.model_ids, "controlnet": controlnet or f"{ARC2FACE_REPO}/controlnet"}
     return _finish(pipe, "arc2face-controlnet", models, device, torch_dtype)
+
+
+@PRESETS.register(
+    "ip-adapter-faceid-sd15",
+    description="IP-Adapter-FaceID on SD1.5: identity + text prompt (buffalo_l identities)",
+)
+def _faceid_sd15(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    local_files_only: bool | None = None,
+    base: str = SD15_REPO,
+    with_analyzer: bool = True,
+    **_: Any,
+) -> Any:
+    from diffusers import DDIMScheduler
+
+    from facegen.adapters.ip_adapter_faceid import FACEID_REPO, FACEID_SD15_WEIGHTS
+    from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
+
+    torch_dtype = resolve_dtype(dtype, device)
+    off = is_offline(local_files_only)
+    pipe = load_pretrained(
+        IDTextToFacePipeline,
+        base,
+        None,
+        torch_dtype=torch_dtype,
+        local_files_only=off,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    # the authors' scheduler settings (DDIM, scaled-linear betas, no clipping)
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
+    pipe.load_faceid(FACEID_SD15_WEIGHTS, local_files_only=off)
+    if with_analyzer:
+        from facegen.analyzer import FaceAnalyzer
+
+        pipe.identity_analyzer = FaceAnalyzer.from_names(
+            "insightface",
+            None,
+            "arcface-onnx",
+            device=device,
+            offline=off,
+            detector_options={"preset": "buffalo_l"},
+            encoder_options={"preset": "buffalo_l"},
+        )
+    models = {
+        "base": base,
+        "ip_adapter": f"{FACEID_REPO}/{FACEID_SD15_WEIGHTS}",
+        "identity": "buffalo_l",
+    }
+    return _finish(pipe, "ip-adapter-faceid-sd15", models, device, torch_dtype)
 
 
 def from_preset(

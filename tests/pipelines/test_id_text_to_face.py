@@ -97,3 +97,27 @@ def test_errors(pipe, ckpt) -> None:
     bare = _pipe(IDTextToFacePipeline, ckpt)
     with pytest.raises(ValueError, match="load_faceid"):
         bare(np.ones((1, 512)), prompt=PROMPT, num_inference_steps=1)
+
+
+def test_faceid_preset_loads_the_published_layout_offline(tmp_path, monkeypatch) -> None:
+    """The preset's real loading path: an SD1.5-layout folder + the .bin where the hub looks."""
+    from facegen.pipelines.presets import from_preset
+
+    base = tmp_path / "sd15"
+    parts = tiny_components(seed=2)
+    StableDiffusionPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(base)
+    home = tmp_path / "home"
+    weights = home / "models" / "ip-adapter-faceid-sd15" / "ip-adapter-faceid_sd15.bin"
+    weights.parent.mkdir(parents=True)
+    save_faceid_weights(faceid_state_dict_for(parts["unet"], seed=4, lora_rank=4), weights)
+    monkeypatch.setenv("FACEGEN_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = from_preset("ip-adapter-faceid-sd15", base=str(base), with_analyzer=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.default_steps == 30
+    out = pipe(np.ones((1, 512)), prompt=PROMPT, seeds=[0], num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    assert out.metadata[0]["preset"] == "ip-adapter-faceid-sd15"
+    assert "faceid_0" in str(pipe.unet.peft_config.keys())  # the checkpoint's own LoRA is active
