@@ -66,6 +66,12 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
     g.add_argument("--seed", type=int, default=0, help="base seed: image k uses seed+k (0)")
     g.add_argument("--batch-size", type=positive_int, help="images per denoising batch (all)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep models on the CPU and move each to the GPU only while it runs (small GPUs)",
+    )
+    g.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
     g.add_argument("--out", type=Path, required=True, help="output folder")
     g.set_defaults(func=cmd_generate)
 
@@ -125,6 +131,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         **extra,
     )
     pipe.set_progress_bar_config(disable=True)
+    if args.cpu_offload:
+        if not str(args.device).startswith("cuda"):
+            raise FacegenError("`--cpu-offload` needs `--device cuda[:N]`")
+        pipe.enable_model_cpu_offload(device=args.device)
+    if args.vae_tiling:
+        pipe.vae.enable_tiling()
     ids = _identities(args, pipe)
     n = len(ids)
     total = n * args.num_images

@@ -273,7 +273,23 @@ def test_generate_random_identities_with_the_tiny_preset(tmp_path: Path, capsys)
 
     out = tmp_path / "gen"
     args = ["generate", "--random-identities", "2", "--num-images", "2", "--preset", "tiny"]
-    assert main([*args, "--steps", "2", "--seed", "7", "--batch-size", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--steps",
+                "2",
+                "--seed",
+                "7",
+                "--batch-size",
+                "3",
+                "--vae-tiling",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     man = json.loads((out / "manifest.json").read_text())
     files = [r["file"] for r in man["images"]]
     assert files == [
@@ -299,6 +315,8 @@ def test_generate_errors(tmp_path: Path, capsys) -> None:
     assert "identity-only" in capsys.readouterr().err
     assert main([*base, "--id-image", str(tmp_path / "missing.jpg")]) == 1
     assert "file not found" in capsys.readouterr().err
+    assert main([*base, "--random-identities", "1", "--cpu-offload"]) == 1
+    assert "needs `--device cuda" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--random-identities", "0"])
     emb = tmp_path / "dlib.safetensors"
