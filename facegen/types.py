@@ -10,6 +10,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,7 +102,9 @@ class IdentityEmbedding:
 class Face:
     """One detected face.
 
-    ``bbox``: float32 ``(4,)`` xyxy in pixels. ``score``: detector confidence in [0, 1].
+    ``bbox``: float32 ``(4,)`` xyxy in pixels. ``score``: detector confidence, a finite
+    float; facegen's detectors give it in [0, 1] (higher = more certain), other values are
+    accepted for faces built by hand or by other detectors.
     ``kps5``: float32 ``(5, 2)`` in the ArcFace order (see module doc).
     ``landmarks``: optional dense points ``(K, 2)`` or ``(K, 3)`` named by ``landmark_scheme``
     (e.g. ``"ibug68"`` for the 68-point iBUG layout, ``"insightface106"``).
@@ -120,6 +123,8 @@ class Face:
         object.__setattr__(self, "bbox", _frozen_array(self.bbox, np.float32, (4,), "bbox"))
         object.__setattr__(self, "kps5", _frozen_array(self.kps5, np.float32, (5, 2), "kps5"))
         object.__setattr__(self, "score", float(self.score))
+        if not math.isfinite(self.score):
+            raise ValueError(f"`score` must be finite, got {self.score}")
         if self.landmarks is not None:
             lm = np.asarray(self.landmarks)
             if lm.ndim != 2 or lm.shape[1] not in (2, 3):
@@ -153,11 +158,12 @@ class Face:
         d: dict[str, Any] = {
             "bbox": [round(float(v), 2) for v in self.bbox],
             "score": round(self.score, 4),
-            "kps5": np.round(self.kps5, 2).tolist(),
+            # float64 before rounding: float32 values would come back as 12.350000381…
+            "kps5": np.round(self.kps5.astype(np.float64), 2).tolist(),
             "detector": self.detector,
         }
         if self.landmarks is not None:
-            d["landmarks"] = np.round(self.landmarks, 2).tolist()
+            d["landmarks"] = np.round(self.landmarks.astype(np.float64), 2).tolist()
             d["landmark_scheme"] = self.landmark_scheme
         if self.embedding is not None:
             d["embedding"] = {

@@ -33,6 +33,24 @@ def test_face_is_frozen_and_validated() -> None:
     assert d["bbox"] == [10.0, 20.0, 90.0, 110.0] and len(d["kps5"]) == 5
 
 
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), -float("inf")])
+def test_face_score_must_be_finite(score: float) -> None:
+    with pytest.raises(ValueError, match="`score` must be finite"):
+        Face(bbox=[10, 20, 90, 110], score=score, kps5=_kps())
+
+
+def test_face_to_dict_rounds_float32_values() -> None:
+    kps = _kps() + np.float32(0.123456)
+    lm = np.full((68, 2), 12.345678, np.float32)
+    f = Face(
+        bbox=[10.126, 20, 90, 110], score=0.912345, kps5=kps, landmarks=lm, landmark_scheme="ibug68"
+    )
+    d = f.to_dict()
+    assert d["kps5"][0] == [30.12, 40.12] and d["landmarks"][0] == [12.35, 12.35]
+    assert d["bbox"][0] == 10.13 and d["score"] == 0.9123
+    assert all(isinstance(v, float) for v in d["kps5"][0])
+
+
 def test_embedding_checks() -> None:
     v = np.arange(1, 5, dtype=np.float32)
     raw = IdentityEmbedding(v, "enc-a", normalized=False)
