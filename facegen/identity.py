@@ -69,7 +69,13 @@ def cosine_similarity_matrix(
 
 
 def class_centers(vectors: np.ndarray, labels: Sequence[object]) -> tuple[list[object], np.ndarray]:
-    """Unit-norm mean vector per label: returns (labels in first-seen order, ``(K, D)``)."""
+    """Unit-norm mean vector per label: returns (labels in first-seen order, ``(K, D)``).
+
+    ``vectors``: ``(N, D)`` with N >= 1; ``labels``: N hashable labels.
+    """
+    shape = np.shape(vectors)
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"`vectors` must be a non-empty (N, D) array, got shape {shape}")
     v = l2_normalize(vectors)
     lab = list(labels)
     if len(lab) != len(v):

@@ -42,6 +42,13 @@ def test_class_centers() -> None:
     assert labels == ["a", "b"]
     assert c[0, 0] > 0.99 and c[1, 1] > 0.99
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-6)
+    for empty in (np.zeros((0, 8), np.float32), np.zeros(0, np.float32), []):
+        with pytest.raises(ValueError, match=r"`vectors` must be a non-empty \(N, D\) array"):
+            class_centers(empty, [])
+    with pytest.raises(ValueError, match=r"`vectors` must be a non-empty \(N, D\) array"):
+        class_centers(np.ones(4, np.float32), ["a"] * 4)
+    with pytest.raises(ValueError, match="`labels` must have one entry per vector"):
+        class_centers(v, ["a"])
 
 
 def test_stack_refuses_mixed_encoders() -> None:
