@@ -2,8 +2,14 @@
 
 Everything here runs offline on the CPU. The weights are the ``.dat`` files of the
 ``face_recognition_models`` PyPI package, found through :func:`facegen.hub.resolve` with the
-``"dlib"`` preset (or in an explicit ``model_path`` folder). ``dlib`` itself (the ``dlib-bin``
-wheel) is imported lazily, inside the classes.
+``"dlib"`` preset. ``model_path``, the same for every class here, is either a folder holding
+the ``.dat`` files or, where one file is all a class needs (the encoder's
+``dlib_face_recognition_resnet_model_v1.dat``, the landmarker's
+``shape_predictor_68_face_landmarks.dat``, the CNN detector's
+``mmod_human_face_detector.dat``), that file itself; the other files a class may need (the
+detector's 68-point predictor, the encoder's 5-point one) are then taken from the file's
+folder when they are there, else found as usual. ``dlib`` itself (the ``dlib-bin`` wheel) is
+imported lazily, inside the classes.
 
 * :class:`DlibDetector` — HOG + linear SVM (``model="hog"``, fast) or the MMOD CNN
   (``model="cnn"``, more robust to pose, slow on CPU). Every face gets ``kps5`` and the 68
@@ -22,6 +28,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -29,7 +36,12 @@ import numpy as np
 
 from facegen.base import FaceDetector, IdentityEncoder, Landmarker
 from facegen.devices import parse_device
-from facegen.errors import DeviceNotAvailableError, InvalidImageError, MissingDependencyError
+from facegen.errors import (
+    DeviceNotAvailableError,
+    InvalidImageError,
+    InvalidModelError,
+    MissingDependencyError,
+)
 from facegen.hub import get_preset, resolve
 from facegen.landmarks import kps5_from_ibug68
 from facegen.types import AlignedFace, Face
@@ -94,26 +106,52 @@ def _import_dlib(purpose: str) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _load(kind: str, path: str) -> Any:
-    """Load one dlib model file once per process (instances share it; inference is read-only)."""
+    """Load one dlib model file once per process (instances share it; inference is read-only).
+
+    A file dlib cannot read as ``kind`` raises :class:`InvalidModelError` naming it.
+    """
     dlib = _import_dlib(f"dlib {kind}")
     logger.debug("loading dlib %s from %s", kind, path)
-    if kind == "shape_predictor":
-        return dlib.shape_predictor(path)
-    if kind == "cnn_detector":
-        return dlib.cnn_face_detection_model_v1(path)
-    if kind == "recognition":
-        return dlib.face_recognition_model_v1(path)
-    raise ValueError(f"`kind` must be shape_predictor, cnn_detector or recognition, got {kind!r}")
-
-
-def _model_file(role: str, model_path: str | os.PathLike[str] | None, offline: bool | None) -> str:
-    """Local path of the ``"dlib"`` preset's file for ``role`` (``model_path``: a folder)."""
-    if model_path is not None and not os.path.isdir(model_path):
+    loaders = {
+        "shape_predictor": dlib.shape_predictor,
+        "cnn_detector": dlib.cnn_face_detection_model_v1,
+        "recognition": dlib.face_recognition_model_v1,
+    }
+    if kind not in loaders:
         raise ValueError(
-            f"`model_path` must be a folder holding the dlib .dat files, got {str(model_path)!r}"
+            f"`kind` must be shape_predictor, cnn_detector or recognition, got {kind!r}"
         )
+    try:
+        return loaders[kind](path)
+    except RuntimeError as exc:  # dlib's deserialisation errors
+        raise InvalidModelError(
+            f"{path}: not a dlib {kind.replace('_', ' ')} model file ({str(exc).strip()})"
+        ) from exc
+
+
+def _model_file(
+    role: str,
+    model_path: str | os.PathLike[str] | None,
+    offline: bool | None,
+    *,
+    own_file: bool,
+) -> str:
+    """Local path of the ``"dlib"`` preset's file for ``role``.
+
+    ``model_path``: ``None`` (the usual places), a folder holding the file, or a file. A file
+    is taken as the ``role`` file itself when ``own_file`` (it is the one file this class is
+    given); otherwise the ``role`` file is a companion, looked for next to it, then as usual.
+    """
     filename = get_preset("dlib").file_for(role)
-    return str(resolve("dlib", filename, path=model_path, offline=offline))
+    if model_path is None:
+        return str(resolve("dlib", filename, offline=offline))
+    p = Path(model_path).expanduser()
+    if p.is_dir() or own_file or not p.is_file():
+        return str(resolve("dlib", filename, path=p, offline=offline))
+    sibling = p.parent / filename
+    if sibling.is_file():
+        return str(sibling)
+    return str(resolve("dlib", filename, offline=offline))
 
 
 def _check_device(device: str, dlib: Any) -> str:
@@ -246,7 +284,8 @@ class DlibDetector(FaceDetector):
     ``upsample`` enlarges the image 2× that many times before detecting: HOG's smallest face is
     about 80 px at 0 and 40 px at 1 (cost grows ~4× per step). ``model_path``: a folder holding
     the dlib ``.dat`` files (default: the ``face_recognition_models`` package, then
-    ``$FACEGEN_HOME/models/dlib``). ``device``: ``"cpu"`` (``"cuda"`` only with a CUDA dlib).
+    ``$FACEGEN_HOME/models/dlib``), or for ``model="cnn"`` the ``mmod_human_face_detector.dat``
+    file (see the module doc). ``device``: ``"cpu"`` (``"cuda"`` only with a CUDA dlib).
     """
 
     def __init__(
@@ -282,15 +321,23 @@ class DlibDetector(FaceDetector):
         dlib = _import_dlib("dlib face detection")
         self.device = _check_device(device, dlib)
         role = DETECTOR_MODELS[model]
+        if role is None and model_path is not None and os.path.isfile(model_path):
+            raise ValueError(
+                f"`model_path` must be a folder holding the dlib .dat files for model='hog' "
+                f"(a single file is accepted for model='cnn': its mmod_human_face_detector.dat), "
+                f"got {str(model_path)!r}"
+            )
+        self._files: dict[str, str] = {}
         if role is None:
             self._detector = dlib.get_frontal_face_detector()
         else:
-            self._detector = _load("cnn_detector", _model_file(role, model_path, offline))
-        self._predictor = (
-            _load("shape_predictor", _model_file("landmark_68", model_path, offline))
-            if landmarks5
-            else None
-        )
+            self._files[role] = _model_file(role, model_path, offline, own_file=True)
+            self._detector = _load("cnn_detector", self._files[role])
+        self._predictor = None
+        if landmarks5:
+            path = _model_file("landmark_68", model_path, offline, own_file=False)
+            self._files["landmark_68"] = path
+            self._predictor = _load("shape_predictor", path)
 
     def __repr__(self) -> str:
         return (
@@ -366,10 +413,8 @@ class DlibLandmarker(Landmarker):
     ) -> None:
         dlib = _import_dlib("dlib 68-point landmarks")
         self.device = _check_device(device, dlib)
-        if model_path is not None and os.path.isfile(model_path):
-            path = str(model_path)
-        else:
-            path = _model_file("landmark_68", model_path, offline)
+        path = _model_file("landmark_68", model_path, offline, own_file=True)
+        self._files = {"landmark_68": path}
         self._predictor = _load("shape_predictor", path)
 
     def annotate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:
@@ -430,6 +475,9 @@ class DlibEncoder(IdentityEncoder):
 
     Both give the same ``encoder_id``: their vectors agree to ~4e-7.
 
+    ``model_path``: a folder holding the dlib ``.dat`` files, or the
+    ``dlib_face_recognition_resnet_model_v1.dat`` file itself (see the module doc).
+
     ``same_person_threshold = 0.925`` is a cosine between the normalised vectors, measured
     (``tests/core/test_dlib_backend.py::orl_similarities``) on all pairs of ORL's 390 photos
     (39 people × 10, grey; HOG at upsample 0, raw threshold 0 found 386, the other 4 use the
@@ -477,7 +525,8 @@ class DlibEncoder(IdentityEncoder):
         dlib = _import_dlib("dlib face recognition")  # alignment is dlib's for both backends
         self._model_path = model_path
         self._offline = offline
-        weights = _model_file("recognition", model_path, offline)
+        weights = _model_file("recognition", model_path, offline, own_file=True)
+        self._files = {"recognition": weights}
         self._net: Any = None
         self._torch_net: Any = None
         if backend == "dlib":
@@ -504,9 +553,9 @@ class DlibEncoder(IdentityEncoder):
 
     def _shape5(self) -> Any:
         if self._sp5 is None:
-            self._sp5 = _load(
-                "shape_predictor", _model_file("landmark_5", self._model_path, self._offline)
-            )
+            path = _model_file("landmark_5", self._model_path, self._offline, own_file=False)
+            self._files["landmark_5"] = path
+            self._sp5 = _load("shape_predictor", path)
         return self._sp5
 
     def chip_details(self, image: np.ndarray, face: Face) -> Any:

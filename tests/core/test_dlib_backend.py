@@ -27,10 +27,11 @@ from facegen.backends.dlib_backend import (
 from facegen.errors import (
     DeviceNotAvailableError,
     InvalidImageError,
+    InvalidModelError,
     MissingDependencyError,
     ModelNotAvailableError,
 )
-from facegen.hub import resolve
+from facegen.hub import get_preset, resolve
 from facegen.landmarks import kps5_from_ibug68
 from facegen.types import Face
 
@@ -240,12 +241,55 @@ def test_device_and_model_path_are_checked(tmp_path: Path) -> None:
             DlibDetector(device="cuda")
     with pytest.raises(ModelNotAvailableError, match=r"shape_predictor_68_face_landmarks\.dat"):
         DlibDetector(model_path=tmp_path)
-    some_file = tmp_path / "x.dat"
-    some_file.write_bytes(b"")
-    with pytest.raises(ValueError, match="`model_path` must be a folder"):
-        DlibEncoder(model_path=some_file)
     with pytest.raises(ValueError, match="`num_jitters` must be >= 0"):
         DlibEncoder(num_jitters=-1)
+
+
+def _dlib_file(role: str) -> Path:
+    return resolve("dlib", get_preset("dlib").file_for(role))
+
+
+def test_model_path_is_a_folder_or_the_one_file(tmp_path: Path, hanks: np.ndarray) -> None:
+    roles = ("detector_cnn", "landmark_68", "landmark_5", "recognition")
+    folder = tmp_path / "all"
+    folder.mkdir()
+    for role in roles:
+        (folder / _dlib_file(role).name).symlink_to(_dlib_file(role))
+    # landmarker and encoder: a folder, or their one file (here alone in its folder: the
+    # encoder's 5-point predictor, needed for faces without 68 landmarks, is found as usual)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "recognition.dat").symlink_to(_dlib_file("recognition"))
+    (lone / "lm68.dat").symlink_to(_dlib_file("landmark_68"))
+    box_only = DlibDetector(landmarks5=False).detect(hanks)
+    want = DlibEncoder().embed(hanks, box_only)[0].vector
+    for mp in (folder, lone / "recognition.dat"):
+        got = DlibEncoder(model_path=mp).embed(hanks, box_only)[0].vector
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for mp in (folder, lone / "lm68.dat"):
+        pts = DlibLandmarker(model_path=mp).annotate(hanks, box_only)[0].landmarks
+        assert pts is not None and pts.shape == (68, 2)
+    # the CNN detector: a folder, or its mmod file (the 68-point predictor is then looked for
+    # next to it, else as usual)
+    for mp in (folder, _dlib_file("detector_cnn"), folder / _dlib_file("detector_cnn").name):
+        faces = DlibDetector(model="cnn", upsample=0, model_path=mp).detect(hanks)
+        assert len(faces) == 1 and faces[0].landmark_scheme == "ibug68"
+    # HOG needs no detector file: a folder only
+    with pytest.raises(ValueError, match=r"`model_path` must be a folder .*model='hog'"):
+        DlibDetector(model_path=lone / "lm68.dat")
+    # a file that is not the model: InvalidModelError naming it, whichever backend
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x00" * 64)
+    for build in (
+        lambda: DlibEncoder(model_path=junk),
+        lambda: DlibEncoder(model_path=junk, backend="dlib"),
+        lambda: DlibLandmarker(model_path=junk),
+        lambda: DlibDetector(model="cnn", model_path=junk),
+    ):
+        with pytest.raises(InvalidModelError, match=r"junk\.dat"):
+            build()
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        DlibEncoder(model_path=tmp_path / "missing.dat")
 
 
 @pytest.mark.parametrize(
