@@ -189,6 +189,8 @@ class InsightfaceLandmarker(Landmarker):
         """Raw outputs ``(N, L)`` → crop-pixel points float64 ``(N, K, point_dim)``."""
         n = len(raw)
         flat = raw.reshape(n, -1).astype(np.float64)
+        if not np.isfinite(flat).all():
+            raise InvalidModelError(f"landmark model {self.name!r} produced NaN or inf outputs")
         if not self._width_ok(flat.shape[1]):
             raise InvalidModelError(f"{self._width_rule()}, got {flat.shape[1]} values")
         pts = flat.reshape(n, -1, self.point_dim)[:, -self.num_points :, :].copy()
@@ -202,7 +204,8 @@ class InsightfaceLandmarker(Landmarker):
         """Return copies of ``faces`` with ``landmarks`` (float32 ``(K, 2|3)``, image pixels).
 
         ``image`` is RGB uint8 ``(H, W, 3)``. For ``ibug68`` the ``kps5`` are recomputed from
-        the 68 points; for ``insightface106`` the detector's are kept.
+        the 68 points; for ``insightface106`` the detector's are kept. Non-finite network
+        outputs raise :class:`InvalidModelError`.
         """
         img = check_rgb_image(image)
         if not faces:

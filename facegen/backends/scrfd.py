@@ -323,13 +323,17 @@ class SCRFDDetector(FaceDetector):
 
         Returns :class:`Face` objects (bbox clipped to the image, ``kps5`` in the ArcFace
         order — SCRFD's own keypoint order) sorted by descending score; an empty list when
-        none passes ``score_threshold``.
+        none passes ``score_threshold``. Non-finite network outputs raise
+        :class:`InvalidModelError`.
         """
         img = check_rgb_image(image)
         h, w = img.shape[:2]
         canvas, sx, sy = self._letterbox(img)
         blob = to_blob(canvas[None], _INPUT_MEAN, _INPUT_STD)
-        outs = self.session.run(self.output_names, {self.input_name: blob})
+        outs = [np.asarray(o) for o in self.session.run(self.output_names, {self.input_name: blob})]
+        if not all(np.isfinite(o).all() for o in outs):
+            # NaN scores would silently fail every threshold; NaN boxes would fail Face's checks
+            raise InvalidModelError(f"SCRFD model {self.name!r} produced NaN or inf outputs")
         boxes, scores, kpss = self._decode(outs, self.score_threshold)
         if len(scores) == 0:
             return []

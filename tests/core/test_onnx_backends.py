@@ -79,6 +79,43 @@ def test_scrfd_decodes_a_planted_face(scrfd_model: Any) -> None:
     assert f.detector == "tiny" and f.landmarks is None
 
 
+class _Poisoned:
+    """An ONNX session whose outputs ``which`` are overwritten with ``value`` (NaN, inf)."""
+
+    def __init__(self, path: Path, which: list[int], value: float) -> None:
+        self.sess, self.which, self.value = open_session(path), which, value
+
+    def get_inputs(self) -> Any:
+        return self.sess.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.sess.get_outputs()
+
+    def run(self, names: Any, feeds: Any) -> list[np.ndarray]:
+        outs = [np.array(o, copy=True) for o in self.sess.run(names, feeds)]
+        for i in self.which:
+            outs[i][...] = self.value
+        return outs
+
+
+@pytest.mark.parametrize(
+    ("which", "value"),
+    [
+        ([0, 1, 2], float("nan")),  # scores: NaN never passes a threshold, nothing would show
+        ([3, 4, 5], float("nan")),  # boxes
+        ([6, 7, 8], float("inf")),  # keypoints
+    ],
+)
+def test_scrfd_non_finite_outputs_are_a_model_error(
+    scrfd_model: Any, which: list[int], value: float
+) -> None:
+    det = SCRFDDetector(_Poisoned(scrfd_model.path, which, value), name="poisoned")
+    img = np.zeros((640, 640, 3), np.uint8)
+    _plant(img, 5 * 32, 10 * 32, 32, channel=2)
+    with pytest.raises(InvalidModelError, match=r"poisoned.*NaN or inf"):
+        det.detect(img)
+
+
 def test_scrfd_nms_merges_the_two_anchors_of_a_cell(scrfd_model: Any) -> None:
     spec = scrfd_model.spec
     img = np.zeros((640, 640, 3), np.uint8)
@@ -331,6 +368,15 @@ def test_landmark_explicit_normalisation_with_an_injected_session(landmark68_mod
     np.testing.assert_allclose(
         out.landmarks, _expected_points(landmark68_model.spec, face, 40.0, 3), atol=1e-2
     )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_landmark_non_finite_outputs_are_a_model_error(landmark68_model: Any, value: float) -> None:
+    sess = _Poisoned(landmark68_model.path, [0], value)
+    lm = InsightfaceLandmarker(sess, scheme="ibug68", input_mean=127.5, input_std=128.0)
+    img = np.full((200, 200, 3), 40, np.uint8)
+    with pytest.raises(InvalidModelError, match=r"insightface-68.*NaN or inf"):
+        lm.annotate(img, [_face([80.0, 80.0, 120.0, 120.0])])
 
 
 def test_landmark_scheme_must_match_the_model(
