@@ -269,6 +269,36 @@ def _analyzer(args: argparse.Namespace, *, need_encoder: bool) -> Any:
     )
 
 
+def _model_files(analyzer: Any) -> dict[str, dict[str, str]]:
+    """The weight files each component loaded (as far as the backend knows them)."""
+    parts = {
+        "detector": analyzer.detector,
+        "landmarker": analyzer.landmarker,
+        "encoder": analyzer.encoder,
+    }
+    return {k: (c.model_files() if c is not None else {}) for k, c in parts.items()}
+
+
+def _provenance(args: argparse.Namespace, analyzer: Any) -> dict[str, Any]:
+    """How faces were found and embedded: components, the options in effect, model files."""
+    det, enc = analyzer.detector, analyzer.encoder
+    return {
+        "detector": det.name,
+        "landmarker": getattr(analyzer.landmarker, "name", None),
+        "encoder": getattr(enc, "encoder_id", None),
+        "device": args.device,
+        "options": {
+            "select": args.select,
+            "det_threshold": det.score_threshold,  # the backend's default when not given
+            "max_faces": det.max_faces,
+            "flip": enc.flip if enc is not None else None,
+            "detector_preset": args.detector_preset,
+            "encoder_preset": args.encoder_preset,
+        },
+        "model_files": _model_files(analyzer),
+    }
+
+
 def _progress(items: Sequence[Any], desc: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -303,13 +333,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             template=args.template,
             margin=args.margin,
             preview=not args.no_preview,
-            provenance={
-                "command": "analyze",
-                "detector": analyzer.detector.name,
-                "landmarker": getattr(analyzer.landmarker, "name", None),
-                "encoder": getattr(analyzer.encoder, "encoder_id", None),
-                "device": args.device,
-            },
+            provenance={"command": "analyze", **_provenance(args, analyzer)},
         )
         if args.out is not None
         else None
@@ -348,6 +372,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     finally:
         # the manifest records what was done even when the run stops early
         if writer is not None:
+            writer.provenance["model_files"] = _model_files(analyzer)  # some load lazily
             writer.close()
     if args.json:
         json.dump(results, sys.stdout, indent=2)
@@ -383,7 +408,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         names.append(str(path))
     if not embs:
         raise FacegenError("no embeddings were produced")
-    save_embeddings(args.out, embs, names=names, extra={"select": args.select})
+    save_embeddings(args.out, embs, names=names, extra=_provenance(args, analyzer))
     print(f"wrote {len(embs)} {embs[0].dim}-D embedding(s) ({embs[0].encoder_id}) → {args.out}")
     return EXIT_ERROR if failures else EXIT_OK
 

@@ -29,6 +29,10 @@ class FaceDetector(ABC):
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]: ...
 
+    def model_files(self) -> dict[str, str]:
+        """Absolute paths of the weight files this detector loaded, by role (for provenance)."""
+        return {}
+
 
 class Landmarker(ABC):
     """Adds dense landmarks (and refined ``kps5``) to detected faces."""
@@ -39,6 +43,10 @@ class Landmarker(ABC):
     @abstractmethod
     def annotate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:
         """Return copies of ``faces`` with ``landmarks``/``landmark_scheme`` (and ``kps5``) set."""
+
+    def model_files(self) -> dict[str, str]:
+        """Absolute paths of the weight files this landmarker loaded, by role."""
+        return {}
 
 
 class IdentityEncoder(ABC):
@@ -94,6 +102,10 @@ class IdentityEncoder(ABC):
             raise IncompatibleEmbeddingError(f"encoder {self.encoder_id!r} produced NaN or inf")
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
+
+    def model_files(self) -> dict[str, str]:
+        """Absolute paths of the weight files this encoder has loaded so far, by role."""
+        return {}
 
     def wrap(self, vectors: np.ndarray) -> list[IdentityEmbedding]:
         """Wrap normalised ``(N, dim)`` vectors as :class:`IdentityEmbedding`."""

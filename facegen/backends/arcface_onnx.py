@@ -202,6 +202,9 @@ class ArcFaceOnnxEncoder(IdentityEncoder):
             **kwargs,
         )
 
+    def model_files(self) -> dict[str, str]:
+        return {} if self.model_path is None else {"recognition": str(self.model_path.absolute())}
+
     def align(self, image: np.ndarray, face: Face) -> AlignedFace:
         """ArcFace 5-point alignment to ``input_size``×``input_size`` (insightface's ``norm_crop``)."""
         return align_face(check_rgb_image(image), face, size=self.input_size, template="arcface")

@@ -154,6 +154,10 @@ def _model_file(
     return str(resolve("dlib", filename, offline=offline))
 
 
+def _absolute(files: dict[str, str]) -> dict[str, str]:
+    return {role: os.path.abspath(path) for role, path in files.items()}
+
+
 def _check_device(device: str, dlib: Any) -> str:
     kind, _ = parse_device(device)
     if kind == "cpu":
@@ -345,6 +349,9 @@ class DlibDetector(FaceDetector):
             f"max_faces={self.max_faces}, upsample={self.upsample}, landmarks5={self.landmarks5})"
         )
 
+    def model_files(self) -> dict[str, str]:
+        return _absolute(self._files)
+
     def _candidates(self, img: np.ndarray) -> list[tuple[Any, float]]:
         """Run dlib; ``(rectangle, raw score)`` pairs at or above the raw threshold."""
         if self.model == "hog":
@@ -416,6 +423,9 @@ class DlibLandmarker(Landmarker):
         path = _model_file("landmark_68", model_path, offline, own_file=True)
         self._files = {"landmark_68": path}
         self._predictor = _load("shape_predictor", path)
+
+    def model_files(self) -> dict[str, str]:
+        return _absolute(self._files)
 
     def annotate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:
         """Return copies of ``faces`` with 68 landmarks and ``kps5`` from them."""
@@ -550,6 +560,9 @@ class DlibEncoder(IdentityEncoder):
             f"dtype={self.dtype!r}, batch_size={self.batch_size}, flip={self.flip}, "
             f"num_jitters={self.num_jitters})"
         )
+
+    def model_files(self) -> dict[str, str]:
+        return _absolute(self._files)
 
     def _shape5(self) -> Any:
         if self._sp5 is None:

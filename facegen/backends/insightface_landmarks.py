@@ -153,6 +153,12 @@ class InsightfaceLandmarker(Landmarker):
             self.input_std,
         )
 
+    def model_files(self) -> dict[str, str]:
+        if self.model_path is None:
+            return {}
+        role = next(r for r, sch in ROLE_SCHEMES.items() if sch == self.scheme)
+        return {role: str(self.model_path.absolute())}
+
     def _width_ok(self, width: int) -> bool:
         if self.point_dim == 3:
             return width % 3 == 0 and width >= 3 * self.num_points

@@ -232,20 +232,24 @@ class SCRFDDetector(FaceDetector):
         """Find the preset's ``detector`` file (see :func:`facegen.hub.resolve`) and open it.
 
         ``model_path`` (a file or a folder holding the preset's file) wins over the caches.
-        Other keyword arguments go to the constructor; ``name`` defaults to ``scrfd/<preset>``.
+        Other keyword arguments go to the constructor. ``name`` defaults to ``scrfd/<preset>``
+        when the file is the preset's own (by name), else to ``scrfd/<file stem>``, so that a
+        different model given through ``model_path`` is not recorded as the preset's.
         """
         from facegen.backends import SCRFD_PRESETS
         from facegen.hub import get_preset, resolve
 
         if preset not in SCRFD_PRESETS:
             raise UnknownNameError("SCRFD detector preset", preset, SCRFD_PRESETS)
-        path = resolve(
-            preset, get_preset(preset).file_for("detector"), path=model_path, offline=offline
-        )
-        kwargs.setdefault("name", f"scrfd/{preset}")
+        filename = get_preset(preset).file_for("detector")
+        path = resolve(preset, filename, path=model_path, offline=offline)
+        kwargs.setdefault("name", f"scrfd/{preset if path.name == filename else path.stem}")
         return cls(model_path=path, device=device, **kwargs)
 
     # ------------------------------------------------------------------ internals
+
+    def model_files(self) -> dict[str, str]:
+        return {} if self.model_path is None else {"detector": str(self.model_path.absolute())}
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Resize keeping the aspect ratio into ``input_size``, pad bottom/right with 0.

@@ -45,6 +45,31 @@ def test_analyze_group_photo_writes_everything(tmp_path: Path, t1_path: Path, ca
     assert "6 face(s)" in capsys.readouterr().out
 
 
+def test_analyze_manifest_records_the_options_and_model_files(
+    tmp_path: Path, hanks_path: Path
+) -> None:
+    out = tmp_path / "out"
+    opts = ["--select", "largest", "--det-threshold", "0.1", "--max-faces", "2", "--flip"]
+    crop = ["--crop-size", "128", "--template", "ffhq", "--margin", "1.2", "--no-preview"]
+    args = ["analyze", str(hanks_path), "--out", str(out), *opts, *crop, "--landmarker", "dlib68"]
+    assert main(args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["crop_size"], m["template"], m["margin"]) == (128, "ffhq", 1.2)
+    assert m["detector"] == "dlib-hog" and m["landmarker"] == "dlib68"
+    assert m["options"] == {
+        "select": "largest",
+        "det_threshold": 0.1,
+        "max_faces": 2,
+        "flip": True,
+        "detector_preset": None,
+        "encoder_preset": None,
+    }
+    files = m["model_files"]
+    assert Path(files["detector"]["landmark_68"]).name == "shape_predictor_68_face_landmarks.dat"
+    assert Path(files["landmarker"]["landmark_68"]).is_file()
+    assert Path(files["encoder"]["recognition"]).name.startswith("dlib_face_recognition")
+
+
 def test_analyze_json_and_folder_walk_with_bad_files(tmp_path: Path, t1_path: Path, capsys) -> None:
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -152,6 +177,13 @@ def test_embed_writes_safetensors(t1_path: Path, hanks_path: Path, tmp_path: Pat
     embs, names = load_embeddings(out)
     assert names == [str(t1_path), str(copy)]
     assert len(embs) == 2 and embs[0].similarity(embs[1]) == pytest.approx(1.0, abs=1e-5)
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="numpy") as f:
+        meta = f.metadata()
+    assert json.loads(meta["options"])["select"] == "largest"
+    assert json.loads(meta["detector"]) == "dlib-hog"
+    assert json.loads(meta["model_files"])["encoder"]["recognition"].endswith(".dat")
     assert main(["embed", str(t1_path), "--select", "all", "--out", str(out)]) == 1
 
 

@@ -274,6 +274,20 @@ def test_model_path_is_a_folder_or_the_one_file(tmp_path: Path, hanks: np.ndarra
     for mp in (folder, _dlib_file("detector_cnn"), folder / _dlib_file("detector_cnn").name):
         faces = DlibDetector(model="cnn", upsample=0, model_path=mp).detect(hanks)
         assert len(faces) == 1 and faces[0].landmark_scheme == "ibug68"
+    # each backend says which files it loaded
+    det = DlibDetector(model="cnn", upsample=0, model_path=_dlib_file("detector_cnn"))
+    assert det.model_files() == {
+        "detector_cnn": str(_dlib_file("detector_cnn")),
+        "landmark_68": str(_dlib_file("landmark_68")),
+    }
+    assert DlibDetector(landmarks5=False).model_files() == {}
+    assert DlibLandmarker(model_path=lone / "lm68.dat").model_files() == {
+        "landmark_68": str(lone / "lm68.dat")
+    }
+    enc = DlibEncoder(model_path=folder)
+    assert enc.model_files() == {"recognition": str(folder / _dlib_file("recognition").name)}
+    enc.embed(hanks, box_only)  # needs the 5-point predictor: now it is named too
+    assert enc.model_files()["landmark_5"] == str(folder / _dlib_file("landmark_5").name)
     # HOG needs no detector file: a folder only
     with pytest.raises(ValueError, match=r"`model_path` must be a folder .*model='hog'"):
         DlibDetector(model_path=lone / "lm68.dat")

@@ -573,14 +573,26 @@ def test_from_pretrained_with_model_path(
     arcface_model: Any,
 ) -> None:
     det = SCRFDDetector.from_pretrained(model_path=scrfd_model.path, offline=True, max_faces=3)
-    assert (det.name, det.max_faces) == ("scrfd/antelopev2", 3)
+    # a file that is not the preset's is named after itself, like ArcFace encoder ids
+    assert (det.name, det.max_faces) == ("scrfd/scrfd_tiny_kps", 3)
+    assert det.model_files() == {"detector": str(scrfd_model.path.absolute())}
+    pack = no_models / "pack"
+    pack.mkdir()
+    shutil.copy(scrfd_model.path, pack / "det_10g.onnx")
+    assert SCRFDDetector.from_pretrained("buffalo_l", model_path=pack).name == "scrfd/buffalo_l"
+    assert SCRFDDetector(model_path=scrfd_model.path).name == "scrfd"
     lm68 = InsightfaceLandmarker.from_pretrained("landmark_68", model_path=landmark68_model.path)
     lm106 = InsightfaceLandmarker.from_pretrained(
         role="landmark_106", model_path=landmark106_model.path
     )
     assert (lm68.scheme, lm106.scheme) == ("ibug68", "insightface106")
+    assert lm68.model_files() == {"landmark_68": str(landmark68_model.path.absolute())}
+    assert lm106.model_files() == {"landmark_106": str(landmark106_model.path.absolute())}
     enc = ArcFaceOnnxEncoder.from_pretrained(model_path=arcface_model.path, flip=True, batch_size=4)
     assert (enc.flip, enc.batch_size, enc.dim) == (True, 4, 512)
+    assert enc.model_files() == {"recognition": str(arcface_model.path.absolute())}
+    sess = open_session(arcface_model.path)  # built from a session: no file to name
+    assert ArcFaceOnnxEncoder(sess, encoder_id="x", input_mean=0, input_std=1).model_files() == {}
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
         SCRFDDetector.from_pretrained(model_path=no_models / "missing.onnx")
 
