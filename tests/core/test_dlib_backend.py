@@ -465,9 +465,17 @@ def test_flip_averaging_stays_close(
     t1: np.ndarray, t1_faces: list[Face], t1_vectors: np.ndarray
 ) -> None:
     flipped = DlibEncoder(flip=True).embed(t1, t1_faces[:2])
+    # exactly the normalised sum of the chip's and the mirrored chip's raw descriptors
+    enc = DlibEncoder()
+    chips = np.stack([enc.align(t1, f).image for f in t1_faces[:2]])
+    raw = enc._forward(chips) + enc._forward(np.ascontiguousarray(chips[:, :, ::-1]))
+    want = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.stack([e.vector for e in flipped]), want, atol=1e-5)
     for emb, plain in zip(flipped, t1_vectors[:2]):
         assert emb.normalized
         assert float(emb.vector @ plain) > 0.97
+        # ... and it did change the vector (by ~0.015 here; float noise is ~4e-7)
+        assert float(np.abs(emb.vector - plain).max()) > 1e-3
 
 
 def test_jitter_averaging_stays_close(
@@ -475,6 +483,7 @@ def test_jitter_averaging_stays_close(
 ) -> None:
     jittered = DlibEncoder(num_jitters=3).embed(t1, t1_faces[:1])[0]
     assert float(jittered.vector @ t1_vectors[0]) > 0.97
+    assert float(np.abs(jittered.vector - t1_vectors[0]).max()) > 1e-3  # jitter took effect
     unjittered = DlibEncoder(num_jitters=1).embed(t1, t1_faces[:1])[0]
     np.testing.assert_allclose(unjittered.vector, t1_vectors[0], atol=1e-5)
 
