@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -330,18 +329,14 @@ def _sha256(path: Path) -> str:
 
 
 def _download_url(url: str, dest: Path, sha256: str | None) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+    from facegen.fileio import atomic_write
+
+    with atomic_write(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
-        if sha256 and _sha256(Path(tmp)) != sha256.lower():
+        if sha256 and _sha256(tmp) != sha256.lower():
             raise ModelNotAvailableError(str(dest.name), reason=f"checksum mismatch for {url}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
