@@ -63,6 +63,7 @@ from PIL import Image
 
 from facegen.align import arcface_template, estimate_similarity, ffhq_quad
 from facegen.errors import MissingDependencyError
+from facegen.landmarks import check_points
 from facegen.types import Face, transform_points
 
 __all__ = [
@@ -151,20 +152,6 @@ def _check_size(size: Any) -> int:
     if not MIN_SIZE <= int(size) <= MAX_SIZE:
         raise ValueError(f"`size` must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
     return int(size)
-
-
-def _check_points(points: Any, name: str, counts: Sequence[int]) -> np.ndarray:
-    """``(N, 2)`` or ``(N, 3)`` with ``N`` in ``counts``, finite → float64 ``(N, 2)``."""
-    try:
-        pts = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"`{name}` must be a numeric array, got {type(points).__name__}") from e
-    if pts.ndim != 2 or pts.shape[0] not in counts or pts.shape[1] not in (2, 3):
-        want = " or ".join(f"({n}, 2|3)" for n in counts)
-        raise ValueError(f"`{name}` must have shape {want}, got {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise ValueError(f"`{name}` must be finite, got NaN or inf")
-    return pts[:, :2].copy()
 
 
 def _check_output_type(output_type: Any) -> None:
@@ -320,7 +307,7 @@ def render_openpose_face(
     _check_output_type(output_type)
     if not isinstance(pupils, bool):
         raise ValueError(f"`pupils` must be a bool, got {pupils!r}")
-    pts = _check_points(points68, "points68", (68, 70))
+    pts = check_points(points68, "points68", (68, 70))
     if len(pts) == 68 and pupils:
         pts = np.vstack([pts, pts[36:42].mean(0), pts[42:48].mean(0)])
     elif len(pts) == 70 and not pupils:
@@ -367,7 +354,7 @@ def render_instantid_kps(
         raise ValueError(f"`reference_size` must be a positive integer, got {reference_size!r}")
     if reference_size <= 0:
         raise ValueError(f"`reference_size` must be a positive integer, got {reference_size}")
-    xy = _to_canvas(_check_points(kps5, "kps5", (5,)), size, source_size, matrix)
+    xy = _to_canvas(check_points(kps5, "kps5", (5,)), size, source_size, matrix)
     canvas = np.zeros((size, size, 3), np.uint8)
     half = _scaled(INSTANTID_STICK_WIDTH, size, reference_size)
     for i, j in _INSTANTID_LIMBS:
@@ -397,7 +384,7 @@ def render_landmarks68(
     """
     size = _check_size(size)
     _check_output_type(output_type)
-    xy = _to_canvas(_check_points(points68, "points68", (68,)), size, source_size, matrix)
+    xy = _to_canvas(check_points(points68, "points68", (68,)), size, source_size, matrix)
     canvas = np.zeros((size, size, 3), np.uint8)
     width = _line_width(LANDMARKS68_LINE_WIDTH, size, LANDMARKS68_REFERENCE_SIZE)
     for idx, closed, colour in LANDMARKS68_PARTS.values():
@@ -437,7 +424,7 @@ def render_face_mesh(
     """
     size = _check_size(size)
     _check_output_type(output_type)
-    pts = _check_points(points478, "points478", (478, 468))
+    pts = check_points(points478, "points478", (478, 468))
     if connections is None:
         connections = _mediapipe_connections()
     if not isinstance(connections, Mapping):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from facegen.errors import FacegenError
+from facegen.landmarks import check_points
 
 __all__ = [
     "POSE_MODEL_INDICES",
@@ -18,20 +19,6 @@ __all__ = [
     "head_rotation",
     "pose_from_landmarks",
 ]
-
-
-def _check_points(points: Any, name: str, counts: tuple[int, ...]) -> np.ndarray:
-    """``(N, 2)`` or ``(N, 3)`` with ``N`` in ``counts``, finite → float64 ``(N, 2)``."""
-    try:
-        pts = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"`{name}` must be a numeric array, got {type(points).__name__}") from e
-    if pts.ndim != 2 or pts.shape[0] not in counts or pts.shape[1] not in (2, 3):
-        want = " or ".join(f"({n}, 2|3)" for n in counts)
-        raise ValueError(f"`{name}` must have shape {want}, got {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise ValueError(f"`{name}` must be finite, got NaN or inf")
-    return pts[:, :2].copy()
 
 
 #: iBUG indices of the generic model points: nose tip, chin, outer corner of the image-left
@@ -111,7 +98,7 @@ def pose_from_landmarks(
     (max 1.4°) with 0.5 px landmark noise on a 150 px face. On real faces the generic model's
     proportions and landmark errors dominate: expect several degrees, more at large yaw.
     """
-    pts = _check_points(points68, "points68", (68,))
+    pts = check_points(points68, "points68", (68,))
     img = pts[list(POSE_MODEL_INDICES)]
     if image_size is not None:
         wh = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
