@@ -37,6 +37,43 @@ class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
     default_guidance = 7.5
     #: The IPAdapterFaceID that turns identities into ``ip_adapter_image_embeds``.
     faceid: Any = None
+    #: PlusV2 only: weight of the face-structure (CLIP) branch, the published ``s_scale``.
+    shortcut_scale: float = 1.0
+
+    def __call__(self, *args: Any, face_crops: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """See :class:`IDGenerationMixin`. PlusV2 also needs a face crop per identity:
+        ``face_crops`` (one crop, or a list of crops of that person, per identity: 224×224
+        ArcFace-template crops, :func:`facegen.align.align_face` ``size=224``), made
+        automatically when the identities come from photos (``images=``)."""
+        self._face_crops = list(face_crops) if face_crops is not None else None
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._face_crops = None
+
+    def identities_from_images(
+        self, images: Any, *, select: str | int = "largest", require_single: bool = True
+    ) -> list[Any]:
+        """As :meth:`IDGenerationMixin.identities_from_images`; for PlusV2 also keeps each
+        photo's aligned 224 face crop for the structure branch."""
+        if self.faceid is None or self.faceid.variant != "plusv2" or self.identity_analyzer is None:
+            return super().identities_from_images(
+                images, select=select, require_single=require_single
+            )
+        from facegen.align import align_face
+        from facegen.image_io import load_image
+
+        embs, crops = [], []
+        single = require_single and not isinstance(select, int)
+        for i, img in enumerate(images):
+            arr = load_image(img)
+            face = self.identity_analyzer.analyze(
+                arr, select=select, require_single=single, source=f"identity image {i}"
+            )[0]
+            embs.append(face.embedding)
+            crops.append(align_face(arr, face, size=224))
+        self._face_crops = crops
+        return embs
 
     def load_faceid(self, *args: Any, **kwargs: Any) -> Any:
         """:func:`facegen.adapters.ip_adapter_faceid.load_faceid` into this pipeline."""
@@ -94,6 +131,8 @@ class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
         prompt: str | None,
         negative_prompt: str | None,
     ) -> dict[str, Any]:
+        import torch
+
         if m < 1:
             raise ValueError(f"`num_images_per_identity` must be >= 1, got {m}")
         if unconditional != "empty-prompt":
@@ -103,11 +142,23 @@ class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
         neg_text = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
         pe, ne = self.encode_prompt(prompt, self.device, 1, True, neg_text)
         total = pos.shape[0]
-        return {
+        out = {
             "prompt_embeds": pe.repeat(total, 1, 1),
             "negative_prompt_embeds": ne.repeat(total, 1, 1),
             "faceid": pos,
         }
+        if self.faceid.variant == "plusv2":
+            crops = getattr(self, "_face_crops", None)
+            if crops is None or len(crops) != len(vecs):
+                raise ValueError(
+                    "IP-Adapter-FaceID PlusV2 needs one face crop per identity: pass "
+                    f"`face_crops` ({len(vecs)} entries) or the identity photos as `images`, "
+                    f"got {None if crops is None else len(crops)}"
+                )
+            feats = [self.faceid.encode_face_crops(c, num_images=1) for c in crops]
+            out["clip_neg"] = feats[0][:1].repeat_interleave(total, dim=0)
+            out["clip_pos"] = torch.cat([f[1:] for f in feats]).repeat_interleave(m, dim=0)
+        return out
 
     def _chunk_call_kwargs(
         self, per_image: dict[str, Any], sl: slice, guidance_scale: float
@@ -117,6 +168,11 @@ class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
         dtype = self.unet.dtype
         pos = per_image["faceid"][sl].to(self.device, dtype)
         ip = torch.cat([torch.zeros_like(pos), pos]) if guidance_scale > 1 else pos
+        if "clip_pos" in per_image:
+            clip = per_image["clip_pos"][sl]
+            if guidance_scale > 1:
+                clip = torch.cat([per_image["clip_neg"][sl], clip])
+            self.faceid.set_clip_embeds(self, clip, shortcut_scale=self.shortcut_scale)
         return {
             "prompt_embeds": per_image["prompt_embeds"][sl].to(self.device, dtype),
             "negative_prompt_embeds": per_image["negative_prompt_embeds"][sl].to(

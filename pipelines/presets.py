@@ -6,6 +6,7 @@
 | ``arc2face-lcm`` | Arc2Face + LCM-LoRA, ``LCMScheduler``, 4 steps, guidance 1 | as ``arc2face`` + ``latent-consistency/lcm-lora-sdv1-5`` |
 | ``arc2face-controlnet`` | Arc2Face + its pose ControlNet (conditioned on EMOCA 3-D renders, which facegen cannot compute offline: pass them as ``control_image``), or ``controlnet=PATH`` for a facegen-trained landmark ControlNet | ``FoivosPar/Arc2Face`` ``controlnet`` |
 | ``ip-adapter-faceid-sd15`` | identity + text prompt (IP-Adapter-FaceID with its LoRA), DDIM, 30 steps, guidance 7.5 | ``h94/IP-Adapter-FaceID`` + SD1.5 (``base=`` for another SD1.5 model) + buffalo_l |
+| ``ip-adapter-faceid-plusv2-sd15`` | as above + face structure from CLIP ViT-H/14 features of a 224 face crop (made from the identity photo, or ``face_crops=``) | ``h94/IP-Adapter-FaceID`` PlusV2 + ``h94/IP-Adapter`` ``models/image_encoder`` |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
 """
@@ -205,6 +206,14 @@ def _arc2face_controlnet(
 
 
 @PRESETS.register(
+    "ip-adapter-faceid-plusv2-sd15",
+    description="IP-Adapter-FaceID PlusV2 on SD1.5: identity + face structure (CLIP ViT-H) + text",
+)
+def _faceid_plusv2_sd15(**kw: Any) -> Any:
+    return _faceid_sd15(variant="plusv2", **kw)
+
+
+@PRESETS.register(
     "ip-adapter-faceid-sd15",
     description="IP-Adapter-FaceID on SD1.5: identity + text prompt (buffalo_l identities)",
 )
@@ -215,11 +224,18 @@ def _faceid_sd15(
     local_files_only: bool | None = None,
     base: str = SD15_REPO,
     with_analyzer: bool = True,
+    variant: str = "faceid",
+    image_encoder: Any = None,
     **_: Any,
 ) -> Any:
     from diffusers import DDIMScheduler
 
-    from facegen.adapters.ip_adapter_faceid import FACEID_REPO, FACEID_SD15_WEIGHTS
+    from facegen.adapters.ip_adapter_faceid import (
+        FACEID_PLUSV2_SD15_WEIGHTS,
+        FACEID_REPO,
+        FACEID_SD15_WEIGHTS,
+        load_image_encoder,
+    )
     from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
 
     torch_dtype = resolve_dtype(dtype, device)
@@ -238,7 +254,10 @@ def _faceid_sd15(
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
-    pipe.load_faceid(FACEID_SD15_WEIGHTS, local_files_only=off)
+    weights = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
+    if variant == "plusv2" and image_encoder is None:
+        image_encoder = load_image_encoder(local_files_only=off, torch_dtype=torch_dtype)
+    pipe.load_faceid(weights, local_files_only=off, image_encoder=image_encoder)
     if with_analyzer:
         from facegen.analyzer import FaceAnalyzer
 
@@ -253,10 +272,11 @@ def _faceid_sd15(
         )
     models = {
         "base": base,
-        "ip_adapter": f"{FACEID_REPO}/{FACEID_SD15_WEIGHTS}",
+        "ip_adapter": f"{FACEID_REPO}/{weights}",
         "identity": "buffalo_l",
     }
-    return _finish(pipe, "ip-adapter-faceid-sd15", models, device, torch_dtype)
+    name = "ip-adapter-faceid-plusv2-sd15" if variant == "plusv2" else "ip-adapter-faceid-sd15"
+    return _finish(pipe, name, models, device, torch_dtype)
 
 
 def from_preset(

@@ -121,3 +121,89 @@ def test_faceid_preset_loads_the_published_layout_offline(tmp_path, monkeypatch)
     assert out.images.shape == (1, 64, 64, 3)
     assert out.metadata[0]["preset"] == "ip-adapter-faceid-sd15"
     assert "faceid_0" in str(pipe.unet.peft_config.keys())  # the checkpoint's own LoRA is active
+
+
+def test_plusv2_per_image_identities_and_structure(tmp_path, t1_image, dlib_analyzer) -> None:
+    """PlusV2 with a tiny CLIP image encoder: each image its own identity and face crop."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from facegen.adapters.ip_adapter_faceid import FACEID_PLUSV2_SD15_WEIGHTS
+    from facegen.align import align_face
+
+    torch.manual_seed(0)
+    clip = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        )
+    ).eval()
+    parts = tiny_components(seed=2)
+    save_faceid_weights(
+        faceid_state_dict_for(
+            parts["unet"], seed=4, variant="plusv2", lora_rank=None, clip_embeddings_dim=48
+        ),
+        tmp_path / FACEID_PLUSV2_SD15_WEIGHTS,
+    )
+    pipe = _pipe(IDTextToFacePipeline, None)
+    pipe.load_faceid(FACEID_PLUSV2_SD15_WEIGHTS, path=tmp_path, image_encoder=clip, lora=False)
+    faces = dlib_analyzer.detect(t1_image)[:2]
+    crops = [align_face(t1_image, f, size=224) for f in faces]
+    ids = np.random.default_rng(3).normal(size=(2, 512)).astype(np.float32)
+    ids /= np.linalg.norm(ids, axis=1, keepdims=True)
+    kw = {"prompt": PROMPT, "num_inference_steps": STEPS, "output_type": "np"}
+    both = pipe(ids, face_crops=crops, num_images_per_identity=2, seeds=[1, 2, 3, 4], **kw).images
+    for k, i in enumerate([0, 0, 1, 1]):
+        one = pipe(ids[i : i + 1], face_crops=[crops[i]], seeds=[k + 1], **kw).images[0]
+        np.testing.assert_allclose(both[k], one, atol=2e-3)
+    swapped = pipe(ids[:1], face_crops=[crops[1]], seeds=[1], **kw).images[0]
+    assert np.abs(swapped - both[0]).mean() > 1e-4  # the crop (face structure) matters
+    with pytest.raises(ValueError, match="needs one face crop per identity"):
+        pipe(ids, seeds=[1, 2], **kw)
+
+
+def test_plusv2_preset_offline(tmp_path, monkeypatch) -> None:
+    from facegen import ModelNotAvailableError
+    from facegen.pipelines.presets import from_preset
+
+    base = tmp_path / "sd15"
+    parts = tiny_components(seed=2)
+    StableDiffusionPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(base)
+    home = tmp_path / "home"
+    weights = (
+        home / "models" / "ip-adapter-faceid-plusv2-sd15" / "ip-adapter-faceid-plusv2_sd15.bin"
+    )
+    weights.parent.mkdir(parents=True)
+    save_faceid_weights(
+        faceid_state_dict_for(
+            parts["unet"], seed=4, variant="plusv2", lora_rank=4, clip_embeddings_dim=48
+        ),
+        weights,
+    )
+    monkeypatch.setenv("FACEGEN_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="models/image_encoder"):
+        from_preset("ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False)
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    clip = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        )
+    ).eval()
+    pipe = from_preset(
+        "ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False, image_encoder=clip
+    )
+    assert pipe.faceid.variant == "plusv2" and pipe.preset_name == "ip-adapter-faceid-plusv2-sd15"
