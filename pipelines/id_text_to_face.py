@@ -15,22 +15,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
 from facegen.adapters.arc2face import Unconditional
 from facegen.adapters.base import IdentityInput
 from facegen.pipelines.id_to_face import IDGenerationMixin
 
-__all__ = ["DEFAULT_NEGATIVE_PROMPT", "IDTextToFacePipeline"]
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "FaceIDTextMixin",
+    "IDTextToFaceControlNetPipeline",
+    "IDTextToFacePipeline",
+]
 
 DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
 
 
-class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
-    """``pipe(id_embeds, prompt="a photo of a person in a garden", num_images_per_identity=4)``.
-
-    Needs a FaceID adapter: :meth:`load_faceid` (or a preset) sets :attr:`faceid`.
-    """
+class FaceIDTextMixin(IDGenerationMixin):
+    """IP-Adapter-FaceID conditioning (identity + prompt) for a diffusers SD pipeline class."""
 
     id_encoder_ids = ("arcface-onnx/buffalo_l",)
     default_steps = 30
@@ -180,3 +182,14 @@ class IDTextToFacePipeline(IDGenerationMixin, StableDiffusionPipeline):
             ),
             "ip_adapter_image_embeds": [ip],
         }
+
+
+class IDTextToFacePipeline(FaceIDTextMixin, StableDiffusionPipeline):
+    """``pipe(id_embeds, prompt="a photo of a person in a garden", num_images_per_identity=4)``.
+
+    Needs a FaceID adapter: :meth:`load_faceid` (or a preset) sets :attr:`faceid`.
+    """
+
+
+class IDTextToFaceControlNetPipeline(FaceIDTextMixin, StableDiffusionControlNetPipeline):
+    """Identity + prompt + a ControlNet (landmarks / pose): ``pipe(ids, prompt=…, control_image=…)``."""

@@ -207,3 +207,41 @@ def test_plusv2_preset_offline(tmp_path, monkeypatch) -> None:
         "ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False, image_encoder=clip
     )
     assert pipe.faceid.variant == "plusv2" and pipe.preset_name == "ip-adapter-faceid-plusv2-sd15"
+
+
+def test_controlnet_variant_and_photo_errors(ckpt, t1_image, dlib_analyzer) -> None:
+    from diffusers import ControlNetModel
+
+    from facegen import AmbiguousFaceError, NoFaceDetectedError
+    from facegen.control import render_instantid_kps
+    from facegen.pipelines.id_text_to_face import IDTextToFaceControlNetPipeline
+
+    parts = tiny_components(seed=2)
+    torch.manual_seed(1)
+    cn = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(16, 32))
+    torch.nn.init.normal_(cn.controlnet_cond_embedding.conv_out.weight, std=0.5)
+    for blk in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
+        torch.nn.init.normal_(blk.weight, std=0.5)
+    pipe = IDTextToFaceControlNetPipeline(
+        **parts,
+        controlnet=cn.eval(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_faceid(ckpt.name, path=ckpt, lora=False)
+    kps = np.array([[20, 24], [44, 24], [32, 36], [22, 46], [42, 46]], np.float32)
+    a = render_instantid_kps(kps, 64, output_type="pil")
+    b = render_instantid_kps(kps + 8, 64, output_type="pil")
+    kw = {"prompt": PROMPT, "seeds": [3], "num_inference_steps": STEPS, "output_type": "np"}
+    ia = pipe(np.ones((1, 512)), control_image=a, **kw).images
+    ib = pipe(np.ones((1, 512)), control_image=b, **kw).images
+    assert ia.shape == (1, 64, 64, 3) and np.abs(ia - ib).mean() > 1e-4
+    # identities from photos: several faces without a selection, or none, are clear errors
+    pipe.identity_analyzer = dlib_analyzer
+    with pytest.raises(AmbiguousFaceError, match="got 6"):
+        pipe(images=[t1_image], control_image=a, **kw)
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    with pytest.raises(NoFaceDetectedError, match="identity image 0"):
+        pipe(images=[noise], control_image=a, **kw)
