@@ -91,6 +91,7 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.prompt = prompt
+        self._id_token = id_token
         self.hidden_size = hidden
         self._input_ids = ids
         self._empty_ids = empty
@@ -163,6 +164,19 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         """Forget cached unconditional embeddings (after editing the encoder's weights)."""
         self._uncond_cache.clear()
 
+    def save_pretrained(self, folder: Any) -> Any:
+        """Save as a folder: ``config.json``, ``encoder/`` (CLIPTextModel, safetensors) and
+        ``tokenizer/``; :meth:`from_pretrained` reads it back."""
+        from pathlib import Path
+
+        from facegen.adapters.base import write_adapter_config
+
+        out = Path(folder)
+        self.text_encoder.save_pretrained(out / "encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        write_adapter_config(out, self, prompt=self.prompt, id_token=self._id_token)
+        return out
+
     @classmethod
     def from_pretrained(
         cls,
@@ -175,10 +189,30 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         torch_dtype: Any = None,
         device: str = "cpu",
     ) -> Arc2FaceIDEncoder:
-        """Load the fine-tuned encoder (``repo_id``/``subfolder``) and SD1.5's tokenizer."""
+        """Load the fine-tuned encoder (``repo_id``/``subfolder``) and SD1.5's tokenizer, or a
+        folder written by :meth:`save_pretrained`."""
+        from pathlib import Path
+
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        from facegen.adapters.base import ADAPTER_CONFIG_NAME, read_adapter_config
         from facegen.hub import load_pretrained
+
+        if (Path(repo_id) / ADAPTER_CONFIG_NAME).is_file() and not (
+            Path(repo_id) / "model_index.json"
+        ).exists():
+            cfg = read_adapter_config(repo_id, cls.__name__)
+            te = load_pretrained(
+                CLIPTextModel, repo_id, "encoder", local_files_only=True, torch_dtype=torch_dtype
+            )
+            tok = load_pretrained(CLIPTokenizer, repo_id, "tokenizer", local_files_only=True)
+            return cls(
+                te.to(device).eval(),
+                tok,
+                prompt=cfg["prompt"],
+                id_token=cfg["id_token"],
+                encoder_ids=tuple(cfg["encoder_ids"]),
+            )
 
         text_encoder = load_pretrained(
             CLIPTextModel,

@@ -25,7 +25,15 @@ import numpy as np
 from facegen.errors import IncompatibleEmbeddingError
 from facegen.types import IdentityEmbedding
 
-__all__ = ["IdentityAdapter", "IdentityInput", "IdentitySpec", "OutputForm"]
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "IdentityAdapter",
+    "IdentityInput",
+    "IdentitySpec",
+    "OutputForm",
+    "read_adapter_config",
+    "write_adapter_config",
+]
 
 OutputForm = Literal["prompt_embeds", "ip_adapter_image_embeds"]
 
@@ -112,3 +120,49 @@ class IdentityAdapter(ABC):
     @abstractmethod
     def encode(self, id_embeds: IdentityInput, **kwargs: Any) -> Any:
         """Conditioning for ``id_embeds`` (see the subclass for shapes)."""
+
+
+#: The file that describes a saved adapter folder (next to its ``.safetensors`` weights).
+ADAPTER_CONFIG_NAME = "config.json"
+
+
+def write_adapter_config(folder: Any, adapter: IdentityAdapter, **fields: Any) -> Any:
+    """Write ``config.json`` for ``adapter`` in ``folder``: its kind, identity spec, output form
+    and ``fields``. Returns the file's path."""
+    import json
+    from pathlib import Path
+
+    from facegen._version import __version__
+    from facegen.fileio import atomic_write
+
+    path = Path(folder) / ADAPTER_CONFIG_NAME
+    cfg = {
+        "adapter": type(adapter).__name__,
+        "encoder_ids": list(adapter.identity.encoder_ids),
+        "identity_dim": adapter.identity.dim,
+        "normalized": adapter.identity.normalized,
+        "output_form": adapter.output_form,
+        "facegen_version": __version__,
+        **fields,
+    }
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return path
+
+
+def read_adapter_config(folder: Any, expected: str) -> dict[str, Any]:
+    """Read a saved adapter's ``config.json``; it must describe an ``expected`` adapter."""
+    import json
+    from pathlib import Path
+
+    from facegen.errors import InvalidModelError
+
+    path = Path(folder) / ADAPTER_CONFIG_NAME
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(f"{path}: not a readable adapter config ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("adapter") != expected:
+        got = cfg.get("adapter") if isinstance(cfg, dict) else type(cfg).__name__
+        raise InvalidModelError(f"{path}: `adapter` must be {expected!r}, got {got!r}")
+    return cfg

@@ -52,13 +52,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facegen.adapters.base import IdentityAdapter, IdentityInput, IdentitySpec
+from facegen.adapters.base import (
+    IdentityAdapter,
+    IdentityInput,
+    IdentitySpec,
+    read_adapter_config,
+    write_adapter_config,
+)
 from facegen.adapters.faceid_format import (
     _CHECKPOINTS,
     FACE_CROP_SIZE,
@@ -298,7 +304,15 @@ class IPAdapterFaceID(IdentityAdapter):
     multi-image FaceID usage); generate different people with separate calls.
 
     PlusV2 also needs :meth:`encode_face_crops` + :meth:`set_clip_embeds` before each call.
+    (:class:`~facegen.pipelines.id_text_to_face.IDTextToFacePipeline` does both, and gives
+    each image of a batch its own identity.)
+
+    Saved adapters (:meth:`save_pretrained`) are a folder with ``config.json`` and
+    ``ip-adapter-faceid.safetensors`` in the published key layout, which diffusers'
+    ``load_ip_adapter`` also reads.
     """
+
+    WEIGHTS_NAME = "ip-adapter-faceid.safetensors"
 
     output_form = "ip_adapter_image_embeds"
 
@@ -320,6 +334,39 @@ class IPAdapterFaceID(IdentityAdapter):
         self._image_processor = image_processor
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
+
+    def save_pretrained(
+        self, folder: str | os.PathLike[str], state_dict: Mapping[str, Any]
+    ) -> Path:
+        """Write ``state_dict`` (``{"image_proj", "ip_adapter"}``, published layout) and
+        ``config.json`` to ``folder``; returns the folder."""
+        out = Path(folder)
+        save_faceid_weights(state_dict, out / self.WEIGHTS_NAME)
+        write_adapter_config(out, self, variant=self.variant, weights=self.WEIGHTS_NAME)
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike[str],
+        pipe: Any,
+        *,
+        lora: bool = True,
+        image_encoder: Any = None,
+    ) -> IPAdapterFaceID:
+        """Load a folder written by :meth:`save_pretrained` into ``pipe`` (via :func:`load_faceid`)."""
+        cfg = read_adapter_config(folder, cls.__name__)
+        variant = _check_variant(cfg.get("variant", "faceid"))
+        kind = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
+        adapter = load_faceid(
+            pipe,
+            kind,
+            path=Path(folder) / cfg.get("weights", cls.WEIGHTS_NAME),
+            lora=lora,
+            image_encoder=image_encoder,
+        )
+        adapter.identity = IdentitySpec(tuple(cfg["encoder_ids"]), dim=512, normalized=True)
+        return adapter
 
     def encode(
         self,

@@ -170,3 +170,14 @@ def test_published_checkpoint_layout_loads(tmp_path: Path, tiny, monkeypatch) ->
     with pytest.raises(ModelNotAvailableError, match="FoivosPar/Arc2Face") as ei:
         Arc2FaceIDEncoder.from_pretrained()
     assert "subfolder encoder" in str(ei.value) and "HF_HOME" in str(ei.value)
+
+
+def test_save_pretrained_roundtrip(tmp_path: Path, tiny) -> None:
+    te, tok = tiny
+    enc = Arc2FaceIDEncoder(te, tok, encoder_ids=("test-encoder",))
+    folder = enc.save_pretrained(tmp_path / "arc2face-id")
+    assert (folder / "encoder" / "model.safetensors").is_file()
+    back = Arc2FaceIDEncoder.from_pretrained(str(folder))
+    assert back.identity.encoder_ids == ("test-encoder",) and back.prompt == ARC2FACE_PROMPT
+    vecs = torch.randn(2, 512, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(back.encode(vecs), enc.encode(vecs))

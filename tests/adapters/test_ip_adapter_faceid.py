@@ -614,3 +614,32 @@ def test_real_published_checkpoint(ckpt: fid.FaceIDCheckpoint) -> None:
         published = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     ours = {k: tuple(v.shape) for k, v in fid.faceid_lora_to_kohya(parts, sd15).items()}
     assert published == ours
+
+
+def test_save_pretrained_roundtrip(tmp_path: Path, unet) -> None:
+    """A saved FaceID adapter: config.json + published-layout safetensors, read by facegen and diffusers."""
+    import json
+
+    from facegen.errors import InvalidModelError
+
+    sd = fid.faceid_state_dict_for(unet, seed=9, lora_rank=None)
+    folder = fid.IPAdapterFaceID().save_pretrained(tmp_path / "mine", sd)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["adapter"] == "IPAdapterFaceID" and cfg["encoder_ids"] == ["arcface-onnx/buffalo_l"]
+    assert cfg["output_form"] == "ip_adapter_image_embeds" and cfg["variant"] == "faceid"
+    emb = buffalo(3)[0]
+    ours = make_pipe()
+    adapter = fid.IPAdapterFaceID.from_pretrained(folder, ours, lora=False)
+    a = run(ours, adapter.encode(emb))
+    theirs = make_pipe()
+    theirs.load_ip_adapter(
+        str(folder),
+        subfolder=None,
+        weight_name=fid.IPAdapterFaceID.WEIGHTS_NAME,
+        image_encoder_folder=None,
+    )
+    np.testing.assert_allclose(run(theirs, adapter.encode(emb)), a, atol=1e-6)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"adapter": "Arc2FaceIDEncoder"}')
+    with pytest.raises(InvalidModelError, match="must be 'IPAdapterFaceID'"):
+        fid.IPAdapterFaceID.from_pretrained(tmp_path / "other", ours)
