@@ -39,7 +39,7 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
     g.add_argument(
         "--preset", default="arc2face", choices=PRESETS.names(), help="(default: arc2face)"
     )
-    g.add_argument("--prompt", help="text prompt (ip-adapter-faceid-sd15; required there)")
+    g.add_argument("--prompt", help="text prompt (required by the ip-adapter-faceid presets)")
     ctl = g.add_mutually_exclusive_group()
     ctl.add_argument(
         "--pose-from",
