@@ -88,7 +88,7 @@ def _identities(args: argparse.Namespace, pipe: Any) -> Any:
         rng = np.random.default_rng(args.seed)
         v = rng.standard_normal((args.random_identities, 512)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
-    return pipe.identities_from_images([str(p) for p in args.id_image])
+    raise AssertionError("photos are analysed by the pipeline call")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -137,8 +137,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         pipe.enable_model_cpu_offload(device=args.device)
     if args.vae_tiling:
         pipe.vae.enable_tiling()
-    ids = _identities(args, pipe)
-    n = len(ids)
+    # photos go into the pipeline call itself (it analyses them, and keeps what PlusV2 needs)
+    ids = None if args.id_image else _identities(args, pipe)
+    n = len(args.id_image) if args.id_image else len(ids)
     total = n * args.num_images
     if args.seed + total - 1 > 2**31 - 1:
         raise FacegenError("`--seed` + number of images must stay below 2147483648")
@@ -164,6 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         out = pipe(
             ids,
+            images=[str(p) for p in args.id_image] if args.id_image else None,
             num_images_per_identity=args.num_images,
             seeds=seeds,
             batch_size=args.batch_size,

@@ -74,7 +74,8 @@ class FaceIDTextMixin(IDGenerationMixin):
             )[0]
             embs.append(face.embedding)
             crops.append(align_face(arr, face, size=224))
-        self._face_crops = crops
+        if getattr(self, "_face_crops", None) is None:
+            self._face_crops = crops
         return embs
 
     def load_faceid(self, *args: Any, **kwargs: Any) -> Any:

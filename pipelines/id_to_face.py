@@ -284,7 +284,15 @@ class IDGenerationMixin:
             )
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if measure_identity and images is None and not _has_embeddings(id_embeds):
+            raise ValueError(
+                "`measure_identity` needs IdentityEmbedding targets or the identity photos (`images`)"
+            )
         identities = self.identities_from_images(images) if images is not None else id_embeds
+        if isinstance(identities, IdentityEmbedding):
+            identities = [identities]
+        elif isinstance(identities, tuple):
+            identities = list(identities)
         # 2. encode identities (validates encoder, shape, NaN/zero) → per-image conditioning
         per_image = self._encode_conditioning(
             identities, num_images_per_identity, unconditional, prompt, negative_prompt
@@ -303,6 +311,12 @@ class IDGenerationMixin:
             batch_size,
         )
         controls = _per_image(control_image, n, num_images_per_identity) if has_controlnet else None
+        latents = kwargs.pop("latents", None)
+        if latents is not None and (not torch.is_tensor(latents) or latents.shape[0] != total):
+            raise ValueError(
+                f"`latents` must be a tensor with one row per image ({total}), got "
+                f"{getattr(latents, 'shape', type(latents).__name__)}"
+            )
         # 3. one generator per image
         if generator is None:
             if seeds is None:
@@ -319,6 +333,8 @@ class IDGenerationMixin:
             sl = slice(start, start + step)
             if controls is not None:
                 kwargs["image"] = controls[sl]
+            if latents is not None:
+                kwargs["latents"] = latents[sl]
             out = super().__call__(  # type: ignore[misc]
                 **self._chunk_call_kwargs(per_image, sl, guidance_scale),
                 num_inference_steps=num_inference_steps,
@@ -429,3 +445,13 @@ class IDToFaceControlNetPipeline(IDGenerationMixin, StableDiffusionControlNetPip
     Control images come from :mod:`facegen.control` (e.g. ``render_landmarks68`` of a
     reference face moved into the output frame with ``transfer_landmarks``), as PIL images.
     """
+
+
+def _has_embeddings(id_embeds: Any) -> bool:
+    if isinstance(id_embeds, IdentityEmbedding):
+        return True
+    return (
+        isinstance(id_embeds, (list, tuple))
+        and bool(id_embeds)
+        and all(isinstance(e, IdentityEmbedding) for e in id_embeds)
+    )

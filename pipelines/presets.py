@@ -189,7 +189,7 @@ def _arc2face_controlnet(
 
     from facegen.pipelines.id_to_face import IDToFaceControlNetPipeline
 
-    base = _arc2face(device="cpu", dtype=dtype, local_files_only=local_files_only, **kw)
+    base = _arc2face(device=device, dtype=dtype, local_files_only=local_files_only, **kw)
     torch_dtype = resolve_dtype(dtype, device)
     src, sub = (controlnet, None) if controlnet else (ARC2FACE_REPO, "controlnet")
     cn = load_pretrained(

@@ -248,3 +248,19 @@ def test_measure_identity_in_a_call_records_none_without_faces(pipe) -> None:
     assert out.metadata[0]["identity_similarity"] == {"arcface-onnx/arc2face": None}
     with pytest.raises(ValueError, match="needs IdentityEmbedding targets"):
         pipe(np.ones((1, 512)), seeds=[0], num_inference_steps=1, measure_identity=True)
+
+
+def test_latents_are_split_per_chunk_and_single_embeddings_keep_metadata(pipe) -> None:
+    lat = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids = np.random.default_rng(4).normal(size=(2, 512)).astype(np.float32)
+    kw = {"num_inference_steps": 1, "output_type": "np", "seeds": [1, 2]}
+    whole = pipe(ids, latents=lat, **kw).images
+    chunked = pipe(ids, latents=lat, batch_size=1, **kw).images
+    np.testing.assert_allclose(whole, chunked, atol=2e-3)
+    with pytest.raises(ValueError, match="one row per image"):
+        pipe(ids, latents=lat[:1], **kw)
+    emb = IdentityEmbedding(np.eye(512, dtype=np.float32)[2], "arcface-onnx/arc2face")
+    out = pipe(emb, seeds=[1], num_inference_steps=1, output_type="np")
+    assert out.metadata[0]["identity_encoder"] == ["arcface-onnx/arc2face"]
+    out = pipe((emb, emb), seeds=[1, 2], num_inference_steps=1, output_type="np")
+    assert out.metadata[1]["identity_encoder"] == ["arcface-onnx/arc2face"]
