@@ -1,0 +1,266 @@
+"""Building a verified synthetic identity dataset: generate, check, retry, journal, resume.
+
+Every image is checked before it is kept: the largest face is detected, aligned to the
+112×112 ArcFace template and embedded with ``verifier`` (a FaceAnalyzer whose encoder lives
+in the identities' space); it is accepted only if its cosine similarity to its identity lies
+in ``[min_similarity, max_similarity]`` (below: identity drift; above: a near-copy). A
+rejected image is generated again with the next seed, at most ``max_attempts`` times; an
+identity that cannot be filled is recorded as failed and skipped. Every rejection is logged.
+
+Work is deterministic: image ``j`` of identity ``i`` at attempt ``a`` uses
+``image_seed(seed, i, j, a)``, so any shard, rerun or machine makes the same images.
+
+Crash safety: an identity is committed when all its crops are written (atomically) and one
+line is appended (and fsync'ed) to the shard's journal ``journal/shard-K-of-N.jsonl``. A rerun
+skips committed identities and regenerates the others from scratch (same seeds, same files),
+so a run killed at any moment completes with nothing lost or duplicated. :func:`export`
+turns the committed crops into the training formats (WebDataset, RecordIO, Parquet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facegen.align import align_face
+from facegen.errors import FacegenError, NoFaceDetectedError
+from facegen.identity import l2_normalize
+from facegen.image_io import load_image, save_image
+
+__all__ = ["DatasetSpec", "DatasetSummary", "build_dataset", "export", "image_seed", "read_journal"]
+
+logger = logging.getLogger(__name__)
+
+#: ``generate(vectors (B, D) float32, seeds [B]) -> B RGB uint8 images``.
+GenerateFn = Callable[[np.ndarray, list[int]], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    images_per_identity: int
+    min_similarity: float = 0.5
+    max_similarity: float = 0.98
+    max_attempts: int = 3
+    seed: int = 0
+    batch_size: int = 8
+    crop_size: int = 112
+
+    def __post_init__(self) -> None:
+        if self.images_per_identity < 1:
+            raise ValueError(f"`images_per_identity` must be >= 1, got {self.images_per_identity}")
+        if not -1 <= self.min_similarity < self.max_similarity <= 1:
+            raise ValueError(
+                "`min_similarity` < `max_similarity` in [-1, 1] is required, got "
+                f"{self.min_similarity} and {self.max_similarity}"
+            )
+        if self.max_attempts < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"`max_attempts` and `batch_size` must be >= 1, got {self.max_attempts}, {self.batch_size}"
+            )
+
+
+@dataclass
+class DatasetSummary:
+    done: int = 0
+    failed: int = 0
+    skipped_existing: int = 0
+    images: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+def image_seed(seed: int, identity: int, index: int, attempt: int) -> int:
+    """The seed of image ``index`` of ``identity`` at ``attempt`` (31-bit, deterministic)."""
+    state = np.random.SeedSequence([seed, identity, index, attempt]).generate_state(1)[0]
+    return int(state) & 0x7FFFFFFF
+
+
+def _journal_path(out: Path, shard: tuple[int, int]) -> Path:
+    return out / "journal" / f"shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Committed records of a journal; a torn last line (a crash mid-write) is ignored."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            yield json.loads(line)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a crash while it was being written)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        logger.info("dropped a torn journal line in %s", path)
+
+
+def _crop_path(out: Path, identity: int, index: int) -> Path:
+    return out / "images" / f"{identity:06d}" / f"{index:04d}.png"
+
+
+def build_dataset(
+    out_dir: str | os.PathLike[str],
+    identities: np.ndarray,
+    generate: GenerateFn,
+    verifier: Any,
+    spec: DatasetSpec,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetSummary:
+    """Generate and verify ``spec.images_per_identity`` images for this shard's identities.
+
+    ``identities``: ``(N, D)`` vectors in the verifier encoder's space; identity ``i`` belongs
+    to shard ``i % shard[1] == shard[0]``. Safe to rerun after a crash (see module doc).
+    ``progress(done, total)`` is called after each committed identity.
+    """
+    k, n_shards = shard
+    if not 0 <= k < n_shards:
+        raise ValueError(f"`shard` must be (K, N) with 0 <= K < N, got {shard}")
+    vecs = l2_normalize(np.asarray(identities, np.float32))
+    out = Path(out_dir)
+    journal = _journal_path(out, shard)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(journal)
+    committed = {r["identity"] for r in read_journal(journal)}
+    mine = [i for i in range(len(vecs)) if i % n_shards == k]
+    summary = DatasetSummary(skipped_existing=sum(i in committed for i in mine))
+    with open(journal, "a", encoding="utf-8") as jf:
+        for i in mine:
+            if i in committed:
+                continue
+            record = _fill_identity(out, i, vecs[i], generate, verifier, spec)
+            jf.write(json.dumps(record, sort_keys=True) + "\n")
+            jf.flush()
+            os.fsync(jf.fileno())
+            for rej in record["rejections"]:
+                summary.rejections[rej["reason"]] = summary.rejections.get(rej["reason"], 0) + 1
+            if record["status"] == "done":
+                summary.done += 1
+                summary.images += len(record["images"])
+            else:
+                summary.failed += 1
+            if progress is not None:
+                progress(summary.done + summary.failed + summary.skipped_existing, len(mine))
+    return summary
+
+
+def _verify(
+    image: np.ndarray, target: np.ndarray, verifier: Any, spec: DatasetSpec
+) -> tuple[Any, float, str | None]:
+    try:
+        face = verifier.analyze(image, select="largest")[0]
+    except NoFaceDetectedError:
+        return None, float("nan"), "no_face"
+    sim = float(np.dot(l2_normalize(face.embedding.vector), target))
+    if sim < spec.min_similarity:
+        return face, sim, "identity_drift"
+    if sim > spec.max_similarity:
+        return face, sim, "near_duplicate"
+    return face, sim, None
+
+
+def _fill_identity(
+    out: Path, i: int, target: np.ndarray, generate: GenerateFn, verifier: Any, spec: DatasetSpec
+) -> dict[str, Any]:
+    accepted: dict[int, dict[str, Any]] = {}
+    rejections: list[dict[str, Any]] = []
+    pending = list(range(spec.images_per_identity))
+    for attempt in range(spec.max_attempts):
+        still: list[int] = []
+        for s in range(0, len(pending), spec.batch_size):
+            idx = pending[s : s + spec.batch_size]
+            seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
+            images = generate(np.repeat(target[None], len(idx), axis=0), seeds)
+            if len(images) != len(idx):
+                raise FacegenError(
+                    f"the generator returned {len(images)} images for {len(idx)} seeds"
+                )
+            for j, seed, img in zip(idx, seeds, images):
+                arr = load_image(np.asarray(img))
+                face, sim, reason = _verify(arr, target, verifier, spec)
+                if reason is not None:
+                    rejections.append(
+                        {
+                            "index": j,
+                            "attempt": attempt,
+                            "seed": seed,
+                            "reason": reason,
+                            "similarity": None if np.isnan(sim) else round(sim, 6),
+                        }
+                    )
+                    still.append(j)
+                    continue
+                crop = align_face(arr, face, size=spec.crop_size).image
+                save_image(
+                    crop, _crop_path(out, i, j), metadata={"identity": i, "index": j, "seed": seed}
+                )
+                accepted[j] = {
+                    "index": j,
+                    "seed": seed,
+                    "attempt": attempt,
+                    "similarity": round(sim, 6),
+                }
+        pending = still
+        if not pending:
+            break
+    status = "done" if not pending else "failed"
+    if pending:
+        logger.info(
+            "identity %d failed: %d image(s) not accepted in %d attempts",
+            i,
+            len(pending),
+            spec.max_attempts,
+        )
+    return {
+        "identity": i,
+        "status": status,
+        "images": [accepted[j] for j in sorted(accepted)],
+        "rejections": rejections,
+    }
+
+
+def export(out_dir: str | os.PathLike[str], formats: Sequence[str]) -> list[Path]:
+    """Write the committed identities (all shards' journals) as ``formats`` under ``out_dir``.
+
+    Class indices are the committed identities in increasing identity order (0…C-1).
+    """
+    from facegen.pipelines.writers import DatasetSample, create_writers
+
+    out = Path(out_dir)
+    records = sorted(
+        (
+            r
+            for p in sorted((out / "journal").glob("shard-*.jsonl"))
+            for r in read_journal(p)
+            if r["status"] == "done"
+        ),
+        key=lambda r: r["identity"],
+    )
+    writers = create_writers(list(formats), out / "export")
+    for cls, r in enumerate(records):
+        for im in r["images"]:
+            crop = load_image(_crop_path(out, r["identity"], im["index"]))
+            writers.write(
+                DatasetSample(
+                    identity=cls,
+                    index=im["index"],
+                    image=crop,
+                    metadata={"source_identity": r["identity"], **im},
+                )
+            )
+    return writers.close()

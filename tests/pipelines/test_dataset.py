@@ -1,0 +1,140 @@
+"""Dataset building with an injected generator that returns real photos (ORL faces), verified by dlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facegen.image_io import load_image
+from facegen.pipelines.dataset import DatasetSpec, build_dataset, export, image_seed, read_journal
+
+PEOPLE = ["s10", "s11", "s12"]
+
+
+@pytest.fixture(scope="module")
+def people(orl_dir: Path, dlib_analyzer):
+    """Per person: target vector (from photo 1) and photos 2–10, upscaled ×2 for the detector."""
+    out = []
+    for p in PEOPLE:
+        photos = [
+            cv2.resize(
+                load_image(orl_dir / p / f"{k}.pgm"),
+                None,
+                fx=2,
+                fy=2,
+                interpolation=cv2.INTER_CUBIC,
+            )
+            for k in range(1, 11)
+        ]
+        target = dlib_analyzer.embed(photos[0]).vector
+        out.append((target, photos[1:]))
+    return out
+
+
+class PhotoGenerator:
+    """Returns a real photo of the identity nearest to each vector; photo chosen by the seed.
+
+    ``noise_every``: seeds divisible by it give noise (no face), to exercise retries.
+    ``fail_after``: raise after that many calls (a crash in the middle of a run).
+    """
+
+    def __init__(self, people, noise_every: int = 0, fail_after: int | None = None) -> None:
+        self.targets = np.stack([t for t, _ in people])
+        self.photos = [ph for _, ph in people]
+        self.noise_every = noise_every
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def __call__(self, vectors: np.ndarray, seeds: list[int]) -> list[np.ndarray]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        out = []
+        for v, s in zip(vectors, seeds):
+            if self.noise_every and s % self.noise_every == 0:
+                out.append(np.random.default_rng(s).integers(0, 255, (224, 184, 3), dtype=np.uint8))
+                continue
+            who = int(np.argmax(self.targets @ v))
+            out.append(self.photos[who][s % len(self.photos[who])])
+        return out
+
+
+SPEC = DatasetSpec(
+    images_per_identity=3, min_similarity=0.85, max_similarity=0.9999, max_attempts=6, batch_size=2
+)
+
+
+def test_build_verify_retry_and_export(tmp_path: Path, people, dlib_analyzer) -> None:
+    targets = np.stack([t for t, _ in people])
+    gen = PhotoGenerator(people, noise_every=3)
+    summary = build_dataset(tmp_path, targets, gen, dlib_analyzer, SPEC)
+    assert summary.done == 3 and summary.failed == 0 and summary.images == 9
+    assert summary.rejections.get("no_face", 0) > 0  # noise images were rejected and retried
+    recs = list(read_journal(tmp_path / "journal" / "shard-0-of-1.jsonl"))
+    assert [r["identity"] for r in recs] == [0, 1, 2]
+    for r in recs:
+        assert [im["index"] for im in r["images"]] == [0, 1, 2]
+        assert all(
+            SPEC.min_similarity <= im["similarity"] <= SPEC.max_similarity for im in r["images"]
+        )
+        for rej in r["rejections"]:
+            assert rej["seed"] == image_seed(0, r["identity"], rej["index"], rej["attempt"])
+    crop = load_image(tmp_path / "images" / "000001" / "0002.png")
+    assert crop.shape == (112, 112, 3)
+    files = export(tmp_path, ["wds", "rec"])
+    names = {p.name for p in files}
+    assert {"train.rec", "train.idx", "property"} <= names and any(
+        n.endswith(".tar") for n in names
+    )
+    assert (tmp_path / "export" / "property").read_text().startswith("3,")
+
+
+def test_identity_that_cannot_be_filled_is_reported(tmp_path: Path, people, dlib_analyzer) -> None:
+    targets = np.stack([t for t, _ in people])
+    strict = DatasetSpec(
+        images_per_identity=2, min_similarity=0.9999, max_similarity=1.0, max_attempts=2
+    )
+    summary = build_dataset(tmp_path, targets[:1], PhotoGenerator(people), dlib_analyzer, strict)
+    assert summary.failed == 1 and summary.done == 0
+    assert summary.rejections["identity_drift"] == 4  # 2 images × 2 attempts, no endless loop
+    rec = next(read_journal(tmp_path / "journal" / "shard-0-of-1.jsonl"))
+    assert rec["status"] == "failed"
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(
+    tmp_path: Path, people, dlib_analyzer
+) -> None:
+    targets = np.stack([t for t, _ in people])
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    build_dataset(ref_dir, targets, PhotoGenerator(people), dlib_analyzer, SPEC)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(run_dir, targets, PhotoGenerator(people, fail_after=3), dlib_analyzer, SPEC)
+    # a torn journal line (killed while writing) is ignored
+    journal = run_dir / "journal" / "shard-0-of-1.jsonl"
+    with open(journal, "a") as f:
+        f.write('{"identity": 2, "sta')
+    before = len(list(read_journal(journal)))
+    assert 0 < before < 3
+    summary = build_dataset(run_dir, targets, PhotoGenerator(people), dlib_analyzer, SPEC)
+    assert summary.skipped_existing == before and summary.done == 3 - before
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.endswith("}")]
+    ids = [r["identity"] for r in records]
+    assert sorted(ids) == [0, 1, 2] and len(ids) == len(set(ids))
+    got = sorted(p.relative_to(run_dir) for p in (run_dir / "images").rglob("*.png"))
+    want = sorted(p.relative_to(ref_dir) for p in (ref_dir / "images").rglob("*.png"))
+    assert got == want and len(got) == 9
+    for rel in got:
+        assert np.array_equal(load_image(run_dir / rel), load_image(ref_dir / rel))
+
+
+def test_shards_split_identities(tmp_path: Path, people, dlib_analyzer) -> None:
+    targets = np.stack([t for t, _ in people])
+    a = build_dataset(tmp_path, targets, PhotoGenerator(people), dlib_analyzer, SPEC, shard=(0, 2))
+    b = build_dataset(tmp_path, targets, PhotoGenerator(people), dlib_analyzer, SPEC, shard=(1, 2))
+    assert (a.done, b.done) == (2, 1)
+    with pytest.raises(ValueError, match="shard"):
+        build_dataset(tmp_path, targets, PhotoGenerator(people), dlib_analyzer, SPEC, shard=(2, 2))
