@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     mw = msub.add_parser("where", parents=[common], help="where each file of a preset is")
     mw.add_argument("name")
     md = msub.add_parser("download", parents=[common], help="fetch a preset's files")
-    md.add_argument("name")
+    md.add_argument("name", nargs="+", help="one or more preset names")
     m.set_defaults(func=cmd_models)
     return parser
 
@@ -480,10 +480,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         for f, where in hub.status(args.name).items():
             print(f"{f}: {where or 'MISSING'}")
         return EXIT_OK
-    preset = hub.get_preset(args.name)
-    for f in _progress(list(preset.files), f"download {preset.name}"):
-        path = hub.resolve(preset, f, offline=True if args.offline else None)
-        print(f"{f}: {path}")
+    presets = [hub.get_preset(name) for name in args.name]  # unknown names fail first
+    for preset in presets:
+        for f in _progress(list(preset.files), f"download {preset.name}"):
+            path = hub.resolve(preset, f, offline=True if args.offline else None)
+            print(f"{preset.name}/{f}: {path}")
     return EXIT_OK
 
 

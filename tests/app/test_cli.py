@@ -195,9 +195,10 @@ def test_models_commands(capsys, monkeypatch, tmp_path: Path) -> None:
     assert rows["dlib"]["files_present"] == 4 and "antelopev2" in rows
     assert main(["models", "where", "dlib"]) == 0
     assert "shape_predictor_68_face_landmarks.dat: /" in capsys.readouterr().out
-    assert main(["models", "download", "antelopev2", "--offline"]) == 1
-    err = capsys.readouterr().err
-    assert "antelopev2/scrfd_10g_bnkps.onnx" in err and "Looked in" in err
+    assert main(["models", "download", "dlib", "antelopev2", "--offline"]) == 1
+    cap = capsys.readouterr()
+    assert "dlib/shape_predictor_68_face_landmarks.dat: /" in cap.out
+    assert "antelopev2/scrfd_10g_bnkps.onnx" in cap.err and "Looked in" in cap.err
 
 
 def test_missing_onnx_model_is_one_clear_error(
