@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegen.app.generate_cmd import add_generate_parser
 
     add_generate_parser(sub, common, _positive_int)
+    from facegen.app.dataset_cmd import add_dataset_parser
+
+    add_dataset_parser(sub, common, _positive_int)
 
     s = sub.add_parser(
         "samples",

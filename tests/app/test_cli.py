@@ -398,3 +398,59 @@ def test_generate_with_pose_from_a_photo(tmp_path: Path, capsys) -> None:
         == 1
     )
     assert "need a ControlNet preset" in capsys.readouterr().err
+
+
+def test_dataset_generate_resume_and_export(
+    tmp_path: Path, monkeypatch, capsys, orl_dir: Path, dlib_analyzer
+) -> None:
+    """`facegen dataset generate` end to end with a stand-in pipeline that returns real photos."""
+    import cv2
+
+    from facegen.pipelines.presets import PRESETS
+    from facegen.registry import RegistryEntry
+
+    photos = [
+        cv2.resize(load_image(orl_dir / "s10" / f"{k}.pgm"), None, fx=2, fy=2) for k in range(1, 11)
+    ]
+
+    class PhotoPipe:
+        identity_analyzer = dlib_analyzer
+
+        def set_progress_bar_config(self, **_):
+            pass
+
+        def __call__(self, vectors, seeds, output_type="np", **_):
+            from facegen.pipelines.id_to_face import FaceGenerationOutput
+
+            return FaceGenerationOutput(images=np.stack([photos[s % 10] / 255.0 for s in seeds]))
+
+    monkeypatch.setitem(
+        PRESETS._entries, "photos", RegistryEntry("photos", lambda **kw: PhotoPipe())
+    )
+    out = tmp_path / "ds"
+    args = [
+        "dataset",
+        "generate",
+        "--identities",
+        "3",
+        "--images-per-identity",
+        "2",
+        "--preset",
+        "photos",
+        "--min-similarity",
+        "-1",
+        "--max-similarity",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--format", "wds,rec"]) == 0
+    assert "3 identities done, 0 failed" in capsys.readouterr().out
+    assert len(list((out / "images").rglob("*.png"))) == 6
+    assert (out / "export" / "train.rec").is_file() and (out / "identities.safetensors").is_file()
+    assert main(args) == 0  # same command again: everything is already there
+    assert "0 identities done, 0 failed, 3 already done" in capsys.readouterr().out
+    assert main([*args[:-2], "--seed", "5", "--out", str(out)]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert main(["dataset", "export", str(out), "--format", "parquet"]) == 0
+    assert (out / "export" / "manifest.parquet").is_file()
