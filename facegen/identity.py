@@ -19,6 +19,7 @@ __all__ = [
     "l2_normalize",
     "roc_auc",
     "stack_embeddings",
+    "tar_at_far",
     "threshold_at_best_accuracy",
 ]
 
@@ -133,3 +134,18 @@ def threshold_at_best_accuracy(genuine: np.ndarray, impostor: np.ndarray) -> tup
     acc = 1.0 - (far + frr) / 2.0
     k = int(np.argmax(acc))
     return float(acc[k]), float(thr[k])
+
+
+def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float = 1e-3) -> tuple[float, float]:
+    """True-accept rate at the threshold where the false-accept rate is at most ``far``.
+
+    Returns ``(tar, threshold)``; the threshold is the smallest score that keeps at most
+    ``far`` of impostor pairs at or above it (accept when score >= threshold).
+    """
+    g, i = _scores(genuine, impostor)
+    if not 0 < far < 1:
+        raise ValueError(f"`far` must be in (0, 1), got {far}")
+    s = np.sort(i)[::-1]
+    allowed = int(np.floor(far * i.size))  # impostors that may be accepted
+    thr = float(np.nextafter(s[allowed], np.inf)) if allowed < s.size else float(s[-1])
+    return float((g >= thr).mean()), thr

@@ -72,3 +72,15 @@ def test_roc_auc_and_eer_against_known_values() -> None:
     assert e == pytest.approx(0.1587, abs=0.01) and t == pytest.approx(1.0, abs=0.05)
     acc, t2 = threshold_at_best_accuracy(g, i)
     assert acc == pytest.approx(1 - 0.1587, abs=0.01) and t2 == pytest.approx(1.0, abs=0.1)
+
+
+def test_tar_at_far() -> None:
+    from facegen.identity import tar_at_far
+
+    impostor = np.linspace(0, 1, 1000, endpoint=False)  # 0.000 … 0.999
+    genuine = np.array([0.5, 0.9995, 1.0])
+    tar, thr = tar_at_far(genuine, impostor, far=1e-3)
+    assert 0.998 < thr <= 0.999 and (impostor >= thr).mean() <= 1e-3
+    assert tar == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="far"):
+        tar_at_far(genuine, impostor, far=0)
