@@ -81,6 +81,13 @@ def add_dataset_parser(sub: Any, common: argparse.ArgumentParser, positive_int: 
     e.add_argument("out", type=Path)
     e.add_argument("--format", type=_formats, required=True, help="wds,rec,parquet,imagefolder")
     e.set_defaults(func=cmd_dataset_export)
+    r = dsub.add_parser(
+        "report",
+        parents=[common],
+        help="quality report: separation, consistency, EER/TAR with an independent encoder",
+    )
+    r.add_argument("out", type=Path)
+    r.set_defaults(func=cmd_dataset_report)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,4 +194,26 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
         raise FacegenError(f"{args.out}: not a dataset folder (no journal/)")
     files = export(args.out, args.format)
     print(f"exported {len(files)} file(s) → {args.out / 'export'}")
+    return 0
+
+
+def cmd_dataset_report(args: argparse.Namespace) -> int:
+    from facegen.pipelines.dataset_report import dataset_report
+
+    rep = dataset_report(args.out)
+    keys = (
+        "identities_done",
+        "identities_failed",
+        "images",
+        "unique_identity_ratio",
+        "intra_class_consistency",
+        "eer",
+        "tar_at_far_1e3",
+        "rejections",
+    )
+    for k in keys:
+        if k in rep:
+            v = rep[k]
+            print(f"{k:<26} {v:.4f}" if isinstance(v, float) else f"{k:<26} {v}")
+    print(f"report → {args.out / 'report'}")
     return 0

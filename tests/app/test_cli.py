@@ -454,3 +454,9 @@ def test_dataset_generate_resume_and_export(
     assert "other settings" in capsys.readouterr().err
     assert main(["dataset", "export", str(out), "--format", "parquet"]) == 0
     assert (out / "export" / "manifest.parquet").is_file()
+    capsys.readouterr()
+    assert main(["dataset", "report", str(out)]) == 0
+    assert "identities_done            3" in capsys.readouterr().out
+    assert (out / "report" / "README.md").is_file()
+    assert main(["dataset", "report", str(tmp_path)]) == 1
+    assert "no committed identities" in capsys.readouterr().err

@@ -138,3 +138,26 @@ def test_shards_split_identities(tmp_path: Path, people, dlib_analyzer) -> None:
     assert (a.done, b.done) == (2, 1)
     with pytest.raises(ValueError, match="shard"):
         build_dataset(tmp_path, targets, PhotoGenerator(people), dlib_analyzer, SPEC, shard=(2, 2))
+
+
+def test_quality_report(tmp_path: Path, people, dlib_analyzer) -> None:
+    from facegen.pipelines.dataset_report import dataset_report
+
+    targets = np.stack([t for t, _ in people])
+    spec = DatasetSpec(
+        images_per_identity=4, min_similarity=0.85, max_similarity=0.9999, max_attempts=6
+    )
+    build_dataset(tmp_path, targets, PhotoGenerator(people, noise_every=4), dlib_analyzer, spec)
+    rep = dataset_report(tmp_path, dlib_analyzer)
+    assert rep["identities_done"] == 3 and rep["images"] == 12
+    assert rep["rejections"].get("no_face", 0) > 0
+    assert rep["encoder"] == "dlib-resnet-v1"
+    measured = rep["images"] - rep["independent_encoder_missed_faces"]
+    assert measured >= 9  # most aligned crops are found again by the independent check
+    assert rep["unique_identity_ratio"] == 1.0  # three different people
+    assert rep["genuine_mean"] > rep["impostor_mean"] and rep["roc_auc"] > 0.9
+    assert 0 < rep["intra_class_consistency"] <= 1
+    for f in ("report.json", "README.md", "similarity_hist.png", "contact_sheet.png"):
+        assert (tmp_path / "report" / f).is_file()
+    sheet = load_image(tmp_path / "report" / "contact_sheet.png")
+    assert sheet.shape == (3 * 112, 8 * 112, 3)
