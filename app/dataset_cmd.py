@@ -25,6 +25,16 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+    if not levels or any(not 0 <= v < 10 for v in levels):
+        raise argparse.ArgumentTypeError(f"levels must be in [0, 10), got {text!r}")
+    return levels
+
+
 def _formats(text: str) -> list[str]:
     names = [t for t in text.split(",") if t]
     bad = [t for t in names if t not in FORMATS]
@@ -69,6 +79,13 @@ def add_dataset_parser(sub: Any, common: argparse.ArgumentParser, positive_int: 
         help="reject near-copies more similar than this (0.98)",
     )
     g.add_argument("--attempts", type=positive_int, default=3, help="tries per image (3)")
+    g.add_argument(
+        "--perturbation",
+        type=_levels,
+        default=(0.0,),
+        metavar="L1,L2,…",
+        help="identity noise levels cycled over the images of an identity (e.g. 0,0.1,0.2)",
+    )
     g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -102,8 +119,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "attempts",
         "steps",
         "dtype",
+        "perturbation",
     )
-    return {k: getattr(args, k) for k in keys}
+    # JSON has no tuples: compare and store lists, so a resumed run matches its config
+    return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(args, k)]}
 
 
 def cmd_dataset_generate(args: argparse.Namespace) -> int:
@@ -122,6 +141,7 @@ def cmd_dataset_generate(args: argparse.Namespace) -> int:
         max_attempts=args.attempts,
         seed=args.seed,
         batch_size=args.batch_size,
+        perturbation=args.perturbation,
     )
     cfg = _config(args)
     cfg_path = args.out / "config.json"

@@ -51,6 +51,10 @@ class DatasetSpec:
     seed: int = 0
     batch_size: int = 8
     crop_size: int = 112
+    #: Per-image identity perturbation: image ``j`` adds Gaussian noise of standard deviation
+    #: ``perturbation[j % len]`` per dimension (scaled by ``1/sqrt(D)``, so a level is the
+    #: expected norm of the noise) to the identity, then re-normalises. ``(0.0,)`` = none.
+    perturbation: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if self.images_per_identity < 1:
@@ -60,6 +64,8 @@ class DatasetSpec:
                 "`min_similarity` < `max_similarity` in [-1, 1] is required, got "
                 f"{self.min_similarity} and {self.max_similarity}"
             )
+        if not self.perturbation or any(not 0 <= p < 10 for p in self.perturbation):
+            raise ValueError(f"`perturbation` levels must be in [0, 10), got {self.perturbation}")
         if self.max_attempts < 1 or self.batch_size < 1:
             raise ValueError(
                 f"`max_attempts` and `batch_size` must be >= 1, got {self.max_attempts}, {self.batch_size}"
@@ -174,6 +180,20 @@ def _verify(
     return face, sim, None
 
 
+def _perturbed(
+    target: np.ndarray, idx: Sequence[int], seeds: Sequence[int], levels: Sequence[float]
+) -> np.ndarray:
+    """The identity vector per image, with that image's seeded perturbation (unit rows)."""
+    out = np.repeat(target[None], len(idx), axis=0).astype(np.float32)
+    dim = target.shape[0]
+    for row, (j, seed) in enumerate(zip(idx, seeds)):
+        level = levels[j % len(levels)]
+        if level > 0:
+            noise = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+            out[row] += level * noise / np.sqrt(dim)
+    return l2_normalize(out)
+
+
 def _fill_identity(
     out: Path, i: int, target: np.ndarray, generate: GenerateFn, verifier: Any, spec: DatasetSpec
 ) -> dict[str, Any]:
@@ -185,7 +205,7 @@ def _fill_identity(
         for s in range(0, len(pending), spec.batch_size):
             idx = pending[s : s + spec.batch_size]
             seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
-            images = generate(np.repeat(target[None], len(idx), axis=0), seeds)
+            images = generate(_perturbed(target, idx, seeds, spec.perturbation), seeds)
             if len(images) != len(idx):
                 raise FacegenError(
                     f"the generator returned {len(images)} images for {len(idx)} seeds"

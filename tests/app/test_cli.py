@@ -441,10 +441,13 @@ def test_dataset_generate_resume_and_export(
         "-1",
         "--max-similarity",
         "1",
+        "--perturbation",
+        "0,0.1",
         "--out",
         str(out),
     ]
     assert main([*args, "--format", "wds,rec"]) == 0
+    assert json.loads((out / "config.json").read_text())["perturbation"] == [0.0, 0.1]
     assert "3 identities done, 0 failed" in capsys.readouterr().out
     assert len(list((out / "images").rglob("*.png"))) == 6
     assert (out / "export" / "train.rec").is_file() and (out / "identities.safetensors").is_file()

@@ -161,3 +161,28 @@ def test_quality_report(tmp_path: Path, people, dlib_analyzer) -> None:
         assert (tmp_path / "report" / f).is_file()
     sheet = load_image(tmp_path / "report" / "contact_sheet.png")
     assert sheet.shape == (3 * 112, 8 * 112, 3)
+
+
+def test_embedding_perturbation_schedule(tmp_path: Path, people, dlib_analyzer) -> None:
+    targets = np.stack([t for t, _ in people])
+    seen: list[np.ndarray] = []
+
+    class Recording(PhotoGenerator):
+        def __call__(self, vectors, seeds):
+            seen.extend(vectors)
+            return super().__call__(vectors, seeds)
+
+    spec = DatasetSpec(
+        images_per_identity=4,
+        min_similarity=0.85,
+        max_similarity=0.9999,
+        perturbation=(0.0, 0.3),
+        batch_size=4,
+    )
+    build_dataset(tmp_path, targets[:1], Recording(people), dlib_analyzer, spec)
+    sims = [float(v @ targets[0] / np.linalg.norm(targets[0])) for v in seen[:4]]
+    np.testing.assert_allclose(np.linalg.norm(np.stack(seen[:4]), axis=1), 1.0, atol=1e-5)
+    assert sims[0] == pytest.approx(1.0, abs=1e-5) and sims[2] == pytest.approx(1.0, abs=1e-5)
+    assert 0.85 < sims[1] < 0.995 and 0.85 < sims[3] < 0.995 and sims[1] != sims[3]
+    with pytest.raises(ValueError, match="perturbation"):
+        DatasetSpec(images_per_identity=1, perturbation=())
