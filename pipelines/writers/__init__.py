@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from facegen.pipelines.writers.base import (
     JPEG_QUALITY,
+    CloseOrAbort,
     DatasetSample,
     DatasetWriter,
     InvalidDatasetFileError,
@@ -72,7 +72,7 @@ WRITERS.register("rec", RecWriter, description="insightface RecordIO (train.rec/
 WRITERS.register("parquet", ParquetWriter, description="manifest.parquet (needs pyarrow)")
 
 
-class MultiWriter:
+class MultiWriter(CloseOrAbort):
     """Fan one stream of samples out to several writers; :meth:`close` closes them all."""
 
     def __init__(self, writers: Sequence[DatasetWriter]) -> None:
@@ -91,17 +91,6 @@ class MultiWriter:
     def abort(self) -> None:
         for w in self.writers:
             w.abort()
-
-    def __enter__(self) -> MultiWriter:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def create_writers(

@@ -105,7 +105,28 @@ def _metadata_json(sample: DatasetSample) -> bytes:
         raise ValueError(f"`metadata` must be JSON-serialisable, got {exc}") from None
 
 
-class DatasetWriter(ABC):
+class CloseOrAbort:
+    """``with`` support: :meth:`close` on success, :meth:`abort` when an exception escapes."""
+
+    def close(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DatasetWriter(CloseOrAbort, ABC):
     """Base class: validates samples, owns the staging folder, renames on :meth:`close`.
 
     Subclasses implement :meth:`_write` (stage one sample) and :meth:`_finish` (return
@@ -177,22 +198,11 @@ class DatasetWriter(ABC):
         self._abort()
         shutil.rmtree(self._staging, ignore_errors=True)
 
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort()
-
     @abstractmethod
     def _write(self, sample: DatasetSample) -> None: ...
 
     @abstractmethod
     def _finish(self) -> list[tuple[Path, Path]]: ...
 
-    def _abort(self) -> None:  # noqa: B027 - optional hook: close open handles
+    def _abort(self) -> None:
         """Close open handles before the staging folder is removed."""
