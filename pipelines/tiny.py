@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TINY_IMAGE_SIZE", "tiny_components", "tiny_tokenizer"]
+__all__ = ["TINY_IMAGE_SIZE", "tiny_components", "tiny_image_encoder", "tiny_tokenizer"]
 
 #: Output resolution of the tiny preset (the VAE downsamples by 2).
 TINY_IMAGE_SIZE = 64
@@ -116,3 +116,22 @@ def tiny_components(seed: int = 0, *, hidden_size: int = 512) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "scheduler": scheduler,
     }
+
+
+def tiny_image_encoder(seed: int = 0) -> Any:
+    """A tiny random CLIP vision encoder (hidden size 48, 32×32 input) standing in for
+    IP-Adapter PlusV2's ViT-H/14 in tests and demos (``clip_embeddings_dim=48``)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    return CLIPVisionModelWithProjection(cfg).eval()

@@ -515,19 +515,9 @@ def test_presets() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from facegen.pipelines.tiny import tiny_image_encoder
 
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=32,
-    )
-    return CLIPVisionModelWithProjection(cfg).eval()
+    return tiny_image_encoder(seed=0)
 
 
 def test_plusv2_end_to_end(tmp_path: Path, unet, tiny_clip, hanks_path: Path) -> None:

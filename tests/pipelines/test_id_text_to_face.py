@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 from facegen import IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.adapters.ip_adapter_faceid import faceid_state_dict_for, save_faceid_weights
 from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
-from facegen.pipelines.tiny import tiny_components
+from facegen.pipelines.tiny import tiny_components, tiny_image_encoder
 
 STEPS = 2
 PROMPT = "photo of a smiling man"
@@ -125,23 +125,10 @@ def test_faceid_preset_loads_the_published_layout_offline(tmp_path, monkeypatch)
 
 def test_plusv2_per_image_identities_and_structure(tmp_path, t1_image, dlib_analyzer) -> None:
     """PlusV2 with a tiny CLIP image encoder: each image its own identity and face crop."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
     from facegen.adapters.ip_adapter_faceid import FACEID_PLUSV2_SD15_WEIGHTS
     from facegen.align import align_face
 
-    torch.manual_seed(0)
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-        )
-    ).eval()
+    clip = tiny_image_encoder()
     parts = tiny_components(seed=2)
     save_faceid_weights(
         faceid_state_dict_for(
@@ -190,19 +177,7 @@ def test_plusv2_preset_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailableError, match="models/image_encoder"):
         from_preset("ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False)
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-        )
-    ).eval()
+    clip = tiny_image_encoder()
     pipe = from_preset(
         "ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False, image_encoder=clip
     )
