@@ -52,52 +52,86 @@ def add_dataset_parser(sub: Any, common: argparse.ArgumentParser, positive_int: 
         "generate",
         parents=[common],
         help="sample identities, generate and verify images (resumable, shardable)",
-        description="Rerun the same command after a crash to resume; run every --shard K/N "
-        "(any launcher), then `facegen dataset export` once all shards are done.",
+        description="Settings come from --config (YAML/TOML/JSON; keys as the long options, "
+        "e.g. images_per_identity) and/or the flags (flags win). Rerun the same command after a "
+        "crash to resume. Executors: local (--shard K/N for any launcher; then `facegen dataset "
+        "merge`), accelerate (under `accelerate launch`: one shard per process, merged at the "
+        "end), ray (shards as actors on a Ray cluster, or a local one).",
     )
-    g.add_argument("--identities", type=positive_int, required=True, metavar="N")
-    g.add_argument("--images-per-identity", type=positive_int, required=True, metavar="M")
-    g.add_argument("--preset", default="arc2face", choices=PRESETS.names())
+    g.add_argument("--config", type=Path, help="run description: .yaml, .toml or .json")
+    g.add_argument("--identities", type=positive_int, metavar="N")
+    g.add_argument("--images-per-identity", type=positive_int, metavar="M")
+    g.add_argument("--preset", choices=PRESETS.names(), help="generation preset (arc2face)")
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, help="dataset seed (0)")
+    g.add_argument("--sampler", help="identity sampler: uniform, gaussian, spread (uniform)")
     g.add_argument(
-        "--identity-separation",
-        type=float,
-        default=0.3,
-        help="max cosine between two identities (0.3)",
+        "--identity-separation", type=float, help="max cosine between two identities (0.3)"
     )
     g.add_argument(
-        "--min-similarity",
-        type=float,
-        default=0.5,
-        help="reject images less similar to their identity (0.5)",
+        "--min-similarity", type=float, help="reject images less similar to their identity (0.5)"
     )
     g.add_argument(
-        "--max-similarity",
-        type=float,
-        default=0.98,
-        help="reject near-copies more similar than this (0.98)",
+        "--max-similarity", type=float, help="reject near-copies more similar than this (0.98)"
     )
-    g.add_argument("--attempts", type=positive_int, default=3, help="tries per image (3)")
+    g.add_argument("--attempts", type=positive_int, help="tries per image (3)")
     g.add_argument(
         "--perturbation",
         type=_levels,
-        default=(0.0,),
         metavar="L1,L2,…",
         help="identity noise levels cycled over the images of an identity (e.g. 0,0.1,0.2)",
     )
-    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        help="a prompt for presets that take text; repeat to vary (chosen per image)",
+    )
+    g.add_argument(
+        "--pose",
+        choices=["none", "reference", "sampled"],
+        help="pose/expression per image from --pose-from: a reference's landmarks, or new "
+        "shapes sampled from a model fitted to them (needs a ControlNet preset)",
+    )
+    g.add_argument("--pose-from", help="folder of reference photos for --pose")
+    g.add_argument(
+        "--keep-full",
+        action="store_true",
+        default=None,
+        help="also keep the full-resolution images (full/)",
+    )
+    g.add_argument("--batch-size", type=positive_int, help="images per generator call (8)")
     g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
-    g.add_argument("--format", type=_formats, default=[], help="export when done: wds,rec,parquet")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--format", dest="formats", type=_formats, help="export when complete")
+    g.add_argument(
+        "--holdout",
+        type=int,
+        help="identities kept out of training exports for export/verification.bin (0)",
+    )
+    g.add_argument("--executor", choices=["local", "accelerate", "ray"], default="local")
+    g.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N", help="local executor")
+    g.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    g.add_argument("--workers", type=positive_int, default=1, help="Ray actors (1)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="Ray (1 with CUDA, else 0)")
     g.set_defaults(func=cmd_dataset_generate)
     e = dsub.add_parser(
         "export", parents=[common], help="write the committed images as training formats"
     )
     e.add_argument("out", type=Path)
-    e.add_argument("--format", type=_formats, required=True, help="wds,rec,parquet,imagefolder")
+    e.add_argument("--format", type=_formats, default=[], help="wds,rec,parquet,imagefolder")
+    e.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
     e.set_defaults(func=cmd_dataset_export)
+    m = dsub.add_parser(
+        "merge",
+        parents=[common],
+        help="fold parts made elsewhere into one dataset and check it is complete",
+    )
+    m.add_argument("out", type=Path)
+    m.add_argument("--from", dest="parts", type=Path, nargs="*", default=[], metavar="PART")
+    m.add_argument("--format", type=_formats, default=[], help="export when complete")
+    m.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
+    m.set_defaults(func=cmd_dataset_merge)
     r = dsub.add_parser(
         "report",
         parents=[common],
@@ -107,104 +141,139 @@ def add_dataset_parser(sub: Any, common: argparse.ArgumentParser, positive_int: 
     r.set_defaults(func=cmd_dataset_report)
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "identities",
-        "images_per_identity",
-        "preset",
-        "seed",
-        "identity_separation",
-        "min_similarity",
-        "max_similarity",
-        "attempts",
-        "steps",
-        "dtype",
-        "perturbation",
+_CONFIG_KEYS = (
+    "identities",
+    "images_per_identity",
+    "preset",
+    "seed",
+    "sampler",
+    "identity_separation",
+    "min_similarity",
+    "max_similarity",
+    "attempts",
+    "perturbation",
+    "prompts",
+    "pose",
+    "pose_from",
+    "keep_full",
+    "batch_size",
+    "steps",
+    "dtype",
+    "formats",
+    "holdout",
+)
+
+
+def _run_config(args: argparse.Namespace) -> Any:
+    """The config file's settings, overridden by the flags given on the command line."""
+    from facegen.pipelines.dataset_run import DatasetConfig, load_config
+
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    for k in _CONFIG_KEYS:
+        v = getattr(args, k)
+        if v is not None:
+            data[k] = v
+    if data.get("pose_from") is not None and data.get("pose") is None:
+        data["pose"] = "reference"
+    if data.get("pose_from") is not None:
+        data["pose_from"] = str(Path(data["pose_from"]).resolve())
+    return DatasetConfig.from_dict(data, source=str(args.config or "options"))
+
+
+def _finish(out: Path, cfg: Any, formats: Any, holdout: int) -> int:
+    """Merge summary (``dataset.json``) and, when complete, the exports."""
+    from facegen.pipelines.dataset import export
+    from facegen.pipelines.dataset_run import merge
+
+    summary = merge(out)
+    state = "complete" if summary["complete"] else f"{len(summary['missing'])} identities missing"
+    print(
+        f"dataset {out}: {summary['done']}/{summary['identities']} identities done, "
+        f"{len(summary['failed'])} failed, {summary['images']} images ({state})"
     )
-    # JSON has no tuples: compare and store lists, so a resumed run matches its config
-    return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(args, k)]}
+    if formats:
+        if not summary["complete"]:
+            print("not exported: run the missing shards first, then `facegen dataset export`")
+            return 1
+        files = export(out, formats, holdout=holdout)
+        print(f"exported {len(files)} file(s) → {out / 'export'}")
+    return 0
 
 
 def cmd_dataset_generate(args: argparse.Namespace) -> int:
-    import numpy as np
+    import time
+
     from tqdm.auto import tqdm
 
-    from facegen.analysis_writer import write_json
-    from facegen.pipelines.dataset import DatasetSpec, build_dataset, export
-    from facegen.pipelines.identities import sample_identities
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.dataset_run import preset_worker, run_ray, run_shard
 
-    spec = DatasetSpec(
-        images_per_identity=args.images_per_identity,
-        min_similarity=args.min_similarity,
-        max_similarity=args.max_similarity,
-        max_attempts=args.attempts,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        perturbation=args.perturbation,
-    )
-    cfg = _config(args)
-    cfg_path = args.out / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != cfg:
-            diff = {k: (old.get(k), v) for k, v in cfg.items() if old.get(k) != v}
-            raise FacegenError(f"{args.out} holds a dataset made with other settings: {diff}")
-    pipe = from_preset(
-        args.preset,
-        device=args.device,
-        dtype=args.dtype,
-        local_files_only=True if args.offline else None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    verifier = pipe.identity_analyzer
-    if verifier is None or getattr(verifier, "encoder", None) is None:
-        raise FacegenError(
-            f"preset {args.preset!r} has no identity analyzer to verify images; use a preset with "
-            "one (arc2face, ip-adapter-faceid-*)"
+    cfg = _run_config(args)
+    out: Path = args.out
+    t0 = time.perf_counter()
+    if args.executor == "ray":
+        gpus = args.gpus_per_worker
+        if gpus is None:
+            import torch
+
+            gpus = 1.0 if torch.cuda.is_available() else 0.0
+        bar = tqdm(total=None, desc="shards", unit="shard", file=sys.stderr)
+        results = run_ray(
+            out,
+            cfg,
+            address=args.address,
+            num_workers=args.workers,
+            gpus_per_worker=gpus,
+            factory=lambda c, device: preset_worker(c, device, offline=args.offline),
+            progress=lambda r: bar.update(1),
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, cfg)
-    ids = sample_identities(
-        args.identities,
-        dim=verifier.encoder.dim,
-        seed=args.seed,
-        max_similarity=args.identity_separation,
-        encoder_id=verifier.encoder.encoder_id,
+        bar.close()
+        images = sum(r["images"] for r in results)
+        print(
+            f"ray: {len(results)} shards, {images} new images in {time.perf_counter() - t0:.1f} s"
+        )
+        return _finish(out, cfg, cfg.formats, cfg.holdout)
+
+    state = None
+    shard, device = args.shard, args.device
+    if args.executor == "accelerate":
+        from facegen.pipelines.dataset_run import accelerate_shard
+
+        shard, device, state = accelerate_shard()
+    worker = preset_worker(cfg, device, offline=args.offline)
+    n_mine = len(range(shard[0], cfg.identities, shard[1]))
+    bar = tqdm(
+        total=n_mine * cfg.images_per_identity,
+        desc=f"shard {shard[0]}/{shard[1]}",
+        unit="img",
+        file=sys.stderr,
+        disable=state is not None and not state.is_local_main_process,
     )
-    ids_file = args.out / "identities.safetensors"
-    if not ids_file.exists():
-        ids.save(ids_file)
-    call: dict[str, Any] = {"output_type": "np"}
-    if args.steps:
-        call["num_inference_steps"] = args.steps
 
-    def generate(vectors: Any, seeds: list[int]) -> list[Any]:
-        out = pipe(vectors, seeds=seeds, **call).images
-        return [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in out]
-
-    bar = tqdm(total=None, desc="identities", unit="id", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
+    def progress(done: int, total: int, images: int) -> None:
+        bar.n = min(done * cfg.images_per_identity, bar.total)
+        bar.set_postfix(ids=f"{done}/{total}", kept=images, refresh=False)
         bar.refresh()
 
     try:
-        summary = build_dataset(
-            args.out, ids.vectors, generate, verifier, spec, shard=args.shard, progress=progress
-        )
+        summary = run_shard(out, cfg, shard, worker, progress=progress)
     finally:
         bar.close()
+    dt = time.perf_counter() - t0
     print(
-        f"shard {args.shard[0]}/{args.shard[1]}: {summary.done} identities done, "
+        f"shard {shard[0]}/{shard[1]}: {summary.done} identities done, "
         f"{summary.failed} failed, {summary.skipped_existing} already done, "
-        f"{summary.images} images; rejections: {summary.rejections or 'none'} → {args.out}"
+        f"{summary.images} images ({summary.images / max(dt, 1e-9):.2f} img/s); "
+        f"rejections: {summary.rejections or 'none'} → {out}"
     )
-    if args.format and args.shard == (0, 1):
-        files = export(args.out, args.format)
-        print(f"exported {len(files)} file(s) → {args.out / 'export'}")
-    return 0
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return 0
+    elif shard[1] > 1:
+        print(f"when every shard is done: facegen dataset merge {out} [--format …]")
+        return 0
+    return _finish(out, cfg, cfg.formats, cfg.holdout)
 
 
 def cmd_dataset_export(args: argparse.Namespace) -> int:
@@ -212,9 +281,20 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 
     if not (args.out / "journal").is_dir():
         raise FacegenError(f"{args.out}: not a dataset folder (no journal/)")
-    files = export(args.out, args.format)
+    if not args.format and not args.holdout:
+        raise FacegenError("nothing to export: give --format and/or --holdout")
+    files = export(args.out, args.format, holdout=args.holdout)
     print(f"exported {len(files)} file(s) → {args.out / 'export'}")
     return 0
+
+
+def cmd_dataset_merge(args: argparse.Namespace) -> int:
+
+    from facegen.pipelines.dataset_run import DatasetConfig, merge
+
+    merge(args.out, args.parts)
+    cfg = DatasetConfig.from_dict(json.loads((args.out / "config.json").read_text()))
+    return _finish(args.out, cfg, args.format, args.holdout)
 
 
 def cmd_dataset_report(args: argparse.Namespace) -> int:

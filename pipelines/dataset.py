@@ -34,12 +34,25 @@ from facegen.errors import FacegenError, NoFaceDetectedError
 from facegen.identity import l2_normalize
 from facegen.image_io import load_image, save_image
 
-__all__ = ["DatasetSpec", "DatasetSummary", "build_dataset", "export", "image_seed", "read_journal"]
+__all__ = [
+    "DatasetSpec",
+    "DatasetSummary",
+    "build_dataset",
+    "committed_identities",
+    "export",
+    "full_image_path",
+    "image_seed",
+    "iter_records",
+    "read_journal",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``generate(vectors (B, D) float32, seeds [B]) -> B RGB uint8 images``.
-GenerateFn = Callable[[np.ndarray, list[int]], Sequence[np.ndarray]]
+#: ``generate(vectors (B, D) float32, seeds [B]) -> B RGB uint8 images``; with a
+#: ``condition`` function, ``generate(vectors, seeds, conditions [B])`` (see :func:`build_dataset`).
+GenerateFn = Callable[..., Sequence[np.ndarray]]
+#: ``condition(identity, index, seed) -> (generator kwargs for that image, JSON-able record)``.
+ConditionFn = Callable[[int, int, int], tuple[dict[str, Any], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class DatasetSpec:
     #: ``perturbation[j % len]`` per dimension (scaled by ``1/sqrt(D)``, so a level is the
     #: expected norm of the noise) to the identity, then re-normalises. ``(0.0,)`` = none.
     perturbation: tuple[float, ...] = (0.0,)
+    #: Also keep every accepted image at full resolution (``full/<identity>/<index>.jpg``).
+    keep_full: bool = False
 
     def __post_init__(self) -> None:
         if self.images_per_identity < 1:
@@ -79,6 +94,10 @@ class DatasetSummary:
     skipped_existing: int = 0
     images: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+
+
+#: The "attempt" whose seed picks an image's condition (pose, prompt): never a real attempt.
+_CONDITION_STREAM = 1 << 30
 
 
 def image_seed(seed: int, identity: int, index: int, attempt: int) -> int:
@@ -118,6 +137,11 @@ def _crop_path(out: Path, identity: int, index: int) -> Path:
     return out / "images" / f"{identity:06d}" / f"{index:04d}.png"
 
 
+def full_image_path(out: str | os.PathLike[str], identity: int, index: int) -> Path:
+    """Where ``keep_full`` stores the full-resolution image (JPEG quality 95)."""
+    return Path(out) / "full" / f"{identity:06d}" / f"{index:04d}.jpg"
+
+
 def build_dataset(
     out_dir: str | os.PathLike[str],
     identities: np.ndarray,
@@ -126,13 +150,18 @@ def build_dataset(
     spec: DatasetSpec,
     *,
     shard: tuple[int, int] = (0, 1),
-    progress: Callable[[int, int], None] | None = None,
+    condition: ConditionFn | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> DatasetSummary:
     """Generate and verify ``spec.images_per_identity`` images for this shard's identities.
 
     ``identities``: ``(N, D)`` vectors in the verifier encoder's space; identity ``i`` belongs
-    to shard ``i % shard[1] == shard[0]``. Safe to rerun after a crash (see module doc).
-    ``progress(done, total)`` is called after each committed identity.
+    to shard ``i % shard[1] == shard[0]``. Identities committed by any journal in ``out_dir``
+    (another shard count, a merged part) are skipped. Safe to rerun after a crash (see module
+    doc). ``condition`` gives per-image generator inputs (a pose's control image, a prompt) that
+    are passed to ``generate`` as a third argument, one dict per image, and recorded with the
+    image. ``progress(identities_done, identities_total, images_written)`` is called after each
+    committed identity.
     """
     k, n_shards = shard
     if not 0 <= k < n_shards:
@@ -142,14 +171,14 @@ def build_dataset(
     journal = _journal_path(out, shard)
     journal.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_tail(journal)
-    committed = {r["identity"] for r in read_journal(journal)}
-    mine = [i for i in range(len(vecs)) if i % n_shards == k]
+    committed = {r["identity"] for r in iter_records(out)}
+    mine = range(k, len(vecs), n_shards)
     summary = DatasetSummary(skipped_existing=sum(i in committed for i in mine))
     with open(journal, "a", encoding="utf-8") as jf:
         for i in mine:
             if i in committed:
                 continue
-            record = _fill_identity(out, i, vecs[i], generate, verifier, spec)
+            record = _fill_identity(out, i, vecs[i], generate, verifier, spec, condition)
             jf.write(json.dumps(record, sort_keys=True) + "\n")
             jf.flush()
             os.fsync(jf.fileno())
@@ -161,7 +190,8 @@ def build_dataset(
             else:
                 summary.failed += 1
             if progress is not None:
-                progress(summary.done + summary.failed + summary.skipped_existing, len(mine))
+                done = summary.done + summary.failed + summary.skipped_existing
+                progress(done, len(mine), summary.images)
     return summary
 
 
@@ -194,8 +224,33 @@ def _perturbed(
     return l2_normalize(out)
 
 
+def iter_records(out_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Committed records of every journal in ``out_dir/journal`` (all shards, merged parts)."""
+    for path in sorted((Path(out_dir) / "journal").glob("*.jsonl")):
+        yield from read_journal(path)
+
+
+def _measured_pose(face: Any) -> dict[str, float]:
+    """Head pose of an accepted face from its 68 landmarks, when the verifier gives them."""
+    from facegen.head_pose import pose_from_landmarks
+
+    if face.landmarks is None or len(face.landmarks) != 68:
+        return {}
+    try:
+        p = pose_from_landmarks(face.landmarks[:, :2])
+    except FacegenError:
+        return {}
+    return {"yaw": round(p.yaw, 2), "pitch": round(p.pitch, 2), "roll": round(p.roll, 2)}
+
+
 def _fill_identity(
-    out: Path, i: int, target: np.ndarray, generate: GenerateFn, verifier: Any, spec: DatasetSpec
+    out: Path,
+    i: int,
+    target: np.ndarray,
+    generate: GenerateFn,
+    verifier: Any,
+    spec: DatasetSpec,
+    condition: ConditionFn | None = None,
 ) -> dict[str, Any]:
     accepted: dict[int, dict[str, Any]] = {}
     rejections: list[dict[str, Any]] = []
@@ -205,12 +260,20 @@ def _fill_identity(
         for s in range(0, len(pending), spec.batch_size):
             idx = pending[s : s + spec.batch_size]
             seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
-            images = generate(_perturbed(target, idx, seeds, spec.perturbation), seeds)
+            vectors = _perturbed(target, idx, seeds, spec.perturbation)
+            conds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            if condition is None:
+                images = generate(vectors, seeds)
+            else:  # the condition (pose, prompt) of image j is fixed across its attempts
+                conds = [
+                    condition(i, j, image_seed(spec.seed, i, j, _CONDITION_STREAM)) for j in idx
+                ]
+                images = generate(vectors, seeds, [c[0] for c in conds])
             if len(images) != len(idx):
                 raise FacegenError(
                     f"the generator returned {len(images)} images for {len(idx)} seeds"
                 )
-            for j, seed, img in zip(idx, seeds, images):
+            for n, (j, seed, img) in enumerate(zip(idx, seeds, images)):
                 arr = load_image(np.asarray(img))
                 face, sim, reason = _verify(arr, target, verifier, spec)
                 if reason is not None:
@@ -226,14 +289,17 @@ def _fill_identity(
                     still.append(j)
                     continue
                 crop = align_face(arr, face, size=spec.crop_size).image
-                save_image(
-                    crop, _crop_path(out, i, j), metadata={"identity": i, "index": j, "seed": seed}
-                )
+                meta = {"identity": i, "index": j, "seed": seed}
+                save_image(crop, _crop_path(out, i, j), metadata=meta)
+                if spec.keep_full:
+                    save_image(arr, full_image_path(out, i, j), metadata=meta)
                 accepted[j] = {
                     "index": j,
                     "seed": seed,
                     "attempt": attempt,
                     "similarity": round(sim, 6),
+                    **_measured_pose(face),
+                    **(conds[n][1] if conds else {}),
                 }
         pending = still
         if not pending:
@@ -254,33 +320,115 @@ def _fill_identity(
     }
 
 
-def export(out_dir: str | os.PathLike[str], formats: Sequence[str]) -> list[Path]:
-    """Write the committed identities (all shards' journals) as ``formats`` under ``out_dir``.
+def committed_identities(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The ``done`` record of every filled identity, one per identity, in identity order.
 
-    Class indices are the committed identities in increasing identity order (0…C-1).
+    Journals of several shard counts or merged parts may hold the same identity twice (same
+    seeds, same files); the first one found is used.
     """
-    from facegen.pipelines.writers import DatasetSample, create_writers
+    seen: dict[int, dict[str, Any]] = {}
+    for r in iter_records(out_dir):
+        if r["status"] == "done":
+            seen.setdefault(int(r["identity"]), r)
+    return [seen[i] for i in sorted(seen)]
+
+
+def export(
+    out_dir: str | os.PathLike[str],
+    formats: Sequence[str],
+    *,
+    holdout: int = 0,
+    pairs_per_identity: int = 10,
+) -> list[Path]:
+    """Write the committed identities as ``formats`` under ``out_dir/export``.
+
+    Class indices are the exported identities in increasing identity order (0…C-1). Every
+    sample carries its identity vector (``identities.safetensors``, when present) as its
+    embedding and the journal's record (seed, similarity, attempt, pose, …) as metadata, plus
+    ``rejections`` (how many candidates of that identity were rejected).
+
+    ``holdout``: the last ``holdout`` committed identities are left out of the training
+    formats and written as a verification set ``export/verification.bin`` (insightface's
+    format): per held-out identity, ``pairs_per_identity`` genuine pairs (two of its images)
+    and as many impostor pairs (one of its images, one of another held-out identity), chosen
+    with a fixed seed.
+    """
+    from facegen.pipelines.writers import DatasetSample, create_writers, write_verification_bin
 
     out = Path(out_dir)
-    records = sorted(
-        (
-            r
-            for p in sorted((out / "journal").glob("shard-*.jsonl"))
-            for r in read_journal(p)
-            if r["status"] == "done"
-        ),
-        key=lambda r: r["identity"],
-    )
-    writers = create_writers(list(formats), out / "export")
-    for cls, r in enumerate(records):
-        for im in r["images"]:
-            crop = load_image(_crop_path(out, r["identity"], im["index"]))
-            writers.write(
-                DatasetSample(
-                    identity=cls,
-                    index=im["index"],
-                    image=crop,
-                    metadata={"source_identity": r["identity"], **im},
-                )
+    records = committed_identities(out)
+    if not records:
+        raise FacegenError(f"{out}: no committed identities to export")
+    if not 0 <= holdout <= len(records) - 1:
+        raise ValueError(
+            f"`holdout` must be in [0, {len(records) - 1}] (identities done: {len(records)}), got {holdout}"
+        )
+    if holdout == 1:
+        raise ValueError("`holdout` must be 0 or >= 2 (impostor pairs need two identities)")
+    vectors = _identity_vectors(out)
+    train, held = records[: len(records) - holdout], records[len(records) - holdout :]
+    files: list[Path] = []
+    if formats:
+        writers = create_writers(list(formats), out / "export")
+        with writers:
+            for cls, r in enumerate(train):
+                ident = int(r["identity"])
+                for im in r["images"]:
+                    writers.write(
+                        DatasetSample(
+                            identity=cls,
+                            index=im["index"],
+                            image=load_image(_crop_path(out, ident, im["index"])),
+                            embedding=None if vectors is None else vectors[ident],
+                            metadata={
+                                "source_identity": ident,
+                                "rejections": len(r["rejections"]),
+                                **im,
+                            },
+                        )
+                    )
+        files = writers.close()
+    if held:
+        pairs, issame = _verification_pairs(out, held, pairs_per_identity)
+        files.append(write_verification_bin(out / "export" / "verification.bin", pairs, issame))
+    return files
+
+
+def _identity_vectors(out: Path) -> np.ndarray | None:
+    path = out / "identities.safetensors"
+    if not path.exists():
+        return None
+    from facegen.embedding_io import load_embeddings
+
+    embeddings, _ = load_embeddings(path)
+    return np.stack([e.vector for e in embeddings]).astype(np.float32)
+
+
+def _verification_pairs(
+    out: Path, held: Sequence[dict[str, Any]], per_identity: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bool]]:
+    rng = np.random.default_rng(0)
+    images = {int(r["identity"]): [im["index"] for im in r["images"]] for r in held if r["images"]}
+    ids = sorted(images)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def crop(i: int, j: int) -> np.ndarray:
+        if (i, j) not in cache:
+            cache[i, j] = load_image(_crop_path(out, i, j))
+        return cache[i, j]
+
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    issame: list[bool] = []
+    for i in ids:
+        own = images[i]
+        for _ in range(per_identity):
+            if len(own) >= 2:
+                a, b = rng.choice(own, 2, replace=False)
+                pairs.append((crop(i, int(a)), crop(i, int(b))))
+                issame.append(True)
+            other = ids[(ids.index(i) + 1 + int(rng.integers(len(ids) - 1))) % len(ids)]
+            pairs.append(
+                (crop(i, int(rng.choice(own))), crop(other, int(rng.choice(images[other]))))
             )
-    return writers.close()
+            issame.append(False)
+    return pairs, issame

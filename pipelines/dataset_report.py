@@ -32,9 +32,30 @@ __all__ = ["dataset_report"]
 
 
 def _journals(out: Path) -> list[dict[str, Any]]:
-    from facegen.pipelines.dataset import read_journal
+    """One record per identity (a ``done`` one where any journal has it)."""
+    from facegen.pipelines.dataset import iter_records
 
-    return [r for p in sorted((out / "journal").glob("shard-*.jsonl")) for r in read_journal(p)]
+    best: dict[int, dict[str, Any]] = {}
+    for r in iter_records(out):
+        i = int(r["identity"])
+        if i not in best or (best[i]["status"] != "done" and r["status"] == "done"):
+            best[i] = r
+    return [best[i] for i in sorted(best)]
+
+
+def _pose_spread(done: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean within-identity standard deviation of the measured yaw/pitch/roll (degrees)."""
+    out: dict[str, float] = {}
+    for angle in ("yaw", "pitch", "roll"):
+        stds = [
+            float(np.std(vals))
+            for r in done
+            for vals in [[im[angle] for im in r["images"] if angle in im]]
+            if len(vals) >= 2
+        ]
+        if stds:
+            out[f"pose_spread_{angle}"] = float(np.mean(stds))
+    return out
 
 
 def _histogram_png(genuine: np.ndarray, impostor: np.ndarray, path: Path, threshold: float) -> None:
@@ -71,19 +92,55 @@ def _contact_sheet(
         save_image(np.concatenate(tiles, axis=0), path)
 
 
+def _pair_scores(
+    v: np.ndarray, labels: np.ndarray, max_pairs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All genuine pairs (within classes) and at most ``max_pairs`` impostor pairs (all of
+    them when there are fewer, else a seeded sample), without an N×N matrix."""
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    genuine = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) >= 2:
+            s = u[idx] @ u[idx].T
+            genuine.append(s[np.triu_indices(len(idx), 1)])
+    n = len(u)
+    n_imp = n * (n - 1) // 2 - sum(len(g) for g in genuine)
+    if n_imp <= max_pairs:
+        iu = np.triu_indices(n, 1)
+        keep = labels[iu[0]] != labels[iu[1]]
+        a, b = iu[0][keep], iu[1][keep]
+    else:
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, n, (2, int(max_pairs * 1.5)))
+        keep = labels[a] != labels[b]
+        a, b = a[keep][:max_pairs], b[keep][:max_pairs]
+    impostor = np.einsum("nd,nd->n", u[a], u[b])
+    return (np.concatenate(genuine) if genuine else np.zeros(0, np.float32)), impostor
+
+
 def dataset_report(
-    out_dir: str | Path, analyzer: Any = None, *, max_pairs: int = 200_000
+    out_dir: str | Path,
+    analyzer: Any = None,
+    *,
+    max_pairs: int = 200_000,
+    max_identities: int = 2000,
 ) -> dict[str, Any]:
     """Measure the dataset in ``out_dir`` (see module doc); returns the report dict.
 
-    ``analyzer``: a FaceAnalyzer with an encoder (default: dlib, offline). Impostor pairs are
-    subsampled to at most ``max_pairs`` (seeded) for large sets.
+    ``analyzer``: a FaceAnalyzer with an encoder (default: dlib, offline). Large sets are
+    measured on a seeded subset of at most ``max_identities`` identities, and impostor pairs
+    are subsampled to at most ``max_pairs`` (seeded); memory stays bounded either way.
     """
     out = Path(out_dir)
     recs = _journals(out)
     if not recs:
         raise FacegenError(f"{out}: no committed identities (journal/ is empty or missing)")
     done = [r for r in recs if r["status"] == "done"]
+    measured = done
+    if len(done) > max_identities:
+        pick = np.random.default_rng(0).choice(len(done), max_identities, replace=False)
+        measured = [done[k] for k in sorted(pick)]
     rejections: dict[str, int] = {}
     for r in recs:
         for rej in r["rejections"]:
@@ -93,7 +150,7 @@ def dataset_report(
 
         analyzer = FaceAnalyzer.from_names("dlib", None, "dlib")
     vecs, labels, undetected = [], [], 0
-    for r in done:
+    for r in measured:
         for im in r["images"]:
             crop = load_image(out / "images" / f"{r['identity']:06d}" / f"{im['index']:04d}.png")
             try:
@@ -106,8 +163,10 @@ def dataset_report(
         "identities_failed": len(recs) - len(done),
         "images": sum(len(r["images"]) for r in done),
         "rejections": rejections,
+        "identities_measured": len(measured),
         "encoder": analyzer.encoder.encoder_id,
         "independent_encoder_missed_faces": undetected,
+        **_pose_spread(done),
     }
     if len(set(labels)) >= 2:
         v = np.stack(vecs)
@@ -121,12 +180,7 @@ def dataset_report(
             v / np.linalg.norm(v, axis=1, keepdims=True),
             centres[[names.index(x) for x in labels]],
         )
-        sims = cosine_similarity_matrix(v)
-        iu = np.triu_indices(len(v), 1)
-        same = lab[iu[0]] == lab[iu[1]]
-        genuine, impostor = sims[iu][same], sims[iu][~same]
-        if impostor.size > max_pairs:
-            impostor = np.random.default_rng(0).choice(impostor, max_pairs, replace=False)
+        genuine, impostor = _pair_scores(v, lab, max_pairs)
         report.update(
             unique_identity_ratio=float((cc.max(1) < thr).mean()),
             same_person_threshold=thr,

@@ -413,8 +413,12 @@ def test_dataset_generate_resume_and_export(
         cv2.resize(load_image(orl_dir / "s10" / f"{k}.pgm"), None, fx=2, fy=2) for k in range(1, 11)
     ]
 
+    from types import SimpleNamespace
+
     class PhotoPipe:
         identity_analyzer = dlib_analyzer
+        unet = SimpleNamespace(config=SimpleNamespace(sample_size=8))
+        vae_scale_factor = 8
 
         def set_progress_bar_config(self, **_):
             pass

@@ -5,62 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from photo_generator import PhotoGenerator, load_people
 
 from facegen.image_io import load_image
 from facegen.pipelines.dataset import DatasetSpec, build_dataset, export, image_seed, read_journal
 
-PEOPLE = ["s10", "s11", "s12"]
-
 
 @pytest.fixture(scope="module")
 def people(orl_dir: Path, dlib_analyzer):
-    """Per person: target vector (from photo 1) and photos 2–10, upscaled ×2 for the detector."""
-    out = []
-    for p in PEOPLE:
-        photos = [
-            cv2.resize(
-                load_image(orl_dir / p / f"{k}.pgm"),
-                None,
-                fx=2,
-                fy=2,
-                interpolation=cv2.INTER_CUBIC,
-            )
-            for k in range(1, 11)
-        ]
-        target = dlib_analyzer.embed(photos[0]).vector
-        out.append((target, photos[1:]))
-    return out
-
-
-class PhotoGenerator:
-    """Returns a real photo of the identity nearest to each vector; photo chosen by the seed.
-
-    ``noise_every``: seeds divisible by it give noise (no face), to exercise retries.
-    ``fail_after``: raise after that many calls (a crash in the middle of a run).
-    """
-
-    def __init__(self, people, noise_every: int = 0, fail_after: int | None = None) -> None:
-        self.targets = np.stack([t for t, _ in people])
-        self.photos = [ph for _, ph in people]
-        self.noise_every = noise_every
-        self.fail_after = fail_after
-        self.calls = 0
-
-    def __call__(self, vectors: np.ndarray, seeds: list[int]) -> list[np.ndarray]:
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise KeyboardInterrupt("simulated kill")
-        out = []
-        for v, s in zip(vectors, seeds):
-            if self.noise_every and s % self.noise_every == 0:
-                out.append(np.random.default_rng(s).integers(0, 255, (224, 184, 3), dtype=np.uint8))
-                continue
-            who = int(np.argmax(self.targets @ v))
-            out.append(self.photos[who][s % len(self.photos[who])])
-        return out
+    return load_people(orl_dir, dlib_analyzer)
 
 
 SPEC = DatasetSpec(
