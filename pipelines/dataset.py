@@ -23,6 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,11 +175,9 @@ def build_dataset(
     committed = {r["identity"] for r in iter_records(out)}
     mine = range(k, len(vecs), n_shards)
     summary = DatasetSummary(skipped_existing=sum(i in committed for i in mine))
+    todo = [i for i in mine if i not in committed]
     with open(journal, "a", encoding="utf-8") as jf:
-        for i in mine:
-            if i in committed:
-                continue
-            record = _fill_identity(out, i, vecs[i], generate, verifier, spec, condition)
+        for record in _fill_identities(out, todo, vecs, generate, verifier, spec, condition):
             jf.write(json.dumps(record, sort_keys=True) + "\n")
             jf.flush()
             os.fsync(jf.fileno())
@@ -243,81 +242,158 @@ def _measured_pose(face: Any) -> dict[str, float]:
     return {"yaw": round(p.yaw, 2), "pitch": round(p.pitch, 2), "roll": round(p.roll, 2)}
 
 
-def _fill_identity(
+def _check_batch(
     out: Path,
     i: int,
     target: np.ndarray,
+    verifier: Any,
+    spec: DatasetSpec,
+    attempt: int,
+    idx: Sequence[int],
+    seeds: Sequence[int],
+    images: Sequence[Any],
+    conds: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+) -> list[tuple[int, dict[str, Any], bool]]:
+    """Verify, align and store one generated batch: ``(index, record, accepted)`` per image."""
+    results = []
+    for n, (j, seed, img) in enumerate(zip(idx, seeds, images)):
+        arr = load_image(np.asarray(img))
+        face, sim, reason = _verify(arr, target, verifier, spec)
+        if reason is not None:
+            rec = {
+                "index": j,
+                "attempt": attempt,
+                "seed": seed,
+                "reason": reason,
+                "similarity": None if np.isnan(sim) else round(sim, 6),
+            }
+            results.append((j, rec, False))
+            continue
+        crop = align_face(arr, face, size=spec.crop_size).image
+        meta = {"identity": i, "index": j, "seed": seed}
+        save_image(crop, _crop_path(out, i, j), metadata=meta)
+        if spec.keep_full:
+            save_image(arr, full_image_path(out, i, j), metadata=meta)
+        rec = {
+            "index": j,
+            "seed": seed,
+            "attempt": attempt,
+            "similarity": round(sim, 6),
+            **_measured_pose(face),
+            **(conds[n][1] if conds else {}),
+        }
+        results.append((j, rec, True))
+    return results
+
+
+@dataclass
+class _Job:
+    """One identity being filled: the batches of its current attempt and their checks."""
+
+    identity: int
+    target: np.ndarray
+    pending: list[int]
+    attempt: int = 0
+    cursor: int = 0
+    checks: list[Future] = field(default_factory=list)
+    accepted: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    def generated_all(self) -> bool:
+        return self.cursor >= len(self.pending)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "status": "failed" if self.pending else "done",
+            "images": [self.accepted[j] for j in sorted(self.accepted)],
+            "rejections": self.rejections,
+        }
+
+
+def _fill_identities(
+    out: Path,
+    todo: Sequence[int],
+    vecs: np.ndarray,
     generate: GenerateFn,
     verifier: Any,
     spec: DatasetSpec,
-    condition: ConditionFn | None = None,
-) -> dict[str, Any]:
-    accepted: dict[int, dict[str, Any]] = {}
-    rejections: list[dict[str, Any]] = []
-    pending = list(range(spec.images_per_identity))
-    for attempt in range(spec.max_attempts):
-        still: list[int] = []
-        for s in range(0, len(pending), spec.batch_size):
-            idx = pending[s : s + spec.batch_size]
-            seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
-            vectors = _perturbed(target, idx, seeds, spec.perturbation)
-            conds: list[tuple[dict[str, Any], dict[str, Any]]] = []
-            if condition is None:
-                images = generate(vectors, seeds)
-            else:  # the condition (pose, prompt) of image j is fixed across its attempts
-                conds = [
-                    condition(i, j, image_seed(spec.seed, i, j, _CONDITION_STREAM)) for j in idx
-                ]
-                images = generate(vectors, seeds, [c[0] for c in conds])
-            if len(images) != len(idx):
-                raise FacegenError(
-                    f"the generator returned {len(images)} images for {len(idx)} seeds"
-                )
-            for n, (j, seed, img) in enumerate(zip(idx, seeds, images)):
-                arr = load_image(np.asarray(img))
-                face, sim, reason = _verify(arr, target, verifier, spec)
-                if reason is not None:
-                    rejections.append(
-                        {
-                            "index": j,
-                            "attempt": attempt,
-                            "seed": seed,
-                            "reason": reason,
-                            "similarity": None if np.isnan(sim) else round(sim, 6),
-                        }
-                    )
-                    still.append(j)
+    condition: ConditionFn | None,
+    lookahead: int = 2,
+) -> Iterator[dict[str, Any]]:
+    """Yield each identity's finished record. Generation and verification overlap: a batch is
+    verified (and its crops written) in a background thread while the next one is generated,
+    and up to ``lookahead`` identities are in flight, so the next identity's first batch is
+    generated while the previous one's last batch is checked. Each identity's record depends
+    only on its own seeds, so the result is the same as one image at a time."""
+    queue = list(todo)
+    active: list[_Job] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="facegen-verify") as pool:
+        while queue or active:
+            # 1. identities whose attempt is fully checked: retry the rejected, or finish
+            for job in list(active):
+                if not job.generated_all() or not all(c.done() for c in job.checks):
                     continue
-                crop = align_face(arr, face, size=spec.crop_size).image
-                meta = {"identity": i, "index": j, "seed": seed}
-                save_image(crop, _crop_path(out, i, j), metadata=meta)
-                if spec.keep_full:
-                    save_image(arr, full_image_path(out, i, j), metadata=meta)
-                accepted[j] = {
-                    "index": j,
-                    "seed": seed,
-                    "attempt": attempt,
-                    "similarity": round(sim, 6),
-                    **_measured_pose(face),
-                    **(conds[n][1] if conds else {}),
-                }
-        pending = still
-        if not pending:
-            break
-    status = "done" if not pending else "failed"
-    if pending:
-        logger.info(
-            "identity %d failed: %d image(s) not accepted in %d attempts",
-            i,
-            len(pending),
-            spec.max_attempts,
-        )
-    return {
-        "identity": i,
-        "status": status,
-        "images": [accepted[j] for j in sorted(accepted)],
-        "rejections": rejections,
-    }
+                still: list[int] = []
+                for c in job.checks:
+                    for j, rec, ok in c.result():
+                        if ok:
+                            job.accepted[j] = rec
+                        else:
+                            job.rejections.append(rec)
+                            still.append(j)
+                job.pending, job.cursor, job.checks = still, 0, []
+                job.attempt += 1
+                if not still or job.attempt >= spec.max_attempts:
+                    if still:
+                        logger.info(
+                            "identity %d failed: %d image(s) not accepted in %d attempts",
+                            job.identity,
+                            len(still),
+                            spec.max_attempts,
+                        )
+                    active.remove(job)
+                    yield job.record()
+            # 2. the next batch to generate: the oldest identity with one, or a new identity
+            job = next((a for a in active if not a.generated_all()), None)
+            if job is None and queue and len(active) < lookahead:
+                i = queue.pop(0)
+                job = _Job(i, vecs[i], list(range(spec.images_per_identity)))
+                active.append(job)
+            if job is None:
+                if active:  # everything generated: wait for a check to finish
+                    wait([c for a in active for c in a.checks], return_when=FIRST_COMPLETED)
+                continue
+            job.checks.append(
+                pool.submit(
+                    _check_batch, *_generate_batch(out, job, generate, verifier, spec, condition)
+                )
+            )
+
+
+def _generate_batch(
+    out: Path,
+    job: _Job,
+    generate: GenerateFn,
+    verifier: Any,
+    spec: DatasetSpec,
+    condition: ConditionFn | None,
+) -> tuple[Any, ...]:
+    """Generate the job's next batch; returns the arguments of its :func:`_check_batch`."""
+    i, attempt = job.identity, job.attempt
+    idx = job.pending[job.cursor : job.cursor + spec.batch_size]
+    job.cursor += len(idx)
+    seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
+    vectors = _perturbed(job.target, idx, seeds, spec.perturbation)
+    conds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    if condition is None:
+        images = generate(vectors, seeds)
+    else:  # the condition (pose, prompt) of image j is fixed across its attempts
+        conds = [condition(i, j, image_seed(spec.seed, i, j, _CONDITION_STREAM)) for j in idx]
+        images = generate(vectors, seeds, [c[0] for c in conds])
+    if len(images) != len(idx):
+        raise FacegenError(f"the generator returned {len(images)} images for {len(idx)} seeds")
+    return (out, i, job.target, verifier, spec, attempt, idx, seeds, list(images), conds)
 
 
 def committed_identities(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -393,11 +393,16 @@ def run_shard(
 
 
 def accelerate_shard() -> tuple[tuple[int, int], str, Any]:
-    """``((process_index, num_processes), device, state)`` of this ``accelerate launch``
-    process (one process → ``(0, 1)``)."""
+    """``((process_index, num_processes), device, state)`` of this process when started by
+    ``accelerate launch`` (or ``torchrun``, ``mpirun``); a lone process is ``(0, 1)``.
+
+    GPUs: ``accelerate launch --multi_gpu --num_processes 8 "$(which facegen)" dataset
+    generate … --executor accelerate`` (several nodes: ``--num_machines``/``--machine_rank``)."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # without CUDA, processes started by torchrun / accelerate / mpirun join over gloo
+    state = PartialState(cpu=not torch.cuda.is_available())
     return (state.process_index, state.num_processes), str(state.device), state
 
 

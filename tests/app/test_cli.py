@@ -400,10 +400,11 @@ def test_generate_with_pose_from_a_photo(tmp_path: Path, capsys) -> None:
     assert "need a ControlNet preset" in capsys.readouterr().err
 
 
-def test_dataset_generate_resume_and_export(
-    tmp_path: Path, monkeypatch, capsys, orl_dir: Path, dlib_analyzer
-) -> None:
-    """`facegen dataset generate` end to end with a stand-in pipeline that returns real photos."""
+@pytest.fixture
+def photo_preset(monkeypatch, orl_dir: Path, dlib_analyzer) -> str:
+    """A preset named "photos" whose pipeline returns real ORL photos (chosen by the seed)."""
+    from types import SimpleNamespace
+
     import cv2
 
     from facegen.pipelines.presets import PRESETS
@@ -412,8 +413,6 @@ def test_dataset_generate_resume_and_export(
     photos = [
         cv2.resize(load_image(orl_dir / "s10" / f"{k}.pgm"), None, fx=2, fy=2) for k in range(1, 11)
     ]
-
-    from types import SimpleNamespace
 
     class PhotoPipe:
         identity_analyzer = dlib_analyzer
@@ -431,6 +430,11 @@ def test_dataset_generate_resume_and_export(
     monkeypatch.setitem(
         PRESETS._entries, "photos", RegistryEntry("photos", lambda **kw: PhotoPipe())
     )
+    return "photos"
+
+
+def test_dataset_generate_resume_and_export(tmp_path: Path, capsys, photo_preset: str) -> None:
+    """`facegen dataset generate` end to end with a stand-in pipeline that returns real photos."""
     out = tmp_path / "ds"
     args = [
         "dataset",
@@ -467,3 +471,34 @@ def test_dataset_generate_resume_and_export(
     assert (out / "report" / "README.md").is_file()
     assert main(["dataset", "report", str(tmp_path)]) == 1
     assert "no committed identities" in capsys.readouterr().err
+
+
+def test_dataset_config_file_flags_merge_and_holdout(
+    tmp_path: Path, capsys, photo_preset: str
+) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "identities: 4\nimages-per-identity: 3\npreset: photos\nmin_similarity: -1\n"
+        "max_similarity: 1\nseed: 3\nformats: [parquet]\n"
+    )
+    out = tmp_path / "ds"
+    # the flag wins over the file; shard 0/2 alone is not complete: no export yet
+    args = ["dataset", "generate", "--config", str(cfg), "--images-per-identity", "2"]
+    assert main([*args, "--out", str(out), "--shard", "0/2"]) == 0
+    assert "facegen dataset merge" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["images_per_identity"] == 2 and saved["seed"] == 3 and saved["identities"] == 4
+    assert main(["dataset", "merge", str(out), "--format", "parquet"]) == 1
+    assert "2 identities missing" in capsys.readouterr().out
+    assert main([*args, "--out", str(out), "--shard", "1/2"]) == 0
+    assert main(["dataset", "merge", str(out), "--format", "parquet", "--holdout", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "4/4 identities done" in text and "(complete)" in text
+    assert (out / "export" / "manifest.parquet").is_file()
+    assert (out / "export" / "verification.bin").is_file()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("identities = 2\nimages_per_identity = 1\ncolour = 'red'\n")
+    assert main(["dataset", "generate", "--config", str(bad), "--out", str(tmp_path / "x")]) == 1
+    assert "unknown setting(s) ['colour']" in capsys.readouterr().err
+    assert main(["dataset", "generate", "--out", str(tmp_path / "y")]) == 1
+    assert "`identities`, `images_per_identity` must be given" in capsys.readouterr().err

@@ -67,7 +67,11 @@ def test_killed_run_resumes_without_loss_or_duplicates(
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     build_dataset(ref_dir, targets, PhotoGenerator(people), dlib_analyzer, SPEC)
     with pytest.raises(KeyboardInterrupt):
-        build_dataset(run_dir, targets, PhotoGenerator(people, fail_after=3), dlib_analyzer, SPEC)
+        # 1 s per generator call: the first identity's checks finish and it is committed
+        # before the crash (verification runs beside generation)
+        build_dataset(
+            run_dir, targets, PhotoGenerator(people, fail_after=3, delay=1.0), dlib_analyzer, SPEC
+        )
     # a torn journal line (killed while writing) is ignored
     journal = run_dir / "journal" / "shard-0-of-1.jsonl"
     with open(journal, "a") as f:

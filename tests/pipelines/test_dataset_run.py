@@ -336,3 +336,54 @@ def test_ray_executor_two_local_workers(tmp_path: Path, people, dlib_analyzer) -
     assert sum(r["done"] for r in results) == 3
     assert merge(out)["complete"]
     assert _files(out) == _files(ref)
+
+
+_ACCELERATE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from photo_generator import photo_worker
+from facegen.pipelines.dataset_run import DatasetConfig, accelerate_shard, merge, run_shard
+cfg = DatasetConfig.from_dict(dict(
+    identities=3, images_per_identity=2, min_similarity=-1.0, max_similarity=1.0, preset="photos"))
+shard, device, state = accelerate_shard()
+run_shard(Path(sys.argv[1]), cfg, shard, photo_worker(cfg, device))
+state.wait_for_everyone()
+if state.is_main_process:
+    print("MERGED", json.dumps(merge(Path(sys.argv[1]))), flush=True)
+"""
+
+
+def test_accelerate_executor_two_processes(tmp_path: Path, orl_dir: Path) -> None:
+    """Two processes started by torchrun (what ``accelerate launch --multi_gpu`` runs) each
+    take one shard; the main process merges once both are done."""
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun (installed with torch) is not on PATH")
+    script = tmp_path / "run.py"
+    script.write_text(_ACCELERATE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    port = str(29500 + os.getpid() % 1000)
+    res = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            str(script),
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    merged = [line for line in res.stdout.splitlines() if line.startswith("MERGED")]
+    assert len(merged) == 1  # only the main process merges
+    summary = json.loads(merged[0].split(" ", 1)[1])
+    assert summary["complete"] and summary["images"] == 6
+    journals = sorted(p.name for p in (tmp_path / "out" / "journal").glob("*.jsonl"))
+    assert journals == ["shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]
