@@ -16,6 +16,7 @@ __all__ = [
     "FaceIndexError",
     "FacegenError",
     "IncompatibleEmbeddingError",
+    "InvalidArgumentError",
     "InvalidImageError",
     "InvalidModelError",
     "MissingDependencyError",
@@ -150,6 +151,10 @@ class MissingDependencyError(FacegenError, ImportError):
 
 class DeviceNotAvailableError(FacegenError, ValueError):
     """A device was requested that this machine or runtime cannot use."""
+
+
+class InvalidArgumentError(FacegenError, ValueError):
+    """An argument is out of range or of the wrong type."""
 
 
 class OutputError(FacegenError, OSError):
