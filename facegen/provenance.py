@@ -42,14 +42,14 @@ from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from facegen._version import __version__
-from facegen.errors import InvalidImageError, OutputError
+from facegen.errors import InvalidArgumentError, InvalidImageError, OutputError
 from facegen.fileio import atomic_write
 from facegen.image_io import load_image
 from facegen.watermark import (
     DEFAULT_FALSE_POSITIVE_RATE,
     MIN_DETECT_SIDE,
+    MIN_EMBED_SIDE,
     SCHEME,
-    InvalidArgumentError,
     WatermarkResult,
     check_strength,
     detect_watermark,
@@ -63,6 +63,7 @@ __all__ = [
     "ProvenanceInfo",
     "ProvenanceReport",
     "Stamped",
+    "can_watermark",
     "check",
     "provenance_metadata",
     "read_provenance",
@@ -346,6 +347,12 @@ def stamp(
     if already:
         logger.debug("image already carries the %s watermark; not embedding again", SCHEME)
     return Stamped(marked, info)
+
+
+def can_watermark(image: np.ndarray | Image.Image) -> bool:
+    """Whether ``image`` is large enough to carry the watermark (both sides >= 64 px)."""
+    h, w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+    return min(h, w) >= MIN_EMBED_SIDE
 
 
 def save_with_provenance(

@@ -29,7 +29,7 @@ import cv2
 from facegen._version import __version__
 from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.errors import FacegenError, InvalidImageError, OutputError
-from facegen.image_io import find_images, load_image, save_image
+from facegen.image_io import find_images, load_image
 from facegen.masks import Length
 from facegen.pipelines.anonymize import (
     AnonymizeOptions,
@@ -38,6 +38,7 @@ from facegen.pipelines.anonymize import (
     _detector_info,
     _options,
 )
+from facegen.provenance import can_watermark, save_with_provenance
 
 __all__ = ["REPORT_NAME", "FolderReport", "anonymize_folder", "read_report"]
 
@@ -156,6 +157,7 @@ def anonymize_folder(
     replace_face: ReplaceFaceFn | None = None,
     output_format: str | None = None,
     recursive: bool = True,
+    watermark: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> FolderReport:
     """Anonymize every image under ``input_dir`` into the mirrored tree under ``out_dir``.
@@ -165,6 +167,10 @@ def anonymize_folder(
     all (``a.jpg`` → ``a.png``; a ``.jpeg`` input stays ``.jpeg`` under ``"jpg"``).
     ``out_dir`` may lie inside ``input_dir`` (it is not scanned) but must not be it.
     ``progress(finished, total)`` is called after each file, skipped ones included.
+    Outputs carry facegen's provenance record (kind ``"edited"``) and, with ``watermark``
+    (the default; images of at least 64 px a side), the invisible watermark, which changes
+    every pixel by a few grey levels: pass ``watermark=False`` for outputs whose pixels
+    outside the masks are byte-identical to the input (PNG).
 
     Every file gets one journal record (``REPORT_NAME`` in ``out_dir``): ``input`` and
     ``output`` (POSIX paths relative to the two folders; ``output`` is ``None`` unless done),
@@ -195,7 +201,7 @@ def anonymize_folder(
     journal = out / REPORT_NAME
     _drop_torn_tail(journal)
     previous = {rec["input"]: rec for rec in read_report(journal)}
-    settings = {**opts.to_dict(), "output_format": output_format}
+    settings = {**opts.to_dict(), "output_format": output_format, "watermark": watermark}
     detector, _ = _detector_info(analyzer)
     files = find_images([src], recursive=recursive, exclude=[out])
     report = FolderReport(src, out, journal, total=len(files))
@@ -224,7 +230,15 @@ def anonymize_folder(
                     logger.warning("%s: %s", rel, record["error"])
                 else:
                     record = _process_file(
-                        path, rel, out / out_rel, out_rel, analyzer, opts, replace_face, settings
+                        path,
+                        rel,
+                        out / out_rel,
+                        out_rel,
+                        analyzer,
+                        opts,
+                        replace_face,
+                        settings,
+                        watermark,
                     )
                 record.update(input_stat=stat)
                 old = prev.get("output") if prev is not None else None
@@ -293,6 +307,7 @@ def _process_file(
     opts: AnonymizeOptions,
     replace_face: ReplaceFaceFn | None,
     settings: dict[str, Any],
+    watermark: bool = True,
 ) -> dict[str, Any]:
     """Anonymize one file and write it to ``target``; returns its journal record."""
     start = time.perf_counter()
@@ -315,7 +330,14 @@ def _process_file(
                 "anonymize": settings,
                 "faces": faces,
             }
-            save_image(result.image, target, metadata=meta)
+            save_with_provenance(
+                result.image,
+                target,
+                "anonymize",
+                meta,
+                kind="edited",
+                watermark=watermark and can_watermark(result.image),
+            )
             record.update(status="done", output=out_rel, faces=faces)
     except (FacegenError, OSError, ValueError, cv2.error) as exc:
         record.update(status="error", error=f"{type(exc).__name__}: {exc}")

@@ -367,7 +367,9 @@ def test_folder_mirrors_the_tree_and_reports_every_file(
 ) -> None:
     out = tmp_path / "out"
     calls: list[tuple[int, int]] = []
-    rep = anonymize_folder(tree, out, dlib_analyzer, progress=lambda n, t: calls.append((n, t)))
+    rep = anonymize_folder(
+        tree, out, dlib_analyzer, watermark=False, progress=lambda n, t: calls.append((n, t))
+    )
     assert (rep.total, rep.done, rep.no_face, rep.errors, rep.skipped) == (4, 2, 1, 1, 0)
     assert rep.faces == 7
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -393,7 +395,24 @@ def test_folder_mirrors_the_tree_and_reports_every_file(
     direct = anonymize_image(astronaut, dlib_analyzer)
     assert np.array_equal(written, direct.image)
     assert np.array_equal(written[direct.mask == 0], astronaut[direct.mask == 0])
-    assert read_metadata(out / "group" / "t1.jpg")["anonymize"]["mode"] == "blur"
+    record = read_metadata(out / "group" / "t1.jpg")
+    assert record["operation"] == "anonymize" and record["params"]["anonymize"]["mode"] == "blur"
+    assert record["watermark"] is None
+
+
+def test_folder_outputs_carry_provenance_and_watermark_by_default(
+    tree: Path, tmp_path: Path, dlib_analyzer: Any
+) -> None:
+    from facegen.provenance import check
+
+    out = tmp_path / "out"
+    anonymize_folder(tree, out, dlib_analyzer)
+    for rel in ("group/t1.jpg", "nested/deeper/astro.png"):
+        rep = check(out / rel)
+        assert rep.watermark_detected and rep.info is not None
+        assert rep.info.operation == "anonymize" and rep.info.kind == "edited"
+    original = check(tree / "group" / "t1.jpg")
+    assert not original.watermark_detected and original.info is None
 
 
 def test_folder_rerun_skips_finished_files(tree: Path, tmp_path: Path, dlib_analyzer: Any) -> None:
