@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegen.app.dataset_cmd import add_dataset_parser
 
     add_dataset_parser(sub, common, _positive_int)
+    from facegen.app.edit_cmd import add_edit_parsers
+
+    add_edit_parsers(sub, common)
 
     s = sub.add_parser(
         "samples",
