@@ -100,6 +100,13 @@ def add_dataset_parser(sub: Any, common: argparse.ArgumentParser, positive_int: 
         default=None,
         help="also keep the full-resolution images (full/)",
     )
+    g.add_argument(
+        "--no-watermark",
+        dest="watermark",
+        action="store_false",
+        default=None,
+        help="store images with the provenance record only (no invisible watermark)",
+    )
     g.add_argument("--batch-size", type=positive_int, help="images per generator call (8)")
     g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
@@ -156,6 +163,7 @@ _CONFIG_KEYS = (
     "pose",
     "pose_from",
     "keep_full",
+    "watermark",
     "batch_size",
     "steps",
     "dtype",

@@ -67,6 +67,11 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
     g.add_argument("--batch-size", type=positive_int, help="images per denoising batch (all)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     g.add_argument(
+        "--no-watermark",
+        action="store_true",
+        help="label outputs with metadata only (the invisible watermark is on by default)",
+    )
+    g.add_argument(
         "--cpu-offload",
         action="store_true",
         help="keep models on the CPU and move each to the GPU only while it runs (small GPUs)",
@@ -97,6 +102,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from facegen.analysis_writer import write_json
     from facegen.image_io import save_image
     from facegen.pipelines.presets import from_preset
+    from facegen.provenance import can_watermark, save_with_provenance
 
     text_preset = args.preset.startswith("ip-adapter")
     if args.prompt is not None and not text_preset:
@@ -177,7 +183,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     records = []
     for img, md in zip(out.images, out.metadata):
         name = f"id{md['identity_index']:04d}_img{md['image_index']:03d}_seed{md['seed']}.png"
-        save_image(img, args.out / name, metadata=md)
+        save_with_provenance(
+            img,
+            args.out / name,
+            "generate",
+            md,
+            watermark=not args.no_watermark and can_watermark(img),
+        )
         records.append({"file": name, **md})
     write_json(
         args.out / "manifest.json",

@@ -33,7 +33,8 @@ import numpy as np
 from facegen.align import align_face
 from facegen.errors import FacegenError, NoFaceDetectedError
 from facegen.identity import l2_normalize
-from facegen.image_io import load_image, save_image
+from facegen.image_io import load_image
+from facegen.provenance import can_watermark, save_with_provenance
 
 __all__ = [
     "DatasetSpec",
@@ -71,6 +72,9 @@ class DatasetSpec:
     perturbation: tuple[float, ...] = (0.0,)
     #: Also keep every accepted image at full resolution (``full/<identity>/<index>.jpg``).
     keep_full: bool = False
+    #: Mark every stored image with facegen's invisible watermark (provenance metadata is
+    #: always written).
+    watermark: bool = True
 
     def __post_init__(self) -> None:
         if self.images_per_identity < 1:
@@ -271,9 +275,16 @@ def _check_batch(
             continue
         crop = align_face(arr, face, size=spec.crop_size).image
         meta = {"identity": i, "index": j, "seed": seed}
-        save_image(crop, _crop_path(out, i, j), metadata=meta)
-        if spec.keep_full:
-            save_image(arr, full_image_path(out, i, j), metadata=meta)
+        for img, path in [(crop, _crop_path(out, i, j))] + (
+            [(arr, full_image_path(out, i, j))] if spec.keep_full else []
+        ):
+            save_with_provenance(
+                img,
+                path,
+                "dataset",
+                meta,
+                watermark=spec.watermark and can_watermark(img),
+            )
         rec = {
             "index": j,
             "seed": seed,

@@ -73,6 +73,7 @@ class DatasetConfig:
     pose: str = "none"
     pose_from: str | None = None
     keep_full: bool = False
+    watermark: bool = True
     batch_size: int = 8
     formats: tuple[str, ...] = ()
     holdout: int = 0
@@ -119,6 +120,7 @@ class DatasetConfig:
             batch_size=self.batch_size,
             perturbation=tuple(self.perturbation),
             keep_full=self.keep_full,
+            watermark=self.watermark,
         )
 
     @classmethod

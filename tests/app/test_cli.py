@@ -331,8 +331,11 @@ def test_generate_random_identities_with_the_tiny_preset(tmp_path: Path, capsys)
         "id0001_img000_seed9.png",
         "id0001_img001_seed10.png",
     ]
-    md = read_metadata(out / files[3])
+    record = read_metadata(out / files[3])
+    assert record["operation"] == "generate" and record["kind"] == "generated"
+    md = record["params"]
     assert md["seed"] == 10 and md["identity_index"] == 1 and md["preset"] == "tiny"
+    assert record["watermark"] == "facegen-dct-v1"  # on by default
     assert load_image(out / files[0]).shape == (64, 64, 3)
     assert "wrote 4 image(s) of 2 identities" in capsys.readouterr().out
     # the same command gives the same images
