@@ -9,6 +9,8 @@
 | ``ip-adapter-faceid-plusv2-sd15`` | as above + face structure from CLIP ViT-H/14 features of a 224 face crop (made from the identity photo, or ``face_crops=``) | ``h94/IP-Adapter-FaceID`` PlusV2 + ``h94/IP-Adapter`` ``models/image_encoder`` |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
+| ``ip-adapter-faceid-inpaint-sd15`` | identity + text inpainting (masked face editing) with the SD1.5 inpainting UNet (9 channels) + IP-Adapter-FaceID and its LoRA, DDIM, 30 steps, guidance 7.5; ``controlnet=PATH`` adds a ControlNet (e.g. a facegen-trained landmark one) | ``stable-diffusion-v1-5/stable-diffusion-inpainting`` + ``h94/IP-Adapter-FaceID`` + buffalo_l |
+| ``tiny-inpaint`` | tiny components with a 9-channel inpainting UNet + a random FaceID adapter (``controlnet=True``: + a random ControlNet) | none |
 """
 
 from __future__ import annotations
@@ -291,3 +293,107 @@ def from_preset(
     return PRESETS.create(
         name, device=device, dtype=dtype, local_files_only=local_files_only, **kwargs
     )
+
+
+#: The SD1.5 inpainting checkpoint (9-channel UNet) the inpainting preset builds on.
+SD15_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+@PRESETS.register(
+    "ip-adapter-faceid-inpaint-sd15",
+    description="IP-Adapter-FaceID on the SD1.5 inpainting UNet: masked identity edits "
+    "(swap, reenact, generative anonymization); controlnet=PATH adds a ControlNet",
+)
+def _faceid_inpaint_sd15(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    local_files_only: bool | None = None,
+    base: str = SD15_INPAINT_REPO,
+    controlnet: str | None = None,
+    **kw: Any,
+) -> Any:
+    from diffusers import ControlNetModel
+
+    from facegen.pipelines.inpaint import (
+        IDTextToFaceControlNetInpaintPipeline,
+        IDTextToFaceInpaintPipeline,
+    )
+
+    # the FaceID text pipeline on the inpainting weights, then diffusers' own switch of
+    # pipeline class over the same components (the adapter and its LoRA stay in the UNet)
+    text = _faceid_sd15(
+        device=device, dtype=dtype, local_files_only=local_files_only, base=base, **kw
+    )
+    torch_dtype = resolve_dtype(dtype, device)
+    parts = {**text.components, "requires_safety_checker": False}
+    models = {**text.model_ids}
+    if controlnet:
+        cn = load_pretrained(
+            ControlNetModel,
+            controlnet,
+            None,
+            torch_dtype=torch_dtype,
+            local_files_only=is_offline(local_files_only),
+        )
+        pipe: Any = IDTextToFaceControlNetInpaintPipeline(**parts, controlnet=cn)
+        models["controlnet"] = controlnet
+    else:
+        pipe = IDTextToFaceInpaintPipeline(**parts)
+    pipe.scheduler = text.scheduler
+    pipe.faceid = text.faceid
+    pipe.identity_analyzer = text.identity_analyzer
+    pipe.shortcut_scale = text.shortcut_scale
+    return _finish(pipe, "ip-adapter-faceid-inpaint-sd15", models, device, torch_dtype)
+
+
+@PRESETS.register(
+    "tiny-inpaint",
+    description="random tiny components with a 9-channel inpainting UNet and a random "
+    "FaceID adapter (controlnet=True: + a random ControlNet); plumbing only",
+)
+def _tiny_inpaint(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    seed: int = 0,
+    controlnet: bool = False,
+    **_: Any,
+) -> Any:
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from diffusers import ControlNetModel
+
+    from facegen.adapters.ip_adapter_faceid import (
+        FACEID_SD15_WEIGHTS,
+        faceid_state_dict_for,
+        save_faceid_weights,
+    )
+    from facegen.pipelines.inpaint import (
+        IDTextToFaceControlNetInpaintPipeline,
+        IDTextToFaceInpaintPipeline,
+    )
+    from facegen.pipelines.tiny import tiny_components, tiny_inpaint_components
+
+    parts = tiny_inpaint_components(seed)
+    common = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    models = {"components": f"tiny-inpaint-random-seed{seed}", "ip_adapter": "tiny-random"}
+    if controlnet:
+        torch.manual_seed(seed + 3)
+        # the ControlNet sees the 4 latent channels only: built from a 4-channel tiny UNet
+        cn = ControlNetModel.from_unet(
+            tiny_components(seed)["unet"], conditioning_embedding_out_channels=(16, 32)
+        )
+        pipe: Any = IDTextToFaceControlNetInpaintPipeline(**parts, controlnet=cn.eval(), **common)
+        models["controlnet"] = "tiny-random"
+    else:
+        pipe = IDTextToFaceInpaintPipeline(**parts, **common)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / FACEID_SD15_WEIGHTS
+        state = faceid_state_dict_for(pipe.unet, seed=seed + 5, lora_rank=None)
+        save_faceid_weights(state, path)
+        pipe.load_faceid(FACEID_SD15_WEIGHTS, path=path, lora=False)
+    name = "tiny-inpaint"
+    return _finish(pipe, name, models, device, resolve_dtype(dtype, device))

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TINY_IMAGE_SIZE", "tiny_components", "tiny_image_encoder", "tiny_tokenizer"]
+__all__ = [
+    "TINY_IMAGE_SIZE",
+    "tiny_components",
+    "tiny_image_encoder",
+    "tiny_inpaint_components",
+    "tiny_tokenizer",
+]
 
 #: Output resolution of the tiny preset (the VAE downsamples by 2).
 TINY_IMAGE_SIZE = 64
@@ -135,3 +141,16 @@ def tiny_image_encoder(seed: int = 0) -> Any:
         projection_dim=32,
     )
     return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def tiny_inpaint_components(seed: int = 0, *, hidden_size: int = 512) -> dict[str, Any]:
+    """:func:`tiny_components` with a 9-channel inpainting UNet (latents, mask, masked-image
+    latents → 4 channels), the shape of ``stable-diffusion-v1-5/stable-diffusion-inpainting``."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    parts = tiny_components(seed, hidden_size=hidden_size)
+    torch.manual_seed(seed + 4)
+    unet = UNet2DConditionModel.from_config(parts["unet"].config, in_channels=9)
+    parts["unet"] = unet.eval()
+    return parts
