@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_parser(sub, common, _positive_int)
     from facegen.app.edit_cmd import add_edit_parsers
 
-    add_edit_parsers(sub, common)
+    add_edit_parsers(sub, common, _positive_int)
+    from facegen.app.swap_cmd import add_swap_parsers
+
+    add_swap_parsers(sub, common, _positive_int)
 
     s = sub.add_parser(
         "samples",

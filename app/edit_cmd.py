@@ -44,7 +44,9 @@ def _rgb(text: str) -> tuple[int, int, int]:
     return r, g, b
 
 
-def add_edit_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_edit_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: Any) -> None:
+    from facegen.app.swap_cmd import add_generation_options
+
     a = sub.add_parser(
         "anonymize",
         parents=[common],
@@ -76,8 +78,23 @@ def add_edit_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--format", dest="output_format", choices=["png", "jpg", "webp"], help="output format"
     )
-    a.add_argument("--no-watermark", action="store_true", help="metadata label only")
     a.add_argument("--json", action="store_true", help="print the per-file report as JSON")
+    g = a.add_argument_group(
+        "generate mode",
+        "each face becomes a synthetic person, verified with an encoder independent of the "
+        "generator (dlib) to be below its same-person threshold to the original; else retried, "
+        "then --fallback",
+    )
+    g.add_argument(
+        "--secret",
+        help="key of consistent pseudonyms: the same real person → the same synthetic person "
+        "across the input (env FACEGEN_SECRET); without it every face gets a fresh identity",
+    )
+    g.add_argument("--attempts", type=positive_int, default=3, help="tries per face (3)")
+    g.add_argument(
+        "--fallback", choices=["blur", "pixelate", "mask"], default="blur", help="(blur)"
+    )
+    add_generation_options(g, positive_int)
     a.set_defaults(func=cmd_anonymize)
 
     p = sub.add_parser("provenance", parents=[common], help="synthetic-media labels")
@@ -100,15 +117,12 @@ def _detector() -> Any:
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
+    import os
+
     from tqdm.auto import tqdm
 
     from facegen.pipelines.anonymize_folder import anonymize_folder
 
-    if args.mode == "generate":
-        raise FacegenError(
-            "--mode generate needs a generation pipeline with an inpainting or masked-latent "
-            "path; use blur, pixelate or mask"
-        )
     if not args.input.exists():
         raise FacegenError(f"{args.input} does not exist")
     opts = dict(
@@ -121,8 +135,18 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         blur_sigma=args.blur_sigma,
         pixel_blocks=args.blocks,
         fill=args.fill,
+        fallback_mode=args.fallback,
     )
     analyzer = _detector()
+    if args.mode == "generate":
+        from facegen.app.swap_cmd import load_edit_pipeline, pseudonym_hook
+        from facegen.image_io import find_images
+
+        pipe, verifier = load_edit_pipeline(args)
+        secret = args.secret or os.environ.get("FACEGEN_SECRET")
+        opts["replace_face"] = pseudonym_hook(
+            pipe, verifier, find_images([args.input]), secret, args
+        )
     if args.input.is_file():
         return _anonymize_file(args, analyzer, opts)
     bar = tqdm(total=None, desc="anonymize", unit="img", file=sys.stderr)
@@ -163,6 +187,7 @@ def _anonymize_file(args: argparse.Namespace, analyzer: Any, opts: dict[str, Any
     from facegen.provenance import can_watermark, save_with_provenance
 
     result = anonymize_image(args.input, analyzer, source=args.input.name, **opts)
+    settings = {k: str(v) if k == "margin" else v for k, v in opts.items() if k != "replace_face"}
     suffix = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}.get(args.output_format or "")
     name = args.input.name
     if suffix:
@@ -174,7 +199,7 @@ def _anonymize_file(args: argparse.Namespace, analyzer: Any, opts: dict[str, Any
         result.image,
         args.out / name,
         "anonymize",
-        {"anonymize": {**opts, "margin": str(opts["margin"])}, "faces": faces},
+        {"anonymize": settings, "faces": faces},
         kind="edited",
         watermark=not args.no_watermark and can_watermark(result.image),
     )
@@ -182,7 +207,9 @@ def _anonymize_file(args: argparse.Namespace, analyzer: Any, opts: dict[str, Any
         print(json.dumps({"input": str(args.input), "output": str(target), "faces": faces}))
     else:
         for f in faces:
-            print(f"face {f['index']}: {f['mode']} bbox {[round(v) for v in f['bbox']]}")
+            note = f" (fallback: {f['fallback_reason']})" if f.get("fallback") else ""
+            sim = f" similarity {f['similarity']:.3f}" if f.get("similarity") is not None else ""
+            print(f"face {f['index']}: {f['mode']}{sim} bbox {[round(v) for v in f['bbox']]}{note}")
         print(f"{len(faces)} of {result.num_detected} detected face(s) anonymized → {target}")
     return 0
 
