@@ -113,3 +113,33 @@ def test_anonymize_generate_falls_back_when_nothing_passes(
     assert "face 0: blur" in text and "fallback: no replacement passed in 2 tries" in text
     faces = read_metadata(out / "astronaut.png")["params"]["faces"]
     assert faces[0]["requested_mode"] == "generate" and faces[0]["fallback"] is True
+
+
+def test_edit_commands_bad_input(tmp_path: Path, t1_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    # the output "folder" is a file: a clear error, nothing half-written
+    assert main(["anonymize", str(t1_path), "--out", str(blocker / "out")]) == 1
+    assert "file" in capsys.readouterr().err
+    noise = tmp_path / "noise.png"
+    save_image(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8), noise)
+    assert main(["anonymize", str(noise), "--out", str(tmp_path / "o")]) == 1
+    assert "no face" in capsys.readouterr().err.lower()
+    src = _identity_file(tmp_path / "src.safetensors")
+    swap = ["swap", "--source", str(src), "--preset", "tiny", "--steps", "1"]
+    assert main([*swap, "--target", str(noise), "--out", str(tmp_path / "s")]) == 1
+    assert "no face" in capsys.readouterr().err.lower()  # target without faces
+    assert (
+        main(
+            [*swap, "--target", str(t1_path), "--faces", "reference", "--out", str(tmp_path / "s")]
+        )
+        == 1
+    )
+    assert "--faces reference and --reference REF go together" in capsys.readouterr().err
+    ref = tmp_path / "astro.png"
+    from skimage import data
+
+    save_image(np.ascontiguousarray(data.astronaut()), ref)
+    args = [*swap, "--target", str(t1_path), "--faces", "reference", "--reference", str(ref)]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 1  # nobody in t1 is the astronaut
+    assert "no face of the target matches" in capsys.readouterr().err
