@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegen.app.swap_cmd import add_swap_parsers
 
     add_swap_parsers(sub, common, _positive_int)
+    from facegen.app.train_cmd import add_train_parsers
+
+    add_train_parsers(sub, common, _positive_int)
 
     s = sub.add_parser(
         "samples",
