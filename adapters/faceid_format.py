@@ -36,6 +36,7 @@ __all__ = [
     "attention_layers",
     "check_faceid_state_dict",
     "checkpoints",
+    "faceid_identity_dim",
     "faceid_layout",
     "faceid_lora_to_kohya",
     "faceid_state_dict_for",
@@ -402,6 +403,18 @@ def _strip_lora(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     }
 
 
+def faceid_identity_dim(parts: Mapping[str, Mapping[str, Any]]) -> int:
+    """The identity dimension a checkpoint projects (``proj.0.weight``'s input width).
+
+    512 for the published FaceID (ArcFace); checkpoints trained by facegen for another
+    encoder (e.g. dlib's 128-D) have that encoder's dimension.
+    """
+    w = parts["image_proj"].get("proj.0.weight")
+    if w is None or len(w.shape) != 2:
+        raise InvalidModelError("image_proj must contain a 2-D 'proj.0.weight'")
+    return int(w.shape[1])
+
+
 def check_faceid_state_dict(
     parts: Mapping[str, Mapping[str, Any]], unet: Any, variant: Variant, *, source: str = ""
 ) -> None:
@@ -444,6 +457,7 @@ def check_faceid_state_dict(
         clip_embeddings_dim=int(proj["perceiver_resampler.proj_in.weight"].shape[1])
         if is_plus
         else 1280,
+        id_dim=faceid_identity_dim(parts),
     )
     problems: list[str] = []
     for part, got in (("image_proj", proj), ("ip_adapter", ip)):

@@ -87,6 +87,7 @@ from facegen.adapters.faceid_format import (
     attention_layers,
     check_faceid_state_dict,
     checkpoints,
+    faceid_identity_dim,
     faceid_layout,
     faceid_lora_to_kohya,
     faceid_state_dict_for,
@@ -114,6 +115,7 @@ __all__ = [
     "attention_layers",
     "check_faceid_state_dict",
     "checkpoints",
+    "faceid_identity_dim",
     "faceid_layout",
     "faceid_lora_to_kohya",
     "faceid_state_dict_for",
@@ -236,6 +238,7 @@ def load_faceid(
     return IPAdapterFaceID(
         variant=ckpt.variant,
         image_encoder=image_encoder,
+        identity_dim=faceid_identity_dim(parts),
         device=unet.device,
         dtype=unet.dtype,
     )
@@ -303,6 +306,9 @@ class IPAdapterFaceID(IdentityAdapter):
     vectors are several reference photos of *one* person (each adds 4 tokens, diffusers'
     multi-image FaceID usage); generate different people with separate calls.
 
+    Adapters trained by facegen for another encoder (``facegen.training.adapter``) declare
+    its id, dimension ``D`` and normalisation in their ``config.json``; 512 above is then ``D``.
+
     PlusV2 also needs :meth:`encode_face_crops` + :meth:`set_clip_embeds` before each call.
     (:class:`~facegen.pipelines.id_text_to_face.IDTextToFacePipeline` does both, and gives
     each image of a batch its own identity.)
@@ -323,13 +329,19 @@ class IPAdapterFaceID(IdentityAdapter):
         image_encoder: Any = None,
         image_processor: Any = None,
         encoder_ids: tuple[str, ...] = FACEID_ENCODER_IDS,
+        identity_dim: int = 512,
+        normalized: bool = True,
         device: Any = "cpu",
         dtype: Any = None,
     ) -> None:
         import torch
 
         self.variant = _check_variant(variant)
-        self.identity = IdentitySpec(tuple(encoder_ids), dim=512, normalized=True)
+        self.identity = IdentitySpec(
+            tuple(encoder_ids),
+            dim=_positive_int(identity_dim, "identity_dim"),
+            normalized=bool(normalized),
+        )
         self.image_encoder = image_encoder
         self._image_processor = image_processor
         self.device = torch.device(device)
@@ -354,7 +366,10 @@ class IPAdapterFaceID(IdentityAdapter):
         lora: bool = True,
         image_encoder: Any = None,
     ) -> IPAdapterFaceID:
-        """Load a folder written by :meth:`save_pretrained` into ``pipe`` (via :func:`load_faceid`)."""
+        """Load a folder written by :meth:`save_pretrained` into ``pipe`` (via :func:`load_faceid`).
+
+        A folder whose config says ``"lora": false`` (an adapter trained without LoRA) is
+        loaded without one whatever ``lora`` says."""
         cfg = read_adapter_config(folder, cls.__name__)
         variant = _check_variant(cfg.get("variant", "faceid"))
         kind = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
@@ -362,10 +377,14 @@ class IPAdapterFaceID(IdentityAdapter):
             pipe,
             kind,
             path=Path(folder) / cfg.get("weights", cls.WEIGHTS_NAME),
-            lora=lora,
+            lora=lora and bool(cfg.get("lora", True)),
             image_encoder=image_encoder,
         )
-        adapter.identity = IdentitySpec(tuple(cfg["encoder_ids"]), dim=512, normalized=True)
+        adapter.identity = IdentitySpec(
+            tuple(cfg["encoder_ids"]),
+            dim=int(cfg.get("identity_dim", adapter.identity.dim)),
+            normalized=bool(cfg.get("normalized", True)),
+        )
         return adapter
 
     def encode(
