@@ -67,6 +67,11 @@ def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int:
     g.add_argument("--batch-size", type=positive_int, help="images per denoising batch (all)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     g.add_argument(
+        "--lora",
+        help="a LoRA to apply: a .safetensors file or folder (e.g. `facegen train lora` output)",
+    )
+    g.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (1.0)")
+    g.add_argument(
         "--no-watermark",
         action="store_true",
         help="label outputs with metadata only (the invisible watermark is on by default)",
@@ -137,6 +142,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         **extra,
     )
     pipe.set_progress_bar_config(disable=True)
+    if args.lora is not None:
+        from facegen.adapters.lora import load_lora
+
+        load_lora(
+            pipe,
+            args.lora,
+            adapter_name="user",
+            scale=args.lora_scale,
+            local_files_only=True if args.offline else None,
+        )
     if args.cpu_offload:
         if not str(args.device).startswith("cuda"):
             raise FacegenError("`--cpu-offload` needs `--device cuda[:N]`")

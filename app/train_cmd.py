@@ -69,6 +69,46 @@ def add_train_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: A
     f.add_argument("--workers", dest="num_workers", type=int)
     f.set_defaults(func=cmd_train_fr)
 
+    for name, what in (
+        ("lora", "LoRA personalization from photos of one person (diffusers LoRA file)"),
+        ("adapter", "an IP-Adapter-FaceID-style identity adapter for any identity encoder"),
+        ("controlnet", "a landmark ControlNet matching facegen's landmark maps"),
+    ):
+        g = tsub.add_parser(
+            name,
+            parents=[common],
+            help=what,
+            description="Photos are detected, aligned and cached once (safetensors) so "
+            "epochs are cheap; rerun with --resume latest to continue from the last "
+            "checkpoint. --config takes every setting of the loop's config (YAML/TOML/JSON).",
+        )
+        g.add_argument("data", nargs="?", type=Path, help="folder of face photos")
+        g.add_argument("--out", type=Path, help="output folder")
+        g.add_argument("--config", type=Path, help="settings file (.yaml/.toml/.json)")
+        g.add_argument(
+            "--base-model",
+            help="SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
+        )
+        g.add_argument("--resolution", type=positive_int)
+        g.add_argument("--batch-size", type=positive_int)
+        g.add_argument("--max-steps", type=positive_int)
+        g.add_argument("--lr", type=float)
+        g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+        g.add_argument("--checkpointing-steps", type=positive_int)
+        g.add_argument("--validation-steps", type=int)
+        g.add_argument("--resume", help="'latest' or a checkpoint folder")
+        g.add_argument("--seed", type=int)
+        if name == "lora":
+            g.add_argument("--rank", type=positive_int)
+            g.add_argument("--alpha", type=float)
+            g.add_argument("--instance-prompt", help="e.g. 'a photo of sks person'")
+        if name in ("lora", "controlnet"):
+            g.add_argument("--conditioning", choices=["prompt", "arc2face"])
+        if name == "adapter":
+            g.add_argument("--encoder", help="identity encoder the adapter expects (dlib)")
+            g.add_argument("--num-tokens", type=positive_int)
+        g.set_defaults(func=cmd_train_generative, train_kind=name)
+
     e = sub.add_parser("eval", parents=[common], help="evaluate models")
     esub = e.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     v = esub.add_parser(
@@ -123,6 +163,51 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     for _, results in res.validation[-1:]:
         for r in results:
             print(r.summary())
+    return 0
+
+
+_GEN_KEYS = {
+    "data_dir": "data",
+    "output_dir": "out",
+    "base_model": "base_model",
+    "resolution": "resolution",
+    "batch_size": "batch_size",
+    "max_steps": "max_steps",
+    "learning_rate": "lr",
+    "mixed_precision": "mixed_precision",
+    "checkpointing_steps": "checkpointing_steps",
+    "validation_steps": "validation_steps",
+    "resume_from_checkpoint": "resume",
+    "seed": "seed",
+    "rank": "rank",
+    "alpha": "alpha",
+    "instance_prompt": "instance_prompt",
+    "conditioning": "conditioning",
+    "encoder": "encoder",
+    "num_tokens": "num_tokens",
+}
+
+
+def cmd_train_generative(args: argparse.Namespace) -> int:
+    import importlib
+
+    kind = args.train_kind
+    mod = importlib.import_module(f"facegen.training.{kind}")
+    cls = {"lora": "LoraTrainConfig", "adapter": "AdapterTrainConfig"}.get(
+        kind, "ControlNetTrainConfig"
+    )
+    config_cls = getattr(mod, cls)
+    keys = {f: d for f, d in _GEN_KEYS.items() if hasattr(args, d)}
+    cfg = config_from(config_cls, args, keys)
+    if args.device == "cpu" and hasattr(cfg, "cpu") and not cfg.cpu:
+        cfg = dataclasses.replace(cfg, cpu=True)
+    res = getattr(mod, f"train_{kind}")(cfg)
+    print(f"{res.steps} steps (from step {res.start_step}) → {res.weights}")
+    if res.losses:
+        k = max(1, min(5, len(res.losses) // 2))
+        first, last = sum(res.losses[:k]) / k, sum(res.losses[-k:]) / k
+        print(f"mean loss, first {k} steps {first:.4f} → last {k} steps {last:.4f}")
+    print(f"metadata: {res.metadata}")
     return 0
 
 
