@@ -46,7 +46,12 @@ from typing import Any, Literal
 import numpy as np
 
 from facegen._version import __version__
-from facegen.errors import InvalidArgumentError, InvalidModelError, NoFaceDetectedError
+from facegen.errors import (
+    InvalidArgumentError,
+    InvalidImageError,
+    InvalidModelError,
+    NoFaceDetectedError,
+)
 from facegen.fileio import atomic_write
 from facegen.types import IdentityEmbedding
 
@@ -517,7 +522,14 @@ def build_face_cache(
     try:
         for path in paths:
             bar.update(1)
-            arr = load_image(path)
+            try:
+                arr = load_image(path)
+            except InvalidImageError as e:  # an unreadable file: reported, the rest is used
+                if on_no_face == "error":
+                    raise
+                logger.warning("%s skipped: %s", path, e)
+                skipped.append(str(path))
+                continue
             try:
                 faces = analyzer.analyze(arr, select=select, source=str(path))
             except (NoFaceDetectedError, AmbiguousFaceError):

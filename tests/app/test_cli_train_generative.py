@@ -78,3 +78,28 @@ def test_train_bad_input(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.strip()  # a one-line reason, no traceback
     assert main(["train", "lora", "--out", str(tmp_path / "o")]) == 1
     assert "incomplete settings" in capsys.readouterr().err
+
+
+def test_train_skips_unreadable_and_faceless_photos(tmp_path: Path, photos: Path, caplog) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(photos / "p0.png", folder / "only-face.png")  # one photo of the person
+    noise = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "noise.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "o"
+    args = ["train", "lora", str(folder), "--out", str(out), *COMMON, "--max-steps", "1"]
+    args += ["--batch-size", "1"]  # one usable photo
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--conditioning", "prompt"]) == 0
+    assert "broken.jpg" in caplog.text and "noise.png" in caplog.text  # reported, skipped
+    assert json.loads((out / "facegen_lora.json").read_text())["num_faces"] == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad_out = ["--out", str(blocker / "o"), *COMMON, "--max-steps", "1", "--conditioning", "prompt"]
+    assert main(["train", "lora", str(folder), *bad_out]) == 1  # unwritable output: an error
