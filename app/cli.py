@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegen.app.train_cmd import add_train_parsers
 
     add_train_parsers(sub, common, _positive_int)
+    from facegen.app.app_cmd import add_app_parser
+
+    add_app_parser(sub, common)
 
     s = sub.add_parser(
         "samples",

@@ -1,0 +1,380 @@
+"""What the web app calls: models built once and shared, per-session workspaces, limits, and
+which optional features (swap, LoRA training) this installation has.
+
+A :class:`Services` object is created once per app. Models are loaded lazily, the first time
+a request needs them, and never changed by a request afterwards: per-request settings (steps,
+guidance, seeds, prompts) travel as call arguments only. Every use of a pipeline or of the
+face analyzer happens under its lock, so concurrent requests never interleave inside one
+model (diffusers schedulers keep per-call state). Tests inject tiny models through
+``pipeline_factory`` and ``analyzer``.
+
+Outputs are written under one temporary root per app (``output_root``); each browser session
+gets its own folder there, removed when the session ends, and the root is removed by
+:meth:`Services.close` (called at exit by :func:`facegen.app.web.launch_app`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "AppLimits",
+    "FeatureStatus",
+    "PipelineFactory",
+    "Services",
+    "SessionState",
+    "TrainFn",
+    "TrainRequest",
+    "default_pipeline_factory",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``(preset, device, dtype) -> pipeline``: builds one generation pipeline.
+PipelineFactory = Callable[[str, str, str], Any]
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """What one request may ask for. Uploads above ``max_upload_mb`` and images above
+    ``max_pixels`` (checked from the header, before decoding) are refused."""
+
+    max_upload_mb: float = 25.0
+    max_pixels: int = 40_000_000
+    max_images: int = 8
+    max_steps: int = 150
+    max_files: int = 16
+    max_dataset_identities: int = 32
+    max_dataset_images: int = 8
+    max_preview_identities: int = 20_000
+    max_train_photos: int = 32
+    max_train_steps: int = 5000
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_pixels",
+            "max_images",
+            "max_steps",
+            "max_files",
+            "max_dataset_identities",
+            "max_dataset_images",
+            "max_preview_identities",
+            "max_train_photos",
+            "max_train_steps",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"`max_upload_mb` must be > 0, got {self.max_upload_mb!r}")
+
+
+@dataclass(frozen=True)
+class FeatureStatus:
+    """Whether an optional feature can be used here, and what to tell the user if not."""
+
+    available: bool
+    message: str = ""
+
+
+@dataclass
+class SessionState:
+    """Per-browser-session state (held in ``gr.State``): the session's output folder and a
+    counter naming its runs."""
+
+    workspace: str | None = None
+    runs: int = 0
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A LoRA personalization job: ``photos`` are RGB uint8 ``(H, W, 3)`` arrays of one
+    person; ``base_model`` is ``"tiny"``, ``"arc2face"`` or an SD1.5 model id; the trainer
+    writes its result under ``output_dir``."""
+
+    photos: list[np.ndarray]
+    output_dir: Path
+    base_model: str
+    steps: int
+    rank: int
+    learning_rate: float
+    seed: int
+    device: str = "cpu"
+    offline: bool | None = None
+
+
+#: ``(request, progress(done, total)) -> result path`` (a file or a folder under
+#: ``request.output_dir``).
+TrainFn = Callable[[TrainRequest, Callable[[int, int], None]], Path]
+
+
+def default_pipeline_factory(
+    preset: str, device: str, dtype: str, *, offline: bool | None = None
+) -> Any:
+    """``from_preset(preset)``: real presets find their weights locally or download them
+    (never with ``offline=True``), else raise :class:`~facegen.errors.ModelNotAvailableError`
+    with instructions."""
+    from facegen.pipelines.presets import from_preset
+
+    return from_preset(
+        preset, device=device, dtype=dtype, local_files_only=True if offline else None
+    )
+
+
+def _default_analyzer() -> Any:
+    from facegen.analyzer import FaceAnalyzer
+
+    # detection + 68 landmarks (masks, landmark maps) + an identity encoder independent of
+    # every conditioning encoder (dlib), all offline
+    return FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
+
+
+def _module_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Services:
+    """Models, locks, workspaces and feature switches shared by every request.
+
+    ``presets``: the generation presets offered (default: every registered preset).
+    ``default_preset``: the preset selected first in the Generate tab (its ControlNet and
+    editing counterparts are picked for the other tabs). ``swap``: ``None`` detects whether
+    :mod:`facegen.pipelines.swap` is installed; ``False`` turns the feature off. ``trainer``:
+    the LoRA personalization function (see :data:`TrainFn`); ``None`` uses
+    :mod:`facegen.training.lora` when it is installed; ``False`` turns training off.
+    ``offline``: never download model weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        default_preset: str = "arc2face",
+        presets: list[str] | None = None,
+        pipeline_factory: PipelineFactory | None = None,
+        analyzer: Any = None,
+        limits: AppLimits | None = None,
+        output_root: str | Path | None = None,
+        swap: bool | None = None,
+        trainer: TrainFn | Literal[False] | None = None,
+        offline: bool | None = None,
+    ) -> None:
+        from facegen.pipelines.presets import PRESETS
+
+        known = PRESETS.names()
+        self.presets = list(presets) if presets is not None else list(known)
+        unknown = [p for p in self.presets if p not in known]
+        if unknown:
+            raise ValueError(f"`presets` must be among {', '.join(known)}, got {unknown}")
+        if default_preset not in self.presets:
+            raise ValueError(
+                f"`default_preset` must be one of {', '.join(self.presets)}, got {default_preset!r}"
+            )
+        self.device = device
+        self.dtype = dtype
+        self.default_preset = default_preset
+        self.limits = limits or AppLimits()
+        self._factory = pipeline_factory or default_pipeline_factory
+        self._analyzer = analyzer
+        self._analyzer_lock = threading.RLock()
+        self._load_lock = threading.Lock()
+        self._pipes: dict[str, _Loaded] = {}
+        self._load_errors: dict[str, str] = {}
+        self._swap = swap
+        self.offline = offline
+        self._train_off = trainer is False
+        self.trainer: TrainFn | None = None if trainer is False else trainer
+        if trainer is None and _module_present("facegen.training.lora"):
+            from .web_train import lora_trainer
+
+            self.trainer = lora_trainer
+        self._train_lock = threading.Lock()
+        self._own_root = output_root is None
+        root = Path(output_root) if output_root else Path(tempfile.mkdtemp(prefix="facegen-app-"))
+        root.mkdir(parents=True, exist_ok=True)
+        self.output_root = root.resolve()
+        self._closed = False
+        # an own temporary root goes away even if close() is never called (at exit, or when
+        # this object is collected)
+        self._cleanup = (
+            weakref.finalize(self, shutil.rmtree, str(self.output_root), True)
+            if self._own_root
+            else None
+        )
+
+    # -- presets --------------------------------------------------------------------------
+    @property
+    def generate_presets(self) -> list[str]:
+        """Presets that make new images of an identity (no ControlNet, no inpainting)."""
+        return [p for p in self.presets if not p.endswith("controlnet") and "inpaint" not in p]
+
+    @property
+    def control_presets(self) -> list[str]:
+        """Presets with a ControlNet (pose/expression from a reference photo)."""
+        return [p for p in self.presets if p.endswith("controlnet")]
+
+    @property
+    def edit_presets(self) -> list[str]:
+        """Presets that can regenerate faces in a photo (swap, generative anonymization)."""
+        return [p for p in self.presets if "plusv2" not in p]
+
+    def preferred(self, choices: list[str], wanted: list[str]) -> str | None:
+        """The first of ``wanted`` offered in ``choices``, else the first choice."""
+        for w in wanted:
+            if w in choices:
+                return w
+        return choices[0] if choices else None
+
+    @property
+    def tiny(self) -> bool:
+        return self.default_preset.startswith("tiny")
+
+    def default_for(self, tab: str) -> str | None:
+        """The preset selected first in ``tab`` (generate, control, edit)."""
+        if tab == "generate":
+            return self.preferred(self.generate_presets, [self.default_preset])
+        if tab == "control":
+            wanted = ["tiny-controlnet"] if self.tiny else ["arc2face-controlnet"]
+            return self.preferred(self.control_presets, wanted)
+        wanted = (
+            ["tiny", "tiny-inpaint"]
+            if self.tiny
+            else ["ip-adapter-faceid-inpaint-sd15", self.default_preset]
+        )
+        return self.preferred(self.edit_presets, wanted)
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def analyzer(self) -> Any:
+        """The face analyzer (detector + 68 landmarks + independent dlib encoder)."""
+        with self._analyzer_lock:
+            if self._analyzer is None:
+                self._analyzer = _default_analyzer()
+            return self._analyzer
+
+    @contextlib.contextmanager
+    def using_analyzer(self) -> Iterator[Any]:
+        """The analyzer, held exclusively for the ``with`` block."""
+        with self._analyzer_lock:
+            yield self.analyzer
+
+    def _load(self, preset: str) -> _Loaded:
+        if preset not in self.presets:
+            raise ValueError(f"preset must be one of {', '.join(self.presets)}, got {preset!r}")
+        with self._load_lock:
+            loaded = self._pipes.get(preset)
+            if loaded is None:
+                logger.info("loading preset %s on %s (%s)", preset, self.device, self.dtype)
+                try:
+                    pipe = self._factory(preset, self.device, self.dtype)
+                except Exception as exc:
+                    self._load_errors[preset] = str(exc).splitlines()[0] if str(exc) else ""
+                    raise
+                pipe.set_progress_bar_config(disable=True)
+                loaded = self._pipes[preset] = _Loaded(pipe)
+                self._load_errors.pop(preset, None)
+            return loaded
+
+    @contextlib.contextmanager
+    def using_pipeline(self, preset: str) -> Iterator[Any]:
+        """The pipeline of ``preset`` (built on first use), held exclusively for the block."""
+        loaded = self._load(preset)
+        with loaded.lock:
+            yield loaded.pipe
+
+    def preset_state(self, preset: str) -> str:
+        """``loaded``, ``not loaded yet`` or ``failed: …`` (for the Models panel)."""
+        if preset in self._pipes:
+            return "loaded"
+        if preset in self._load_errors:
+            return f"failed: {self._load_errors[preset]}"
+        return "not loaded yet (loads on first use)"
+
+    # -- optional features ----------------------------------------------------------------
+    def swap_status(self) -> FeatureStatus:
+        """Whether face swap and generative anonymization are installed."""
+        if self._swap is False:
+            return FeatureStatus(False, "Face swap is turned off in this app.")
+        if not _module_present("facegen.pipelines.swap"):
+            return FeatureStatus(
+                False,
+                "Face swap is not available in this version of facegen "
+                "(facegen.pipelines.swap is not installed).",
+            )
+        return FeatureStatus(True)
+
+    def train_status(self) -> FeatureStatus:
+        """Whether LoRA personalization can run here."""
+        if self.trainer is not None:
+            return FeatureStatus(True)
+        if self._train_off:
+            return FeatureStatus(False, "LoRA personalization is turned off in this app.")
+        return FeatureStatus(
+            False,
+            "LoRA personalization is not available yet in this version of facegen "
+            "(facegen.training.lora is not installed).",
+        )
+
+    @contextlib.contextmanager
+    def using_training(self) -> Iterator[None]:
+        """One training job at a time (each holds its own models and most of the memory)."""
+        with self._train_lock:
+            yield
+
+    # -- workspaces -----------------------------------------------------------------------
+    def run_dir(self, state: SessionState, operation: str) -> Path:
+        """A new, empty folder for one request's outputs, inside the session's workspace."""
+        if self._closed:
+            raise RuntimeError("the app is shutting down")
+        if state.workspace is None or not Path(state.workspace).is_dir():
+            state.workspace = tempfile.mkdtemp(prefix="session-", dir=self.output_root)
+        state.runs += 1
+        path = Path(state.workspace) / f"{state.runs:04d}-{operation}"
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    def drop_session(self, state: Any) -> None:
+        """Remove a session's workspace (``gr.State`` delete callback)."""
+        ws = getattr(state, "workspace", None)
+        if not ws:
+            return
+        path = Path(ws).resolve()
+        if path.parent == self.output_root:  # never anything outside our own root
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove every output this app wrote (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._cleanup is not None:
+            self._cleanup()
+        else:
+            for child in self.output_root.glob("session-*"):
+                shutil.rmtree(child, ignore_errors=True)

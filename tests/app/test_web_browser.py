@@ -1,0 +1,132 @@
+"""The web app in a real browser: Chromium (the system's, e.g. Debian's ``chromium``)
+driven by Playwright, headless. Skipped only where no Chromium binary can be found (set
+``FACEGEN_CHROMIUM`` to point at one); a screenshot is kept as a test artifact (and copied to
+``$FACEGEN_ARTIFACTS`` when that is set)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from web_testing import TINY_PRESETS, free_port, tiny_factory
+
+from facegen.analyzer import FaceAnalyzer
+from facegen.app.web import launch_app
+from facegen.app.web_services import Services
+from facegen.image_io import load_image
+from facegen.samples import sample_path
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+TIMEOUT_MS = 180_000  # a loaded CI machine: model loading and detection can take a while
+
+
+def _chromium() -> str:
+    env = os.environ.get("FACEGEN_CHROMIUM")
+    if env:
+        if not Path(env).is_file():
+            pytest.fail(f"FACEGEN_CHROMIUM={env} is not a file")
+        return env
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip(
+        "no Chromium binary found (looked for "
+        + ", ".join(BROWSERS)
+        + " on PATH and FACEGEN_CHROMIUM); install one, e.g. `apt-get install chromium`"
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    binary = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            f"a browser is installed ({binary}) but the playwright package is not: "
+            "pip install playwright (the system browser is used; no browser download)"
+        )
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=binary, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    dlib = FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
+    services = Services(
+        default_preset="tiny",
+        presets=TINY_PRESETS,
+        pipeline_factory=tiny_factory(dlib),
+        analyzer=dlib,
+        output_root=tmp_path_factory.mktemp("browser-app"),
+    )
+    demo = launch_app(services, port=free_port(), block=False, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        services.close()
+
+
+def _keep(screenshot: Path) -> None:
+    target = os.environ.get("FACEGEN_ARTIFACTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(screenshot, Path(target) / screenshot.name)
+
+
+def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_path: Path) -> None:
+    t1 = sample_path("t1")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Anonymize").click()
+        page.locator("#anon-files input[type=file]").set_input_files(str(t1))
+        page.locator("#anon-files").get_by_label("t1.jpg").wait_for()  # the upload is listed
+        page.locator("#anon-run").click()
+        result = page.locator("#anon-gallery img").first
+        result.wait_for(state="visible")
+        page.wait_for_function(
+            "el => el.complete && el.naturalWidth > 0", arg=result.element_handle()
+        )
+        page.get_by_text("Provenance:").wait_for()
+        shot = tmp_path / "anonymize_t1.png"
+        page.screenshot(path=str(shot), full_page=True)
+        _keep(shot)
+        assert shot.stat().st_size > 10_000
+
+        # the displayed image is the anonymized photo: same size, faces changed
+        src = result.get_attribute("src")
+        assert src
+        response = page.request.get(src)
+        assert response.ok
+        shown = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+        original = load_image(t1)
+        assert shown.shape == original.shape
+        diff = np.abs(shown.astype(int) - original).mean(-1)
+        dlib = FaceAnalyzer.from_names("dlib", None, None)
+        boxes = [[int(v) for v in f.bbox] for f in dlib.detect(original)]
+        inside = np.mean([diff[y1:y2, x1:x2].mean() for x1, y1, x2, y2 in boxes])
+        assert inside > 10 and inside > 5 * np.median(diff)
+        assert page.locator(".toast-body").count() == 0  # no error shown
+        notice = page.locator("#anon-provenance").inner_text()
+        assert "1/1 file(s) carry facegen's provenance record" in notice
+    except Exception:
+        failure = tmp_path / "anonymize_t1_failure.png"
+        page.screenshot(path=str(failure), full_page=True)
+        _keep(failure)
+        raise
+    finally:
+        page.close()
