@@ -1,4 +1,4 @@
-"""Atomic file writes: one helper for every output facegen writes.
+"""Atomic file writes and append-only journals: one place for every output facegen writes.
 
 A file is written under a temporary name (``.NAME.XXXX.part``) in the target folder and
 renamed over ``NAME`` only when the write succeeded, so a reader never sees half a file and
@@ -9,15 +9,17 @@ a failed write leaves nothing behind. The file gets the permissions of an ordina
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from facegen.errors import OutputError
 
-__all__ = ["atomic_write"]
+__all__ = ["append_json_line", "atomic_write", "drop_torn_tail"]
 
 _ATTEMPTS = 16
 
@@ -75,3 +77,25 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         if not done:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def drop_torn_tail(path: str | os.PathLike[str]) -> bool:
+    """Cut an append-only journal's last line if it has no newline (a crash while it was
+    being written); returns whether something was cut."""
+    p = Path(path)
+    if not p.exists():
+        return False
+    data = p.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with open(p, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
+def append_json_line(f: IO[str], record: Any) -> None:
+    """Append ``record`` as one JSON line to the open journal ``f`` and make it durable
+    (flush + fsync): after this returns, a crash cannot lose or tear it."""
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())

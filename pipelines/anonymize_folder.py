@@ -29,6 +29,7 @@ import cv2
 from facegen._version import __version__
 from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.errors import FacegenError, InvalidImageError, OutputError
+from facegen.fileio import append_json_line, drop_torn_tail
 from facegen.image_io import find_images, load_image
 from facegen.masks import Length
 from facegen.pipelines.anonymize import (
@@ -96,17 +97,6 @@ def read_report(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("input"), str):
                 yield rec
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line without its newline (a crash while it was being written)."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-        logger.info("dropped a torn journal line in %s", path)
 
 
 def _output_rel(rel: Path, output_format: str | None) -> Path:
@@ -199,7 +189,8 @@ def anonymize_folder(
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
     journal = out / REPORT_NAME
-    _drop_torn_tail(journal)
+    if drop_torn_tail(journal):
+        logger.info("dropped a torn journal line in %s", journal)
     previous = {rec["input"]: rec for rec in read_report(journal)}
     settings = {**opts.to_dict(), "output_format": output_format, "watermark": watermark}
     detector, _ = _detector_info(analyzer)
@@ -244,9 +235,7 @@ def anonymize_folder(
                 old = prev.get("output") if prev is not None else None
                 if old and old != record["output"] and owner.get(old, rel) == rel:
                     _remove_stale(out, old)
-                jf.write(json.dumps(record, sort_keys=True) + "\n")
-                jf.flush()
-                os.fsync(jf.fileno())
+                append_json_line(jf, record)
                 report.records.append(record)
                 if record["status"] == "done":
                     report.done += 1

@@ -32,6 +32,7 @@ import numpy as np
 
 from facegen.align import align_face
 from facegen.errors import FacegenError, NoFaceDetectedError
+from facegen.fileio import append_json_line, drop_torn_tail
 from facegen.identity import l2_normalize
 from facegen.image_io import load_image
 from facegen.provenance import can_watermark, save_with_provenance
@@ -126,18 +127,6 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line without its newline (a crash while it was being written)."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-        logger.info("dropped a torn journal line in %s", path)
-
-
 def _crop_path(out: Path, identity: int, index: int) -> Path:
     return out / "images" / f"{identity:06d}" / f"{index:04d}.png"
 
@@ -175,16 +164,15 @@ def build_dataset(
     out = Path(out_dir)
     journal = _journal_path(out, shard)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(journal)
+    if drop_torn_tail(journal):
+        logger.info("dropped a torn journal line in %s", journal)
     committed = {r["identity"] for r in iter_records(out)}
     mine = range(k, len(vecs), n_shards)
     summary = DatasetSummary(skipped_existing=sum(i in committed for i in mine))
     todo = [i for i in mine if i not in committed]
     with open(journal, "a", encoding="utf-8") as jf:
         for record in _fill_identities(out, todo, vecs, generate, verifier, spec, condition):
-            jf.write(json.dumps(record, sort_keys=True) + "\n")
-            jf.flush()
-            os.fsync(jf.fileno())
+            append_json_line(jf, record)
             for rej in record["rejections"]:
                 summary.rejections[rej["reason"]] = summary.rejections.get(rej["reason"], 0) + 1
             if record["status"] == "done":
