@@ -13,17 +13,6 @@ from facegen.errors import FacegenError
 __all__ = ["add_edit_parsers"]
 
 
-def _face_choice(text: str) -> str | int:
-    if text in ("all", "largest", "best"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be all, largest, best or a face index, got {text!r}"
-        ) from None
-
-
 def _length(text: str) -> float | str:
     """A fraction of the face size (``0.1``) or pixels (``12px``)."""
     if text.endswith("px"):
@@ -45,6 +34,7 @@ def _rgb(text: str) -> tuple[int, int, int]:
 
 
 def add_edit_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: Any) -> None:
+    from facegen.app.cli import _selection
     from facegen.app.swap_cmd import add_generation_options
 
     a = sub.add_parser(
@@ -69,7 +59,7 @@ def add_edit_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: An
     a.add_argument(
         "--forehead", type=float, default=0.3, help="mask extension above the brows (0.3)"
     )
-    a.add_argument("--faces", type=_face_choice, default="all", help="all|largest|best|INDEX")
+    a.add_argument("--faces", type=_selection, default="all", help="all|largest|best|INDEX")
     a.add_argument(
         "--blur-sigma", type=float, default=0.25, help="blur σ as a face fraction (0.25)"
     )
