@@ -53,6 +53,7 @@ from facegen.training.base_config import (
 )
 from facegen.training.face_cache import FaceCache, build_face_cache
 from facegen.training.objective import PromptEncoder, diffusion_loss, noisy_latents
+from facegen.training.resume import resolve_resume
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -276,23 +277,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _resolve_resume(cfg: TrainConfig) -> Path | None:
-    if cfg.resume_from_checkpoint is None:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        path = latest_checkpoint(cfg.output_dir)
-        if path is None:
-            logger.info("no checkpoint in %s yet; starting from step 0", cfg.output_dir)
-        return path
-    path = Path(cfg.resume_from_checkpoint)
-    if not path.is_dir():
-        raise InvalidArgumentError(
-            "`resume_from_checkpoint` must be 'latest' or a checkpoint-N folder, "
-            f"got {cfg.resume_from_checkpoint!r} (not a folder)"
-        )
-    return path
-
-
 TRAINABLE_FILE = "trainable_{}.safetensors"
 
 
@@ -440,7 +424,12 @@ def run_training(
     counter = _StepCounter()
     _register_hooks(accelerator, counter)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    resume = _resolve_resume(cfg)
+    resume = resolve_resume(
+        cfg.resume_from_checkpoint,
+        lambda: latest_checkpoint(cfg.output_dir),
+        field="resume_from_checkpoint",
+        output_dir=cfg.output_dir,
+    )
     if resume is not None:
         accelerator.load_state(str(resume))
         logger.info("resumed from %s at step %d", resume, counter.global_step)

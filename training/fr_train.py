@@ -47,6 +47,7 @@ from facegen.training.fr_eval import (
     load_verification_set,
 )
 from facegen.training.fr_models import ARCHITECTURES, HEADS, IResNet, build_backbone, build_head
+from facegen.training.resume import resolve_resume
 
 __all__ = ["SCHEDULES", "FRTrainConfig", "FRTrainResult", "latest_checkpoint", "train_fr"]
 
@@ -253,22 +254,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _resolve_resume(cfg: FRTrainConfig) -> Path | None:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "latest":
-        p = latest_checkpoint(cfg.output_dir)
-        if p is None:
-            logger.info("resume='latest': no checkpoint in %s yet; starting fresh", cfg.output_dir)
-        return p
-    p = Path(cfg.resume)
-    if not p.is_dir():
-        raise InvalidArgumentError(
-            f"`resume` must be a checkpoint folder or 'latest', got {cfg.resume!r}"
-        )
-    return p
-
-
 def _trackers(cfg: FRTrainConfig) -> list[str] | None:
     if cfg.tensorboard and (
         importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
@@ -358,7 +343,12 @@ def train_fr(
     state = _TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
 
-    ckpt = _resolve_resume(cfg)
+    ckpt = resolve_resume(
+        cfg.resume,
+        lambda: latest_checkpoint(cfg.output_dir),
+        field="resume",
+        output_dir=cfg.output_dir,
+    )
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         # the schedule of *this* config (e.g. a longer max_steps) from the restored step on
