@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from facegen import hub
+from facegen.adapters.peft_compat import text_encoder_loads_through_peft
 from facegen.errors import (
     InvalidModelError,
     ModelNotAvailableError,
@@ -327,13 +328,14 @@ def load_lora(
     path = _resolve_source(source, weight_name, local_files_only)
     before = list_loras(pipe)
     try:
-        pipe.load_lora_weights(
-            str(path.parent),
-            weight_name=path.name,
-            adapter_name=adapter_name,
-            local_files_only=True,
-            use_safetensors=True,
-        )
+        with text_encoder_loads_through_peft(pipe):
+            pipe.load_lora_weights(
+                str(path.parent),
+                weight_name=path.name,
+                adapter_name=adapter_name,
+                local_files_only=True,
+                use_safetensors=True,
+            )
     except (ValueError, LookupError, RuntimeError, TypeError, OSError) as exc:
         raise InvalidModelError(f"{path}: diffusers could not load this LoRA: {exc}") from exc
     if adapter_name not in _loaded(pipe):
@@ -566,12 +568,14 @@ def save_lora(
     *,
     adapter_name: str | None = None,
     weight_name: str | None = None,
+    text_encoder: Any = None,
 ) -> Path:
     """Write one LoRA adapter as safetensors that ``load_lora_weights`` reads back.
 
     ``unet_or_pipe`` is a UNet with a peft adapter (``unet.add_adapter(LoraConfig(...))``, as
     facegen's training does) or an SD pipeline, whose UNet and text-encoder layers of the
-    adapter are both saved. ``adapter_name`` may be omitted when there is only one. ``path``
+    adapter are both saved; with a UNet, ``text_encoder`` adds that model's layers of the
+    adapter (a text encoder trained beside the UNet). ``adapter_name`` may be omitted when there is only one. ``path``
     is a ``.safetensors`` file or a folder (then ``weight_name``, default
     ``pytorch_lora_weights.safetensors``). Keys are peft's (``unet.…to_q.lora_A.weight``), and
     the adapter's ``LoraConfig`` goes into the file's metadata so rank and alpha are restored
@@ -584,9 +588,11 @@ def save_lora(
 
     if isinstance(unet_or_pipe, StableDiffusionLoraLoaderMixin):
         unet = getattr(unet_or_pipe, "unet", None)
+        if text_encoder is not None:
+            raise TypeError("`text_encoder` must be None when a pipeline is given")
         text_encoder = getattr(unet_or_pipe, "text_encoder", None)
     elif isinstance(unet_or_pipe, ModelMixin):
-        unet, text_encoder = unet_or_pipe, None
+        unet = unet_or_pipe
     else:
         raise TypeError(
             "`unet_or_pipe` must be a diffusers UNet with a peft adapter or an SD pipeline, "

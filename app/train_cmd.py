@@ -102,6 +102,12 @@ def add_train_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: A
             g.add_argument("--rank", type=positive_int)
             g.add_argument("--alpha", type=float)
             g.add_argument("--instance-prompt", help="e.g. 'a photo of sks person'")
+            g.add_argument(
+                "--train-text-encoder",
+                action="store_true",
+                default=None,
+                help="also put the LoRA on the CLIP text encoder (prompt conditioning)",
+            )
         if name in ("lora", "controlnet"):
             g.add_argument("--conditioning", choices=["prompt", "arc2face"])
         if name == "adapter":
@@ -182,6 +188,7 @@ _GEN_KEYS = {
     "rank": "rank",
     "alpha": "alpha",
     "instance_prompt": "instance_prompt",
+    "train_text_encoder": "train_text_encoder",
     "conditioning": "conditioning",
     "encoder": "encoder",
     "num_tokens": "num_tokens",

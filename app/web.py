@@ -294,6 +294,9 @@ def build_app(
                 tr_rank = gr.Number(8, label="LoRA rank", precision=0, minimum=1)
                 tr_lr = gr.Number(1e-4, label="Learning rate")
                 tr_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                tr_te = gr.Checkbox(
+                    False, label="Also train the text encoder (prompt-conditioned bases)"
+                )
             tr_btn = gr.Button("Train", variant="primary", interactive=train_ok.available)
             tr_file = gr.File(label="Trained LoRA", interactive=False)
             tr_info = gr.Markdown()
@@ -486,16 +489,17 @@ def build_app(
         @human_errors("Training")
         def on_train(
             photos: list[str] | None, base: str, steps: Any, rank: Any, lr: Any, seed: Any,
-            st: SessionState, progress: Any = track,
+            text_encoder: bool, st: SessionState, progress: Any = track,
         ) -> tuple[Any, ...]:  # fmt: skip
             path, summary = train_lora_job(
                 services, st, photos=photos, base_model=base, steps=steps, rank=rank,
-                learning_rate=lr, seed=seed, progress=progress,
+                learning_rate=lr, seed=seed, train_text_encoder=bool(text_encoder),
+                progress=progress,
             )  # fmt: skip
             return str(path), summary, st
 
         tr_btn.click(
-            on_train, [tr_photos, tr_base, tr_steps, tr_rank, tr_lr, tr_seed, state],
+            on_train, [tr_photos, tr_base, tr_steps, tr_rank, tr_lr, tr_seed, tr_te, state],
             [tr_file, tr_info, state], api_name="train_lora", **gpu,
         )  # fmt: skip
 

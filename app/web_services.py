@@ -117,6 +117,7 @@ class TrainRequest:
     seed: int
     device: str = "cpu"
     offline: bool | None = None
+    train_text_encoder: bool = False
 
 
 #: ``(request, progress(done, total)) -> result path`` (a file or a folder under

@@ -55,6 +55,7 @@ def lora_trainer(request: TrainRequest, progress: Callable[[int, int], None]) ->
         base_model=request.base_model,
         resolution=64 if request.base_model == "tiny" else 512,
         rank=request.rank,
+        train_text_encoder=request.train_text_encoder,
         max_steps=request.steps,
         learning_rate=request.learning_rate,
         seed=request.seed,
@@ -88,6 +89,7 @@ def train_lora_job(
     rank: Any,
     learning_rate: Any,
     seed: Any,
+    train_text_encoder: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Path, str]:
     """LoRA personalization from photos of one person: the downloadable result (a zip of
@@ -110,6 +112,11 @@ def train_lora_job(
     r = int_input(rank, "The LoRA rank", 1, 256)
     lr = float_input(learning_rate, "The learning rate", 1e-7, 1e-1)
     s = int_input(seed, "The seed", 0, 2**31 - 1)
+    if train_text_encoder and base_model == "arc2face":
+        raise user_error(
+            "The text encoder can be trained only with a prompt-conditioned base model "
+            "(Arc2Face's identity conditioning stays frozen); untick it or pick another base."
+        )
     images = [
         image_upload(p, what="a photo", max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels)
         for p in paths
@@ -122,6 +129,7 @@ def train_lora_job(
         rank=r,
         learning_rate=lr,
         seed=s,
+        train_text_encoder=bool(train_text_encoder),
         device=services.device,
         offline=services.offline,
     )
@@ -139,8 +147,9 @@ def train_lora_job(
         raise user_error("The trainer did not leave its result where the app expects it.")
     if result.is_dir():
         result = zip_folder(out_dir / f"facegen-lora-{_safe_stem(images[0][1])}.zip", result)
+    parts = "UNet and text encoder" if train_text_encoder else "UNet"
     summary = (
-        f"Trained a rank-{r} LoRA on {len(paths)} photo(s) for {n_steps} steps "
+        f"Trained a rank-{r} LoRA ({parts}) on {len(paths)} photo(s) for {n_steps} steps "
         f"(base {base_model}, seed {s}): {result.name}."
     )
     return result, summary

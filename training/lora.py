@@ -74,6 +74,8 @@ IDENTITY_NAME = "identity.safetensors"
 CLASS_IDENTITIES_NAME = "identities.safetensors"
 CONDITIONINGS = ("prompt", "arc2face")
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: CLIP's attention projections, what diffusers' DreamBooth-LoRA script adapts.
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 #: Face analysis each conditioning needs (the encoder the model was trained on).
 ANALYZERS: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]] = {
     "prompt": (("dlib", {}), ("dlib", {})),
@@ -100,7 +102,10 @@ class LoraTrainConfig(TrainConfig):
     Prior preservation: ``with_prior_preservation``, ``prior_loss_weight``, ``class_data_dir``
     (default ``output_dir/class_images``), ``class_prompt``, ``num_class_images``.
     ``random_flip`` mirrors photos at random; ``validation_prompt`` (None = the instance
-    prompt).
+    prompt). ``train_text_encoder`` also puts a LoRA (same rank and alpha) on the CLIP text
+    encoder's attention projections (``text_encoder_target_modules``), as diffusers'
+    DreamBooth-LoRA script does; prompt conditioning only. Both parts go into the one LoRA
+    file, which ``load_lora_weights`` reads.
     """
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -120,6 +125,8 @@ class LoraTrainConfig(TrainConfig):
     random_flip: bool = False
     validation_prompt: str | None = None
     learning_rate: float = 1e-4
+    train_text_encoder: bool = False
+    text_encoder_target_modules: tuple[str, ...] = TEXT_ENCODER_TARGETS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +158,24 @@ class LoraTrainConfig(TrainConfig):
         ):
             raise InvalidArgumentError(
                 f"`target_modules` must be non-empty module names, got {self.target_modules!r}"
+            )
+        if not isinstance(self.train_text_encoder, bool):
+            raise InvalidArgumentError(
+                f"`train_text_encoder` must be true or false, got {self.train_text_encoder!r}"
+            )
+        if self.train_text_encoder and self.conditioning != "prompt":
+            raise InvalidArgumentError(
+                "`train_text_encoder` must be false with conditioning "
+                f"{self.conditioning!r}: only prompt conditioning runs the text encoder while "
+                "training (Arc2Face's identity conditioning is computed once, frozen)"
+            )
+        self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
+        if not self.text_encoder_target_modules or not all(
+            isinstance(t, str) and t for t in self.text_encoder_target_modules
+        ):
+            raise InvalidArgumentError(
+                "`text_encoder_target_modules` must be non-empty module names, got "
+                f"{self.text_encoder_target_modules!r}"
             )
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise InvalidArgumentError(
@@ -197,6 +222,48 @@ class _Paired:
         out = dict(self.instance[i % len(self.instance)])
         out.update({f"class_{k}": v for k, v in self.klass[i % len(self.klass)].items()})
         return out
+
+
+def _text_model(unet: Any, text_encoder: Any) -> Any:
+    """One module holding the UNet and the text encoder, so that Accelerate prepares,
+    checkpoints and (multi-GPU) synchronises both; ``forward(noisy, t, input_ids)`` encodes
+    the tokens with gradients and runs the UNet."""
+    import torch
+
+    class UNetWithTextEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = unet
+            self.text_encoder = text_encoder
+
+        def forward(self, noisy: Any, t: Any, input_ids: Any) -> Any:
+            cond = self.text_encoder(input_ids)[0].to(noisy.dtype)
+            return self.unet(noisy, t, cond)
+
+    return UNetWithTextEncoder()
+
+
+class _Tokens:
+    """Prompts → CLIP ``input_ids`` ``(B, 77)`` (int64), each prompt tokenised once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, prompts: list[str], device: Any) -> Any:
+        import torch
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            self._cache.update(zip(missing, ids))
+        return torch.stack([self._cache[p] for p in prompts]).to(device)
 
 
 # --------------------------------------------------------------------------- class images
@@ -364,6 +431,7 @@ def train_lora(
 
     from facegen.adapters.arc2face import Arc2FaceIDEncoder
     from facegen.adapters.lora import save_lora
+    from facegen.adapters.peft_compat import add_lora_adapter
     from facegen.embedding_io import save_embeddings
 
     cfg = config
@@ -425,15 +493,40 @@ def train_lora(
             target_modules=list(cfg.target_modules),
         )
     )
+    trained = [unet]
+    if cfg.train_text_encoder:
+        # peft's own API: transformers' add_adapter refuses some released peft versions
+        add_lora_adapter(
+            text_encoder,
+            LoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.text_encoder_target_modules),
+            ),
+        )
+        trained.append(text_encoder)
     if cfg.mixed_precision != "no":
-        cast_training_params(unet, dtype=torch.float32)
+        cast_training_params(trained, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
         raise InvalidArgumentError(
             f"`target_modules` {list(cfg.target_modules)} matched no layer of the UNet"
         )
+    te_params = [p for p in text_encoder.parameters() if p.requires_grad]
+    if cfg.train_text_encoder and not te_params:
+        raise InvalidArgumentError(
+            f"`text_encoder_target_modules` {list(cfg.text_encoder_target_modules)} matched "
+            "no layer of the text encoder"
+        )
+    params += te_params
+    tokens = _Tokens(parts["tokenizer"])
+    model = _text_model(unet, text_encoder) if cfg.train_text_encoder else unet
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     fields = ("latents", "caption", "index")
     data: Any = CacheDataset(
@@ -443,6 +536,8 @@ def train_lora(
         data = _Paired(data, CacheDataset(klass, fields, default_caption=cfg.class_prompt))
 
     def condition(batch: dict[str, Any], prefix: str) -> Any:
+        """``prompt_embeds`` (B, 77, C), or the prompts' ``input_ids`` (B, 77) when the
+        text encoder trains (the model encodes them)."""
         n = len(batch[f"{prefix}index"])
         if arc:
             table = inst_embeds if not prefix else cls_embeds
@@ -455,6 +550,8 @@ def train_lora(
             texts = list(batch["caption"])
         else:
             texts = [cfg.instance_prompt] * n
+        if cfg.train_text_encoder:
+            return tokens(texts, device)
         return prompts(texts, device, dtype)
 
     def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
@@ -473,9 +570,8 @@ def train_lora(
         return per[:half].mean() + cfg.prior_loss_weight * per[half:].mean()
 
     def validate(step: int) -> list[Any]:
-        model = accelerator.unwrap_model(unet)
-        model.eval()
-        pipe = _sd_pipeline({**parts, "unet": model}, cfg.conditioning or "prompt")
+        accelerator.unwrap_model(model).eval()
+        pipe = _sd_pipeline(parts, cfg.conditioning or "prompt")
         seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
         size = {"height": cfg.resolution, "width": cfg.resolution}
         steps = cfg.validation_inference_steps
@@ -497,7 +593,7 @@ def train_lora(
     outcome = run_training(
         cfg,
         accelerator,
-        model=unet,
+        model=model,
         params=params,
         dataset=data,
         loss_fn=loss_fn,
@@ -510,8 +606,12 @@ def train_lora(
     weights = out / LORA_WEIGHTS_NAME
     meta_path = out / "facegen_lora.json"
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(unet)
-        save_lora(final, out, weight_name=LORA_WEIGHTS_NAME)
+        save_lora(
+            unet,
+            out,
+            weight_name=LORA_WEIGHTS_NAME,
+            text_encoder=text_encoder if cfg.train_text_encoder else None,
+        )
         if identity is not None:
             save_embeddings(out / IDENTITY_NAME, [identity], names=["instance"])
         write_json(
@@ -524,6 +624,9 @@ def train_lora(
                 "rank": cfg.rank,
                 "alpha": cfg.lora_alpha,
                 "target_modules": list(cfg.target_modules),
+                "text_encoder_target_modules": (
+                    list(cfg.text_encoder_target_modules) if cfg.train_text_encoder else None
+                ),
                 "trigger": cfg.instance_prompt if not arc else None,
                 "class_prompt": cfg.class_prompt if cfg.with_prior_preservation else None,
                 "prior_preservation": cfg.with_prior_preservation,

@@ -151,28 +151,78 @@ def test_saved_lora_reads_back_with_rank_alpha_and_output(
     np.testing.assert_allclose(run(pipe), in_memory, atol=1e-5, rtol=0)
 
 
-def test_text_encoder_adapter_is_saved_and_loaded_too(tmp_path: Path) -> None:
-    pipe = make_pipe()
-    add_random_lora(pipe.unet, "both", seed=3)
+def force_peft_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make transformers' adapter integration ask for a peft that does not exist, as
+    transformers 5.24 does with peft 0.21 (its ``MIN_PEFT_VERSION`` is 0.22.0)."""
+    from transformers.integrations import peft as integration
+
+    monkeypatch.setattr(integration, "MIN_PEFT_VERSION", "999.0.0")
+
+
+@pytest.mark.parametrize("through", ["installed", "peft-only"])
+def test_text_encoder_adapter_is_saved_and_loaded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """``load_lora_weights`` with text-encoder keys works with every peft facegen allows:
+    with the installed transformers as it is, and when its integration refuses the peft."""
     from peft import LoraConfig
 
+    from facegen.adapters.peft_compat import add_lora_adapter, integration_refuses_peft
+
+    if through == "peft-only":
+        force_peft_only(monkeypatch)
+        assert integration_refuses_peft() == "999.0.0"
+    pipe = make_pipe()
+    add_random_lora(pipe.unet, "both", seed=3)
     torch.manual_seed(4)
-    pipe.text_encoder.add_adapter(
-        LoraConfig(
-            r=2,
-            lora_alpha=4,
-            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-            init_lora_weights=False,
-        ),
-        adapter_name="both",
+    config = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
     )
+    config.init_lora_weights = False
+    add_lora_adapter(pipe.text_encoder, config, "both")
     in_memory = run(pipe)
     path = save_lora(pipe, tmp_path)  # a folder: pytorch_lora_weights.safetensors
     assert path == tmp_path / "pytorch_lora_weights.safetensors"
     fresh = make_pipe()
     load_lora(fresh, tmp_path, adapter_name="both")
+    assert "load_adapter" not in vars(fresh.text_encoder)  # the stand-in is gone again
     assert fresh.get_list_adapters() == {"unet": ["both"], "text_encoder": ["both"]}
     np.testing.assert_allclose(run(fresh), in_memory, atol=1e-5, rtol=0)
+    # scales, a second adapter and unloading keep working on the text encoder
+    assert set_lora_scales(fresh, {"both": 0.0}) == {"both": 0.0}
+    np.testing.assert_array_equal(run(fresh), run(make_pipe()))
+    unload_loras(fresh)
+    assert list_loras(fresh) == {}
+    load_lora(fresh, tmp_path, adapter_name="again", scale=1.0)
+    np.testing.assert_allclose(run(fresh), in_memory, atol=1e-5, rtol=0)
+
+
+def test_text_encoder_keys_that_match_nothing_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from facegen.adapters.peft_compat import add_lora_adapter
+
+    force_peft_only(monkeypatch)
+    from peft import LoraConfig
+
+    pipe = make_pipe()
+    add_random_lora(pipe.unet, "x", seed=1)
+    add_lora_adapter(pipe.text_encoder, LoraConfig(r=2, target_modules=["q_proj"]), "x")
+    path = save_lora(pipe, tmp_path)
+    sd = load_file(path)
+    wider = {
+        k: (
+            torch.zeros(v.shape[0], v.shape[1] + 3)
+            if k.startswith("text_encoder") and "lora_A" in k
+            else v
+        )
+        for k, v in sd.items()
+    }
+    save_file(wider, path)
+    with pytest.raises(InvalidModelError, match="could not load this LoRA"):
+        load_lora(make_pipe(), path, adapter_name="x")
 
 
 def test_scale_zero_is_the_base_and_unload_restores_it_exactly(

@@ -54,6 +54,31 @@ def test_train_lora_resume_and_generate_with_it(tmp_path: Path, photos: Path, ca
     assert "wrote 1 image(s)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("through", ["installed", "peft-only"])
+def test_train_lora_with_text_encoder_resumes_and_generates(
+    tmp_path: Path, photos: Path, capsys, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """`--train-text-encoder` through the CLI, then `generate --lora` with both parts, with
+    transformers' peft integration as installed and when it refuses the installed peft."""
+    from safetensors.torch import load_file
+
+    if through == "peft-only":
+        from transformers.integrations import peft as integration
+
+        monkeypatch.setattr(integration, "MIN_PEFT_VERSION", "999.0.0")
+    out = tmp_path / "lora"
+    args = ["train", "lora", str(photos), "--out", str(out), *COMMON, "--train-text-encoder"]
+    assert main([*args, "--max-steps", "1", "--checkpointing-steps", "1"]) == 0
+    assert main([*args, "--max-steps", "2", "--resume", "latest"]) == 0
+    assert "2 steps (from step 1)" in capsys.readouterr().out
+    keys = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("text_encoder.") for k in keys)
+    gen = tmp_path / "gen"
+    cmd = ["generate", "--random-identities", "1", "--num-images", "1", "--preset", "tiny"]
+    assert main([*cmd, "--steps", "2", "--lora", str(out), "--out", str(gen)]) == 0
+    assert "wrote 1 image(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kind", ["adapter", "controlnet"])
 def test_train_adapter_and_controlnet(tmp_path: Path, photos: Path, kind: str, capsys) -> None:
     out = tmp_path / kind

@@ -401,16 +401,36 @@ def test_dataset_job_runs_measures_and_zips_the_run(app: Any) -> None:
 # ------------------------------------------------------------------------------- train
 
 
-def test_train_lora_returns_the_weights(app: Any, astronaut_path: Path) -> None:
+@pytest.mark.parametrize("through", ["installed", "peft-only"])
+def test_train_lora_returns_the_weights(
+    app: Any, astronaut_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """The Train tab, UNet only and with the text encoder; ``peft-only``: transformers' peft
+    integration refuses the installed peft (as transformers 5.24 does peft 0.21)."""
+    import zipfile
+
+    from safetensors.torch import load
+
     pytest.importorskip("facegen.training.lora", reason="LoRA training is not installed")
-    path, info = app.client.predict(
-        [handle_file(str(astronaut_path))], "tiny", 2, 4, 1e-4, 0, api_name="/train_lora"
-    )
-    names = _zip_names(path)
-    assert "pytorch_lora_weights.safetensors" in names and "facegen_lora.json" in names
-    assert "rank-4 LoRA on 1 photo(s) for 2 steps" in info
-    msg = _error(app.client, [], "tiny", 2, 4, 1e-4, 0, api_name="/train_lora")
+    if through == "peft-only":
+        from transformers.integrations import peft as integration
+
+        monkeypatch.setattr(integration, "MIN_PEFT_VERSION", "999.0.0")
+    photo = handle_file(str(astronaut_path))
+    for te in (False, True):
+        path, info = app.client.predict([photo], "tiny", 2, 4, 1e-4, 0, te, api_name="/train_lora")
+        names = _zip_names(path)
+        assert "pytorch_lora_weights.safetensors" in names and "facegen_lora.json" in names
+        parts = "UNet and text encoder" if te else "UNet"
+        assert f"rank-4 LoRA ({parts}) on 1 photo(s) for 2 steps" in info
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n.endswith("pytorch_lora_weights.safetensors"))
+            keys = load(z.read(name))
+        assert any(k.startswith("text_encoder.") for k in keys) == te
+    msg = _error(app.client, [], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
     assert "Please upload photos of the person" in msg
+    msg = _error(app.client, [photo], "arc2face", 2, 4, 1e-4, 0, True, api_name="/train_lora")
+    assert "text encoder can be trained only with a prompt-conditioned base" in msg
 
 
 # ------------------------------------------------------------------------------- models
@@ -462,7 +482,7 @@ def test_missing_features_and_internal_errors_read_as_sentences(
             c, [t1], "generate", "all", 0.25, 8, "hull", "tiny", 0, 2, api_name="/anonymize"
         )
         assert "'generate'" in msg and "not in the list of choices" in msg  # not offered
-        msg = _error(c, [t1], "tiny", 2, 4, 1e-4, 0, api_name="/train_lora")
+        msg = _error(c, [t1], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
         assert msg == "LoRA personalization is turned off in this app."
         msg = _error(c, *_args(), api_name="/generate")
         assert "internal error" in msg and "secret" not in msg

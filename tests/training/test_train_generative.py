@@ -271,6 +271,78 @@ def test_lora_prompt_overfits_saves_diffusers_format_and_loads(
     assert np.abs(with_lora.images - without.images).max() > 1e-3
 
 
+@pytest.mark.parametrize("through", ["installed", "peft-only"])
+def test_lora_with_text_encoder_trains_both_and_loads_with_facegen(
+    photos: Path,
+    dlib_analyzer,
+    caches: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    through: str,
+) -> None:
+    """``train_text_encoder``: both parts train, land in one file, and load back through
+    :func:`load_lora` whatever transformers' peft integration thinks of the installed peft."""
+    from diffusers import StableDiffusionPipeline
+
+    from facegen.adapters.lora import load_lora
+
+    if through == "peft-only":
+        from transformers.integrations import peft as integration
+
+        monkeypatch.setattr(integration, "MIN_PEFT_VERSION", "999.0.0")
+    out = tmp_path / "lora-te"
+    parts = components(dlib_analyzer)
+    te_before = copy.deepcopy(parts["text_encoder"].state_dict())
+    cfg = LoraTrainConfig(
+        **{**common(out, photos, caches / "dlib"), "max_steps": 4, "num_validation_images": 0},
+        rank=4,
+        train_text_encoder=True,
+    )
+    result = train_lora(cfg, components=parts, progress=False)
+    assert len(result.losses) == 4 and all(np.isfinite(result.losses))
+    from safetensors.torch import load_file
+
+    keys = load_file(result.weights)
+    assert any(k.startswith("text_encoder.") and "q_proj.lora_A" in k for k in keys)
+    assert any(k.startswith("unet.") for k in keys)
+    te_b = [v for k, v in keys.items() if k.startswith("text_encoder.") and "lora_B" in k]
+    assert max(float(v.abs().max()) for v in te_b) > 0  # B starts at zero: it trained
+    meta = json.loads((out / "facegen_lora.json").read_text())
+    assert meta["text_encoder_target_modules"] == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    # the frozen base weights of the text encoder did not move
+    after = {k.replace(".base_layer", ""): v for k, v in parts["text_encoder"].state_dict().items()}
+    for k, v in te_before.items():
+        torch.testing.assert_close(after[k], v)
+
+    pipe = sd_pipe(StableDiffusionPipeline)
+    tokens = parts["tokenizer"](
+        PROMPT, padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        base = pipe.text_encoder(tokens)[0]
+    load_lora(pipe, out, adapter_name="me")
+    assert pipe.get_list_adapters() == {"unet": ["me"], "text_encoder": ["me"]}
+    with torch.no_grad():
+        loaded = pipe.text_encoder(tokens)[0]
+        parts["text_encoder"].eval()
+        trained = parts["text_encoder"](tokens)[0]
+    assert (loaded - base).abs().max() > 1e-4
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        unet_forward(pipe.unet), unet_forward(parts["unet"]), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_lora_text_encoder_training_is_for_prompt_conditioning(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="train_text_encoder"):
+        LoraTrainConfig(
+            output_dir=str(tmp_path),
+            data_dir=str(tmp_path),
+            base_model="arc2face",
+            train_text_encoder=True,
+        )
+
+
 def test_lora_flags_a_photo_of_someone_else(
     orl_dir: Path, photos: Path, dlib_analyzer, tmp_path: Path
 ) -> None:

@@ -1,0 +1,122 @@
+"""Text-encoder LoRAs through peft itself when transformers' adapter integration refuses peft.
+
+diffusers' ``load_lora_weights`` puts the text-encoder part of a LoRA into the CLIP text
+encoder with transformers' ``PreTrainedModel.load_adapter``, and facegen's own training adds
+text-encoder LoRAs the same way peft does. transformers guards its adapter integration with a
+minimum peft release (``transformers.integrations.peft.MIN_PEFT_VERSION``); transformers 5.24
+raised it to peft 0.22.0 before any peft 0.22 was published, so with the newest releases of
+both (transformers 5.24/5.25, peft 0.21.2) every text-encoder LoRA load fails with "The version
+of PEFT you are using is not compatible, please use a version >= 0.22.0".
+
+The work itself only needs peft's public API (``inject_adapter_in_model`` and
+``set_peft_model_state_dict``), which is what transformers calls for a CLIP text encoder. So,
+only while transformers refuses the installed peft, :func:`text_encoder_loads_through_peft`
+gives the pipeline's text encoders a ``load_adapter`` that does exactly those two calls for
+the arguments diffusers passes (a ready state dict and a ``LoraConfig``), and puts the
+original back afterwards. With a peft that transformers accepts nothing is changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["add_lora_adapter", "integration_refuses_peft", "text_encoder_loads_through_peft"]
+
+logger = logging.getLogger(__name__)
+
+_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def integration_refuses_peft() -> str | None:
+    """The peft release transformers' adapter integration asks for when the installed peft is
+    older (e.g. ``"0.22.0"``), else None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations import peft as integration
+    except ImportError:  # a transformers without the integration module
+        return None
+    need = getattr(integration, "MIN_PEFT_VERSION", None)
+    try:
+        have = version("peft")
+    except PackageNotFoundError:
+        return None
+    if need is None or Version(have) >= Version(need):
+        return None
+    return str(need)
+
+
+def add_lora_adapter(model: Any, config: Any, adapter_name: str = "default") -> Any:
+    """Inject a fresh LoRA ``config`` (a peft ``LoraConfig``) named ``adapter_name`` into
+    ``model`` (a transformers text encoder or a diffusers model) with peft's own API.
+
+    Works with every peft facegen allows, whatever minimum transformers' integration asks
+    for. Refuses a name that is already loaded. Returns ``model``.
+    """
+    from peft import inject_adapter_in_model
+
+    loaded = getattr(model, "peft_config", None) or {}
+    if adapter_name in loaded:
+        raise ValueError(
+            f"`adapter_name` must be new, got {adapter_name!r} which is already loaded "
+            f"(loaded: {', '.join(loaded)})"
+        )
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    if hasattr(type(model), "_hf_peft_config_loaded"):
+        model._hf_peft_config_loaded = True  # what transformers' own add_adapter records
+    return model
+
+
+def _load_adapter_with_peft(
+    self: Any,
+    peft_model_id: str | None = None,
+    adapter_name: str | None = None,
+    peft_config: Any = None,
+    adapter_state_dict: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """``PreTrainedModel.load_adapter`` for what diffusers passes: a ready state dict of peft
+    keys and a ``LoraConfig``."""
+    from peft import set_peft_model_state_dict
+
+    if adapter_state_dict is None or peft_config is None:
+        raise ValueError(
+            "loading a text-encoder LoRA without transformers' peft integration needs "
+            f"`adapter_state_dict` and `peft_config`, got peft_model_id={peft_model_id!r}"
+        )
+    name = adapter_name or "default"
+    add_lora_adapter(self, peft_config, name)
+    result = set_peft_model_state_dict(self, adapter_state_dict, adapter_name=name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", ()) if "lora_" in k]
+    if unexpected:
+        raise ValueError(
+            f"the LoRA's text-encoder keys must match this text encoder, got {len(unexpected)} "
+            f"that do not (first: {unexpected[0]})"
+        )
+
+
+@contextmanager
+def text_encoder_loads_through_peft(pipe: Any) -> Iterator[bool]:
+    """While active, ``pipe``'s text encoders load LoRAs with peft directly if transformers'
+    integration refuses the installed peft (see the module docstring). Yields whether it
+    stepped in."""
+    need = integration_refuses_peft()
+    models = [getattr(pipe, n, None) for n in _TEXT_ENCODERS]
+    models = [m for m in models if m is not None and hasattr(m, "load_adapter")]
+    if need is None or not models:
+        yield False
+        return
+    logger.debug("transformers asks for peft >= %s: text-encoder LoRAs load through peft", need)
+    for m in models:
+        m.load_adapter = types.MethodType(_load_adapter_with_peft, m)
+    try:
+        yield True
+    finally:
+        for m in models:
+            m.__dict__.pop("load_adapter", None)
