@@ -19,37 +19,19 @@ original back afterwards. With a peft that transformers accepts nothing is chang
 from __future__ import annotations
 
 import logging
+import re
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from facegen.compat import integration_refuses_peft
 
 __all__ = ["add_lora_adapter", "integration_refuses_peft", "text_encoder_loads_through_peft"]
 
 logger = logging.getLogger(__name__)
 
 _TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-
-
-def integration_refuses_peft() -> str | None:
-    """The peft release transformers' adapter integration asks for when the installed peft is
-    older (e.g. ``"0.22.0"``), else None."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.version import Version
-
-    try:
-        from transformers.integrations import peft as integration
-    except ImportError:  # a transformers without the integration module
-        return None
-    need = getattr(integration, "MIN_PEFT_VERSION", None)
-    try:
-        have = version("peft")
-    except PackageNotFoundError:
-        return None
-    if need is None or Version(have) >= Version(need):
-        return None
-    return str(need)
 
 
 def add_lora_adapter(model: Any, config: Any, adapter_name: str = "default") -> Any:
@@ -82,9 +64,9 @@ def _load_adapter_with_peft(
     **_: Any,
 ) -> None:
     """``PreTrainedModel.load_adapter`` for what diffusers passes: a ready state dict of peft
-    keys and a ``LoraConfig``."""
-    from peft import set_peft_model_state_dict
-
+    keys (``….q_proj.lora_A.weight``) and a ``LoraConfig``. The weights go straight into the
+    injected layers (``….q_proj.lora_A.<name>.weight``); a key that matches no layer, or a
+    layer the file leaves empty, is refused."""
     if adapter_state_dict is None or peft_config is None:
         raise ValueError(
             "loading a text-encoder LoRA without transformers' peft integration needs "
@@ -92,13 +74,47 @@ def _load_adapter_with_peft(
         )
     name = adapter_name or "default"
     add_lora_adapter(self, peft_config, name)
-    result = set_peft_model_state_dict(self, adapter_state_dict, adapter_name=name)
-    unexpected = [k for k in getattr(result, "unexpected_keys", ()) if "lora_" in k]
+    state = {
+        _LORA_PART.sub(rf".\1.{name}.", k, count=1): v
+        for k, v in _match_module_names(self, adapter_state_dict).items()
+    }
+    result = self.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
     if unexpected:
         raise ValueError(
             f"the LoRA's text-encoder keys must match this text encoder, got {len(unexpected)} "
             f"that do not (first: {unexpected[0]})"
         )
+    empty = [k for k in result.missing_keys if f".{name}." in k and ".lora_" in k]
+    if empty:
+        raise ValueError(
+            f"the LoRA must hold every layer its config names, got none for {len(empty)} "
+            f"(first: {empty[0]})"
+        )
+
+
+_LORA_PART = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)\.")
+_NESTED = "text_model."
+
+
+def _match_module_names(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Keys renamed to ``model``'s module names where they differ only by CLIP's
+    ``text_model.`` level (transformers releases differ in whether ``CLIPTextModel`` nests
+    its layers under ``text_model``; diffusers and transformers map between the two layouts
+    with the model's conversion mapping, which this stand-in does not have)."""
+    modules = {n for n, _ in model.named_modules()}
+
+    def rename(key: str) -> str:
+        module = key.split(".lora_", 1)[0]
+        if module in modules:
+            return key
+        if _NESTED + module in modules:
+            return _NESTED + key
+        if module.startswith(_NESTED) and module[len(_NESTED) :] in modules:
+            return key[len(_NESTED) :]
+        return key
+
+    return {rename(k): v for k, v in state.items()}
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from facegen._version import __version__
+from facegen.compat import use_pil_image_processors
 from facegen.errors import FacegenError
 
 __all__ = ["build_parser", "main"]
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegen.app.app_cmd import add_app_parser
 
     add_app_parser(sub, common)
+    from facegen.app.doctor_cmd import add_doctor_parser
+
+    add_doctor_parser(sub, common)
 
     s = sub.add_parser(
         "samples",
@@ -533,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.debug)
+    use_pil_image_processors()  # no torchvision warnings from diffusers' imports
     start = time.perf_counter()
     try:
         code = int(args.func(args))

@@ -54,6 +54,7 @@ def published_procedure(text_encoder, tokenizer, vecs: torch.Tensor) -> torch.Te
     id_token = tokenizer.encode("id", add_special_tokens=False)[0]
     hidden = text_encoder.config.hidden_size
     vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    text_encoder = getattr(text_encoder, "text_model", text_encoder)  # transformers < 5.x nests it
     with torch.no_grad():
         tok = text_encoder.embeddings.token_embedding(ids).clone()
         tok[ids == id_token] = F.pad(vecs, (0, hidden - vecs.shape[1]))
