@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+from pathlib import Path
 from typing import Any
 
 from facegen.errors import FacegenError
@@ -78,6 +80,21 @@ def add_app_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-queue", type=_positive(int), default=16, help="requests waiting at most (16)"
     )
+    g.add_argument(
+        "--keep-outputs",
+        type=Path,
+        metavar="DIR",
+        help="write the outputs under DIR and keep them after sessions end and the app stops "
+        "(default: a temporary folder, deleted with each session)",
+    )
+    g.add_argument(
+        "--session-ttl",
+        type=_positive(float),
+        default=60.0,
+        metavar="MINUTES",
+        help="an idle session (e.g. an API client) ends after this long, and its files are "
+        "deleted; a closed browser tab ends its session at once (60)",
+    )
 
 
 def add_app_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -108,6 +125,15 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise FacegenError(
             "`--dtype float16` needs a GPU (`--device cuda`); use float32 on the CPU"
         )
+    _check_port_free(args.host, args.port)
+    keep = getattr(args, "keep_outputs", None)
+    if keep is not None:
+        try:
+            keep.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FacegenError(
+                f"--keep-outputs {keep}: cannot create it ({exc.strerror})"
+            ) from None
     limits = AppLimits(max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_megapixels * 1e6))
     services = Services(
         device=device,
@@ -116,10 +142,13 @@ def cmd_app(args: argparse.Namespace) -> int:
         limits=limits,
         pipeline_factory=functools.partial(default_pipeline_factory, offline=offline),
         offline=offline,
+        output_root=keep,
+        keep_outputs=keep is not None,
+        session_ttl_s=60.0 * getattr(args, "session_ttl", 60.0),
     )
+    previous = _stop_on_signals()
     try:
-        print(f"facegen app on http://{args.host}:{args.port} (Ctrl+C to stop)")
-        launch_app(
+        demo = launch_app(
             services,
             host=args.host,
             port=args.port,
@@ -127,7 +156,50 @@ def cmd_app(args: argparse.Namespace) -> int:
             gpu_concurrency=args.concurrency,
             max_queue=args.max_queue,
             quiet=True,
+            block=False,
         )
+        # printed only once the server is listening
+        print(f"facegen app on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
     finally:
         services.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program listens on, before anything is printed or loaded."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise FacegenError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another app "
+                "running there? Choose another with --port"
+            ) from None
+
+
+def _stop_on_signals() -> dict[Any, Any]:
+    """SIGTERM and SIGHUP (docker stop, systemd, kill, a closed terminal) stop the app like
+    Ctrl+C, so that its cleanup runs. Returns the handlers replaced."""
+    import threading
+
+    previous: dict[Any, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, stop)
+    return previous

@@ -21,7 +21,6 @@ __all__ = ["build_app", "launch_app"]
 logger = logging.getLogger(__name__)
 
 GPU = "gpu"
-_SESSION_TTL_S = 6 * 3600
 
 NOTICE = (
     "Everything this app makes is **synthetic** and says so: each output file carries "
@@ -71,7 +70,19 @@ def build_app(
             # drag the whole Services object (and its models) into every copy
             services.drop_session(value)
 
-        state = gr.State(SessionState(), time_to_live=_SESSION_TTL_S, delete_callback=drop_session)
+        state = gr.State(
+            SessionState(), time_to_live=services.session_ttl_s, delete_callback=drop_session
+        )
+
+        def end_session(request: gr.Request) -> None:
+            # the browser tab closed: delete the session's files now (Gradio itself would
+            # drop the state an hour later)
+            app = getattr(demo, "server_app", None)
+            holder = getattr(app, "state_holder", None)
+            if holder is not None and request is not None and request.session_hash:
+                holder.delete_state(request.session_hash)
+
+        demo.unload(end_session)
         gr.Markdown(f"# facegen\n{NOTICE}")
 
         # ---------------------------------------------------------------- Generate
@@ -530,19 +541,21 @@ def launch_app(
     """Build and serve the app. Only the app's own output folder is served besides Gradio's
     upload cache; uploads are capped at ``services.limits.max_upload_mb``; the outputs are
     removed at exit. Returns the running ``gr.Blocks`` when ``block`` is false."""
-    demo = build_app(services, gpu_concurrency=gpu_concurrency, max_queue=max_queue)
     atexit.register(services.close)
     if share:
         logger.warning("--share makes this app reachable from the internet through Gradio's relay")
+    demo = build_app(services, gpu_concurrency=gpu_concurrency, max_queue=max_queue)
     demo.launch(
         server_name=host,
         server_port=port,
         share=share,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=False,
         max_file_size=services.limits.max_upload_bytes,
         allowed_paths=[str(services.output_root)],
         quiet=quiet,
         footer_links=["api"],
     )
+    if block:
+        demo.block_thread()
     return demo

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,36 @@ def _model_message(exc: ModelNotAvailableError) -> str:
     return "\n".join(keep)
 
 
+def _paths_in(value: Any) -> Iterator[str]:
+    """File paths inside a handler argument: a path, a list of them, or Gradio file dicts."""
+    if isinstance(value, (str, Path)):
+        yield str(value)
+    elif isinstance(value, dict):
+        for key in ("path", "name"):
+            if isinstance(value.get(key), str):
+                yield value[key]
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _paths_in(v)
+
+
+def _remember_uploads(values: list[Any]) -> None:
+    """Record the uploaded files a handler receives in its session's state (the argument
+    with ``uploads`` and ``workspace``), so that they are deleted when the session ends."""
+    states = [v for v in values if hasattr(v, "uploads") and hasattr(v, "workspace")]
+    if not states:
+        return
+    found = []
+    for v in values:
+        if v in states:
+            continue
+        for p in _paths_in(v):
+            if len(p) < 4096 and os.path.isfile(p):
+                found.append(os.path.realpath(p))
+    for state in states:
+        state.uploads.extend(p for p in found if p not in state.uploads)
+
+
 def human_errors(action: str) -> Callable[[F], F]:
     """Turn facegen's errors into ``gr.Error`` messages for the page; anything unexpected is
     logged with its traceback on the server and shown as one plain sentence."""
@@ -77,6 +108,7 @@ def human_errors(action: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             gr = _gr()
+            _remember_uploads([*args, *kwargs.values()])
             try:
                 return fn(*args, **kwargs)
             except gr.Error:

@@ -9,8 +9,15 @@ model (diffusers schedulers keep per-call state). Tests inject tiny models throu
 ``pipeline_factory`` and ``analyzer``.
 
 Outputs are written under one temporary root per app (``output_root``); each browser session
-gets its own folder there, removed when the session ends, and the root is removed by
-:meth:`Services.close` (called at exit by :func:`facegen.app.web.launch_app`).
+gets its own folder there. Gradio's own copies of uploads and outputs live in a second
+temporary folder of the app (``gradio_cache``, which :func:`facegen.app.web.launch_app` points
+Gradio at). When a session ends (the browser tab closes, or an API session's state expires)
+its folder, the uploads it received and Gradio's cached copies of its outputs are deleted;
+:meth:`Services.close` (at exit, on Ctrl+C, SIGTERM or SIGHUP) deletes both roots (the Gradio
+folder once the process's last app closes; a ``GRADIO_TEMP_DIR`` set by the user is used and
+left in place, only the session files in it are deleted).
+``keep_outputs=True`` keeps the outputs under ``output_root`` instead (uploads and Gradio's
+copies are still deleted).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -100,6 +108,8 @@ class SessionState:
 
     workspace: str | None = None
     runs: int = 0
+    #: files this session uploaded (Gradio's cached copies), deleted with the session
+    uploads: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,42 @@ class TrainRequest:
 #: ``(request, progress(done, total)) -> result path`` (a file or a folder under
 #: ``request.output_dir``).
 TrainFn = Callable[[TrainRequest, Callable[[int, int], None]], Path]
+
+
+_cache_lock = threading.Lock()
+_cache: dict[str, Any] = {"path": None, "users": 0, "own": False}
+
+
+def _acquire_gradio_cache() -> Path:
+    """The process's Gradio cache folder, shared by the apps of this process.
+
+    Gradio reads its cache folder from ``GRADIO_TEMP_DIR`` at every request, so it is one
+    folder per process: unless the user set that variable, the first app creates a temporary
+    folder, points the variable at it, and the last app to close deletes it."""
+    with _cache_lock:
+        if _cache["path"] is None:
+            env = os.environ.get("GRADIO_TEMP_DIR")
+            if env:
+                _cache.update(path=Path(env).resolve(), own=False)
+            else:
+                folder = Path(tempfile.mkdtemp(prefix="facegen-app-gradio-")).resolve()
+                os.environ["GRADIO_TEMP_DIR"] = str(folder)
+                _cache.update(path=folder, own=True)
+        _cache["users"] += 1
+        return Path(_cache["path"])
+
+
+def _release_gradio_cache() -> None:
+    with _cache_lock:
+        _cache["users"] -= 1
+        if _cache["users"] > 0 or _cache["path"] is None:
+            return
+        folder, own = _cache["path"], _cache["own"]
+        _cache.update(path=None, own=False, users=0)
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+            if os.environ.get("GRADIO_TEMP_DIR") == str(folder):
+                del os.environ["GRADIO_TEMP_DIR"]
 
 
 def default_pipeline_factory(
@@ -185,6 +231,8 @@ class Services:
         swap: bool | None = None,
         trainer: TrainFn | Literal[False] | None = None,
         offline: bool | None = None,
+        keep_outputs: bool = False,
+        session_ttl_s: float = 3600.0,
     ) -> None:
         from facegen.pipelines.presets import PRESETS
 
@@ -216,13 +264,22 @@ class Services:
 
             self.trainer = lora_trainer
         self._train_lock = threading.Lock()
+        if not session_ttl_s > 0:
+            raise ValueError(f"`session_ttl_s` must be > 0, got {session_ttl_s!r}")
+        self.session_ttl_s = float(session_ttl_s)
+        self.keep_outputs = bool(keep_outputs)
+        if self.keep_outputs and output_root is None:
+            raise ValueError("`keep_outputs=True` needs an `output_root` to keep them in")
         self._own_root = output_root is None
         root = Path(output_root) if output_root else Path(tempfile.mkdtemp(prefix="facegen-app-"))
         root.mkdir(parents=True, exist_ok=True)
         self.output_root = root.resolve()
+        #: where Gradio keeps its copies of uploads and outputs (see the module docstring)
+        self.gradio_cache = _acquire_gradio_cache()
         self._closed = False
-        # an own temporary root goes away even if close() is never called (at exit, or when
+        # own temporary folders go away even if close() is never called (at exit, or when
         # this object is collected)
+        self._cleanup_cache = weakref.finalize(self, _release_gradio_cache)
         self._cleanup = (
             weakref.finalize(self, shutil.rmtree, str(self.output_root), True)
             if self._own_root
@@ -360,20 +417,56 @@ class Services:
         path.mkdir(parents=True, exist_ok=False)
         return path
 
+    def _in_cache(self, path: Path) -> bool:
+        return path.is_relative_to(self.gradio_cache) and path != self.gradio_cache
+
+    def _cached_copy(self, file: Path) -> Path | None:
+        """The folder holding Gradio's cached copy of ``file`` (Gradio names it by the hash
+        of the content), if there is one."""
+        try:
+            from gradio.processing_utils import hash_file
+        except ImportError:  # pragma: no cover - gradio is a requirement
+            return None
+        try:
+            folder = (self.gradio_cache / hash_file(file)).resolve()
+        except OSError:
+            return None
+        return folder if folder.is_dir() and self._in_cache(folder) else None
+
     def drop_session(self, state: Any) -> None:
-        """Remove a session's workspace (``gr.State`` delete callback)."""
+        """End a session (``gr.State`` delete callback): delete the uploads it received,
+        Gradio's cached copies of its outputs and (unless ``keep_outputs``) its workspace.
+        Only paths inside the app's own folders are ever deleted."""
+        for up in list(getattr(state, "uploads", None) or []):
+            p = Path(up).resolve()
+            if not self._in_cache(p):
+                continue
+            if self._in_cache(p.parent):  # Gradio keeps each upload in a folder of its own
+                shutil.rmtree(p.parent, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         ws = getattr(state, "workspace", None)
         if not ws:
             return
         path = Path(ws).resolve()
-        if path.parent == self.output_root:  # never anything outside our own root
+        if path.parent != self.output_root:  # never anything outside our own root
+            return
+        for f in (q for q in path.rglob("*") if q.is_file()):
+            copy = self._cached_copy(f)
+            if copy is not None:
+                shutil.rmtree(copy, ignore_errors=True)
+        if not self.keep_outputs:
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
-        """Remove every output this app wrote (idempotent)."""
+        """Remove every upload and cached copy, and every output unless ``keep_outputs``
+        (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        self._cleanup_cache()
+        if self.keep_outputs:
+            return
         if self._cleanup is not None:
             self._cleanup()
         else:
