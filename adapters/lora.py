@@ -42,6 +42,7 @@ from typing import Any
 
 from facegen import hub
 from facegen.adapters.peft_compat import text_encoder_loads_through_peft
+from facegen.validate import check_safetensors
 from facegen.errors import (
     InvalidModelError,
     ModelNotAvailableError,
@@ -325,7 +326,7 @@ def load_lora(
             f"(loaded: {', '.join(loaded)}); unload it first or choose another name"
         )
     _check_not_fused(pipe, "load a LoRA")
-    path = _resolve_source(source, weight_name, local_files_only)
+    path = check_safetensors(_resolve_source(source, weight_name, local_files_only), "LoRA file")
     before = list_loras(pipe)
     try:
         with text_encoder_loads_through_peft(pipe):

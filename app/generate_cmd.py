@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from facegen.errors import FacegenError
+from facegen.validate import check_count, check_fits_in_memory, check_safetensors
 
 __all__ = ["add_generate_parser", "cmd_generate"]
+
+
+#: Bounds of one ``facegen generate`` call (``facegen dataset generate`` is for more).
+MAX_IDENTITIES = 1_000_000
+MAX_IMAGES_PER_IDENTITY = 10_000
 
 
 def add_generate_parser(sub: Any, common: argparse.ArgumentParser, positive_int: Any) -> None:
@@ -93,8 +99,13 @@ def _identities(args: argparse.Namespace, pipe: Any) -> Any:
         from facegen.embedding_io import load_embeddings
 
         embs, _ = load_embeddings(args.id_embedding)
+        if not embs:
+            raise FacegenError(
+                f"{args.id_embedding}: `--id-embedding` must hold at least one embedding, got 0"
+            )
         return embs
     if args.random_identities is not None:
+        check_fits_in_memory(args.random_identities * 512 * 8, "drawing the random identities")
         rng = np.random.default_rng(args.seed)
         v = rng.standard_normal((args.random_identities, 512)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -116,6 +127,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise FacegenError(f"preset {args.preset!r} needs `--prompt TEXT`")
     if not 0 <= args.seed <= 2**31 - 1:
         raise FacegenError(f"`--seed` must be in [0, 2147483647], got {args.seed}")
+    if args.random_identities is not None:
+        check_count(args.random_identities, "--random-identities", maximum=MAX_IDENTITIES)
+    check_count(args.num_images, "--num-images", maximum=MAX_IMAGES_PER_IDENTITY)
+    if args.lora is not None and Path(args.lora).is_file():
+        check_safetensors(args.lora, "LoRA file")
     if args.id_image:
         for p in args.id_image:
             if not p.is_file():
@@ -164,6 +180,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     total = n * args.num_images
     if args.seed + total - 1 > 2**31 - 1:
         raise FacegenError("`--seed` + number of images must stay below 2147483648")
+    # every image is held until the call returns: refuse what cannot fit before starting
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    check_fits_in_memory(total * side * side * 3 * 2, f"{total:,} images of {side}×{side}")
     seeds = [args.seed + k for k in range(total)]
     kwargs: dict[str, Any] = {}
     if args.steps is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from facegen.adapters.arc2face import ARC2FACE_REPO, SD15_REPO
+from facegen.errors import InvalidArgumentError
 from facegen.hub import is_offline, load_pretrained
 from facegen.registry import Registry
 
@@ -54,7 +55,18 @@ def _finish(pipe: Any, name: str, models: dict[str, str], device: str, dtype: An
 
 
 @PRESETS.register("tiny", description="random tiny SD1.5-shaped components (plumbing, demos)")
-def _tiny(*, device: str = "cpu", dtype: Any = "float32", seed: int = 0, **_: Any) -> Any:
+def _tiny(
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    seed: int = 0,
+    controlnet: object = None,
+    **_: Any,
+) -> Any:
+    if controlnet is not None:
+        raise InvalidArgumentError(
+            f"`controlnet` must not be given for preset 'tiny', which has none, got {controlnet!r}"
+        )
     from facegen.pipelines.id_to_face import IDToFacePipeline
     from facegen.pipelines.tiny import tiny_components
 
@@ -150,8 +162,18 @@ def _arc2face_lcm(
     "tiny-controlnet", description="tiny preset + a random ControlNet (control plumbing, demos)"
 )
 def _tiny_controlnet(
-    *, device: str = "cpu", dtype: Any = "float32", seed: int = 0, **_: Any
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    seed: int = 0,
+    controlnet: object = None,
+    **_: Any,
 ) -> Any:
+    if controlnet is not None:
+        raise InvalidArgumentError(
+            "`controlnet` must not be given for preset 'tiny-controlnet', which builds a "
+            f"random ControlNet (a trained one loads with arc2face-controlnet), got {controlnet!r}"
+        )
     import torch
     from diffusers import ControlNetModel
 
@@ -360,6 +382,12 @@ def _tiny_inpaint(
     controlnet: bool = False,
     **_: Any,
 ) -> Any:
+    if not isinstance(controlnet, bool):
+        raise InvalidArgumentError(
+            "`controlnet` must be true or false for preset 'tiny-inpaint' (true adds a random "
+            "ControlNet; a trained one loads with ip-adapter-faceid-inpaint-sd15), got "
+            f"{controlnet!r}"
+        )
     import tempfile
     from pathlib import Path
 
