@@ -230,6 +230,13 @@ def _replace_hook(services: Services, pipe: Any, seed: int, steps: int | None) -
     return make_replace_face(pipe, services.analyzer, seed=seed, **options)
 
 
+def _is_user_error(exc: BaseException) -> bool:
+    """An error meant for the user (a ``gr.Error`` from the upload checks, or facegen's)."""
+    import gradio as gr
+
+    return isinstance(exc, (gr.Error, FacegenError))
+
+
 def anonymize_files(
     services: Services,
     state: SessionState,
@@ -274,14 +281,24 @@ def anonymize_files(
     AnonymizeOptions(**opts)  # checks the settings before any file is read
     n_steps = _steps(services, steps)
     s = _seed(seed)
-    # read every image first: a bad file fails fast, before any model work
+    # read every image first, before any model work: an unreadable, empty or too large file
+    # is reported and skipped like a photo without a face (an error when it is the only one)
     images = []
+    skipped: list[str] = []
     for p in paths:
-        images.append(
-            image_upload(
-                p, what="a photo", max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels
+        try:
+            images.append(
+                image_upload(
+                    p, what="a photo", max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels
+                )
             )
-        )
+        except Exception as exc:
+            if len(paths) == 1 or not _is_user_error(exc):
+                raise
+            reason = getattr(exc, "message", None) or str(exc)
+            skipped.append(f"{Path(p).name}: {reason}")
+            if warn is not None:
+                warn(f"{Path(p).name} was skipped: {reason}")
     status = services.swap_status()
     if mode == "generate" and not status.available:
         raise user_error(
@@ -296,7 +313,6 @@ def anonymize_files(
     captions: list[str] = []
     rows: list[list[Any]] = []
     records: list[dict[str, Any]] = []
-    skipped: list[str] = []
     for k, (image, name) in enumerate(images):
         if progress is not None:
             progress((k, len(images)), desc=f"anonymizing {name}", unit="images")
@@ -309,7 +325,7 @@ def anonymize_files(
                 with services.using_analyzer() as ana:
                     result = anonymize_image(image, ana, source=name, **opts)
         except FacegenError as exc:
-            if len(images) == 1:
+            if len(paths) == 1:
                 raise
             skipped.append(f"{name}: {exc}")
             if warn is not None:

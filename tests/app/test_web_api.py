@@ -323,6 +323,25 @@ def test_anonymize_blurs_every_face_of_several_photos(
     assert [row[4] for row in pix] == ["pixelate"]
 
 
+def test_anonymize_reports_unreadable_files_and_processes_the_rest(
+    app: Any, t1_path: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    gallery, table, zip_path, _ = _anon(app.client, [broken, t1_path, empty])
+    assert len(gallery) == 1 and {row[0] for row in table["data"]} == {"t1.jpg"}
+    skipped = _manifest(zip_path)["skipped"]
+    assert [s.split(":")[0] for s in skipped] == ["broken.jpg", "empty.png"], skipped
+    # alone, an unreadable file is still an error that names it
+    msg = _error(
+        app.client, [handle_file(str(broken))], "blur", "all", 0.25, 8, "hull", "tiny", 0, 2,
+        api_name="/anonymize",
+    )  # fmt: skip
+    assert "broken.jpg" in msg
+
+
 def test_anonymize_skips_photos_without_faces(app: Any, t1_path: Path, tmp_path: Path) -> None:
     noise = write_noise_png(tmp_path / "empty.png")
     gallery, table, zip_path, _ = _anon(app.client, [t1_path, noise])
