@@ -561,6 +561,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _err(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return EXIT_ERROR
+    except MemoryError:
+        if args.debug:
+            raise
+        _err("out of memory; ask for fewer or smaller images, or a smaller batch")
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, with what to do about it
+        if args.debug:
+            raise
+        logger.debug("internal error", exc_info=True)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _err(
+            f"internal error ({type(exc).__name__}{': ' + first if first else ''}); please "
+            "report it with the output of `facegen doctor` and of this command with --debug"
+        )
+        return EXIT_ERROR
     logger.debug("%s took %.2fs", args.command, time.perf_counter() - start)
     return code
 
