@@ -7,14 +7,18 @@ callers (and the CLI) can catch one type. Messages follow the house rule
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AmbiguousFaceError",
     "DeviceNotAvailableError",
     "FaceIndexError",
     "FacegenError",
+    "FolderLockedError",
     "IncompatibleEmbeddingError",
     "InvalidArgumentError",
     "InvalidImageError",
@@ -159,3 +163,41 @@ class InvalidArgumentError(FacegenError, ValueError):
 
 class OutputError(FacegenError, OSError):
     """An output could not be written (unwritable path, disk full, name escaping its folder, …)."""
+
+
+class FolderLockedError(FacegenError):
+    """An output folder is in use by another facegen run (see :mod:`facegen.locks`).
+
+    ``holder``: the lock file's record (``pid``, ``host``, ``started``, ``what``), or ``None``
+    when it could not be read; ``lock_file``: the lock file's path.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        holder: Mapping[str, Any] | None,
+        lock_file: str | os.PathLike[str],
+        hint: str | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.holder = dict(holder) if holder is not None else None
+        self.lock_file = Path(lock_file)
+        self.hint = hint
+        # the record comes from a file: keep the message on one line whatever it holds
+        h = {k: " ".join(str(v).split()) for k, v in (self.holder or {}).items() if v is not None}
+        parts = [str(h["what"])] if h.get("what") else []
+        if h.get("pid"):
+            parts.append(f"PID {h['pid']}" + (f" on host {h['host']}" if h.get("host") else ""))
+        if h.get("started"):
+            parts.append(f"since {h['started']}")
+        who = ", ".join(parts) or "holder unknown"
+        shown = str(self.folder).rstrip("/\\") + os.sep
+        msg = f"`{shown}` is in use by another facegen run ({who}); wait for it or stop it"
+        super().__init__(msg + (f" ({hint})" if hint else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments: pickle (Ray, spawn) them
+        rebuild = functools.partial(
+            FolderLockedError, holder=self.holder, lock_file=self.lock_file, hint=self.hint
+        )
+        return (rebuild, (self.folder,))

@@ -28,11 +28,15 @@ already-open PIL images are not subject to it.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import os
+import stat
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,17 +46,23 @@ from PIL.PngImagePlugin import PngInfo
 
 from facegen.errors import InvalidImageError, OutputError
 from facegen.fileio import atomic_write
+from facegen.locks import is_lock_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "ImageScan",
     "ImageSource",
+    "SkippedEntry",
     "find_images",
     "load_image",
     "pixel_limit",
     "read_metadata",
     "save_image",
+    "scan_images",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
@@ -340,6 +350,151 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out if isinstance(out, dict) else {}
 
 
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry of a folder that :func:`scan_images` could not look into.
+
+    ``reason``: ``"symlink_loop"`` (a link, or a chain of links, leading back to a folder it
+    lies in) or ``"unreadable"`` (a folder that cannot be listed, a file that cannot be
+    opened, a link to nothing); ``detail``: what the system said.
+    """
+
+    path: Path
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ImageScan:
+    """What :func:`scan_images` found: readable image ``files`` (sorted) and the entries it
+    had to ``skip`` (sorted by path), each with its reason."""
+
+    files: list[Path]
+    skipped: list[SkippedEntry]
+
+
+def _readable(path: Path) -> OSError | None:
+    """Why ``path`` cannot be opened for reading, or ``None`` when it can."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    return None
+
+
+def _walk(
+    root: Path,
+    recursive: bool,
+    excluded: Callable[[str], bool],
+    files: list[Path],
+    skipped: list[SkippedEntry],
+    keep_unreadable: bool = False,
+) -> None:
+    """Add the image files under ``root`` to ``files`` and what cannot be read to ``skipped``
+    (image files that cannot be opened to ``files`` too, with ``keep_unreadable``).
+
+    Links to folders are followed; a folder reached again inside itself (its device and
+    inode are one of its ancestors') is a ``symlink_loop`` and is not entered, so the walk
+    ends on any tree.
+    """
+    st = os.stat(root)
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [
+        (root, frozenset({(st.st_dev, st.st_ino)}))
+    ]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            skipped.append(SkippedEntry(folder, "unreadable", exc.strerror or str(exc)))
+            continue
+        for entry in entries:
+            path = folder / entry.name
+            if is_lock_file(entry.name):
+                continue
+            suffix = path.suffix.lower()
+            try:
+                target = os.stat(path)  # follows links
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    skipped.append(SkippedEntry(path, "symlink_loop", exc.strerror or str(exc)))
+                elif suffix in IMAGE_EXTENSIONS or not suffix:  # may have been an image or folder
+                    why = "a link to nothing" if entry.is_symlink() else exc.strerror or str(exc)
+                    skipped.append(SkippedEntry(path, "unreadable", why))
+                continue
+            if stat.S_ISDIR(target.st_mode):
+                if not recursive or excluded(os.path.realpath(path)):
+                    continue
+                key = (target.st_dev, target.st_ino)
+                if key in ancestors:
+                    skipped.append(
+                        SkippedEntry(path, "symlink_loop", "leads back to a folder it lies in")
+                    )
+                    continue
+                stack.append((path, ancestors | {key}))
+            elif stat.S_ISREG(target.st_mode) and suffix in IMAGE_EXTENSIONS:
+                if excluded(os.path.realpath(path)):
+                    continue
+                err = None if keep_unreadable else _readable(path)
+                if err is None:
+                    files.append(path)
+                else:
+                    skipped.append(SkippedEntry(path, "unreadable", err.strerror or str(err)))
+
+
+def _scan(
+    paths: Iterable[str | os.PathLike[str]],
+    recursive: bool,
+    exclude: Iterable[str | os.PathLike[str]],
+    keep_unreadable: bool,
+) -> ImageScan:
+    skip = [os.path.realpath(e) for e in exclude]
+
+    def excluded(real: str) -> bool:
+        return any(real == s or real.startswith(s.rstrip(os.sep) + os.sep) for s in skip)
+
+    seen: dict[Path, None] = {}
+    skipped: dict[Path, SkippedEntry] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found: list[Path] = []
+            problems: list[SkippedEntry] = []
+            _walk(p, recursive, excluded, found, problems, keep_unreadable)
+            for f in sorted(found):
+                seen.setdefault(f, None)
+            for entry in problems:
+                skipped.setdefault(entry.path, entry)
+        elif p.exists():
+            seen.setdefault(p, None)
+        else:
+            raise InvalidImageError("file or folder not found", source=str(p))
+    return ImageScan(list(seen), sorted(skipped.values(), key=lambda e: e.path))
+
+
+def scan_images(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> ImageScan:
+    """Expand files and folders into the image files they hold, and the entries that could
+    not be read.
+
+    Files given explicitly are kept whatever their suffix (so loading reports a bad one);
+    folders contribute the files with a known image suffix (:data:`IMAGE_EXTENSIONS`) that can
+    be opened, except files inside any of the ``exclude`` folders (compared after resolving,
+    e.g. an output folder inside the input folder) and facegen's lock files. Links to folders
+    are followed. Inside folders, these are not files but :attr:`ImageScan.skipped` entries:
+    links that loop (``"symlink_loop"``), folders that cannot be listed, image files that
+    cannot be opened and links to nothing (``"unreadable"``; a dangling link with a
+    non-image suffix is not listed at all). A missing path raises :class:`InvalidImageError`.
+    """
+    return _scan(paths, recursive, exclude, keep_unreadable=False)
+
+
 def find_images(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -348,27 +503,14 @@ def find_images(
 ) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of image files.
 
-    Files given explicitly are kept whatever their suffix (so loading reports a bad one);
-    folders contribute files with a known image suffix, except files inside any of the
-    ``exclude`` folders (compared after resolving, e.g. an output folder inside the input
-    folder). A missing path raises :class:`InvalidImageError`.
+    As :func:`scan_images`, for callers that load each file and report the ones that fail:
+    image files that cannot be opened are listed (so loading them reports them), and the
+    folders and links that cannot be walked are logged as warnings. A missing path raises
+    :class:`InvalidImageError`.
     """
-    skip = [Path(e).resolve() for e in exclude]
-
-    def excluded(f: Path) -> bool:
-        r = f.resolve()
-        return any(r == s or s in r.parents for s in skip)
-
-    seen: dict[Path, None] = {}
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            it = p.rglob("*") if recursive else p.glob("*")
-            for f in sorted(it):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not excluded(f):
-                    seen.setdefault(f, None)
-        elif p.exists():
-            seen.setdefault(p, None)
-        else:
-            raise InvalidImageError("file or folder not found", source=str(p))
-    return list(seen)
+    scan = _scan(paths, recursive, exclude, keep_unreadable=True)
+    for entry in scan.skipped:
+        logger.warning(
+            "skipped %s: %s (%s)", entry.path, entry.reason.replace("_", " "), entry.detail
+        )
+    return scan.files

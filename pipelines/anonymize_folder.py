@@ -2,9 +2,17 @@
 
 Folder runs (:func:`anonymize_folder`) mirror the input tree under ``out_dir`` and keep a
 journal, ``out_dir/anonymize_report.jsonl``: one JSON record per processed file, appended
-and fsync'ed after the file's output was written (atomically). A rerun skips a file whose
-latest record is ``"done"`` with the same settings and the same input size/mtime and whose
-output exists; ``"no_face"`` and ``"error"`` files are tried again. Outputs keep the input's
+and fsync'ed after the file's output was written (atomically), with the SHA-256 of that
+output. A rerun skips a file whose latest record is ``"done"`` with the same settings and the
+same input size/mtime and whose output still exists with that hash (an output deleted or
+changed since is made again); ``"no_face"`` and ``"error"`` files are tried again. When a
+run ends (and when one starts after a crash) the journal is rewritten, atomically, to hold
+exactly one record per input: its latest. Entries of the input folder that cannot be read (a
+folder that cannot be listed, a file that cannot be opened, a link to nothing) and links that
+loop back into their own folder get an ``"error"`` record whose ``reason`` says which
+(``"unreadable"``, ``"symlink_loop"``); the run goes on and never loops. A run holds the lock
+on ``out_dir`` (:func:`facegen.locks.folder_lock`, file ``.facegen.lock``) from start to end,
+so a second run into the same folder fails at once naming the first. Outputs keep the input's
 name when :func:`facegen.image_io.save_image` can write its format (``.png``, ``.jpg``,
 ``.jpeg``, ``.webp``); other formats are written as PNG (``a.bmp`` → ``a.png``). Two inputs
 that would share one output (``a.bmp`` and ``a.png``) are never merged: the later one, in
@@ -15,6 +23,7 @@ facegen's own record of how they were made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,8 +38,9 @@ import cv2
 from facegen._version import __version__
 from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.errors import FacegenError, InvalidImageError, OutputError
-from facegen.fileio import append_json_line, drop_torn_tail
-from facegen.image_io import find_images, load_image
+from facegen.fileio import append_json_line, atomic_write, drop_torn_tail
+from facegen.image_io import SkippedEntry, load_image, scan_images
+from facegen.locks import folder_lock
 from facegen.masks import Length
 from facegen.pipelines.anonymize import (
     AnonymizeOptions,
@@ -58,7 +68,7 @@ _OUTPUT_FORMATS = tuple(_FORMAT_SUFFIXES)
 class FolderReport:
     """Counts and records of one :func:`anonymize_folder` run.
 
-    ``total``: image files found; ``done`` / ``no_face`` / ``errors``: files processed in
+    ``total``: image files found, plus entries that could not be read; ``done`` / ``no_face`` / ``errors``: files processed in
     this run by outcome; ``skipped``: files finished by an earlier run; ``faces``: faces
     anonymized in this run. ``records``: this run's journal records, in processing order.
     """
@@ -165,9 +175,14 @@ def anonymize_folder(
     Every file gets one journal record (``REPORT_NAME`` in ``out_dir``): ``input`` and
     ``output`` (POSIX paths relative to the two folders; ``output`` is ``None`` unless done),
     ``status`` (``"done"``, ``"no_face"`` or ``"error"``), ``faces_detected``, ``faces``
-    (:meth:`FaceRecord.to_dict` each), ``error``, ``settings``, ``input_stat``, ``detector``,
+    (:meth:`FaceRecord.to_dict` each), ``error``, ``reason`` (``"unreadable"`` or
+    ``"symlink_loop"`` for an entry that could not be read, else ``None``), ``output_sha256``
+    (of the written output, when done), ``settings``, ``input_stat``, ``detector``,
     ``seconds``, ``facegen_version``. Unreadable images and per-file failures are recorded
     as errors and the run goes on; a file that is no longer done loses its stale output.
+
+    Raises :class:`~facegen.errors.FolderLockedError` at once when another run is writing
+    into ``out_dir`` (see the module doc).
     """
     opts = _options(
         mode, shape, margin, faces, forehead, feather, blur_sigma, pixel_blocks, fill,
@@ -188,30 +203,63 @@ def anonymize_folder(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    with folder_lock(out, "anonymize run"):
+        report = _run(
+            src, out, analyzer, opts, replace_face, output_format, recursive, watermark, progress
+        )
+    logger.info(
+        "anonymized %d file(s) (%d face(s)); %d skipped as finished, %d without a face, "
+        "%d error(s)",
+        report.done, report.faces, report.skipped, report.no_face, report.errors,
+    )  # fmt: skip
+    return report
+
+
+def _run(
+    src: Path,
+    out: Path,
+    analyzer: FaceAnalyzer,
+    opts: AnonymizeOptions,
+    replace_face: ReplaceFaceFn | None,
+    output_format: str | None,
+    recursive: bool,
+    watermark: bool,
+    progress: Callable[[int, int], None] | None,
+) -> FolderReport:
+    """The body of :func:`anonymize_folder`, run while it holds the lock on ``out``."""
     journal = out / REPORT_NAME
     if drop_torn_tail(journal):
         logger.info("dropped a torn journal line in %s", journal)
+    _compact(journal)  # a crashed run may have left a file's earlier record behind
     previous = {rec["input"]: rec for rec in read_report(journal)}
     settings = {**opts.to_dict(), "output_format": output_format, "watermark": watermark}
     detector, _ = _detector_info(analyzer)
-    files = find_images([src], recursive=recursive, exclude=[out])
-    report = FolderReport(src, out, journal, total=len(files))
+    scan = scan_images([src], recursive=recursive, exclude=[out])
     # every output belongs to the first input (in sorted order) that maps onto it
     owner: dict[str, str] = {}
-    plan: list[tuple[Path, str, str]] = []
-    for path in files:
+    plan: list[tuple[Path, str, str, SkippedEntry | None]] = []
+    for path in scan.files:
         rel = path.relative_to(src).as_posix()
         out_rel = _output_rel(Path(rel), output_format).as_posix()
         owner.setdefault(out_rel, rel)
-        plan.append((path, rel, out_rel))
+        plan.append((path, rel, out_rel, None))
+    for entry in scan.skipped:
+        plan.append((entry.path, entry.path.relative_to(src).as_posix(), "", entry))
+    plan.sort(key=lambda item: item[0])
+    report = FolderReport(src, out, journal, total=len(plan))
     with open(journal, "a", encoding="utf-8") as jf:
-        for n, (path, rel, out_rel) in enumerate(plan, 1):
-            stat = _stat(path)
+        for n, (path, rel, out_rel, skipped) in enumerate(plan, 1):
+            stat = None if skipped is not None else _stat(path)
             prev = previous.get(rel)
-            if _finished(prev, settings, stat, out, out_rel):
+            if skipped is None and _finished(prev, settings, stat, out, out_rel):
                 report.skipped += 1
             else:
-                if owner[out_rel] != rel:
+                if skipped is not None:
+                    record = _new_record(rel, settings, detector)
+                    what = "a link that loops" if skipped.reason == "symlink_loop" else "unreadable"
+                    record.update(reason=skipped.reason, error=f"{rel}: {what} ({skipped.detail})")
+                    logger.warning("%s", record["error"])
+                elif owner[out_rel] != rel:
                     record = _new_record(rel, settings, detector)
                     record["error"] = (
                         f"OutputError: output {out_rel} is already the output of "
@@ -246,12 +294,41 @@ def anonymize_folder(
                     report.errors += 1
             if progress is not None:
                 progress(n, len(plan))
-    logger.info(
-        "anonymized %d file(s) (%d face(s)); %d skipped as finished, %d without a face, "
-        "%d error(s)",
-        report.done, report.faces, report.skipped, report.no_face, report.errors,
-    )  # fmt: skip
+    _compact(journal)  # one record per input: the latest
     return report
+
+
+def _compact(journal: Path) -> None:
+    """Rewrite ``journal`` (atomically) to hold one record per input, its latest, in the
+    order the inputs first appeared; nothing is written when it already does."""
+    if not journal.exists():
+        return
+    latest: dict[str, dict[str, Any]] = {}
+    count = 0
+    for rec in read_report(journal):
+        latest[rec["input"]] = rec
+        count += 1
+    with open(journal, encoding="utf-8") as f:
+        lines = sum(1 for _ in f)
+    if count == len(latest) == lines:
+        return
+    with atomic_write(journal) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in latest.values():
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str | None:
+    """The SHA-256 (hex) of the file at ``path``, or ``None`` when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _finished(
@@ -261,15 +338,19 @@ def _finished(
     out: Path,
     out_rel: str,
 ) -> bool:
-    """Whether an earlier run already finished this file with these settings."""
-    return (
+    """Whether an earlier run already finished this file with these settings, and its output
+    is still the one that run wrote (same SHA-256)."""
+    if not (
         prev is not None
         and prev.get("status") == "done"
         and prev.get("settings") == settings
         and prev.get("input_stat") == stat
         and prev.get("output") == out_rel
-        and (out / out_rel).is_file()
-    )
+        and isinstance(prev.get("output_sha256"), str)
+    ):
+        return False
+    target = out / out_rel
+    return target.is_file() and _sha256(target) == prev["output_sha256"]
 
 
 def _new_record(rel: str, settings: dict[str, Any], detector: str | None) -> dict[str, Any]:
@@ -281,6 +362,8 @@ def _new_record(rel: str, settings: dict[str, Any], detector: str | None) -> dic
         "faces_detected": 0,
         "faces": [],
         "error": None,
+        "reason": None,
+        "output_sha256": None,
         "settings": settings,
         "facegen_version": __version__,
         "seconds": 0.0,
@@ -327,7 +410,10 @@ def _process_file(
                 kind="edited",
                 watermark=watermark and can_watermark(result.image),
             )
-            record.update(status="done", output=out_rel, faces=faces)
+            digest = _sha256(target)
+            if digest is None:
+                raise OutputError(f"cannot read back {out_rel} after writing it")
+            record.update(status="done", output=out_rel, faces=faces, output_sha256=digest)
     except (FacegenError, OSError, ValueError, cv2.error) as exc:
         record.update(status="error", error=f"{type(exc).__name__}: {exc}")
         logger.warning("%s: %s", rel, exc)

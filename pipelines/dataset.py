@@ -15,6 +15,16 @@ line is appended (and fsync'ed) to the shard's journal ``journal/shard-K-of-N.js
 skips committed identities and regenerates the others from scratch (same seeds, same files),
 so a run killed at any moment completes with nothing lost or duplicated. :func:`export`
 turns the committed crops into the training formats (WebDataset, RecordIO, Parquet).
+
+Locks: a run holds the lock of its shard, ``.facegen.lock.shard-K-of-N`` in ``out_dir``
+(:func:`shard_lock`, :func:`facegen.locks.folder_lock`), for as long as it runs. Shards of
+one run fill disjoint identities, each with its own journal and its own image folders, so
+they run side by side into one folder (``--shard``, ``accelerate``, Ray); two runs of the
+same shard would append to one journal and write the same files at once, so the second one
+fails at once, naming the first. Runs with different shard counts are not excluded: where
+their identities overlap they write the same bytes to the same files (same seeds, atomic
+writes) and journal them separately, and every reader takes one record per identity.
+:func:`export` holds ``.facegen.lock.export`` while it writes ``out_dir/export``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,7 @@ from facegen.errors import FacegenError, NoFaceDetectedError
 from facegen.fileio import append_json_line, drop_torn_tail
 from facegen.identity import l2_normalize
 from facegen.image_io import load_image
+from facegen.locks import folder_lock
 from facegen.provenance import can_watermark, save_with_provenance
 
 __all__ = [
@@ -47,6 +59,7 @@ __all__ = [
     "image_seed",
     "iter_records",
     "read_journal",
+    "shard_lock",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,6 +149,23 @@ def full_image_path(out: str | os.PathLike[str], identity: int, index: int) -> P
     return Path(out) / "full" / f"{identity:06d}" / f"{index:04d}.jpg"
 
 
+def shard_lock(
+    out_dir: str | os.PathLike[str], shard: tuple[int, int]
+) -> AbstractContextManager[Path]:
+    """The lock a run holds on its ``shard`` ``(K, N)`` of ``out_dir`` (file
+    ``.facegen.lock.shard-K-of-N``; see the module doc). Entering it raises
+    :class:`~facegen.errors.FolderLockedError` when another run holds it."""
+    k, n_shards = shard
+    what = "dataset run" if n_shards == 1 else f"dataset run, shard {k} of {n_shards}"
+    return folder_lock(out_dir, what, part=f"shard-{k}-of-{n_shards}")
+
+
+def _check_shard(shard: tuple[int, int]) -> None:
+    k, n_shards = shard
+    if not 0 <= k < n_shards:
+        raise ValueError(f"`shard` must be (K, N) with 0 <= K < N, got {shard}")
+
+
 def build_dataset(
     out_dir: str | os.PathLike[str],
     identities: np.ndarray,
@@ -155,11 +185,29 @@ def build_dataset(
     doc). ``condition`` gives per-image generator inputs (a pose's control image, a prompt) that
     are passed to ``generate`` as a third argument, one dict per image, and recorded with the
     image. ``progress(identities_done, identities_total, images_written)`` is called after each
-    committed identity.
+    committed identity. Holds the shard's lock while it runs (see the module doc): raises
+    :class:`~facegen.errors.FolderLockedError` at once when another run is filling this shard
+    of ``out_dir``.
     """
+    _check_shard(shard)
+    with shard_lock(out_dir, shard):
+        return _build_dataset(
+            out_dir, identities, generate, verifier, spec, shard, condition, progress
+        )
+
+
+def _build_dataset(
+    out_dir: str | os.PathLike[str],
+    identities: np.ndarray,
+    generate: GenerateFn,
+    verifier: Any,
+    spec: DatasetSpec,
+    shard: tuple[int, int],
+    condition: ConditionFn | None,
+    progress: Callable[[int, int, int], None] | None,
+) -> DatasetSummary:
+    """:func:`build_dataset` for a caller that holds the shard's lock."""
     k, n_shards = shard
-    if not 0 <= k < n_shards:
-        raise ValueError(f"`shard` must be (K, N) with 0 <= K < N, got {shard}")
     vecs = l2_normalize(np.asarray(identities, np.float32))
     out = Path(out_dir)
     journal = _journal_path(out, shard)
@@ -428,8 +476,6 @@ def export(
     and as many impostor pairs (one of its images, one of another held-out identity), chosen
     with a fixed seed.
     """
-    from facegen.pipelines.writers import DatasetSample, create_writers, write_verification_bin
-
     out = Path(out_dir)
     records = committed_identities(out)
     if not records:
@@ -440,6 +486,20 @@ def export(
         )
     if holdout == 1:
         raise ValueError("`holdout` must be 0 or >= 2 (impostor pairs need two identities)")
+    with folder_lock(out, "dataset export", part="export"):
+        return _export(out, records, formats, holdout, pairs_per_identity)
+
+
+def _export(
+    out: Path,
+    records: list[dict[str, Any]],
+    formats: Sequence[str],
+    holdout: int,
+    pairs_per_identity: int,
+) -> list[Path]:
+    """:func:`export` while it holds the export lock."""
+    from facegen.pipelines.writers import DatasetSample, create_writers, write_verification_bin
+
     vectors = _identity_vectors(out)
     train, held = records[: len(records) - holdout], records[len(records) - holdout :]
     files: list[Path] = []

@@ -14,7 +14,9 @@ whatever runs it:
   consistency summary ``dataset.json`` (missing identities, failures, rejections).
 
 Work is journaled per shard (see :mod:`facegen.pipelines.dataset`), so any of these can be
-killed and rerun.
+killed and rerun. A shard's run holds that shard's lock from before :func:`prepare_run` to
+its end, so shards of one run fill one folder side by side while a second run of the same
+shard fails at once, naming the first (:func:`facegen.pipelines.dataset.shard_lock`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from facegen.errors import FacegenError, MissingDependencyError
+from facegen.locks import folder_lock, is_lock_file
 
 __all__ = [
     "DatasetConfig",
@@ -220,13 +223,22 @@ def prepare_run(
     """Create/check the run folder: ``config.json``, ``identities.safetensors`` (sampled once,
     then read by every shard) and, with poses, ``poses.safetensors``. Returns the ``(N, D)``
     identities and the pose bank (or ``None``). Safe to call from several shards at once:
-    every file is written atomically and is the same whoever writes it."""
+    every file is written atomically and is the same whoever writes it; they take turns
+    (lock ``.facegen.lock.prepare``, waited for), so the first samples and the others read,
+    and a run with other settings starting at the same moment is refused, not mixed in."""
+    with folder_lock(out_dir, "dataset run (preparing)", part="prepare", timeout=None):
+        return _prepare(Path(out_dir), cfg, encoder_id, dim, pose_analyzer)
+
+
+def _prepare(
+    out: Path, cfg: DatasetConfig, encoder_id: str, dim: int, pose_analyzer: Any
+) -> tuple[np.ndarray, Any]:
+    """:func:`prepare_run` while it holds the prepare lock."""
     from facegen.analysis_writer import write_json
     from facegen.embedding_io import load_embeddings
     from facegen.pipelines.dataset_poses import PoseBank
     from facegen.pipelines.identities import sample_identities
 
-    out = Path(out_dir)
     _check_config(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.json").exists():
@@ -376,22 +388,20 @@ def run_shard(
     progress: Callable[[int, int, int], None] | None = None,
 ) -> Any:
     """Fill one shard; returns its summary. ``prepared``: :func:`prepare_run`'s result (made
-    here when not given)."""
-    from facegen.pipelines.dataset import build_dataset
+    here when not given). Holds the shard's lock throughout: raises
+    :class:`~facegen.errors.FolderLockedError` at once when another run fills this shard."""
+    from facegen.pipelines.dataset import _build_dataset, _check_shard, shard_lock
 
-    if prepared is None:
-        prepared = prepare_run(out_dir, cfg, encoder_id=worker.encoder_id, dim=worker.dim)
-    vectors, bank = prepared
-    return build_dataset(
-        out_dir,
-        vectors,
-        worker.generate,
-        worker.verifier,
-        cfg.spec(),
-        shard=shard,
-        condition=_condition_fn(cfg, bank, worker.size),
-        progress=progress,
-    )
+    _check_shard(shard)
+    with shard_lock(out_dir, shard):
+        if prepared is None:
+            prepared = prepare_run(out_dir, cfg, encoder_id=worker.encoder_id, dim=worker.dim)
+        vectors, bank = prepared
+        condition = _condition_fn(cfg, bank, worker.size)
+        spec = cfg.spec()
+        return _build_dataset(
+            out_dir, vectors, worker.generate, worker.verifier, spec, shard, condition, progress
+        )
 
 
 def accelerate_shard() -> tuple[tuple[int, int], str, Any]:
@@ -525,7 +535,7 @@ def merge(
         for sub in ("images", "full"):
             for f in sorted((part / sub).rglob("*")) if (part / sub).is_dir() else []:
                 dst = out / f.relative_to(part)
-                if f.is_file() and not dst.exists():
+                if f.is_file() and not is_lock_file(f) and not dst.exists():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     tmp = dst.with_name(f".{dst.name}.merge")
                     shutil.copy2(f, tmp)
