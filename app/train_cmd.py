@@ -29,14 +29,20 @@ def config_from(cls: type, args: argparse.Namespace, keys: dict[str, str]) -> An
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise FacegenError(f"unknown setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
+        where = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise FacegenError(
+            f"{where}unknown setting(s) {unknown}; valid: {', '.join(sorted(valid))}"
+        )
     for f in dataclasses.fields(cls):  # lists from YAML/TOML into the tuples the configs use
         if isinstance(data.get(f.name), list) and "tuple" in str(f.type):
             data[f.name] = tuple(data[f.name])
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
     try:
         return cls(**data)
     except TypeError as e:
-        raise FacegenError(f"incomplete settings: {e}") from None
+        raise FacegenError(f"{where}incomplete settings: {e}") from None
+    except ValueError as e:  # InvalidArgumentError included: "`key` must be …, got …"
+        raise FacegenError(f"{where}{e}") from None
 
 
 def add_train_parsers(sub: Any, common: argparse.ArgumentParser, positive_int: Any) -> None:

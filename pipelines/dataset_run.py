@@ -56,6 +56,31 @@ POSE_CHOICES = ("none", "reference", "sampled")
 _RUNTIME_KEYS = ("batch_size", "formats", "holdout")
 
 
+def _check_types(values: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
+    """Scalars of the wrong kind, named by key, before the dataclass sees them."""
+    for key, v in values.items():
+        kind = annotations.get(key, "")
+        if kind.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"`{key}` must be an integer, got {v!r}")
+        if kind.startswith("float") and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
+        ):
+            raise ValueError(f"`{key}` must be a number, got {v!r}")
+        if kind == "bool" and not isinstance(v, bool):
+            raise ValueError(f"`{key}` must be true or false, got {v!r}")
+        if kind.startswith("str") and not isinstance(v, str):
+            raise ValueError(f"`{key}` must be a string, got {v!r}")
+
+
+#: Upper bounds of one run's counts (10M identities is ~30 GB of vectors to sample).
+_MAXIMA = {
+    "identities": 10_000_000,
+    "images_per_identity": 100_000,
+    "attempts": 1_000,
+    "batch_size": 4_096,
+}
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """Everything that defines a dataset run (all JSON/YAML/TOML scalars and lists)."""
@@ -86,6 +111,12 @@ class DatasetConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+            if v > _MAXIMA[name]:
+                raise ValueError(f"`{name}` must be at most {_MAXIMA[name]:,}, got {v:,}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"`seed` must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed <= 2**31 - 1:
+            raise ValueError(f"`seed` must be in [0, 2147483647], got {self.seed}")
         if not -1 < self.identity_separation <= 1:
             raise ValueError(
                 f"`identity_separation` must be in (-1, 1], got {self.identity_separation}"
@@ -146,9 +177,16 @@ class DatasetConfig:
             if norm.get(k) is not None:
                 norm[k] = tuple(norm[k])
         if norm.get("perturbation") is not None:
-            norm["perturbation"] = tuple(float(x) for x in norm["perturbation"])
+            try:
+                norm["perturbation"] = tuple(float(x) for x in norm["perturbation"])
+            except (TypeError, ValueError):
+                raise FacegenError(
+                    f"{source}: `perturbation` must be numbers (levels in [0, 1)), got "
+                    f"{data.get('perturbation')!r}"
+                ) from None
         norm = {k: v for k, v in norm.items() if v is not None}
         try:
+            _check_types(norm, {f.name: str(f.type) for f in fields(cls)})
             return cls(**norm)
         except (TypeError, ValueError) as e:
             raise FacegenError(f"{source}: {e}") from None
