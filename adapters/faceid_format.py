@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -28,10 +28,12 @@ __all__ = [
     "FACEID_REPO",
     "FACEID_SD15_LORA",
     "FACEID_SD15_WEIGHTS",
+    "FACE_CROP_CHANNEL_ORDERS",
     "FACE_CROP_SIZE",
     "IMAGE_ENCODER_REPO",
     "IMAGE_ENCODER_SUBFOLDER",
     "AttentionLayer",
+    "FaceCropChannelOrder",
     "FaceIDCheckpoint",
     "attention_layers",
     "check_faceid_state_dict",
@@ -60,6 +62,17 @@ FACEID_LORA_ADAPTER = "faceid_0"
 #: PlusV2's face crop: insightface ``norm_crop(..., image_size=224)`` = ArcFace template at 224.
 FACE_CROP_SIZE = 224
 
+FaceCropChannelOrder = Literal["bgr", "rgb"]
+#: Channel orders a face crop can reach the CLIP image encoder in. The published PlusV2 usage
+#: feeds it **BGR**: the official example (tencent-ailab/IP-Adapter README and the
+#: ``h94/IP-Adapter-FaceID`` model card) reads the photo with ``cv2.imread`` and crops it with
+#: insightface's ``face_align.norm_crop``, both BGR, and ``IPAdapterFaceIDPlus`` hands that
+#: array to ``CLIPImageProcessor`` unchanged (which takes it as RGB); diffusers' IP-Adapter
+#: guide does the same (``cv2.cvtColor(np.asarray(image), cv2.COLOR_BGR2RGB)`` on an RGB PIL
+#: image, i.e. a swap to BGR, then ``norm_crop`` and ``prepare_ip_adapter_image_embeds``).
+#: The training-time order is not published; facegen follows the published inference usage.
+FACE_CROP_CHANNEL_ORDERS: tuple[str, ...] = ("bgr", "rgb")
+
 Variant = Literal["faceid", "plusv2"]
 _VARIANTS = ("faceid", "plusv2")
 _LORA_PROJ = ("to_q", "to_k", "to_v", "to_out")
@@ -70,12 +83,17 @@ _PERCEIVER_FF_MULT = 4
 
 @dataclass(frozen=True)
 class FaceIDCheckpoint:
-    """One published IP-Adapter-FaceID checkpoint: its file, preset, kind and LoRA file."""
+    """One published IP-Adapter-FaceID checkpoint: its file, preset, kind and LoRA file.
+
+    ``face_crop_channel_order``: the order its face crops reach the CLIP image encoder in
+    by default (PlusV2 only; see :data:`FACE_CROP_CHANNEL_ORDERS`).
+    """
 
     weight_name: str
     preset: str
     variant: Variant
     lora_name: str
+    face_crop_channel_order: FaceCropChannelOrder = "bgr"
 
 
 _CHECKPOINTS: Registry[FaceIDCheckpoint] = Registry("IP-Adapter-FaceID checkpoint")
@@ -86,6 +104,7 @@ for _c in (
         "ip-adapter-faceid-plusv2-sd15",
         "plusv2",
         FACEID_PLUSV2_SD15_LORA,
+        face_crop_channel_order="bgr",  # as the published example feeds it
     ),
 ):
     _CHECKPOINTS.register(_c.weight_name, lambda c=_c: c, description=_c.preset)
@@ -133,6 +152,15 @@ def attention_layers(unet: Any) -> list[AttentionLayer]:
         is_cross = not name.endswith("attn1.processor") and "motion_modules" not in name
         out.append(AttentionLayer(i, name, int(hidden), is_cross))
     return out
+
+
+def _check_channel_order(value: Any) -> FaceCropChannelOrder:
+    if value not in FACE_CROP_CHANNEL_ORDERS:
+        raise ValueError(
+            "`face_crop_channel_order` must be one of "
+            f"{', '.join(FACE_CROP_CHANNEL_ORDERS)}, got {value!r}"
+        )
+    return cast(FaceCropChannelOrder, value)
 
 
 def _check_variant(variant: str) -> Variant:

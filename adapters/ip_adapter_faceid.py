@@ -6,6 +6,10 @@ projects an insightface ``buffalo_l`` ArcFace vector (``w600k_r50``, L2-normalis
 ships a rank-128 LoRA on all attention projections that improves identity consistency.
 PlusV2 adds CLIP ViT-H/14 features of the 224×224 ArcFace-aligned face crop, resampled by a
 perceiver into the same 4 tokens and added to the ID tokens (``shortcut``, ``s_scale``).
+The crop reaches the image encoder in BGR channel order by default, as in the published
+PlusV2 example and diffusers' guide (``cv2.imread`` + insightface ``norm_crop``, never
+converted; see :data:`~facegen.adapters.faceid_format.FACE_CROP_CHANNEL_ORDERS`);
+``face_crop_channel_order="rgb"`` feeds it as RGB.
 
 Published files (``h94/IP-Adapter-FaceID``):
 
@@ -67,6 +71,7 @@ from facegen.adapters.base import (
 )
 from facegen.adapters.faceid_format import (
     _CHECKPOINTS,
+    FACE_CROP_CHANNEL_ORDERS,
     FACE_CROP_SIZE,
     FACEID_ENCODER_IDS,
     FACEID_LORA_ADAPTER,
@@ -78,8 +83,10 @@ from facegen.adapters.faceid_format import (
     IMAGE_ENCODER_REPO,
     IMAGE_ENCODER_SUBFOLDER,
     AttentionLayer,
+    FaceCropChannelOrder,
     FaceIDCheckpoint,
     Variant,
+    _check_channel_order,
     _check_variant,
     _has_lora,
     _positive_int,
@@ -106,10 +113,12 @@ __all__ = [
     "FACEID_REPO",
     "FACEID_SD15_LORA",
     "FACEID_SD15_WEIGHTS",
+    "FACE_CROP_CHANNEL_ORDERS",
     "FACE_CROP_SIZE",
     "IMAGE_ENCODER_REPO",
     "IMAGE_ENCODER_SUBFOLDER",
     "AttentionLayer",
+    "FaceCropChannelOrder",
     "FaceIDCheckpoint",
     "IPAdapterFaceID",
     "attention_layers",
@@ -175,6 +184,7 @@ def load_faceid(
     lora: bool = True,
     lora_path: str | os.PathLike[str] | None = None,
     image_encoder: Any = None,
+    face_crop_channel_order: FaceCropChannelOrder | None = None,
     local_files_only: bool | None = None,
 ) -> IPAdapterFaceID:
     """Load a FaceID checkpoint into ``pipe`` with ``pipe.load_ip_adapter`` (and its LoRA).
@@ -193,6 +203,8 @@ def load_faceid(
 
     PlusV2 needs CLIP ViT-H/14 features of the aligned face: pass ``image_encoder`` (e.g.
     :func:`load_image_encoder`) to use :meth:`IPAdapterFaceID.encode_face_crops`.
+    ``face_crop_channel_order`` (``"bgr"`` / ``"rgb"``): the order the crops reach that
+    encoder in; ``None`` takes the checkpoint's published usage (``"bgr"`` for PlusV2).
 
     Returns an :class:`IPAdapterFaceID` that makes ``ip_adapter_image_embeds`` for ``pipe``.
     """
@@ -203,6 +215,9 @@ def load_faceid(
     ckpt = _CHECKPOINTS.create(name)
     if not isinstance(lora, bool):
         raise ValueError(f"`lora` must be True or False, got {lora!r}")
+    channel_order = _check_channel_order(
+        ckpt.face_crop_channel_order if face_crop_channel_order is None else face_crop_channel_order
+    )
     from facegen.hub import resolve
 
     weights = resolve(ckpt.preset, ckpt.weight_name, path=path, offline=local_files_only)
@@ -238,6 +253,7 @@ def load_faceid(
     return IPAdapterFaceID(
         variant=ckpt.variant,
         image_encoder=image_encoder,
+        face_crop_channel_order=channel_order,
         identity_dim=faceid_identity_dim(parts),
         device=unet.device,
         dtype=unet.dtype,
@@ -311,7 +327,9 @@ class IPAdapterFaceID(IdentityAdapter):
 
     PlusV2 also needs :meth:`encode_face_crops` + :meth:`set_clip_embeds` before each call.
     (:class:`~facegen.pipelines.id_text_to_face.IDTextToFacePipeline` does both, and gives
-    each image of a batch its own identity.)
+    each image of a batch its own identity.) ``face_crop_channel_order``: ``"bgr"`` (default,
+    the published PlusV2 usage: the RGB crop is channel-reversed before the CLIP image
+    processor) or ``"rgb"`` (the crop as it is).
 
     Saved adapters (:meth:`save_pretrained`) are a folder with ``config.json`` and
     ``ip-adapter-faceid.safetensors`` in the published key layout, which diffusers'
@@ -328,6 +346,7 @@ class IPAdapterFaceID(IdentityAdapter):
         variant: Variant = "faceid",
         image_encoder: Any = None,
         image_processor: Any = None,
+        face_crop_channel_order: FaceCropChannelOrder = "bgr",
         encoder_ids: tuple[str, ...] = FACEID_ENCODER_IDS,
         identity_dim: int = 512,
         normalized: bool = True,
@@ -344,6 +363,9 @@ class IPAdapterFaceID(IdentityAdapter):
         )
         self.image_encoder = image_encoder
         self._image_processor = image_processor
+        self.face_crop_channel_order: FaceCropChannelOrder = _check_channel_order(
+            face_crop_channel_order
+        )
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
 
@@ -354,7 +376,13 @@ class IPAdapterFaceID(IdentityAdapter):
         ``config.json`` to ``folder``; returns the folder."""
         out = Path(folder)
         save_faceid_weights(state_dict, out / self.WEIGHTS_NAME)
-        write_adapter_config(out, self, variant=self.variant, weights=self.WEIGHTS_NAME)
+        write_adapter_config(
+            out,
+            self,
+            variant=self.variant,
+            weights=self.WEIGHTS_NAME,
+            face_crop_channel_order=self.face_crop_channel_order,
+        )
         return out
 
     @classmethod
@@ -365,11 +393,13 @@ class IPAdapterFaceID(IdentityAdapter):
         *,
         lora: bool = True,
         image_encoder: Any = None,
+        face_crop_channel_order: FaceCropChannelOrder | None = None,
     ) -> IPAdapterFaceID:
         """Load a folder written by :meth:`save_pretrained` into ``pipe`` (via :func:`load_faceid`).
 
         A folder whose config says ``"lora": false`` (an adapter trained without LoRA) is
-        loaded without one whatever ``lora`` says."""
+        loaded without one whatever ``lora`` says. ``face_crop_channel_order=None`` takes the
+        config's (``"bgr"`` when it has none)."""
         cfg = read_adapter_config(folder, cls.__name__)
         variant = _check_variant(cfg.get("variant", "faceid"))
         kind = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
@@ -379,6 +409,11 @@ class IPAdapterFaceID(IdentityAdapter):
             path=Path(folder) / cfg.get("weights", cls.WEIGHTS_NAME),
             lora=lora and bool(cfg.get("lora", True)),
             image_encoder=image_encoder,
+            face_crop_channel_order=(
+                cfg.get("face_crop_channel_order", "bgr")
+                if face_crop_channel_order is None
+                else face_crop_channel_order
+            ),
         )
         adapter.identity = IdentitySpec(
             tuple(cfg["encoder_ids"]),
@@ -447,12 +482,19 @@ class IPAdapterFaceID(IdentityAdapter):
         ViT-H/14) for the crops, and for an all-zero pixel tensor as the negative half, as
         diffusers' ``encode_image(..., output_hidden_states=True)`` computes them.
         ``num_images``: images per pipeline call (prompts × ``num_images_per_prompt``).
+
+        With ``face_crop_channel_order="bgr"`` (default) each RGB crop is channel-reversed
+        before the image processor, so the encoder sees what the published PlusV2 example
+        gives it (insightface's BGR ``norm_crop`` of a ``cv2.imread`` photo); ``"rgb"`` passes
+        the crop as it is.
         """
         import torch
 
         encoder = self._require_encoder()
         n = _positive_int(num_images, "num_images")
         crops = _face_crop_list(face_crops)
+        if self.face_crop_channel_order == "bgr":
+            crops = [np.ascontiguousarray(c[..., ::-1]) for c in crops]
         pixels = self.image_processor(images=crops, return_tensors="pt").pixel_values
         dtype = next(encoder.parameters()).dtype
         pixels = pixels.to(encoder.device, dtype)

@@ -7,8 +7,10 @@ the negative), so N identities × M images run in one batch with one seed per im
 
 Identity vectors are buffalo_l ``w600k_r50`` L2-normalised embeddings
 (``arcface-onnx/buffalo_l``); others are refused. The IP-Adapter-FaceID authors' demo uses
-30 steps, guidance 7.5, DDIM, and the negative prompt
-``"monochrome, lowres, bad anatomy, worst quality, low quality, blurry"`` — the defaults here.
+30 steps, guidance 7.5 and DDIM — the defaults here. The default negative prompt is the one
+the official ``IPAdapterFaceID.generate()`` uses when given none,
+``"monochrome, lowres, bad anatomy, worst quality, low quality"`` (the model card's examples
+pass their own, with ``", blurry"`` appended).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ __all__ = [
     "IDTextToFacePipeline",
 ]
 
-DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
+#: The official ``IPAdapterFaceID.generate()`` default (tencent-ailab/IP-Adapter).
+DEFAULT_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
 
 class FaceIDTextMixin(IDGenerationMixin):

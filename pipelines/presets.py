@@ -6,7 +6,7 @@
 | ``arc2face-lcm`` | Arc2Face + LCM-LoRA, ``LCMScheduler``, 4 steps, guidance 1 | as ``arc2face`` + ``latent-consistency/lcm-lora-sdv1-5`` |
 | ``arc2face-controlnet`` | Arc2Face + its pose ControlNet (conditioned on EMOCA 3-D renders, which facegen cannot compute offline: pass them as ``control_image``), or ``controlnet=PATH`` for a facegen-trained landmark ControlNet | ``FoivosPar/Arc2Face`` ``controlnet`` |
 | ``ip-adapter-faceid-sd15`` | identity + text prompt (IP-Adapter-FaceID with its LoRA), DDIM, 30 steps, guidance 7.5 | ``h94/IP-Adapter-FaceID`` + SD1.5 (``base=`` for another SD1.5 model) + buffalo_l |
-| ``ip-adapter-faceid-plusv2-sd15`` | as above + face structure from CLIP ViT-H/14 features of a 224 face crop (made from the identity photo, or ``face_crops=``) | ``h94/IP-Adapter-FaceID`` PlusV2 + ``h94/IP-Adapter`` ``models/image_encoder`` |
+| ``ip-adapter-faceid-plusv2-sd15`` | as above + face structure from CLIP ViT-H/14 features of a 224 face crop (made from the identity photo, or ``face_crops=``), fed to CLIP in BGR order as the published PlusV2 example does (``face_crop_channel_order="rgb"`` to feed RGB) | ``h94/IP-Adapter-FaceID`` PlusV2 + ``h94/IP-Adapter`` ``models/image_encoder`` |
 | ``tiny`` | randomly initialised SD1.5-shaped components, 64×64 | none (built locally) — plumbing only |
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
 | ``ip-adapter-faceid-inpaint-sd15`` | identity + text inpainting (masked face editing) with the SD1.5 inpainting UNet (9 channels) + IP-Adapter-FaceID and its LoRA, DDIM, 30 steps, guidance 7.5; ``controlnet=PATH`` adds a ControlNet (e.g. a facegen-trained landmark one) | ``stable-diffusion-v1-5/stable-diffusion-inpainting`` + ``h94/IP-Adapter-FaceID`` + buffalo_l |
@@ -250,11 +250,19 @@ def _faceid_sd15(
     with_analyzer: bool = True,
     variant: str = "faceid",
     image_encoder: Any = None,
+    face_crop_channel_order: str | None = None,
     **_: Any,
 ) -> Any:
+    """IP-Adapter-FaceID (``variant="plusv2"``: PlusV2) on an SD1.5 ``base``.
+
+    ``face_crop_channel_order`` (PlusV2): ``"bgr"`` / ``"rgb"``, the channel order the face
+    crop reaches the CLIP image encoder in; ``None`` keeps the published usage (``"bgr"``,
+    see :data:`facegen.adapters.faceid_format.FACE_CROP_CHANNEL_ORDERS`).
+    """
     from diffusers import DDIMScheduler
 
     from facegen.adapters.ip_adapter_faceid import (
+        FACE_CROP_CHANNEL_ORDERS,
         FACEID_PLUSV2_SD15_WEIGHTS,
         FACEID_REPO,
         FACEID_SD15_WEIGHTS,
@@ -262,6 +270,13 @@ def _faceid_sd15(
     )
     from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
 
+    if face_crop_channel_order is not None and face_crop_channel_order not in (
+        FACE_CROP_CHANNEL_ORDERS
+    ):
+        raise ValueError(
+            "`face_crop_channel_order` must be one of "
+            f"{', '.join(FACE_CROP_CHANNEL_ORDERS)} (or None), got {face_crop_channel_order!r}"
+        )
     torch_dtype = resolve_dtype(dtype, device)
     off = is_offline(local_files_only)
     pipe = load_pretrained(
@@ -281,7 +296,12 @@ def _faceid_sd15(
     weights = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
     if variant == "plusv2" and image_encoder is None:
         image_encoder = load_image_encoder(local_files_only=off, torch_dtype=torch_dtype)
-    pipe.load_faceid(weights, local_files_only=off, image_encoder=image_encoder)
+    pipe.load_faceid(
+        weights,
+        local_files_only=off,
+        image_encoder=image_encoder,
+        face_crop_channel_order=face_crop_channel_order,
+    )
     if with_analyzer:
         from facegen.analyzer import FaceAnalyzer
 

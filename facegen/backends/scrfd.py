@@ -18,13 +18,22 @@ Outputs are ordered scores (one per stride), then boxes, then keypoints; each is
 ``(N_anchors, C)`` or, for batch-exported models, ``(1, N_anchors, C)`` with ``C`` = 1, 4, 10.
 Anchor centres are the top-left corners of the stride cells, row-major, each repeated once
 per anchor. facegen needs five keypoints, so models without them are refused.
+
+Post-processing follows insightface's ``SCRFD.detect`` step for step (checked against
+``insightface/model_zoo/scrfd.py``): the image is resized keeping its aspect into the input
+size and padded bottom/right; boxes and keypoints are mapped back by dividing by the *one*
+factor ``det_scale = new_height / height``; candidates are suppressed with insightface's
+``+1``-pixel NMS; ``max_faces`` keeps the boxes insightface's ``max_num`` keeps
+(:func:`max_faces_ranking`, on the unclipped boxes). What facegen adds: boxes are clipped to
+the image (ones wholly outside it are dropped before that ranking), and the result is sorted
+by score (insightface returns ``max_num`` results in ranking order).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -34,7 +43,16 @@ from facegen.base import FaceDetector
 from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.types import Face
 
-__all__ = ["SCRFDDetector", "distance2bbox", "distance2kps", "nms"]
+__all__ = [
+    "MAX_FACES_METRICS",
+    "MaxFacesMetric",
+    "SCRFDDetector",
+    "distance2bbox",
+    "distance2kps",
+    "max_faces_ranking",
+    "nms",
+    "select_max_faces",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +63,10 @@ _NUM_ANCHORS: dict[int, int] = {3: 2, 5: 1}
 _INPUT_MEAN = 127.5
 _INPUT_STD = 128.0
 _DEFAULT_INPUT_SIZE = (640, 640)
+
+MaxFacesMetric = Literal["default", "max"]
+#: How ``max_faces`` ranks faces: insightface's ``metric`` values for ``detect(max_num=…)``.
+MAX_FACES_METRICS: tuple[str, ...] = ("default", "max")
 
 
 def distance2bbox(centers: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -75,29 +97,80 @@ def distance2kps(centers: np.ndarray, distance: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression.
+    """Greedy non-maximum suppression with insightface's ``+1`` pixel rule.
 
-    ``boxes``: ``(N, 4)`` xyxy; ``scores``: ``(N,)``. A box is dropped when its IoU with a
-    higher-scoring kept box is above ``iou_threshold``. IoU uses continuous areas
-    (``(x2 - x1) * (y2 - y1)``, not insightface's ``+1`` pixel convention). Returns the kept
-    indices, int64 ``(K,)``, by descending score (ties keep input order).
+    ``boxes``: ``(N, 4)`` xyxy; ``scores``: ``(N,)``. Areas are ``(x2 - x1 + 1) · (y2 - y1 + 1)``
+    and overlaps ``max(0, xx2 - xx1 + 1) · max(0, yy2 - yy1 + 1)``, as in insightface's
+    ``SCRFD.nms``; a box is dropped when its overlap ratio with a higher-scoring kept box is
+    above ``iou_threshold`` (or is not a number). The arithmetic runs in the boxes' own float
+    dtype (float32 in the detector, like insightface's ``pre_det``; integer boxes use float64),
+    so float32 candidates give insightface's decisions bit for bit. Returns the kept indices,
+    int64 ``(K,)``, by descending score (ties keep input order).
     """
-    boxes = np.asarray(boxes, np.float64)
+    boxes = np.asarray(boxes)
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float64)
+    threshold = float(iou_threshold)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     x1, y1, x2, y2 = boxes.T
-    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     keep: list[int] = []
     while order.size:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0.0)
-        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0.0)
-        inter = iw * ih
-        union = areas[i] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = inter / (areas[i] + areas[rest] - inter)
+        order = rest[ratio <= threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def max_faces_ranking(
+    boxes: np.ndarray, image_size: tuple[int, int], metric: MaxFacesMetric = "default"
+) -> np.ndarray:
+    """The value insightface's ``SCRFD.detect(max_num=k, metric=…)`` ranks boxes by (higher wins).
+
+    ``boxes``: float ``(N, 4)`` xyxy in image pixels; ``image_size``: ``(height, width)``.
+    ``metric="default"``: ``area - 2·offset²``, where ``offset²`` is the squared distance of
+    the box centre from the image centre ``(width // 2, height // 2)`` (a large face near the
+    middle beats a slightly larger one in a corner); ``"max"``: the area alone. Returns
+    ``(N,)`` in the boxes' float dtype (float32 in the detector, as in insightface).
+    """
+    if metric not in MAX_FACES_METRICS:
+        raise ValueError(f"`metric` must be one of {', '.join(MAX_FACES_METRICS)}, got {metric!r}")
+    boxes = np.asarray(boxes)
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if metric == "max":
+        return area
+    height, width = int(image_size[0]), int(image_size[1])
+    dx = (boxes[:, 0] + boxes[:, 2]) / 2 - width // 2
+    dy = (boxes[:, 1] + boxes[:, 3]) / 2 - height // 2
+    return area - (np.power(dx, 2.0) + np.power(dy, 2.0)) * 2.0
+
+
+def select_max_faces(
+    boxes: np.ndarray,
+    image_size: tuple[int, int],
+    max_faces: int,
+    metric: MaxFacesMetric = "default",
+) -> np.ndarray:
+    """Indices of the ``max_faces`` boxes insightface's ``max_num`` keeps, in input order.
+
+    ``boxes``: float ``(N, 4)`` xyxy; ``image_size``: ``(height, width)``; ``max_faces`` 0 keeps
+    all. Ranking by :func:`max_faces_ranking`; exact ties go to the earlier row (the higher
+    score when rows are score-sorted; insightface's unstable sort leaves their order open).
+    Returns int64 ``(min(N, max_faces),)`` sorted ascending.
+    """
+    n = len(boxes)
+    if max_faces <= 0 or n <= max_faces:
+        return np.arange(n, dtype=np.int64)
+    values = max_faces_ranking(boxes, image_size, metric)
+    return np.sort(np.argsort(-values, kind="stable")[:max_faces]).astype(np.int64)
 
 
 class SCRFDDetector(FaceDetector):
@@ -119,9 +192,13 @@ class SCRFDDetector(FaceDetector):
     nms_threshold:
         IoU in (0, 1] above which the lower-scoring of two overlapping boxes is dropped.
     max_faces:
-        Keep at most this many faces (0 = all). Like insightface, the *largest* boxes are
-        kept (by area, ties by score) — the usual wish when a photo has one main subject
-        and small background faces; the result is then sorted by score.
+        Keep at most this many faces (0 = all), chosen as insightface's
+        ``detect(max_num=max_faces, metric=max_faces_metric)`` chooses them (see
+        :func:`max_faces_ranking`); the kept faces are then sorted by score.
+    max_faces_metric:
+        ``"default"`` (insightface's default): rank by ``area - 2·offset²``, ``offset`` being
+        the distance of the box centre from the image centre, so a big face near the middle
+        wins over a bigger one at the edge; ``"max"``: rank by box area alone.
     name:
         Written into :attr:`Face.detector`.
     """
@@ -136,6 +213,7 @@ class SCRFDDetector(FaceDetector):
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         max_faces: int = 0,
+        max_faces_metric: MaxFacesMetric = "default",
         name: str = "scrfd",
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
@@ -144,11 +222,17 @@ class SCRFDDetector(FaceDetector):
             raise ValueError(f"`nms_threshold` must be in (0, 1], got {nms_threshold}")
         if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 0:
             raise ValueError(f"`max_faces` must be an int >= 0, got {max_faces!r}")
+        if max_faces_metric not in MAX_FACES_METRICS:
+            raise ValueError(
+                f"`max_faces_metric` must be one of {', '.join(MAX_FACES_METRICS)}, got "
+                f"{max_faces_metric!r}"
+            )
         self.session = load_session(session, model_path, device)
         self.model_path = Path(model_path) if model_path is not None else None
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.max_faces = max_faces
+        self.max_faces_metric: MaxFacesMetric = max_faces_metric
         self.name = name
         where = str(model_path) if model_path is not None else "SCRFD session"
 
@@ -251,13 +335,14 @@ class SCRFDDetector(FaceDetector):
     def model_files(self) -> dict[str, str]:
         return {} if self.model_path is None else {"detector": str(self.model_path.absolute())}
 
-    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Resize keeping the aspect ratio into ``input_size``, pad bottom/right with 0.
 
-        Returns the uint8 ``(H_in, W_in, 3)`` canvas and the x and y scale factors
-        (input pixels per source pixel). The sizes are rounded like insightface's; unlike
-        insightface, which maps x back with the *y* factor, each axis uses its own factor
-        (they differ by the rounding, so results move by a fraction of a pixel at most).
+        Returns the uint8 ``(H_in, W_in, 3)`` canvas and insightface's ``det_scale``
+        (``new_height / height``, input pixels per source pixel), the one factor that maps
+        both axes back. The resized size is truncated as insightface does, so the true x
+        factor ``new_width / width`` may differ from it slightly; dividing by ``det_scale``
+        anyway is what insightface does (and what its users' numbers come from).
         """
         h, w = image.shape[:2]
         in_w, in_h = self.input_size
@@ -268,7 +353,7 @@ class SCRFDDetector(FaceDetector):
             new_w, new_h = in_w, max(1, int(in_w * im_ratio))
         canvas = np.zeros((in_h, in_w, 3), np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        return canvas, new_w / w, new_h / h
+        return canvas, new_h / h
 
     def _anchor_centers(self, height: int, width: int, stride: int) -> np.ndarray:
         """float32 ``(height·width·anchors, 2)`` xy centres, row-major, anchors innermost."""
@@ -332,7 +417,7 @@ class SCRFDDetector(FaceDetector):
         """
         img = check_rgb_image(image)
         h, w = img.shape[:2]
-        canvas, sx, sy = self._letterbox(img)
+        canvas, det_scale = self._letterbox(img)
         blob = to_blob(canvas[None], _INPUT_MEAN, _INPUT_STD)
         outs = [np.asarray(o) for o in self.session.run(self.output_names, {self.input_name: blob})]
         if not all(np.isfinite(o).all() for o in outs):
@@ -341,22 +426,20 @@ class SCRFDDetector(FaceDetector):
         boxes, scores, kpss = self._decode(outs, self.score_threshold)
         if len(scores) == 0:
             return []
-        scale = np.array([sx, sy], np.float32)
-        boxes = boxes / np.tile(scale, 2)
-        kpss = kpss / scale
+        # float32 / Python float stays float32, as in insightface
+        boxes, kpss = boxes / det_scale, kpss / det_scale
         keep = nms(boxes, scores, self.nms_threshold)
         boxes, scores, kpss = boxes[keep], scores[keep], kpss[keep]
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, kpss = boxes[valid], scores[valid], kpss[valid]
-        if self.max_faces and len(scores) > self.max_faces:
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            # rows are score-sorted, so a stable sort on -area breaks ties by score
-            chosen = np.sort(np.argsort(-area, kind="stable")[: self.max_faces])
-            boxes, scores, kpss = boxes[chosen], scores[chosen], kpss[chosen]
+        clipped = boxes.copy()
+        clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, w)
+        clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, h)
+        valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        boxes, clipped, scores, kpss = boxes[valid], clipped[valid], scores[valid], kpss[valid]
+        # ranked on the unclipped boxes, like insightface (rows are score-sorted)
+        chosen = select_max_faces(boxes, (h, w), self.max_faces, self.max_faces_metric)
+        clipped, scores, kpss = clipped[chosen], scores[chosen], kpss[chosen]
         logger.debug("%s: %d face(s) in a %dx%d image", self.name, len(scores), w, h)
         return [
             Face(bbox=b, score=float(s), kps5=k, detector=self.name)
-            for b, s, k in zip(boxes, scores, kpss)
+            for b, s, k in zip(clipped, scores, kpss)
         ]

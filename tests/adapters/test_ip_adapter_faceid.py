@@ -551,7 +551,9 @@ def test_plusv2_end_to_end(tmp_path: Path, unet, tiny_clip, hanks_path: Path) ->
         weight_name=fid.FACEID_PLUSV2_SD15_WEIGHTS,
         image_encoder_folder=None,
     )
-    (their_clip,) = theirs.prepare_ip_adapter_image_embeds([[crop.image]], None, "cpu", 1, True)
+    # the documented procedure hands CLIP insightface's BGR norm_crop
+    bgr = np.ascontiguousarray(crop.image[..., ::-1])
+    (their_clip,) = theirs.prepare_ip_adapter_image_embeds([[bgr]], None, "cpu", 1, True)
     torch.testing.assert_close(clip, their_clip)
     layer = theirs.unet.encoder_hid_proj.image_projection_layers[0]
     layer.clip_embeds, layer.shortcut = their_clip, True
@@ -574,6 +576,84 @@ def test_plusv2_end_to_end(tmp_path: Path, unet, tiny_clip, hanks_path: Path) ->
 
     with pytest.raises(InvalidImageError, match="RGB uint8"):
         adapter.encode_face_crops(np.zeros((8, 8), np.uint8))
+
+
+def test_plusv2_face_crop_channel_order(
+    tmp_path: Path, unet, tiny_clip, astronaut: np.ndarray
+) -> None:
+    """BGR by default (the published PlusV2 usage), RGB on request (the previous behaviour):
+    CLIP features and the projected identity tokens equal those of the channel-reversed crop."""
+    from facegen.align import align_face
+
+    sd = fid.faceid_state_dict_for(
+        unet, seed=4, variant="plusv2", lora_rank=None, clip_embeddings_dim=48
+    )
+    fid.save_faceid_weights(sd, tmp_path / fid.FACEID_PLUSV2_SD15_WEIGHTS)
+    # scikit-image's astronaut, a colour photo (the Hanks photo is grey: both orders agree)
+    kps = np.array([[200.0, 110.0], [240.0, 108.0], [222.0, 135.0], [204.0, 158.0], [238.0, 156.0]])
+    crop = align_face(astronaut, kps, size=fid.FACE_CROP_SIZE)
+    rgb_crop = crop.image
+    bgr_crop = np.ascontiguousarray(rgb_crop[..., ::-1])
+    assert np.abs(rgb_crop.astype(int) - bgr_crop).mean() > 5  # a colour photo: orders differ
+    emb = buffalo(5)[0]
+
+    def load(order: str | None):
+        pipe = make_pipe()
+        kw = {} if order is None else {"face_crop_channel_order": order}
+        adapter = fid.load_faceid(
+            pipe,
+            fid.FACEID_PLUSV2_SD15_WEIGHTS,
+            path=tmp_path,
+            lora=False,
+            image_encoder=tiny_clip,
+            **kw,
+        )
+        return pipe, adapter
+
+    def tokens(pipe, adapter, crops) -> torch.Tensor:
+        adapter.set_clip_embeds(pipe, adapter.encode_face_crops(crops))
+        with torch.no_grad():
+            return pipe.unet.encoder_hid_proj(adapter.encode(emb))[0]
+
+    # the encoder's own view of each crop, computed directly (diffusers' image processing)
+    plain = fid.IPAdapterFaceID(
+        variant="plusv2", image_encoder=tiny_clip, face_crop_channel_order="rgb"
+    )
+    feats_of_bgr = plain.encode_face_crops(bgr_crop)
+    feats_of_rgb = plain.encode_face_crops(rgb_crop)
+    assert (feats_of_bgr - feats_of_rgb).abs().max() > 1e-3
+
+    pipe, default = load(None)
+    assert default.face_crop_channel_order == "bgr"
+    torch.testing.assert_close(default.encode_face_crops(crop), feats_of_bgr)
+    torch.testing.assert_close(default.encode_face_crops(rgb_crop), feats_of_bgr)
+    pipe_rgb, rgb = load("rgb")
+    torch.testing.assert_close(rgb.encode_face_crops(crop), feats_of_rgb)
+
+    # identity tokens through the PlusV2 projection: default == RGB setting on the reversed crop
+    ours = tokens(pipe, default, [crop])
+    torch.testing.assert_close(ours, tokens(pipe_rgb, rgb, [bgr_crop]))
+    assert (ours - tokens(pipe_rgb, rgb, [crop])).abs().max() > 1e-4
+
+    # the setting travels through save_pretrained / from_pretrained
+    folder = rgb.save_pretrained(tmp_path / "saved", sd)
+    assert (
+        fid.IPAdapterFaceID.from_pretrained(
+            folder, make_pipe(), lora=False, image_encoder=tiny_clip
+        ).face_crop_channel_order
+        == "rgb"
+    )
+    assert (
+        fid.IPAdapterFaceID.from_pretrained(
+            folder, make_pipe(), lora=False, image_encoder=tiny_clip, face_crop_channel_order="bgr"
+        ).face_crop_channel_order
+        == "bgr"
+    )
+    with pytest.raises(ValueError, match="`face_crop_channel_order` must be one of bgr, rgb"):
+        fid.IPAdapterFaceID(variant="plusv2", face_crop_channel_order="RGB")
+    with pytest.raises(ValueError, match="`face_crop_channel_order` must be one of bgr, rgb"):
+        load("bgra")
+    assert {c.variant: c.face_crop_channel_order for c in fid.checkpoints()}["plusv2"] == "bgr"
 
 
 # --------------------------------------------------------------------------------------

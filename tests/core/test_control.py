@@ -208,6 +208,107 @@ def test_instantid_reference_size_gives_absolute_pixels() -> None:
             render_instantid_kps(kps, 512, reference_size=bad)
 
 
+def draw_kps_reference(
+    width: int,
+    height: int,
+    kps: np.ndarray,
+    skip: tuple[int, ...] = (),
+    colours: tuple[tuple[int, int, int], ...] = (
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 0),
+        (255, 0, 255),
+    ),
+) -> np.ndarray:
+    """InstantID's ``draw_kps``, transcribed from its description: a black canvas of the
+    image size, ``ellipse2Poly`` limbs (stickwidth 4) at integer centres / half-lengths /
+    angles filled on a float canvas, ×0.6 to uint8, then radius-10 ``cv2.circle`` dots at
+    ``(int(x), int(y))``. Points in ``skip`` get neither limb nor dot. Returns RGB uint8
+    ``(height, width, 3)``."""
+    stickwidth = 4
+    limb_seq = np.array([[0, 2], [1, 2], [3, 2], [4, 2]])
+    kps = np.array(kps)
+    out = np.zeros([height, width, 3])
+    for index in limb_seq:
+        if index[0] in skip:
+            continue
+        colour = colours[index[0]]
+        x = kps[index][:, 0]
+        y = kps[index][:, 1]
+        length = ((x[0] - x[1]) ** 2 + (y[0] - y[1]) ** 2) ** 0.5
+        angle = np.degrees(np.arctan2(y[0] - y[1], x[0] - x[1]))
+        polygon = cv2.ellipse2Poly(
+            (int(np.mean(x)), int(np.mean(y))), (int(length / 2), stickwidth), int(angle), 0, 360, 1
+        )
+        out = cv2.fillConvexPoly(out.copy(), polygon, colour)
+    out = (out * 0.6).astype(np.uint8)
+    for i, (x, y) in enumerate(kps):
+        if i in skip:
+            continue
+        out = cv2.circle(out.copy(), (int(x), int(y)), 10, colours[i], -1)
+    return np.asarray(Image.fromarray(out.astype(np.uint8)))
+
+
+def _face_like_kps(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Five fractional insightface-order keypoints: the ArcFace template, scaled, turned,
+    moved and jittered as detections of real faces are."""
+    base = arcface_template(112) - 56.0
+    turn = rng.uniform(-0.6, 0.6)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    scale = rng.uniform(0.15, 0.45) * size / 112
+    centre = rng.uniform(0.3, 0.7, 2) * size
+    return base @ rot.T * scale + centre + rng.normal(0.0, 0.02 * size / 10, (5, 2))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_instantid_kps_equals_draw_kps_pixel_for_pixel(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kps = _face_like_kps(rng, 1024)
+    assert np.abs(kps - np.round(kps)).min() > 1e-6  # truly fractional
+    want = draw_kps_reference(1024, 1024, kps)
+    np.testing.assert_array_equal(render_instantid_kps(kps, 1024), want)
+    # any size, at InstantID's absolute 4 / 10 px
+    small = _face_like_kps(rng, 640)
+    np.testing.assert_array_equal(
+        render_instantid_kps(small, 640, reference_size=640),
+        draw_kps_reference(640, 640, small),
+    )
+    pil = render_instantid_kps(kps, 1024, output_type="pil")
+    assert isinstance(pil, Image.Image) and np.array_equal(np.asarray(pil), want)
+
+
+def test_instantid_subpixel_drawing_is_an_explicit_option() -> None:
+    kps = _face_like_kps(np.random.default_rng(0), 1024)
+    want = draw_kps_reference(1024, 1024, kps)
+    sub = render_instantid_kps(kps, 1024, drawing="subpixel")
+    differ = (sub != want).any(axis=2).sum() / (sub.any(axis=2) | want.any(axis=2)).sum()
+    assert 0.02 < differ < 0.3  # same map, other pixel rules
+    with pytest.raises(ValueError, match="`drawing` must be one of instantid, subpixel, got 'aa'"):
+        render_instantid_kps(kps, 1024, drawing="aa")  # type: ignore[arg-type]
+
+
+def test_instantid_integer_drawing_with_a_point_far_off_canvas() -> None:
+    kps = _face_like_kps(np.random.default_rng(1), 512)
+    far = kps.copy()
+    far[4] = [3e12, -5e11]  # beyond cv2's integers: drawn without error
+    img = render_instantid_kps(far, 512, reference_size=512)
+    # that limb is a needle along the ray from the nose (its ellipse is 3·10¹² px long);
+    # everywhere else the map is draw_kps of the other four points
+    want = draw_kps_reference(512, 512, kps, skip=(4,))
+    ray = (far[4] - kps[2]) / np.hypot(*(far[4] - kps[2]))
+    yy, xx = np.mgrid[:512, :512]
+    rel = np.stack([xx - kps[2][0], yy - kps[2][1]], axis=-1)
+    off_ray = np.abs(rel @ np.array([-ray[1], ray[0]])) > 3
+    np.testing.assert_array_equal(img[off_ray], want[off_ray])
+    assert set(map(tuple, img[~off_ray].reshape(-1, 3).tolist())) <= {
+        (0, 0, 0),
+        (153, 0, 153),
+        *INSTANTID_COLOURS,
+        *{tuple(int(v * 0.6) for v in c) for c in INSTANTID_COLOURS},
+    }
+
+
 def test_face_mesh_regions_and_irises() -> None:
     pts, conns = _mesh_fixture()
     img = render_face_mesh(pts, 512, connections=conns)
@@ -245,6 +346,7 @@ def test_face_mesh_without_connections_needs_mediapipe() -> None:
 RENDERERS = {
     "openpose": (render_openpose_face, face68(), {}, 0.9),
     "instantid": (render_instantid_kps, KPS5_512, {}, 0.8),
+    "instantid-subpixel": (render_instantid_kps, KPS5_512, {"drawing": "subpixel"}, 0.8),
     "landmarks68": (render_landmarks68, face68(), {}, 0.75),
     "mesh": (render_face_mesh, _mesh_fixture()[0], {"connections": _mesh_fixture()[1]}, 0.75),
 }
@@ -256,8 +358,10 @@ def _coverage(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(lit, (size, size), interpolation=cv2.INTER_AREA)
 
 
-@pytest.mark.parametrize("name", list(RENDERERS))
+@pytest.mark.parametrize("name", [n for n in RENDERERS if n != "instantid"])
 def test_resolution_independent(name: str) -> None:
+    # (InstantID's default integer drawing rounds widths to whole pixels: exact at its
+    # reference size, not resolution independent)
     fn, pts, kw, min_iou = RENDERERS[name]
     small = fn(pts, 256, source_size=512, **kw).max(axis=2) > 0
     cover = _coverage(fn(pts, 1024, source_size=512, **kw), 256)

@@ -154,6 +154,22 @@ def test_scrfd_letterbox_scales_back_on_a_wide_image(scrfd_model: Any) -> None:
     np.testing.assert_allclose(faces[0].bbox, [120, 42, 168, 108], atol=1e-3)
 
 
+def test_scrfd_letterbox_maps_back_with_one_scale(scrfd_model: Any) -> None:
+    # 500×333 (W×H) → 640×426: insightface's det_scale = 426 / 333 ≈ 1.2793 maps BOTH axes
+    # back, although the x resize factor is 640 / 500 = 1.28
+    img = np.zeros((333, 500, 3), np.uint8)
+    _plant(img, 295, 195, 40, channel=2)  # → input x 377…429, y 249…301: stride-32 cell (8, 12)
+    faces = SCRFDDetector(model_path=scrfd_model.path).detect(img)
+    assert len(faces) == 1
+    det_scale = 426 / 333
+    box, kps = _expected(scrfd_model.spec, 8, 12, 32, scale=det_scale)
+    np.testing.assert_allclose(faces[0].bbox, box, atol=1e-3)
+    np.testing.assert_allclose(faces[0].kps5, kps, atol=1e-3)
+    per_axis, _ = _expected(scrfd_model.spec, 8, 12, 32, scale=1.0)
+    per_axis = per_axis / [1.28, det_scale, 1.28, det_scale]
+    assert abs(per_axis[2] - faces[0].bbox[2]) > 0.15  # separate factors: ~0.18 px apart
+
+
 def test_scrfd_letterbox_tall_image_and_non_square_input(scrfd_model: Any) -> None:
     # 200×400 (W×H) into a 320×256 input: height-bound, 128×256, scale 0.64, padding right
     det = SCRFDDetector(model_path=scrfd_model.path, input_size=(320, 256))
@@ -176,28 +192,39 @@ def test_scrfd_clips_boxes_to_the_image(scrfd_model: Any) -> None:
     np.testing.assert_allclose(faces[0].kps5, kps, atol=1e-3)  # keypoints are not clipped
 
 
-def test_scrfd_sorts_by_score_and_max_faces_keeps_the_largest(scrfd_model: Any) -> None:
+def test_scrfd_sorts_by_score_and_max_faces_ranks_like_insightface(scrfd_model: Any) -> None:
     spec = scrfd_model.spec
     img = np.zeros((640, 640, 3), np.uint8)
-    _plant(img, 10 * 8, 10 * 8, 8, channel=0, value=255)  # stride 8, small box, best score
-    _plant(img, 20 * 16, 5 * 16, 16, channel=1, value=230)  # stride 16, medium
-    _plant(img, 6 * 32, 14 * 32, 32, channel=2, value=210)  # stride 32, largest, worst score
+    _plant(img, 45 * 8, 30 * 8, 8, channel=0, value=255)  # stride 8, small, off-centre, best
+    _plant(img, 20 * 16, 20 * 16, 16, channel=1, value=230)  # stride 16, medium, centred
+    _plant(img, 2 * 32, 2 * 32, 32, channel=2, value=210)  # stride 32, largest, in a corner
     exp = {
-        8: _expected(spec, 10, 10, 8)[0],
-        16: _expected(spec, 5, 20, 16)[0],
-        32: _expected(spec, 14, 6, 32)[0],
+        8: _expected(spec, 30, 45, 8)[0],
+        16: _expected(spec, 20, 20, 16)[0],
+        32: _expected(spec, 2, 2, 32)[0],
     }
     faces = SCRFDDetector(model_path=scrfd_model.path).detect(img)
     assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
     np.testing.assert_allclose(
         np.stack([f.bbox for f in faces]), np.stack([exp[8], exp[16], exp[32]]), atol=1e-3
     )
-    one = SCRFDDetector(model_path=scrfd_model.path, max_faces=1).detect(img)
-    np.testing.assert_allclose(np.stack([f.bbox for f in one]), exp[32][None], atol=1e-3)
-    two = SCRFDDetector(model_path=scrfd_model.path, max_faces=2).detect(img)
-    np.testing.assert_allclose(
-        np.stack([f.bbox for f in two]), np.stack([exp[16], exp[32]]), atol=1e-3
-    )
+
+    def kept(k: int, metric: str) -> np.ndarray:
+        det = SCRFDDetector(model_path=scrfd_model.path, max_faces=k, max_faces_metric=metric)
+        return np.stack([f.bbox for f in det.detect(img)])
+
+    # insightface's default: area - 2·(distance of the box centre from the image centre)²
+    def value(b: np.ndarray) -> float:
+        dx, dy = (b[0] + b[2]) / 2 - 320, (b[1] + b[3]) / 2 - 320
+        return (b[2] - b[0]) * (b[3] - b[1]) - 2 * (dx * dx + dy * dy)
+
+    assert value(exp[16]) > value(exp[8]) > value(exp[32])  # the largest box ranks last
+    np.testing.assert_allclose(kept(1, "default"), exp[16][None], atol=1e-3)
+    np.testing.assert_allclose(kept(2, "default"), np.stack([exp[8], exp[16]]), atol=1e-3)
+    # metric="max": box area alone, the corner face wins
+    np.testing.assert_allclose(kept(1, "max"), exp[32][None], atol=1e-3)
+    np.testing.assert_allclose(kept(2, "max"), np.stack([exp[16], exp[32]]), atol=1e-3)
+    np.testing.assert_allclose(kept(3, "default"), np.stack(list(exp.values())), atol=1e-3)
 
 
 def test_scrfd_batched_outputs_decode_the_same(scrfd_model: Any, scrfd_batched_model: Any) -> None:
@@ -262,7 +289,8 @@ def test_scrfd_refuses_bad_models_and_arguments(
 def test_nms_is_greedy_by_score() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], float)
     scores = np.array([0.6, 0.9, 0.5, 0.1])
-    # box 1 wins, suppresses 0 and 3 (IoU 0.68 with both); box 2 does not overlap
+    # box 1 wins, suppresses 0 and 3 (+1-pixel IoU 100 / 142 ≈ 0.70 with both); box 2 does
+    # not overlap
     assert nms(boxes, scores, 0.4).tolist() == [1, 2]
     assert nms(boxes, scores, 0.99).tolist() == [1, 0, 2]  # 0 and 3 coincide: IoU 1
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.4).tolist() == []

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 
 from facegen import IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.adapters.ip_adapter_faceid import faceid_state_dict_for, save_faceid_weights
-from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
+from facegen.pipelines.id_text_to_face import DEFAULT_NEGATIVE_PROMPT, IDTextToFacePipeline
 from facegen.pipelines.tiny import tiny_components, tiny_image_encoder
 
 STEPS = 2
@@ -63,7 +63,8 @@ def test_per_image_identities_match_diffusers(pipe, ckpt) -> None:
         pos = torch.from_numpy(ids[ident])[None, None]
         img = ref(
             prompt=PROMPT,
-            negative_prompt="monochrome, lowres, bad anatomy, worst quality, low quality, blurry",
+            # the official IPAdapterFaceID.generate() default: facegen's default too
+            negative_prompt="monochrome, lowres, bad anatomy, worst quality, low quality",
             ip_adapter_image_embeds=[torch.cat([torch.zeros_like(pos), pos])],
             num_inference_steps=STEPS,
             guidance_scale=7.5,
@@ -73,6 +74,17 @@ def test_per_image_identities_match_diffusers(pipe, ckpt) -> None:
             generator=torch.Generator().manual_seed(k + 1),
         ).images[0]
         np.testing.assert_allclose(out.images[k], img, atol=2e-3)
+
+
+def test_default_negative_prompt_is_the_official_one(pipe) -> None:
+    assert DEFAULT_NEGATIVE_PROMPT == "monochrome, lowres, bad anatomy, worst quality, low quality"
+    ids = np.random.default_rng(2).normal(size=(1, 512)).astype(np.float32)
+    kw = {"prompt": PROMPT, "seeds": [3], "num_inference_steps": STEPS, "output_type": "np"}
+    default = pipe(ids, **kw).images
+    official = pipe(ids, negative_prompt=DEFAULT_NEGATIVE_PROMPT, **kw).images
+    np.testing.assert_array_equal(default, official)
+    blurry = pipe(ids, negative_prompt=DEFAULT_NEGATIVE_PROMPT + ", blurry", **kw).images
+    assert np.abs(default - blurry).max() > 1e-4
 
 
 def test_identity_and_scale_matter(pipe) -> None:
@@ -182,6 +194,24 @@ def test_plusv2_preset_offline(tmp_path, monkeypatch) -> None:
         "ip-adapter-faceid-plusv2-sd15", base=str(base), with_analyzer=False, image_encoder=clip
     )
     assert pipe.faceid.variant == "plusv2" and pipe.preset_name == "ip-adapter-faceid-plusv2-sd15"
+    # the published PlusV2 usage feeds CLIP a BGR crop; the preset can say otherwise
+    assert pipe.faceid.face_crop_channel_order == "bgr"
+    rgb = from_preset(
+        "ip-adapter-faceid-plusv2-sd15",
+        base=str(base),
+        with_analyzer=False,
+        image_encoder=clip,
+        face_crop_channel_order="rgb",
+    )
+    assert rgb.faceid.face_crop_channel_order == "rgb"
+    with pytest.raises(ValueError, match="`face_crop_channel_order` must be one of bgr, rgb"):
+        from_preset(
+            "ip-adapter-faceid-plusv2-sd15",
+            base=str(base),
+            with_analyzer=False,
+            image_encoder=clip,
+            face_crop_channel_order="BGR",
+        )
 
 
 def test_controlnet_variant_and_photo_errors(ckpt, t1_image, dlib_analyzer) -> None:
