@@ -7,10 +7,10 @@
   (:func:`prepare_face_cache`, see :mod:`facegen.training.face_cache`);
 * the loop itself (:func:`run_training`): Accelerate (mixed precision, gradient
   accumulation, seeding, multi-GPU), AdamW + a diffusers LR schedule, ``checkpoint-N``
-  folders written with ``accelerator.save_state`` holding only the trainable parameters,
-  resume from the latest (or a named) checkpoint with the step count restored, tqdm or a
-  callback for progress, ``metrics.jsonl`` and TensorBoard (when installed), validation
-  images every ``validation_steps``;
+  folders written by :mod:`facegen.training.checkpoint` (safetensors + JSON, no pickle)
+  holding only the trainable parameters of the model, resume from the latest (or a named)
+  checkpoint exactly where it stopped, tqdm or a callback for progress, ``metrics.jsonl``
+  and TensorBoard (when installed), validation images every ``validation_steps``;
 * the denoising objective, re-exported from :mod:`facegen.training.objective`
   (:func:`noisy_latents`, :func:`diffusion_loss`: ε / v-prediction, noise offset,
   min-SNR-γ weighting).
@@ -18,8 +18,14 @@
 Output layout of every loop (``output_dir``)::
 
     <the trained weights and their metadata, see each loop>
-    checkpoints/checkpoint-N/    accelerate state: trainable weights, optimizer, LR schedule,
-                                 RNG states and the step counter
+    checkpoints/checkpoint-N/    the training state, only safetensors and JSON:
+        trainable.safetensors          the trainable parameters (not the frozen base model)
+        optimizer.safetensors/.json    AdamW's moments and step per parameter; its groups
+        scheduler.json                 the LR schedule's state_dict
+        scaler.json                    the fp16 gradient scaler's state (fp16 only)
+        rng_<i>.safetensors/.json      process i's Python / numpy / torch / CUDA random
+                                       states and the data loader's generator
+        state.json                     written last: step counter, file sizes and SHA-256
     face_cache/                  the preprocessed photos (unless ``cache_dir`` says elsewhere)
     validation/step-N/*.png      validation images
     metrics.jsonl, logs/         loss and learning rate per logged step (logs/: TensorBoard)
@@ -33,8 +39,6 @@ import itertools
 import json
 import logging
 import math
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -259,83 +263,29 @@ def prepare_face_cache(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _step_of(p: Path) -> int:
-    m = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)
-    return int(m.group(1)) if m else -1
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``output_dir/checkpoints/checkpoint-N`` folders, oldest first."""
-    folder = Path(output_dir) / "checkpoints"
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _step_of(p) >= 0]
-    return sorted(found, key=_step_of)
-
-
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest ``N``, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+    """The complete ``checkpoint-N`` folder with the largest ``N``, or None."""
+    from facegen.training import checkpoint
+
+    return checkpoint.latest_checkpoint(output_dir, CHECKPOINT_PREFIX)
 
 
-TRAINABLE_FILE = "trainable_{}.safetensors"
+def _save_checkpoint(
+    accelerator: Any, cfg: TrainConfig, step: int, name: str, **parts: Any
+) -> Path:
+    from facegen.training import checkpoint
 
-
-#: Written into every checkpoint folder: the step counter (JSON, so resuming unpickles
-#: nothing of ours; accelerate reads its optimizer and RNG files with ``weights_only``).
-STATE_FILE = "facegen_state.json"
-
-
-class _StepCounter:
-    def __init__(self) -> None:
-        self.global_step = 0
-
-
-def _register_hooks(accelerator: Any, counter: _StepCounter) -> None:
-    """Checkpoints hold only the trainable parameters of the prepared models (a LoRA, an
-    adapter, a ControlNet), not the frozen UNet they live in, plus the step counter."""
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models: list[Any], weights: list[Any], folder: str) -> None:
-        if accelerator.is_main_process:
-            for i, model in enumerate(models):
-                m = accelerator.unwrap_model(model)
-                sd = {
-                    n: p.detach().contiguous() for n, p in m.named_parameters() if p.requires_grad
-                }
-                save_file(sd, str(Path(folder) / TRAINABLE_FILE.format(i)))
-            state = {"global_step": counter.global_step, "facegen_version": __version__}
-            (Path(folder) / STATE_FILE).write_text(json.dumps(state))
-        weights.clear()
-
-    def load_hook(models: list[Any], folder: str) -> None:
-        for i, model in enumerate(list(models)):
-            m = accelerator.unwrap_model(model)
-            sd = load_file(str(Path(folder) / TRAINABLE_FILE.format(i)))
-            trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-            if set(sd) != trainable:
-                raise InvalidArgumentError(
-                    f"{folder}: the checkpoint's trainable parameters do not match this run's "
-                    f"({len(sd)} vs {len(trainable)}); was it made with other settings?"
-                )
-            m.load_state_dict(sd, strict=False)
-        models.clear()
-        try:
-            counter.global_step = int(
-                json.loads((Path(folder) / STATE_FILE).read_text())["global_step"]
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgumentError(f"{folder}: not a facegen checkpoint ({exc})") from exc
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator: Any, cfg: TrainConfig, step: int) -> Path:
     path = Path(cfg.output_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process and cfg.checkpoints_total_limit is not None:
-        for old in list_checkpoints(cfg.output_dir)[: -cfg.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+    checkpoint.save_checkpoint(
+        path,
+        accelerator,
+        loop=name,
+        counters={"global_step": step},
+        trainable_only=True,
+        **parts,
+    )
+    if accelerator.is_main_process:
+        checkpoint.prune_checkpoints(cfg.output_dir, CHECKPOINT_PREFIX, cfg.checkpoints_total_limit)
     logger.info("saved checkpoint %s", path)
     return path
 
@@ -386,6 +336,8 @@ def run_training(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from facegen.training import checkpoint
+
     params = list(params)
     if not params:
         raise InvalidArgumentError("there is nothing to train: no parameter requires grad")
@@ -421,9 +373,17 @@ def run_training(
         num_warmup_steps=cfg.lr_warmup_steps * n,
         num_training_steps=cfg.max_steps * n,
     )
-    counter = _StepCounter()
-    _register_hooks(accelerator, counter)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # what a checkpoint holds: the trainable parameters of ``model`` (a LoRA, an adapter, a
+    # ControlNet; not the frozen UNet they may live in), the optimizer, the LR schedule and
+    # the random states, including the loader's own generator
+    parts = {
+        "models": {"trainable": model},
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "loaders": [loader],
+    }
+    global_step = 0
     resume = resolve_resume(
         cfg.resume_from_checkpoint,
         lambda: latest_checkpoint(cfg.output_dir),
@@ -431,9 +391,12 @@ def run_training(
         output_dir=cfg.output_dir,
     )
     if resume is not None:
-        accelerator.load_state(str(resume))
-        logger.info("resumed from %s at step %d", resume, counter.global_step)
-    start = counter.global_step
+        counters = checkpoint.load_checkpoint(
+            resume, accelerator, loop=name, trainable_only=True, **parts
+        )
+        global_step = counters["global_step"]
+        logger.info("resumed from %s at step %d", resume, global_step)
+    start = global_step
     tracked = bool(getattr(accelerator, "log_with", None))
     if tracked:
         accelerator.init_trackers(name, config=_flat(cfg.to_dict()))
@@ -451,7 +414,7 @@ def run_training(
     epoch = start // steps_per_epoch
     skip = (start % steps_per_epoch) * cfg.grad_accum_steps
     try:
-        while counter.global_step < cfg.max_steps:
+        while global_step < cfg.max_steps:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -469,8 +432,8 @@ def run_training(
                 micro.append(float(accelerator.gather(loss.detach()).mean()))
                 if not accelerator.sync_gradients:
                     continue
-                counter.global_step += 1
-                step = counter.global_step
+                global_step += 1
+                step = global_step
                 value = sum(micro) / len(micro)
                 if not math.isfinite(value):
                     raise FacegenError(
@@ -495,7 +458,9 @@ def run_training(
                     window, t0 = [], time.perf_counter()
                     _log(accelerator, metrics, rec, tracked)
                 if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                    outcome.checkpoints.append(_save_checkpoint(accelerator, cfg, step))
+                    outcome.checkpoints.append(
+                        _save_checkpoint(accelerator, cfg, step, name, **parts)
+                    )
                 final = step == cfg.max_steps
                 if (
                     validate is not None
@@ -509,12 +474,14 @@ def run_training(
             epoch += 1
         if (
             cfg.checkpointing_steps
-            and counter.global_step > start
-            and counter.global_step % cfg.checkpointing_steps
+            and global_step > start
+            and global_step % cfg.checkpointing_steps
         ):
-            outcome.checkpoints.append(_save_checkpoint(accelerator, cfg, counter.global_step))
+            outcome.checkpoints.append(
+                _save_checkpoint(accelerator, cfg, global_step, name, **parts)
+            )
         accelerator.wait_for_everyone()
-        outcome.steps = counter.global_step
+        outcome.steps = global_step
     finally:
         bar.close()
         if metrics is not None:

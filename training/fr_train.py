@@ -13,8 +13,16 @@ Output folder (``FRTrainConfig.output_dir``)::
     model.safetensors    backbone weights, insightface key names
     model.onnx           ONNX export (input ``input.1`` N×3×S×S, dynamic N) for ArcFaceOnnxEncoder
     metrics.jsonl        one JSON line per logged step / validation
-    checkpoints/step-XXXXXXXX/   ``accelerator.save_state`` (model, head, optimizer, scheduler,
-                         RNG, step counter); resume with ``resume="latest"`` or a folder
+    checkpoints/step-XXXXXXXX/   the training state, only safetensors and JSON (see
+                         :mod:`facegen.training.checkpoint`); resume with ``resume="latest"``
+                         or a folder:
+        backbone.safetensors, head.safetensors   their state dicts (BN statistics included)
+        optimizer.safetensors/.json              SGD momentum buffers; parameter groups
+        scheduler.json                           the LR schedule's state_dict
+        scaler.json                              the fp16 gradient scaler's state (fp16 only)
+        rng_<i>.safetensors/.json                process i's Python / numpy / torch / CUDA
+                                                 random states
+        state.json                               written last: step counter, file checksums
     logs/                TensorBoard events (when ``tensorboard`` is installed)
 
 Load the result with :func:`facegen.training.fr_models.load_backbone` or as an identity
@@ -27,7 +35,6 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from facegen.errors import InvalidArgumentError, UnknownNameError
+from facegen.training import checkpoint
 from facegen.training.fr_data import DATA_FORMATS, FRTransform, open_fr_dataset
 from facegen.training.fr_eval import (
     VerificationResult,
@@ -220,19 +228,6 @@ class FRTrainResult:
         return self.validation[-1][1] if self.validation else []
 
 
-class _TrainState:
-    """The step counter, saved with ``accelerator.save_state``."""
-
-    def __init__(self) -> None:
-        self.global_step = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"global_step": self.global_step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.global_step = int(state["global_step"])
-
-
 def _lr_lambda(cfg: FRTrainConfig, total: int, steps_per_epoch: int) -> Any:
     warm = min(cfg.warmup_steps, total)
     milestones = [round(m * steps_per_epoch) for m in cfg.lr_milestones]
@@ -248,10 +243,8 @@ def _lr_lambda(cfg: FRTrainConfig, total: int, steps_per_epoch: int) -> Any:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoints/step-*`` folder under ``output_dir``, or None."""
-    ck = Path(output_dir) / "checkpoints"
-    found = sorted(ck.glob(f"{CHECKPOINT_PREFIX}*")) if ck.is_dir() else []
-    return found[-1] if found else None
+    """The newest complete ``checkpoints/step-*`` folder under ``output_dir``, or None."""
+    return checkpoint.latest_checkpoint(output_dir, CHECKPOINT_PREFIX)
 
 
 def _trackers(cfg: FRTrainConfig) -> list[str] | None:
@@ -340,8 +333,14 @@ def train_fr(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer.optimizer, _lr_lambda(cfg, total, steps_per_epoch)
     )
-    state = _TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    # what a checkpoint holds (no pickle: see facegen.training.checkpoint)
+    parts = {
+        "models": {"backbone": backbone, "head": head},
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "loaders": [loader],
+    }
+    global_step = 0
 
     ckpt = resolve_resume(
         cfg.resume,
@@ -350,27 +349,29 @@ def train_fr(
         output_dir=cfg.output_dir,
     )
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        global_step = checkpoint.load_checkpoint(ckpt, accelerator, loop="fr", **parts)[
+            "global_step"
+        ]
         # the schedule of *this* config (e.g. a longer max_steps) from the restored step on
-        lr_at = _lr_lambda(cfg, total, steps_per_epoch)(state.global_step)
+        lr_at = _lr_lambda(cfg, total, steps_per_epoch)(global_step)
         for group, base in zip(optimizer.optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * lr_at
         scheduler._last_lr = [g["lr"] for g in optimizer.optimizer.param_groups]
-        logger.info("resumed from %s at step %d", ckpt, state.global_step)
-    start_step = state.global_step
+        logger.info("resumed from %s at step %d", ckpt, global_step)
+    start_step = global_step
     if trackers:
         accelerator.init_trackers("fr", config=_flat_config(cfg))
 
     result = FRTrainResult(out, start_step, start_step, 0, num_classes)
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None  # noqa: SIM115
     bar = tqdm(total=total, initial=start_step, disable=not (progress and main), desc="FR training")
-    epoch = state.global_step // steps_per_epoch
-    skip = (state.global_step % steps_per_epoch) * cfg.grad_accum_steps
+    epoch = global_step // steps_per_epoch
+    skip = (global_step % steps_per_epoch) * cfg.grad_accum_steps
     window: list[float] = []
     step_losses: list[float] = []
     t0 = time.perf_counter()
     try:
-        while state.global_step < total:
+        while global_step < total:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)  # shuffling order of this epoch
             if hasattr(dataset, "set_epoch"):
@@ -391,8 +392,8 @@ def train_fr(
                 if not accelerator.sync_gradients:
                     continue
                 scheduler.step()
-                state.global_step += 1
-                step = state.global_step
+                global_step += 1
+                step = global_step
                 result.losses.append(sum(step_losses) / len(step_losses))
                 window.append(result.losses[-1])
                 step_losses = []
@@ -427,14 +428,14 @@ def train_fr(
                             }
                         _log(accelerator, metrics, rec, trackers)
                 if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                    _save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
+                    _save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, parts)
                 if step >= total:
                     break
             epoch += 1
-        if cfg.save_every and state.global_step > start_step:
-            _save_checkpoint(accelerator, out, state.global_step, cfg.keep_checkpoints)
+        if cfg.save_every and global_step > start_step:
+            _save_checkpoint(accelerator, out, global_step, cfg.keep_checkpoints, parts)
         accelerator.wait_for_everyone()
-        result.steps, result.epochs = state.global_step, epoch
+        result.steps, result.epochs = global_step, epoch
         if main:
             result.onnx_path = _save_final(accelerator, backbone, cfg, out, num_classes, result)
     finally:
@@ -482,13 +483,15 @@ def _validate(
     return res
 
 
-def _save_checkpoint(accelerator: Any, out: Path, step: int, keep: int) -> None:
+def _save_checkpoint(
+    accelerator: Any, out: Path, step: int, keep: int, parts: dict[str, Any]
+) -> None:
     path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
-    accelerator.save_state(str(path))
+    checkpoint.save_checkpoint(
+        path, accelerator, loop="fr", counters={"global_step": step}, **parts
+    )
     if accelerator.is_main_process:
-        old = sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
+        checkpoint.prune_checkpoints(out, CHECKPOINT_PREFIX, keep)
     logger.info("saved checkpoint %s", path)
 
 

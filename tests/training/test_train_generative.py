@@ -504,8 +504,18 @@ def test_resume_continues_the_step_count_and_ends_like_an_unbroken_run(
     assert [p.name for p in first.checkpoints] == ["checkpoint-2", "checkpoint-3"]
     assert latest_checkpoint(tmp_path / "split") == ckpts / "checkpoint-3"
     files = {p.name for p in (ckpts / "checkpoint-3").iterdir()}
-    assert {"trainable_0.safetensors", "facegen_state.json", "optimizer.bin"} <= files
-    assert not any(f.startswith(("model", "custom_checkpoint")) for f in files)  # no frozen UNet
+    assert files == {
+        "trainable.safetensors",  # only the trainable parameters, not the frozen UNet
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng_0.safetensors",
+        "rng_0.json",
+        "state.json",
+    }
+    assert json.loads((ckpts / "checkpoint-3" / "state.json").read_text())["counters"] == {
+        "global_step": 3
+    }
     rest = run(tmp_path / "split", 5, 2, "latest")
     assert (rest.start_step, rest.steps) == (3, 5) and len(rest.losses) == 2
     assert first.losses + rest.losses == pytest.approx(whole.losses, abs=1e-6)
