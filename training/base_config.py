@@ -57,6 +57,14 @@ def _check_float(
         raise InvalidArgumentError(f"`{name}` must be a finite number {rng}, got {v!r}")
 
 
+#: Defaults of the settings that depend on the base model (``None``: every real base, SD1.5
+#: and Arc2Face).
+BASE_DEFAULTS: dict[str | None, dict[str, int]] = {
+    None: {"resolution": 512, "validation_inference_steps": 25},
+    "tiny": {"resolution": 64, "validation_inference_steps": 4},
+}
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Fields shared by the generative training loops (each loop's config adds its own).
@@ -69,7 +77,8 @@ class TrainConfig:
     detector's own 68 points — dlib's detectors have them — and adds ``"dlib68"`` only where
     the loop needs landmarks and the detector has none), ``select`` (``"largest"``,
     ``"best"`` or ``"all"`` faces per photo), ``crop_template`` (``"ffhq"`` or ``"arcface"``;
-    None = the loop's default) and ``crop_margin`` (FFHQ only) at ``resolution`` pixels.
+    None = the loop's default) and ``crop_margin`` (FFHQ only) at ``resolution`` pixels
+    (None: the base model's default, :data:`BASE_DEFAULTS`: 512, or 64 for ``"tiny"``).
     Model: ``base_model`` (``"tiny"``, ``"arc2face"``, or an SD1.5 diffusers folder / hub id),
     ``revision``, ``local_files_only``. Optimisation: ``batch_size`` (per device),
     ``max_steps`` (optimizer steps), ``learning_rate``, ``lr_scheduler`` (diffusers'
@@ -80,7 +89,7 @@ class TrainConfig:
     checkpointed too, so a run can be extended), ``checkpoints_total_limit``,
     ``resume_from_checkpoint`` (``"latest"`` or a ``checkpoint-N`` folder),
     ``validation_steps`` (0 = only at the end), ``num_validation_images`` (0 = never),
-    ``validation_inference_steps``, ``log_every``, ``tensorboard``, ``num_workers``,
+    ``validation_inference_steps`` (None: 25, or 4 for ``"tiny"``), ``log_every``, ``tensorboard``, ``num_workers``,
     ``cpu`` (force the CPU).
     """
 
@@ -91,7 +100,7 @@ class TrainConfig:
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
     local_files_only: bool | None = None
-    resolution: int = 512
+    resolution: int | None = None
     crop_template: str | None = None
     crop_margin: float = 1.0
     select: str = "largest"
@@ -122,7 +131,7 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     validation_steps: int = 0
     num_validation_images: int = 2
-    validation_inference_steps: int = 25
+    validation_inference_steps: int | None = None
     log_every: int = 10
     tensorboard: bool = True
     num_workers: int = 0
@@ -130,6 +139,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.output_dir, self.data_dir = str(self.output_dir), str(self.data_dir)
+        # settings left unset take the base model's defaults (the random "tiny" base is
+        # trained small: at 512 px a tiny run takes minutes per step on a CPU)
+        defaults = BASE_DEFAULTS.get(self.base_model, BASE_DEFAULTS[None])
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.crop_template is not None and self.crop_template not in TEMPLATES:
             raise InvalidArgumentError(
                 f"`crop_template` must be one of {', '.join(TEMPLATES)}, got {self.crop_template!r}"

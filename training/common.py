@@ -467,7 +467,14 @@ def run_training(
                     and cfg.num_validation_images
                     and (final or (cfg.validation_steps and step % cfg.validation_steps == 0))
                 ):
+                    # validation can take longer than many steps: say so on the bar
+                    bar.set_description(
+                        f"{name}: {cfg.num_validation_images} validation image(s), "
+                        f"{cfg.validation_inference_steps} steps each"
+                    )
+                    bar.refresh()
                     outcome.validation_images += _validate(accelerator, cfg, validate, step)
+                    bar.set_description(name)
                     model.train()
                 if final:
                     break

@@ -630,3 +630,18 @@ def test_runs_in_one_process_may_change_precision(tmp_path: Path) -> None:
             output_dir=str(tmp_path), data_dir=str(tmp_path), mixed_precision=mp
         )
         assert make_accelerator(cfg).mixed_precision == mp
+
+
+def test_tiny_base_gets_settings_that_fit_it(tmp_path: Path) -> None:
+    """A random tiny base trains at 64 px with short validations unless told otherwise
+    (at SD1.5's 512 px one tiny step takes ~60× longer on a CPU); real bases keep 512."""
+    tiny = LoraTrainConfig(output_dir=str(tmp_path), data_dir=str(tmp_path), base_model="tiny")
+    assert tiny.resolution == 64 and tiny.validation_inference_steps == 4
+    real = LoraTrainConfig(output_dir=str(tmp_path), data_dir=str(tmp_path))
+    assert real.resolution == 512 and real.validation_inference_steps == 25
+    asked = LoraTrainConfig(
+        output_dir=str(tmp_path), data_dir=str(tmp_path), base_model="tiny", resolution=128
+    )
+    assert asked.resolution == 128
+    again = LoraTrainConfig.from_dict(tiny.to_dict())
+    assert again.resolution == 64
