@@ -210,6 +210,37 @@ class FaceAnalyzer:
             ]
         return per_image
 
+    def largest_faces(self, images: Sequence[np.ndarray], *, workers: int = 1) -> list[Face | None]:
+        """The largest face of each RGB uint8 ``(H, W, 3)`` image, or ``None`` where none is
+        found, embedded in one batch (when an encoder is set).
+
+        Made for verifying many generated images: a missing face is a result, not an error,
+        and ``workers`` threads detect in parallel when the detector and landmarker declare
+        ``thread_safe`` (dlib and ONNX Runtime release the GIL while they work). Equal to
+        ``analyze(image, select="largest")`` per image.
+        """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+        arrays = [load_image(im) for im in images]
+
+        def largest(arr: np.ndarray) -> list[Face]:
+            faces = self.detect(arr)
+            return [max(faces, key=lambda f: f.area)] if faces else []
+
+        parallel = getattr(self.detector, "thread_safe", False) and (
+            self.landmarker is None or getattr(self.landmarker, "thread_safe", False)
+        )
+        if workers > 1 and len(arrays) > 1 and parallel:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(arrays))) as pool:
+                per_image = list(pool.map(largest, arrays))
+        else:
+            per_image = [largest(a) for a in arrays]
+        if self.encoder is not None:
+            per_image = self._embed_all(arrays, per_image)
+        return [faces[0] if faces else None for faces in per_image]
+
     def _embed_all(
         self, arrays: Sequence[np.ndarray], per_image: list[list[Face]]
     ) -> list[list[Face]]:

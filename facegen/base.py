@@ -25,6 +25,9 @@ class FaceDetector(ABC):
     name: str = "detector"
     score_threshold: float = 0.5
     max_faces: int = 0
+    #: Whether ``detect`` may run in several threads at once (declared by each backend; a
+    #: detector that does not say so is only ever called from one thread at a time).
+    thread_safe: bool = False
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]: ...
@@ -39,6 +42,8 @@ class Landmarker(ABC):
 
     name: str = "landmarker"
     scheme: str = ""
+    #: Whether ``annotate`` may run in several threads at once (see ``FaceDetector``).
+    thread_safe: bool = False
 
     @abstractmethod
     def annotate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:

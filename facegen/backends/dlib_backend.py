@@ -27,6 +27,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,6 +293,8 @@ class DlibDetector(FaceDetector):
     file (see the module doc). ``device``: ``"cpu"`` (``"cuda"`` only with a CUDA dlib).
     """
 
+    thread_safe = True  # one HOG detector per thread, a lock around the CNN one
+
     def __init__(
         self,
         *,
@@ -332,8 +335,14 @@ class DlibDetector(FaceDetector):
                 f"got {str(model_path)!r}"
             )
         self._files: dict[str, str] = {}
+        # dlib's object detectors must not be used by two threads at once: concurrent HOG
+        # calls each borrow an instance from a free list (made on demand, kept for reuse:
+        # making one costs about as much as a detection), the CNN detector takes a lock
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
         if role is None:
             self._detector = dlib.get_frontal_face_detector()
+            self._free.append(self._detector)
         else:
             self._files[role] = _model_file(role, model_path, offline, own_file=True)
             self._detector = _load("cnn_detector", self._files[role])
@@ -352,13 +361,34 @@ class DlibDetector(FaceDetector):
     def model_files(self) -> dict[str, str]:
         return _absolute(self._files)
 
+    def __getstate__(self) -> dict[str, Any]:  # the lock and the spare detectors stay behind
+        state = dict(self.__dict__)
+        state.pop("_free", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._free = [self._detector] if self.model == "hog" else []
+
     def _candidates(self, img: np.ndarray) -> list[tuple[Any, float]]:
         """Run dlib; ``(rectangle, raw score)`` pairs at or above the raw threshold."""
         if self.model == "hog":
-            rects, scores, _ = self._detector.run(img, self.upsample, self.score_threshold)
+            with self._lock:
+                detector = self._free.pop() if self._free else None
+            if detector is None:
+                detector = _import_dlib("dlib face detection").get_frontal_face_detector()
+            try:
+                rects, scores, _ = detector.run(img, self.upsample, self.score_threshold)
+            finally:
+                with self._lock:
+                    self._free.append(detector)
             pairs = [(r, float(s)) for r, s in zip(rects, scores)]
         else:
-            pairs = [(d.rect, float(d.confidence)) for d in self._detector(img, self.upsample)]
+            with self._lock:
+                found = self._detector(img, self.upsample)
+            pairs = [(d.rect, float(d.confidence)) for d in found]
         return [p for p in pairs if p[1] >= self.score_threshold]
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -407,6 +437,8 @@ class DlibLandmarker(Landmarker):
     detectors (taller, looser) still work but slightly less precisely. ``model_path``: the
     ``shape_predictor_68_face_landmarks.dat`` file or a folder holding it.
     """
+
+    thread_safe = True  # dlib's shape predictor is read-only while predicting
 
     name = "dlib68"
     scheme = "ibug68"

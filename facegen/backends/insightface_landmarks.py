@@ -88,6 +88,8 @@ class InsightfaceLandmarker(Landmarker):
         ``insightface-106``.
     """
 
+    thread_safe = True  # ONNX Runtime sessions run concurrently
+
     def __init__(
         self,
         session: Any | None = None,

@@ -203,6 +203,8 @@ class SCRFDDetector(FaceDetector):
         Written into :attr:`Face.detector`.
     """
 
+    thread_safe = True  # ONNX Runtime sessions run concurrently
+
     def __init__(
         self,
         session: Any | None = None,

@@ -165,3 +165,54 @@ def test_encoder_base_checks_crops_and_flip() -> None:
         enc.embed_crops([np.zeros((31, 32, 3), np.uint8)])
     with pytest.raises(ValueError, match="batch_size"):
         MeanColourEncoder(batch_size=0)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_largest_faces_equals_analyze_per_image(
+    dlib_analyzer, t1_image: np.ndarray, hanks_path: Path, workers: int
+) -> None:
+    """The dataset verifier's batched path: the largest face of each image (None without
+    one), embedded in one batch, equal to ``analyze(select="largest")`` image by image."""
+    from facegen.image_io import load_image
+
+    hanks = load_image(hanks_path)
+    blank = np.full((200, 200, 3), 127, np.uint8)
+    images = [t1_image, blank, hanks, t1_image[:, ::-1].copy()]
+    found = dlib_analyzer.largest_faces(images, workers=workers)
+    assert found[1] is None and all(f is not None for i, f in enumerate(found) if i != 1)
+    for img, face in zip(images, found):
+        if face is None:
+            continue
+        one = dlib_analyzer.analyze(img, select="largest")[0]
+        np.testing.assert_array_equal(face.bbox, one.bbox)
+        np.testing.assert_allclose(face.embedding.vector, one.embedding.vector, atol=1e-5)
+    with pytest.raises(ValueError, match="workers"):
+        dlib_analyzer.largest_faces(images, workers=0)
+
+
+def test_largest_faces_calls_an_undeclared_detector_from_one_thread_at_a_time() -> None:
+    import threading
+    import time
+
+    class Counting(FaceDetector):
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.active = self.most = 0
+            self.lock = threading.Lock()
+
+        def detect(self, image: np.ndarray) -> list[Face]:
+            with self.lock:
+                self.active += 1
+                self.most = max(self.most, self.active)
+            time.sleep(0.02)
+            with self.lock:
+                self.active -= 1
+            return [_face(10, 20, 0.9)]
+
+    det = Counting()
+    found = FaceAnalyzer(det, None, None).largest_faces([_image((1, 2, 3))] * 6, workers=4)
+    assert len(found) == 6 and det.most == 1
+    det.thread_safe = True
+    FaceAnalyzer(det, None, None).largest_faces([_image((1, 2, 3))] * 6, workers=4)
+    assert det.most > 1
