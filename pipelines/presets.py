@@ -54,6 +54,14 @@ def _finish(pipe: Any, name: str, models: dict[str, str], device: str, dtype: An
     return pipe.to(device)
 
 
+def _refuse_controlnet(preset: str, controlnet: object, why: str) -> None:
+    """A preset without a loadable ControlNet refuses one rather than ignore it."""
+    if controlnet is not None:
+        raise InvalidArgumentError(
+            f"`controlnet` must not be given for preset {preset!r}, {why}, got {controlnet!r}"
+        )
+
+
 @PRESETS.register("tiny", description="random tiny SD1.5-shaped components (plumbing, demos)")
 def _tiny(
     *,
@@ -63,10 +71,7 @@ def _tiny(
     controlnet: object = None,
     **_: Any,
 ) -> Any:
-    if controlnet is not None:
-        raise InvalidArgumentError(
-            f"`controlnet` must not be given for preset 'tiny', which has none, got {controlnet!r}"
-        )
+    _refuse_controlnet("tiny", controlnet, "which has none")
     from facegen.pipelines.id_to_face import IDToFacePipeline
     from facegen.pipelines.tiny import tiny_components
 
@@ -169,11 +174,11 @@ def _tiny_controlnet(
     controlnet: object = None,
     **_: Any,
 ) -> Any:
-    if controlnet is not None:
-        raise InvalidArgumentError(
-            "`controlnet` must not be given for preset 'tiny-controlnet', which builds a "
-            f"random ControlNet (a trained one loads with arc2face-controlnet), got {controlnet!r}"
-        )
+    _refuse_controlnet(
+        "tiny-controlnet",
+        controlnet,
+        "which builds a random ControlNet (a trained one loads with arc2face-controlnet)",
+    )
     import torch
     from diffusers import ControlNetModel
 

@@ -53,6 +53,7 @@ from facegen.training.common import (
     weight_dtype,
 )
 from facegen.training.face_cache import CacheDataset, sample_latents
+from facegen.training.resume import holds_output_folder
 
 __all__ = [
     "AdapterTrainConfig",
@@ -231,6 +232,7 @@ def export_faceid_state_dict(unet: Any) -> dict[str, dict[str, Any]]:
     return {"image_proj": proj, "ip_adapter": ip}
 
 
+@holds_output_folder("adapter")
 def train_adapter(
     config: AdapterTrainConfig,
     *,

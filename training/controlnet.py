@@ -49,6 +49,7 @@ from facegen.training.common import (
 )
 from facegen.training.face_cache import CacheDataset, sample_latents
 from facegen.training.lora import ANALYZERS, CONDITIONINGS, default_conditioning
+from facegen.training.resume import holds_output_folder
 
 __all__ = [
     "CONTROLNET_METADATA_NAME",
@@ -147,6 +148,7 @@ def _build_controlnet(cfg: ControlNetTrainConfig, unet: Any, vae: Any) -> Any:
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
+@holds_output_folder("controlnet")
 def train_controlnet(
     config: ControlNetTrainConfig,
     *,

@@ -55,7 +55,7 @@ from facegen.training.fr_eval import (
     load_verification_set,
 )
 from facegen.training.fr_models import ARCHITECTURES, HEADS, IResNet, build_backbone, build_head
-from facegen.training.resume import resolve_resume
+from facegen.training.resume import holds_output_folder, resolve_resume
 
 __all__ = ["SCHEDULES", "FRTrainConfig", "FRTrainResult", "latest_checkpoint", "train_fr"]
 
@@ -257,6 +257,7 @@ def _trackers(cfg: FRTrainConfig) -> list[str] | None:
     return None
 
 
+@holds_output_folder("fr")
 def train_fr(
     config: FRTrainConfig,
     *,

@@ -57,6 +57,8 @@ from facegen.training.common import (
     write_json,
 )
 from facegen.training.face_cache import CacheDataset, FaceCache, sample_latents
+from facegen.training.objective import PromptTokens
+from facegen.training.resume import holds_output_folder
 
 __all__ = [
     "CONDITIONINGS",
@@ -243,29 +245,6 @@ def _text_model(unet: Any, text_encoder: Any) -> Any:
     return UNetWithTextEncoder()
 
 
-class _Tokens:
-    """Prompts → CLIP ``input_ids`` ``(B, 77)`` (int64), each prompt tokenised once."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self._cache: dict[str, Any] = {}
-
-    def __call__(self, prompts: list[str], device: Any) -> Any:
-        import torch
-
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if missing:
-            ids = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            self._cache.update(zip(missing, ids))
-        return torch.stack([self._cache[p] for p in prompts]).to(device)
-
-
 # --------------------------------------------------------------------------- class images
 
 
@@ -408,6 +387,7 @@ def _identity_outliers(cache: FaceCache, threshold: float | None) -> list[dict[s
 # --------------------------------------------------------------------------- training
 
 
+@holds_output_folder("lora")
 def train_lora(
     config: LoraTrainConfig,
     *,
@@ -525,7 +505,7 @@ def train_lora(
             "no layer of the text encoder"
         )
     params += te_params
-    tokens = _Tokens(parts["tokenizer"])
+    tokens = PromptTokens(parts["tokenizer"])
     model = _text_model(unet, text_encoder) if cfg.train_text_encoder else unet
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     fields = ("latents", "caption", "index")

@@ -17,15 +17,14 @@ from facegen.errors import InvalidArgumentError
 __all__ = ["PromptEncoder", "diffusion_loss", "noisy_latents"]
 
 
-class PromptEncoder:
-    """Prompts → frozen CLIP ``prompt_embeds`` ``(B, 77, C)``, each prompt encoded once."""
+class PromptTokens:
+    """Prompts → CLIP ``input_ids`` ``(B, 77)`` (int64), each prompt tokenised once."""
 
-    def __init__(self, text_encoder: Any, tokenizer: Any) -> None:
-        self.text_encoder = text_encoder
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._cache: dict[str, Any] = {}
 
-    def __call__(self, prompts: Sequence[str], device: Any, dtype: Any) -> Any:
+    def __call__(self, prompts: Sequence[str], device: Any = None) -> Any:
         import torch
 
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -36,7 +35,26 @@ class PromptEncoder:
                 max_length=self.tokenizer.model_max_length,
                 truncation=True,
                 return_tensors="pt",
-            ).input_ids.to(self.text_encoder.device)
+            ).input_ids
+            self._cache.update(zip(missing, ids))
+        return torch.stack([self._cache[p] for p in prompts]).to(device)
+
+
+class PromptEncoder:
+    """Prompts → frozen CLIP ``prompt_embeds`` ``(B, 77, C)``, each prompt encoded once."""
+
+    def __init__(self, text_encoder: Any, tokenizer: Any) -> None:
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self._tokens = PromptTokens(tokenizer)
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, prompts: Sequence[str], device: Any, dtype: Any) -> Any:
+        import torch
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            ids = self._tokens(missing, self.text_encoder.device)
             with torch.no_grad():
                 states = self.text_encoder(ids)[0]
             for p, s in zip(missing, states):

@@ -143,3 +143,19 @@ def test_edit_commands_bad_input(tmp_path: Path, t1_path: Path, capsys) -> None:
     args = [*swap, "--target", str(t1_path), "--faces", "reference", "--reference", str(ref)]
     assert main([*args, "--out", str(tmp_path / "s")]) == 1  # nobody in t1 is the astronaut
     assert "no face of the target matches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-controlnet", "tiny-inpaint"])
+def test_a_controlnet_the_preset_would_ignore_is_refused(
+    tmp_path: Path, t1_path: Path, preset: str, capsys
+) -> None:
+    """`--controlnet PATH` (even one that does not exist) with a preset that has no ControlNet
+    to load is an error, not silently ignored."""
+    src = tmp_path / "src.png"
+    save_image(load_image(t1_path), src)
+    args = ["--source", str(src), "--target", str(t1_path), "--preset", preset]
+    args += ["--controlnet", str(tmp_path / "missing"), "--steps", "1"]
+    assert main(["swap", *args, "--out", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err
+    assert "`controlnet` must" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.png").exists()

@@ -645,3 +645,41 @@ def test_tiny_base_gets_settings_that_fit_it(tmp_path: Path) -> None:
     assert asked.resolution == 128
     again = LoraTrainConfig.from_dict(tiny.to_dict())
     assert again.resolution == 64
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused(
+    photos: Path, caches: Path, tmp_path: Path
+) -> None:
+    """Another process training into ``out`` holds its lock: this run fails at once, naming
+    it; once that process is gone, the folder is free again."""
+    import subprocess
+    import sys
+
+    from facegen.errors import FolderLockedError
+
+    out = tmp_path / "shared"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from facegen.locks import folder_lock\n"
+            f"with folder_lock({str(out)!r}, what='train lora'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cfg = LoraTrainConfig(**{**common(out, photos, caches / "dlib"), "max_steps": 1})
+        with pytest.raises(FolderLockedError) as info:
+            train_lora(cfg, components=components(), progress=False)
+        msg = str(info.value)
+        assert f"PID {holder.pid}" in msg and "train lora" in msg and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    cfg = LoraTrainConfig(
+        **{**common(out, photos, caches / "dlib"), "max_steps": 1, "num_validation_images": 0}
+    )
+    assert train_lora(cfg, components=components(), progress=False).steps == 1
