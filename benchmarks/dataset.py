@@ -23,6 +23,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -60,6 +61,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--upsample", type=int, default=0, help="dlib HOG upsampling of the verifier")
     ap.add_argument("--gen-ms", default="0,250,1000", help="simulated generation ms per image")
+    ap.add_argument(
+        "--verifier",
+        default="batched",
+        choices=["batched", "per-image", "both"],
+        help="batched: detection in parallel threads + one embedding call per batch (facegen's "
+        "way); per-image: analyze() image by image (the previous way); both: compare in one run",
+    )
+    ap.add_argument("--verify-workers", type=int, default=0, help="detection threads (0: auto)")
     args = ap.parse_args()
 
     from facegen.analyzer import FaceAnalyzer
@@ -76,9 +85,19 @@ def main() -> None:
         min_similarity=0.5,
         max_similarity=1.0,
         batch_size=args.batch_size,
+        verify_workers=args.verify_workers,
     )
+
+    class PerImage:
+        """The verifier without its batched entry: the builder asks image by image."""
+
+        def __init__(self, analyzer: Any) -> None:
+            self.analyze = analyzer.analyze
+
+    modes = ["per-image", "batched"] if args.verifier == "both" else [args.verifier]
     rows = []
-    for ms in [float(x) for x in args.gen_ms.split(",")]:
+    for ms, mode in [(float(x), m) for x in args.gen_ms.split(",") for m in modes]:
+        chosen = PerImage(verifier) if mode == "per-image" else verifier
         gen_time = 0.0
 
         def generate(vectors: np.ndarray, seeds: list[int], ms: float = ms) -> list[np.ndarray]:
@@ -95,10 +114,11 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            s = build_dataset(Path(d), vecs[:n], generate, verifier, spec)
+            s = build_dataset(Path(d), vecs[:n], generate, chosen, spec)
             wall = time.perf_counter() - t0
         rows.append(
             {
+                "verifier": mode,
                 "gen_ms_per_image": ms,
                 "images": s.images,
                 "rejections": s.rejections,
@@ -111,13 +131,15 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]))
     print(
-        "\n| simulated generation | images | wall | generator | img/s | facegen ms/img | overhead |"
+        "\n| verifier | simulated generation | images | wall | generator | img/s | facegen ms/img "
+        "| overhead |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ov = "—" if r["overhead"] is None else f"{100 * r['overhead']:.1f} %"
         print(
-            f"| {r['gen_ms_per_image']:.0f} ms/img | {r['images']} | {r['wall_s']} s | "
+            f"| {r['verifier']} | {r['gen_ms_per_image']:.0f} ms/img | {r['images']} | "
+            f"{r['wall_s']} s | "
             f"{r['generator_s']} s | {r['images_per_s']} | {r['machinery_ms_per_image']} | {ov} |"
         )
 

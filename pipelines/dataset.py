@@ -430,8 +430,12 @@ def _fill_identities(
                 job = _Job(i, vecs[i], list(range(spec.images_per_identity)))
                 active.append(job)
             if job is None:
-                if active:  # everything generated: wait for a check to finish
-                    wait([c for a in active for c in a.checks], return_when=FIRST_COMPLETED)
+                # everything generated: wait for a check still running to finish (waiting on
+                # finished ones too would return at once, and this loop would spin, holding
+                # the GIL the checks need)
+                running = [c for a in active for c in a.checks if not c.done()]
+                if running:
+                    wait(running, return_when=FIRST_COMPLETED)
                 continue
             job.checks.append(
                 pool.submit(

@@ -145,3 +145,49 @@ def test_embedding_perturbation_schedule(tmp_path: Path, people, dlib_analyzer) 
     assert 0.85 < sims[1] < 0.995 and 0.85 < sims[3] < 0.995 and sims[1] != sims[3]
     with pytest.raises(ValueError, match="perturbation"):
         DatasetSpec(images_per_identity=1, perturbation=())
+
+
+def test_the_builder_waits_instead_of_spinning(
+    tmp_path: Path, people, dlib_analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an instant generator, the builder waits for running checks; waiting on finished
+    ones returned at once and spun the loop (hundreds of thousands of calls), starving the
+    verification thread of the GIL."""
+    import facegen.pipelines.dataset as ds
+
+    calls = []
+    real_wait = ds.wait
+
+    def counting_wait(futures, **kw):  # type: ignore[no-untyped-def]
+        calls.append(len(futures))
+        assert all(not f.done() for f in futures) or not futures
+        return real_wait(futures, **kw)
+
+    monkeypatch.setattr(ds, "wait", counting_wait)
+    targets = np.stack([t for t, _ in people])
+    spec = DatasetSpec(images_per_identity=4, min_similarity=0.85, max_similarity=0.9999,
+                       max_attempts=3, batch_size=1)  # fmt: skip
+    summary = build_dataset(tmp_path, targets, PhotoGenerator(people), dlib_analyzer, spec)
+    assert summary.images == 4 * len(targets)
+    batches = 4 * len(targets) * spec.max_attempts
+    assert len(calls) <= batches, len(calls)
+
+
+def test_verification_in_batches_equals_one_image_at_a_time(
+    tmp_path: Path, people, dlib_analyzer
+) -> None:
+    """A verifier without the batched entry (asked image by image) builds the same dataset."""
+
+    class OneByOne:
+        def __init__(self, analyzer) -> None:  # type: ignore[no-untyped-def]
+            self.analyze = analyzer.analyze
+
+    targets = np.stack([t for t, _ in people])
+    a = build_dataset(tmp_path / "a", targets, PhotoGenerator(people, noise_every=3),
+                      dlib_analyzer, SPEC)  # fmt: skip
+    b = build_dataset(tmp_path / "b", targets, PhotoGenerator(people, noise_every=3),
+                      OneByOne(dlib_analyzer), SPEC)  # fmt: skip
+    assert (a.images, a.rejections) == (b.images, b.rejections)
+    ja = [r for r in read_journal(tmp_path / "a" / "journal" / "shard-0-of-1.jsonl")]
+    jb = [r for r in read_journal(tmp_path / "b" / "journal" / "shard-0-of-1.jsonl")]
+    assert json.dumps(ja, sort_keys=True) == json.dumps(jb, sort_keys=True)
