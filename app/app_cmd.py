@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import signal
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +130,15 @@ def cmd_app(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
     keep = getattr(args, "keep_outputs", None)
     if keep is not None:
+        # a new folder of this run inside DIR: the app serves its output folder, and must
+        # never serve the rest of DIR (which may be a home or project folder)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
         try:
             keep.mkdir(parents=True, exist_ok=True)
+            keep = Path(tempfile.mkdtemp(prefix=f"facegen-app-{stamp}-", dir=keep))
         except OSError as exc:
             raise FacegenError(
-                f"--keep-outputs {keep}: cannot create it ({exc.strerror})"
+                f"--keep-outputs {keep}: cannot create a folder there ({exc.strerror})"
             ) from None
     limits = AppLimits(max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_megapixels * 1e6))
     services = Services(
@@ -160,6 +166,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         )
         # printed only once the server is listening
         print(f"facegen app on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+        if keep is not None:
+            print(f"outputs are kept in {keep}", flush=True)
         demo.block_thread()
     except KeyboardInterrupt:
         pass
@@ -196,6 +204,9 @@ def _stop_on_signals() -> dict[Any, Any]:
         return previous
 
     def stop(signum: int, _frame: Any) -> None:
+        # the first signal stops the app; later ones must not cut its cleanup short
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}")
 
     for name in ("SIGTERM", "SIGHUP"):

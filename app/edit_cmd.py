@@ -169,7 +169,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         f"{rep.done} anonymized ({rep.faces} faces), {rep.skipped} already done, "
         f"{rep.no_face} without a detected face, {rep.errors} unreadable → {args.out}"
     )
-    if not rep.records:
+    if rep.total == 0:
         raise FacegenError(f"{args.input}: no images found in this folder (or below it)")
     return 0 if rep.errors == 0 and rep.no_face == 0 else 1
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
 from typing import Any
 
 from .web_services import Services, SessionState
@@ -75,12 +76,17 @@ def build_app(
         )
 
         def end_session(request: gr.Request) -> None:
-            # the browser tab closed: delete the session's files now (Gradio itself would
-            # drop the state an hour later)
+            # the browser tab closed: delete the session's files after a short grace (Gradio
+            # itself would keep them an hour); a job still running defers it further
             app = getattr(demo, "server_app", None)
             holder = getattr(app, "state_holder", None)
-            if holder is not None and request is not None and request.session_hash:
-                holder.delete_state(request.session_hash)
+            if holder is None or request is None or not request.session_hash:
+                return
+            timer = threading.Timer(
+                services.unload_grace_s, holder.delete_state, args=(request.session_hash,)
+            )
+            timer.daemon = True
+            timer.start()
 
         demo.unload(end_session)
         gr.Markdown(f"# facegen\n{NOTICE}")

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
 import os
+import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,21 +86,58 @@ def _paths_in(value: Any) -> Iterator[str]:
             yield from _paths_in(v)
 
 
+_claims_lock = threading.Lock()
+#: How many live sessions hold each upload (Gradio keeps one copy per content, shared by
+#: every session that uploads the same bytes).
+_claims: collections.Counter[str] = collections.Counter()
+
+
+def _is_upload(path: str) -> bool:
+    """Whether ``path`` is a file Gradio stored as an upload: ``<cache>/<sha256>/<name>``
+    inside the process's Gradio cache folder (anything else a handler receives, such as a
+    prompt that happens to name a file, is never treated as an upload)."""
+    if len(path) > 4096 or not os.path.isfile(path):
+        return False
+    from gradio.utils import get_upload_folder
+
+    p = Path(os.path.realpath(path))
+    cache = Path(os.path.realpath(get_upload_folder()))
+    return p.parent.parent == cache and re.fullmatch(r"[0-9a-f]{64}", p.parent.name) is not None
+
+
+def release_upload(path: str) -> bool:
+    """Drop one session's claim on an upload; True when no live session holds it any more."""
+    with _claims_lock:
+        _claims[path] -= 1
+        if _claims[path] > 0:
+            return False
+        del _claims[path]
+        return True
+
+
+def _session_states(values: list[Any]) -> list[Any]:
+    return [v for v in values if hasattr(v, "uploads") and hasattr(v, "workspace")]
+
+
 def _remember_uploads(values: list[Any]) -> None:
     """Record the uploaded files a handler receives in its session's state (the argument
-    with ``uploads`` and ``workspace``), so that they are deleted when the session ends."""
-    states = [v for v in values if hasattr(v, "uploads") and hasattr(v, "workspace")]
+    with ``uploads`` and ``workspace``), so that they are deleted when the session ends and
+    no other session holds them."""
+    states = _session_states(values)
     if not states:
         return
-    found = []
-    for v in values:
-        if v in states:
-            continue
-        for p in _paths_in(v):
-            if len(p) < 4096 and os.path.isfile(p):
-                found.append(os.path.realpath(p))
+    found = [
+        os.path.realpath(p)
+        for v in values
+        if v not in states
+        for p in _paths_in(v)
+        if _is_upload(p)
+    ]
     for state in states:
-        state.uploads.extend(p for p in found if p not in state.uploads)
+        new = [p for p in dict.fromkeys(found) if p not in state.uploads]
+        state.uploads.extend(new)
+        with _claims_lock:
+            _claims.update(new)
 
 
 def human_errors(action: str) -> Callable[[F], F]:
@@ -108,7 +148,11 @@ def human_errors(action: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             gr = _gr()
-            _remember_uploads([*args, *kwargs.values()])
+            values = [*args, *kwargs.values()]
+            _remember_uploads(values)
+            states = _session_states(values)
+            for state in states:  # a session with a job running is not ended under it
+                state.busy += 1
             try:
                 return fn(*args, **kwargs)
             except gr.Error:
@@ -134,6 +178,9 @@ def human_errors(action: str) -> Callable[[F], F]:
                     "server log.",
                     f"{action} failed",
                 ) from None
+            finally:
+                for state in states:
+                    state.busy -= 1
 
         return inner  # type: ignore[return-value]
 

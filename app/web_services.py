@@ -110,6 +110,8 @@ class SessionState:
     runs: int = 0
     #: files this session uploaded (Gradio's cached copies), deleted with the session
     uploads: list[str] = field(default_factory=list)
+    #: jobs of this session running now: the session is not ended under them
+    busy: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,12 @@ class Services:
         if not session_ttl_s > 0:
             raise ValueError(f"`session_ttl_s` must be > 0, got {session_ttl_s!r}")
         self.session_ttl_s = float(session_ttl_s)
+        #: how long a closed browser tab's files stay (a sleeping laptop or a flaky network
+        #: also closes the connection), and how often a busy session's end is retried
+        self.unload_grace_s = 60.0
+        self.retry_drop_s = 10.0
+        self._live: dict[str, None] = {}  # workspaces of live sessions
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self.keep_outputs = bool(keep_outputs)
         if self.keep_outputs and output_root is None:
             raise ValueError("`keep_outputs=True` needs an `output_root` to keep them in")
@@ -412,6 +420,7 @@ class Services:
             raise RuntimeError("the app is shutting down")
         if state.workspace is None or not Path(state.workspace).is_dir():
             state.workspace = tempfile.mkdtemp(prefix="session-", dir=self.output_root)
+            self._live[str(Path(state.workspace).resolve())] = None
         state.runs += 1
         path = Path(state.workspace) / f"{state.runs:04d}-{operation}"
         path.mkdir(parents=True, exist_ok=False)
@@ -420,39 +429,70 @@ class Services:
     def _in_cache(self, path: Path) -> bool:
         return path.is_relative_to(self.gradio_cache) and path != self.gradio_cache
 
-    def _cached_copy(self, file: Path) -> Path | None:
-        """The folder holding Gradio's cached copy of ``file`` (Gradio names it by the hash
-        of the content), if there is one."""
+    def _hash_of(self, file: Path) -> str | None:
+        """Gradio's content hash of ``file`` (memoised by path, size and mtime)."""
         try:
             from gradio.processing_utils import hash_file
-        except ImportError:  # pragma: no cover - gradio is a requirement
+
+            st = file.stat()
+            key = (str(file), st.st_size, st.st_mtime_ns)
+            if key not in self._hashes:
+                self._hashes[key] = hash_file(file)
+            return self._hashes[key]
+        except (ImportError, OSError):
             return None
-        try:
-            folder = (self.gradio_cache / hash_file(file)).resolve()
-        except OSError:
+
+    def _cached_copy(self, digest: str | None) -> Path | None:
+        """The folder of Gradio's cached copy with content hash ``digest``, if there is one."""
+        if digest is None:
             return None
+        folder = (self.gradio_cache / digest).resolve()
         return folder if folder.is_dir() and self._in_cache(folder) else None
 
+    def _held_elsewhere(self, workspace: Path) -> set[str]:
+        """Content hashes of the outputs of every other live session (their cached copies
+        are shared with identical outputs of this one)."""
+        out: set[str] = set()
+        for other in list(self._live):
+            if Path(other) == workspace:
+                continue
+            for f in (q for q in Path(other).rglob("*") if q.is_file()):
+                digest = self._hash_of(f)
+                if digest is not None:
+                    out.add(digest)
+        return out
+
     def drop_session(self, state: Any) -> None:
-        """End a session (``gr.State`` delete callback): delete the uploads it received,
-        Gradio's cached copies of its outputs and (unless ``keep_outputs``) its workspace.
-        Only paths inside the app's own folders are ever deleted."""
+        """End a session (``gr.State`` delete callback): delete the uploads it received that
+        no other live session holds, Gradio's cached copies of its outputs that no other
+        live session's outputs share, and (unless ``keep_outputs``) its workspace. A session
+        with a job still running is ended when the job is done. Only paths inside the app's
+        own folders are ever deleted."""
+        from .web_io import release_upload
+
+        if getattr(state, "busy", 0) > 0 and not self._closed:
+            timer = threading.Timer(self.retry_drop_s, self.drop_session, args=(state,))
+            timer.daemon = True
+            timer.start()
+            return
         for up in list(getattr(state, "uploads", None) or []):
             p = Path(up).resolve()
-            if not self._in_cache(p):
+            if not release_upload(up) or not self._in_cache(p) or not self._in_cache(p.parent):
                 continue
-            if self._in_cache(p.parent):  # Gradio keeps each upload in a folder of its own
-                shutil.rmtree(p.parent, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            shutil.rmtree(p.parent, ignore_errors=True)  # Gradio's folder of this upload
+        if hasattr(state, "uploads"):
+            state.uploads = []
         ws = getattr(state, "workspace", None)
         if not ws:
             return
         path = Path(ws).resolve()
+        self._live.pop(str(path), None)
         if path.parent != self.output_root:  # never anything outside our own root
             return
+        shared = self._held_elsewhere(path)
         for f in (q for q in path.rglob("*") if q.is_file()):
-            copy = self._cached_copy(f)
+            digest = self._hash_of(f)
+            copy = self._cached_copy(digest) if digest not in shared else None
             if copy is not None:
                 shutil.rmtree(copy, ignore_errors=True)
         if not self.keep_outputs:

@@ -395,13 +395,21 @@ def _walk(
     (image files that cannot be opened to ``files`` too, with ``keep_unreadable``).
 
     Links to folders are followed; a folder reached again inside itself (its device and
-    inode are one of its ancestors') is a ``symlink_loop`` and is not entered, so the walk
-    ends on any tree.
+    inode are one of its ancestors', the root's real parents included) is a
+    ``symlink_loop`` and is not entered, so the walk ends on any tree and never climbs out
+    of the root through a link to one of its parents.
     """
-    st = os.stat(root)
-    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [
-        (root, frozenset({(st.st_dev, st.st_ino)}))
-    ]
+    # the root's real ancestors count too: a link to one of them (``up -> ..``, ``/``)
+    # would walk out of the input folder and back into it
+    real = Path(os.path.realpath(root))
+    above: set[tuple[int, int]] = set()
+    for folder in (real, *real.parents):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        above.add((st.st_dev, st.st_ino))
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(root, frozenset(above))]
     while stack:
         folder, ancestors = stack.pop()
         try:

@@ -94,7 +94,11 @@ class DatasetSpec:
     verify_workers: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.verify_workers, bool) or not 0 <= int(self.verify_workers) <= 64:
+        if (
+            isinstance(self.verify_workers, bool)
+            or not isinstance(self.verify_workers, int)
+            or not 0 <= self.verify_workers <= 64
+        ):
             raise ValueError(f"`verify_workers` must be in [0, 64], got {self.verify_workers!r}")
         if self.images_per_identity < 1:
             raise ValueError(f"`images_per_identity` must be >= 1, got {self.images_per_identity}")

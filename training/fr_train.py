@@ -327,6 +327,9 @@ def train_fr(
         drop_last=True,
         num_workers=cfg.num_workers,
         persistent_workers=False,  # workers must see dataset.set_epoch
+        # its own generator: making an iterator (a resume makes one more) must not draw from
+        # the global RNG, or dropout after a mid-epoch resume would differ from an unbroken run
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     backbone, head, optimizer, loader = accelerator.prepare(backbone, head, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum_steps))

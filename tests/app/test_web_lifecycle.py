@@ -100,6 +100,8 @@ def test_keep_outputs_keeps_the_outputs_only(tmp_path: Path, hanks_path: Path) -
         if proc.poll() is None:
             proc.kill()
     assert _files(root) == []  # uploads and Gradio's copies are gone
+    (run,) = keep.iterdir()  # one folder of this run: the app never serves the rest of DIR
+    assert run.name.startswith("facegen-app-")
     kept = _files(keep)
     assert any(p.suffix == ".zip" for p in kept) and any(p.suffix == ".png" for p in kept)
     assert not any(p.name == hanks_path.name for p in kept)  # not the upload itself
@@ -122,41 +124,69 @@ def test_a_busy_port_is_one_line_and_no_url(tmp_path: Path) -> None:
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], run.stderr
 
 
-def test_ending_a_session_deletes_its_uploads_cached_copies_and_outputs(tmp_path: Path) -> None:
+def test_ending_a_session_deletes_what_only_it_holds(tmp_path: Path) -> None:
+    import hashlib
+
     from gradio.processing_utils import hash_file
 
-    def session(services: Services, tag: str) -> tuple[SessionState, list[Path]]:
-        state = SessionState()
-        upload = services.gradio_cache / f"upload-{tag}" / "me.jpg"
-        upload.parent.mkdir()
-        upload.write_bytes(b"a photo " + tag.encode())
-        state.uploads.append(str(upload))
-        out = services.run_dir(state, "swap") / "result.png"
-        out.write_bytes(b"an output " + tag.encode())
-        copy = services.gradio_cache / hash_file(out) / out.name  # what Gradio serves
-        copy.parent.mkdir()
-        copy.write_bytes(out.read_bytes())
-        return state, [upload, out, copy]
+    from facegen.app.web_io import human_errors
 
     services = Services(default_preset="tiny", presets=["tiny"])
-    other_state, other = session(services, "other")
-    state, mine = session(services, "mine")
-    outside = tmp_path / "not-ours.txt"
+    services.retry_drop_s = 0.05
+
+    def upload(content: bytes, name: str = "me.jpg") -> Path:
+        # where Gradio stores an upload: <cache>/<sha256 of the content>/<name>
+        p = services.gradio_cache / hashlib.sha256(content).hexdigest() / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(content)
+        return p
+
+    @human_errors("Test")
+    def handler(photo: str, prompt: str, state: SessionState) -> None:
+        out = services.run_dir(state, "op") / "result.png"
+        out.write_bytes(b"output of " + Path(photo).read_bytes())
+        copy = services.gradio_cache / hash_file(out) / out.name  # what Gradio serves
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(out.read_bytes())
+
+    outside = tmp_path / "not-an-upload.txt"
     outside.write_text("x")
-    state.uploads.append(str(outside))  # never deleted: not inside the app's folders
-    services.drop_session(state)
-    assert not any(p.exists() for p in mine) and outside.exists()
-    assert not Path(state.workspace or "").exists()
-    assert all(p.exists() for p in other)  # another session's files stay
+    shared, own = upload(b"the same photo"), upload(b"only mine")
+    a, b = SessionState(), SessionState()
+    handler(str(shared), str(outside), a)  # a prompt naming a file is not an upload
+    handler(str(own), "", a)
+    handler(str(shared), "", b)  # same bytes: same upload, same output, as Gradio stores them
+    assert a.uploads == [str(shared.resolve()), str(own.resolve())]
+    a_out = sorted(Path(a.workspace or "").rglob("*.png"))  # 0001-op, then 0002-op
+    shared_copy = services.gradio_cache / hash_file(a_out[0])
+    own_copy = services.gradio_cache / hash_file(a_out[1])
+
+    services.drop_session(a)
+    assert not Path(a.workspace or "").exists() and outside.exists()
+    assert not own.exists() and not own_copy.exists()  # only a held these
+    assert shared.exists() and shared_copy.exists()  # b holds the same upload and output
+    b.busy = 1  # a job of b is running: its end waits for it
+    services.drop_session(b)
+    assert shared.exists() and Path(b.workspace or "").exists()
+    b.busy = 0
+    deadline = time.monotonic() + 10
+    while Path(b.workspace or "").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workspace goes last
+    assert not shared.exists() and not shared_copy.exists()
+    assert not Path(b.workspace or "").exists()
     services.close()
     assert not services.gradio_cache.exists() and not services.output_root.exists()
-    del other_state
 
     kept = Services(
         default_preset="tiny", presets=["tiny"], output_root=tmp_path / "k", keep_outputs=True
     )
-    state, (upload, out, copy) = session(kept, "kept")
-    kept.drop_session(state)
-    assert not upload.exists() and not copy.exists() and out.exists()
+    services = kept
+    c = SessionState()
+    photo = upload(b"kept photo")
+    handler(str(photo), "", c)
+    (out,) = Path(c.workspace or "").rglob("*.png")
+    kept.drop_session(c)
+    assert not photo.exists() and not (kept.gradio_cache / hash_file(out)).exists()
+    assert out.exists()
     kept.close()
     assert out.exists() and not kept.gradio_cache.exists()

@@ -122,3 +122,18 @@ def test_chmod_000_entries_are_unreadable(tmp_path: Path) -> None:
     finally:
         (root / "a" / "b").chmod(0o755)
         (root / "top.jpg").chmod(0o644)
+
+
+def test_a_link_to_a_parent_of_the_root_does_not_walk_out_of_it(tmp_path: Path) -> None:
+    from facegen.image_io import scan_images
+
+    top = tmp_path / "top"
+    inside = top / "in"
+    inside.mkdir(parents=True)
+    save_image(np.zeros((8, 8, 3), np.uint8), inside / "mine.png")
+    save_image(np.zeros((8, 8, 3), np.uint8), top / "sibling.png")
+    (inside / "up").symlink_to("..")
+    (inside / "root").symlink_to("/")
+    scan = scan_images([inside])
+    assert [p.name for p in scan.files] == ["mine.png"]
+    assert {s.path.name for s in scan.skipped if s.reason == "symlink_loop"} == {"up", "root"}
