@@ -8,12 +8,15 @@ raised it to peft 0.22.0 before any peft 0.22 was published, so with the newest 
 both (transformers 5.24/5.25, peft 0.21.2) every text-encoder LoRA load fails with "The version
 of PEFT you are using is not compatible, please use a version >= 0.22.0".
 
-The work itself only needs peft's public API (``inject_adapter_in_model`` and
-``set_peft_model_state_dict``), which is what transformers calls for a CLIP text encoder. So,
-only while transformers refuses the installed peft, :func:`text_encoder_loads_through_peft`
-gives the pipeline's text encoders a ``load_adapter`` that does exactly those two calls for
-the arguments diffusers passes (a ready state dict and a ``LoraConfig``), and puts the
-original back afterwards. With a peft that transformers accepts nothing is changed.
+The work itself only needs peft's public ``inject_adapter_in_model`` (what transformers calls
+for a CLIP text encoder) and a plain ``load_state_dict`` of the LoRA weights into the injected
+layers. So, only while transformers refuses the installed peft,
+:func:`text_encoder_loads_through_peft` gives the pipeline's text encoders a ``load_adapter``
+that does those two steps for the arguments diffusers passes (a ready state dict and a
+``LoraConfig``), and puts the original back afterwards. With a peft that transformers accepts
+nothing is changed. This stand-in knows plain LoRA layers (``lora_A``/``lora_B``, DoRA's
+``lora_magnitude_vector.weight``); other adapter kinds in a text encoder are refused with a
+clear error until transformers accepts the installed peft again.
 """
 
 from __future__ import annotations

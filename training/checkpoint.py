@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -108,8 +109,29 @@ def list_checkpoints(output_dir: str | Path, prefix: str) -> list[Path]:
 
 
 def is_complete(folder: str | Path) -> bool:
-    """Whether ``folder`` holds the ``state.json`` a checkpoint gets when fully written."""
-    return (Path(folder) / STATE_FILE).is_file()
+    """Whether ``folder`` holds the ``state.json`` a checkpoint gets when fully written (a
+    file that parses as a JSON object: after a power loss it may exist but be empty)."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk (before the rename that
+    makes the checkpoint visible)."""
+    for p in [*sorted(folder.iterdir()), folder]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:  # a file system without fsync on folders
+            pass
+        finally:
+            os.close(fd)
 
 
 def latest_checkpoint(output_dir: str | Path, prefix: str) -> Path | None:
@@ -284,11 +306,13 @@ def save_checkpoint(
             "files": {p.name: _digest(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / STATE_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        _fsync_tree(tmp)
         old = final.with_name(final.name + ".old")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
         tmp.rename(final)
+        _fsync_tree(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -592,7 +616,12 @@ def load_checkpoint(
             folder, SCHEDULER_FILE, f"does not fit this run's LR schedule ({_first_line(exc)})"
         ) from None
     if scaler_state is not None:
-        scaler.load_state_dict(scaler_state)
+        try:
+            scaler.load_state_dict(scaler_state)
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise _refuse(
+                folder, SCALER_FILE, f"does not fit this run's gradient scaler ({_first_line(exc)})"
+            ) from None
     if rng is not None:
         _set_rng(folder, i, rng, loaders)
     else:

@@ -560,3 +560,16 @@ def test_altered_json_is_refused_in_one_line(
         checkpoint.load_checkpoint(folder, acc, loop="t", **tiny_state(1))
     message = str(info.value)
     assert "\n" not in message and name in message and str(folder) in message
+
+
+def test_latest_skips_a_checkpoint_whose_state_file_is_empty(tmp_path: Path) -> None:
+    """After a power loss ``state.json`` may exist but be empty: that folder is not the
+    latest complete checkpoint."""
+    from facegen.training.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    (root / "checkpoint-3").mkdir(parents=True)
+    (root / "checkpoint-3" / "state.json").write_text('{"loop": "lora"}')
+    (root / "checkpoint-5").mkdir()
+    (root / "checkpoint-5" / "state.json").write_text("")
+    assert latest_checkpoint(tmp_path, "checkpoint-") == root / "checkpoint-3"
