@@ -42,13 +42,13 @@ from typing import Any
 
 from facegen import hub
 from facegen.adapters.peft_compat import text_encoder_loads_through_peft
-from facegen.validate import check_safetensors
 from facegen.errors import (
     InvalidModelError,
     ModelNotAvailableError,
     OutputError,
     UnknownNameError,
 )
+from facegen.validate import check_safetensors
 
 __all__ = [
     "DEFAULT_LORA_WEIGHT_NAME",
