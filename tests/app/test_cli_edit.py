@@ -159,3 +159,20 @@ def test_a_controlnet_the_preset_would_ignore_is_refused(
     err = capsys.readouterr().err
     assert "`controlnet` must" in err and err.count("\n") == 1, err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_rerunning_anonymize_on_a_finished_folder_succeeds(
+    tmp_path: Path, t1_path: Path, capsys
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(t1_path, src / "t1.jpg")
+    args = ["anonymize", str(src), "--out", str(tmp_path / "out"), "--mode", "blur"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0  # everything is already done: nothing to do is not an error
+    assert "1 already done" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["anonymize", str(empty), "--out", str(tmp_path / "o2")]) == 1
+    assert "no images found" in capsys.readouterr().err
