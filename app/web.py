@@ -88,6 +88,9 @@ def build_app(
             timer.daemon = True
             timer.start()
 
+        # Gradio finds the request parameter by its annotation; with postponed annotations
+        # older Gradio releases evaluate it in this module, where `gr` is a local name
+        end_session.__annotations__["request"] = gr.Request
         demo.unload(end_session)
         gr.Markdown(f"# facegen\n{NOTICE}")
 
