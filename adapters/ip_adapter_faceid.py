@@ -322,11 +322,11 @@ class IPAdapterFaceID(IdentityAdapter):
     vectors are several reference photos of *one* person (each adds 4 tokens, diffusers'
     multi-image FaceID usage); generate different people with separate calls.
 
-    Adapters trained by facegen for another encoder (``facegen.training.adapter``) declare
+    Adapters trained by facegen for another encoder (``facegen.training.diffusion.adapter``) declare
     its id, dimension ``D`` and normalisation in their ``config.json``; 512 above is then ``D``.
 
     PlusV2 also needs :meth:`encode_face_crops` + :meth:`set_clip_embeds` before each call.
-    (:class:`~facegen.pipelines.id_text_to_face.IDTextToFacePipeline` does both, and gives
+    (:class:`~facegen.pipelines.generation.id_text_to_face.IDTextToFacePipeline` does both, and gives
     each image of a batch its own identity.) ``face_crop_channel_order``: ``"bgr"`` (default,
     the published PlusV2 usage: the RGB crop is channel-reversed before the CLIP image
     processor) or ``"rgb"`` (the crop as it is).

@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from facegen.app.app_cmd import add_app_options, cmd_app
+    from facegen.app.cli.serve import add_app_options, cmd_app
 
     parser = argparse.ArgumentParser(
         prog="python -m facegen.app", description="Serve facegen's Gradio web app."

@@ -32,8 +32,8 @@ import json, time
 t0 = time.perf_counter()
 import gradio
 t1 = time.perf_counter()
-from facegen.app.web import build_app
-from facegen.app.web_services import Services
+from facegen.app.web.app import build_app
+from facegen.app.web.services import Services
 services = Services(default_preset="tiny")
 demo = build_app(services)
 t2 = time.perf_counter()

@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from facegen.analyzer import FaceAnalyzer
-    from facegen.pipelines.dataset import DatasetSpec, build_dataset
+    from facegen.pipelines.dataset.build import DatasetSpec, build_dataset
 
     photos, vecs = _portraits()
     n = min(args.identities, len(photos))

@@ -7,11 +7,11 @@ aligned to the 112×112 ArcFace template; where no face is found the photo is ce
 to a square and resized instead (counted and reported).
 
 The 300 training crops are written with facegen's ``ImageFolderWriter`` and trained on with
-:func:`facegen.training.fr_train.train_fr` (a narrow IResNet-18, CosFace by default, SGD +
+:func:`facegen.training.fr.train.train_fr` (a narrow IResNet-18, CosFace by default, SGD +
 poly schedule, flip augmentation) for a CPU time budget. The held-out verification set is
 all genuine pairs of the 9 people (9 × 45) plus as many impostor pairs, interleaved, written
 as an insightface ``.bin`` and evaluated with the insightface protocol
-(:func:`facegen.training.fr_eval.evaluate_bin`: flip-sum, 10-fold accuracy, TAR@FAR=1e-3,
+(:func:`facegen.training.fr.eval.evaluate_bin`: flip-sum, 10-fold accuracy, TAR@FAR=1e-3,
 AUC, EER) for the same network before and after training. Prints a Markdown table.
 
 Usage: ``python benchmarks/fr_orl.py [--budget-s 300] [--width 32] [--input-size 56]
@@ -95,10 +95,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    from facegen.pipelines.writers import DatasetSample, ImageFolderWriter, write_verification_bin
-    from facegen.training.fr_eval import evaluate_bin, make_verification_pairs
-    from facegen.training.fr_models import build_backbone
-    from facegen.training.fr_train import FRTrainConfig, train_fr
+    from facegen.pipelines.dataset.writers import (
+        DatasetSample,
+        ImageFolderWriter,
+        write_verification_bin,
+    )
+    from facegen.training.fr.eval import evaluate_bin, make_verification_pairs
+    from facegen.training.fr.models import build_backbone
+    from facegen.training.fr.train import FRTrainConfig, train_fr
 
     if not ORL.is_dir():
         raise SystemExit(f"ORL faces not found at {ORL}")

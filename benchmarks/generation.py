@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from facegen.pipelines.presets import from_preset
+from facegen.pipelines.generation.presets import from_preset
 
 
 def _median(fn: Callable[[], Any], repeats: int) -> float:

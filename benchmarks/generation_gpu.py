@@ -58,8 +58,8 @@ def build(dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from facegen.pipelines.id_to_face import IDToFacePipeline
-    from facegen.pipelines.tiny import tiny_tokenizer
+    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
+    from facegen.pipelines.generation.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     text = CLIPTextModel(

@@ -4,8 +4,8 @@ The published ``w600k_r50.onnx`` (buffalo_l) and ``glintr100.onnx`` (antelopev2)
 IResNet-50 / IResNet-100 with a 112×112 RGB input and a 512-D output. Random weights give
 the same operations, hence true timings of the ONNX path when the real files are absent.
 Never use this model for anything but speed. The network is insightface's exact IResNet
-(:mod:`facegen.training.fr_models`), exported the way trained models are
-(:func:`facegen.training.fr_encoder.export_onnx`).
+(:mod:`facegen.training.fr.models`), exported the way trained models are
+(:func:`facegen.training.fr.encoder.export_onnx`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from facegen.training.fr_encoder import export_onnx
-from facegen.training.fr_models import build_backbone
+from facegen.training.fr.encoder import export_onnx
+from facegen.training.fr.models import build_backbone
 
 ARCHS = {"r18": "iresnet18", "r34": "iresnet34", "r50": "iresnet50", "r100": "iresnet100"}
 

@@ -44,7 +44,7 @@ def _crops(n: int, seed: int = 0) -> list[tuple[int, np.ndarray]]:
 
 
 def _run(name: str, samples: list, opts: dict) -> float:
-    from facegen.pipelines.writers import WRITERS
+    from facegen.pipelines.dataset.writers import WRITERS
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
@@ -70,8 +70,8 @@ def main() -> None:
         cpus = sorted(os.sched_getaffinity(0))[: args.threads]
         os.sched_setaffinity(0, cpus)
 
-    from facegen.pipelines.writers import DatasetSample
-    from facegen.pipelines.writers.formats import _import_pyarrow
+    from facegen.pipelines.dataset.writers import DatasetSample
+    from facegen.pipelines.dataset.writers.formats import _import_pyarrow
 
     t = time.perf_counter()
     crops = _crops(args.images)

@@ -12,7 +12,6 @@ case; an input named ``manifest.*`` gets ``manifest-2``)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,27 +25,16 @@ from facegen._version import __version__
 from facegen.align import TEMPLATES, align_face
 from facegen.embedding_io import save_embeddings
 from facegen.errors import OutputError
-from facegen.fileio import atomic_write
+from facegen.fileio import write_json
 from facegen.image_io import save_image
 from facegen.paths import safe_child, safe_name
 from facegen.types import Face
 from facegen.visualize import draw_faces
 
-__all__ = ["MANIFEST_NAME", "AnalysisWriter", "write_json"]
+__all__ = ["MANIFEST_NAME", "AnalysisWriter"]
 
 #: Base name of the run's manifest; no image's outputs may use it.
 MANIFEST_NAME = "manifest"
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Atomically write ``data`` as indented JSON (see :func:`facegen.fileio.atomic_write`).
-
-    Values JSON cannot encode are written as ``str(value)``; a circular structure raises
-    ``ValueError`` and leaves no file behind.
-    """
-    text = json.dumps(data, indent=2, default=str)
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 class AnalysisWriter:

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from facegen.errors import OutputError
 
-__all__ = ["append_json_line", "atomic_write", "drop_torn_tail"]
+__all__ = ["append_json_line", "atomic_write", "drop_torn_tail", "write_json"]
 
 _ATTEMPTS = 16
 
@@ -99,3 +99,15 @@ def append_json_line(f: IO[str], record: Any) -> None:
     f.write(json.dumps(record, sort_keys=True) + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, sort_keys: bool = False) -> Path:
+    """Atomically write ``data`` as indented UTF-8 JSON (see :func:`atomic_write`); returns the path.
+
+    Values JSON cannot encode are written as ``str(value)``; a circular structure raises
+    ``ValueError`` and leaves no file behind.
+    """
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=str)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,5 +1,7 @@
 """Checks at public entries that turn absurd or broken input into one clear error.
 
+* :func:`check_int`, :func:`check_number`, :func:`check_choice`: one argument's type and
+  range, with the house message ``"`name` must be …, got …"`` (booleans are never numbers).
 * :func:`check_count`: an integer count within bounds (``n`` identities, images, steps).
 * :func:`check_fits_in_memory`: an allocation estimated *before* it is made, against the
   machine's physical memory, so ``--random-identities 1000000000000`` says what it would
@@ -10,12 +12,106 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from facegen.errors import InvalidArgumentError, InvalidModelError
 
-__all__ = ["available_memory_bytes", "check_count", "check_fits_in_memory", "check_safetensors"]
+__all__ = [
+    "available_memory_bytes",
+    "check_choice",
+    "check_count",
+    "check_fits_in_memory",
+    "check_int",
+    "check_number",
+    "check_safetensors",
+]
+
+T = TypeVar("T")
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    assert hi is not None
+    return f"{'<' if hi_open else '<='} {hi}"
+
+
+def check_int(
+    value: object, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """``value`` as a Python ``int`` in ``[minimum, maximum]`` (either bound may be None).
+
+    NumPy integers are accepted; booleans and floats (even ``2.0``) are refused with
+    :class:`InvalidArgumentError` (a ``ValueError``): ``"`name` must be an integer >= 1, got 0"``.
+    """
+    bounds = (
+        " " + _range_text(minimum, maximum, False, False)
+        if minimum is not None or maximum is not None
+        else ""
+    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"`{name}` must be an integer{bounds}, got {value!r}")
+    v = int(value)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise InvalidArgumentError(f"`{name}` must be an integer{bounds}, got {v}")
+    return v
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` within the bounds (``min_open``/``max_open`` exclude them).
+
+    Ints and NumPy numbers are accepted; booleans, NaN and infinities are refused with
+    :class:`InvalidArgumentError`: ``"`name` must be a number in (0, 1], got 1.5"``.
+    """
+    bounds = (
+        " " + _range_text(minimum, maximum, min_open, max_open)
+        if minimum is not None or maximum is not None
+        else ""
+    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"`{name}` must be a number{bounds}, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if minimum is not None:
+        bad = bad or (v <= minimum if min_open else v < minimum)
+    if maximum is not None:
+        bad = bad or (v >= maximum if max_open else v > maximum)
+    if bad:
+        raise InvalidArgumentError(f"`{name}` must be a finite number{bounds}, got {value!r}")
+    return v
+
+
+def check_choice(value: T, name: str, choices: Iterable[T]) -> T:
+    """``value`` if it is one of ``choices``; else :class:`InvalidArgumentError` listing them."""
+    options = list(choices)
+    if isinstance(value, bool) and not any(isinstance(c, bool) for c in options):
+        raise InvalidArgumentError(
+            f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}"
+        )
+    try:
+        ok = value in options
+    except TypeError:  # unhashable or incomparable values
+        ok = False
+    if not ok:
+        raise InvalidArgumentError(
+            f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}"
+        )
+    return value
 
 
 def check_count(value: object, name: str, *, minimum: int = 1, maximum: int) -> int:
@@ -25,7 +121,7 @@ def check_count(value: object, name: str, *, minimum: int = 1, maximum: int) -> 
         raise InvalidArgumentError(f"`{name}` must be an integer, got {value!r}")
     if not minimum <= value <= maximum:
         raise InvalidArgumentError(f"`{name}` must be in [{minimum}, {maximum:,}], got {value:,}")
-    return value
+    return value  # the range is printed with thousands separators: counts can be huge
 
 
 def available_memory_bytes() -> int | None:

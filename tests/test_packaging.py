@@ -71,7 +71,7 @@ def test_layer_checker_sees_every_import_form() -> None:
         "from facegen import (\n    types,\n    adapters,\n)",
         "import facegen.training.loop",
         "import facegen.pipelines as p",
-        "from facegen.app.cli import main",
+        "from facegen.app.cli.main import main",
         "def f():\n    from .. import pipelines",
     ]
     for src in sources:
@@ -101,6 +101,115 @@ def test_imports_only_go_down(folder: str) -> None:
             if _breaks(name, LAYERS[folder]):
                 bad.append(f"{p.relative_to(REPO)}: imports {name}")
     assert not bad, "layer rule broken:\n" + "\n".join(bad)
+
+
+#: inside a layer, sub-package → sub-packages it must not import (the same one-way rule)
+SUBLAYERS = {
+    "facegen.pipelines.identities": ["facegen.pipelines.generation", "facegen.pipelines.editing",
+                                     "facegen.pipelines.dataset"],
+    "facegen.pipelines.generation": ["facegen.pipelines.editing", "facegen.pipelines.dataset"],
+    "facegen.pipelines.editing": ["facegen.pipelines.dataset"],
+    "facegen.training.fr": ["facegen.training.diffusion"],
+    "facegen.app.web": ["facegen.app.cli"],
+}  # fmt: skip
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every facegen module → the facegen modules it imports (function-level imports too).
+
+    Names are mapped to modules through the package mapping; ``from pkg import name``
+    counts as an edge to ``pkg.name`` when that is a module, else to ``pkg``.
+    """
+    sources: dict[str, tuple[Path, bool]] = {}
+    for folder, package in PACKAGES.items():
+        for p in sorted((REPO / folder).rglob("*.py")):
+            rel = p.relative_to(REPO / folder).with_suffix("")
+            parts = [package, *rel.parts]
+            is_package = parts[-1] == "__init__"
+            sources[".".join(parts[:-1] if is_package else parts)] = (p, is_package)
+    graph: dict[str, set[str]] = {}
+    for module, (path, is_package) in sources.items():
+        edges = graph.setdefault(module, set())
+        for name in imported_modules(
+            path.read_text(encoding="utf-8"), module, is_package=is_package
+        ):
+            while name and name not in sources:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                edges.add(name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles() -> None:
+    found = cycles(module_graph())
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_sub_packages_import_one_way() -> None:
+    bad = [
+        f"{module} imports {name}"
+        for module, edges in module_graph().items()
+        for sub, forbidden in SUBLAYERS.items()
+        if _breaks(module, [sub])
+        for name in edges
+        if _breaks(name, forbidden)
+    ]
+    assert not bad, "sub-package rule broken:\n" + "\n".join(bad)
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for folder, package in PACKAGES.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found == listed
 
 
 def test_core_import_is_light() -> None:
@@ -144,7 +253,7 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(wheels[0]).namelist()
-    for sub in ("facegen/adapters/__init__.py", "facegen/app/cli.py", "facegen/py.typed"):
+    for sub in ("facegen/adapters/__init__.py", "facegen/app/cli/main.py", "facegen/py.typed"):
         assert sub in names, f"{sub} missing from the wheel"
     assert not any(n.startswith("tests/") for n in names)
     venv = tmp_path / "venv"

@@ -1,8 +1,8 @@
 """facegen's training checkpoints: every piece of a run's state in safetensors and JSON.
 
 Every training loop (LoRA, adapter, ControlNet through
-:func:`facegen.training.common.run_training`, and face recognition through
-:func:`facegen.training.fr_train.train_fr`) writes and reads its checkpoints here, never
+:func:`facegen.training.diffusion.loop.run_training`, and face recognition through
+:func:`facegen.training.fr.train.train_fr`) writes and reads its checkpoints here, never
 with ``accelerator.save_state`` / ``load_state``, whose optimizer, scheduler, sampler, RNG
 and custom-object files are pickles that loading would execute. A checkpoint folder holds::
 

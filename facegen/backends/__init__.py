@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from facegen.backends.packs import ARCFACE_PRESETS, SCRFD_PRESETS
 from facegen.base import FaceDetector, IdentityEncoder, Landmarker
 from facegen.registry import Registry
 
 __all__ = ["ARCFACE_PRESETS", "DETECTORS", "ENCODERS", "LANDMARKERS", "SCRFD_PRESETS"]
 
-#: Model presets whose detector file the ``insightface`` (SCRFD) detector can load.
-SCRFD_PRESETS: tuple[str, ...] = ("antelopev2", "buffalo_l")
-#: Model presets whose recognition file the ``arcface-onnx`` encoder can load.
-ARCFACE_PRESETS: tuple[str, ...] = ("antelopev2", "buffalo_l", "arc2face-arcface")
 
 DETECTORS: Registry[FaceDetector] = Registry("detector")
 LANDMARKERS: Registry[Landmarker] = Registry("landmarker")

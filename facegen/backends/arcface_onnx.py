@@ -184,7 +184,7 @@ class ArcFaceOnnxEncoder(IdentityEncoder):
         (``arcface-onnx/antelopev2``, ``arcface-onnx/buffalo_l``, ``arcface-onnx/arc2face``);
         a differently named file given through ``model_path`` is named after itself.
         """
-        from facegen.backends import ARCFACE_PRESETS
+        from facegen.backends.packs import ARCFACE_PRESETS
         from facegen.hub import get_preset, resolve
 
         if preset not in ARCFACE_PRESETS:

@@ -1,6 +1,6 @@
 """Helpers shared by the ONNX backends (SCRFD, insightface landmarks, ArcFace).
 
-* opening a session from an injected object or a file,
+* opening a session (with clear errors) from an injected object or a file,
 * reading static sizes from ``session.get_inputs()/get_outputs()`` metadata,
 * deciding an insightface-format model's input normalisation from its graph,
 * turning RGB ``uint8`` images into normalised NCHW ``float32`` blobs,
@@ -16,13 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from facegen.errors import InvalidImageError, InvalidModelError, MissingDependencyError
+from facegen.devices import ort_providers
+from facegen.errors import (
+    InvalidImageError,
+    InvalidModelError,
+    MissingDependencyError,
+    ModelNotAvailableError,
+)
 
 __all__ = [
     "check_rgb_image",
     "graph_normalises_input",
     "input_normalisation",
     "load_session",
+    "open_session",
     "run_batched",
     "static_dim",
     "to_blob",
@@ -32,6 +39,29 @@ logger = logging.getLogger(__name__)
 
 #: insightface looks at this many leading graph nodes for its ``Sub``/``Mul`` test.
 _NODES_CHECKED = 8
+
+
+def open_session(path: str | Path, device: str | None = "cpu", *, threads: int = 0) -> Any:
+    """Open an ``onnxruntime.InferenceSession`` for ``path`` on ``device``.
+
+    ``threads`` = 0 lets onnxruntime choose. A missing file raises
+    :class:`ModelNotAvailableError`; an unreadable one :class:`InvalidModelError`.
+    """
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelNotAvailableError(str(p), searched=[p], reason="file not found")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(p), sess_options=opts, providers=ort_providers(device))
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise InvalidModelError(f"{p}: not a loadable ONNX model ({exc})") from exc
+    logger.debug("opened %s with %s", p, session.get_providers())
+    return session
 
 
 def load_session(session: Any | None, model_path: str | Path | None, device: str | None) -> Any:
@@ -44,8 +74,6 @@ def load_session(session: Any | None, model_path: str | Path | None, device: str
         return session
     if model_path is None:
         raise ValueError("`session` or `model_path` must be given, got neither")
-    from facegen.onnx_session import open_session
-
     return open_session(model_path, device)
 
 

@@ -322,7 +322,7 @@ class SCRFDDetector(FaceDetector):
         when the file is the preset's own (by name), else to ``scrfd/<file stem>``, so that a
         different model given through ``model_path`` is not recorded as the preset's.
         """
-        from facegen.backends import SCRFD_PRESETS
+        from facegen.backends.packs import SCRFD_PRESETS
         from facegen.hub import get_preset, resolve
 
         if preset not in SCRFD_PRESETS:

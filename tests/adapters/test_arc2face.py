@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from facegen import IdentityEmbedding, IncompatibleEmbeddingError, ModelNotAvailableError
 from facegen.adapters.arc2face import ARC2FACE_PROMPT, Arc2FaceIDEncoder
-from facegen.pipelines.tiny import tiny_tokenizer
+from facegen.pipelines.generation.tiny import tiny_tokenizer
 
 
 def _clip(hidden: int, layers: int, heads: int, inter: int, vocab: int, seed: int = 0):

@@ -21,7 +21,7 @@ from facegen import IdentityEmbedding, IncompatibleEmbeddingError, ModelNotAvail
 from facegen.adapters import ip_adapter_faceid as fid
 from facegen.errors import InvalidModelError
 from facegen.hub import get_preset
-from facegen.pipelines.tiny import TINY_IMAGE_SIZE, tiny_components
+from facegen.pipelines.generation.tiny import TINY_IMAGE_SIZE, tiny_components
 
 PROMPT = "a photo of a person"
 
@@ -515,7 +515,7 @@ def test_presets() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from facegen.pipelines.tiny import tiny_image_encoder
+    from facegen.pipelines.generation.tiny import tiny_image_encoder
 
     return tiny_image_encoder(seed=0)
 

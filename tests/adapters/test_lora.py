@@ -34,7 +34,7 @@ from facegen.adapters.lora import (
     unload_loras,
 )
 from facegen.errors import InvalidModelError, ModelNotAvailableError, UnknownNameError
-from facegen.pipelines.tiny import TINY_IMAGE_SIZE, tiny_components
+from facegen.pipelines.generation.tiny import TINY_IMAGE_SIZE, tiny_components
 
 PROMPT = "photo of a person"
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facegen.app.cli import main
+from facegen.app.cli.main import main
 from facegen.embedding_io import load_embeddings
 from facegen.image_io import load_image
 
@@ -141,7 +141,7 @@ def test_analyze_skips_its_own_output_folder(tmp_path: Path, t1_path: Path) -> N
 
 
 def test_broken_pipe_exits_quietly(tmp_path: Path) -> None:
-    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli"
+    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli.main"
     proc = subprocess.Popen(
         [*exe.split(), "samples"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
     )
@@ -237,7 +237,7 @@ def test_analysis_options_are_checked_by_the_parser(
 
 
 def test_preset_choices_are_what_the_backends_load() -> None:
-    from facegen.app.cli import build_parser
+    from facegen.app.cli.main import build_parser
 
     actions = {a.dest: a for sp in _subparsers(build_parser()) for a in sp._actions}
     assert list(actions["detector_preset"].choices) == ["antelopev2", "buffalo_l"]
@@ -290,7 +290,7 @@ def test_value_errors_are_one_line_without_debug(t1_path: Path, tmp_path: Path, 
 
 
 def test_console_script_runs(t1_path: Path, tmp_path: Path) -> None:
-    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli"
+    exe = shutil.which("facegen") or f"{sys.executable} -m facegen.app.cli.main"
     proc = subprocess.run(
         [*exe.split(), "analyze", str(t1_path), "--json", "--encoder", "none", "--no-preview"],
         capture_output=True,
@@ -410,7 +410,7 @@ def photo_preset(monkeypatch, orl_dir: Path, dlib_analyzer) -> str:
 
     import cv2
 
-    from facegen.pipelines.presets import PRESETS
+    from facegen.pipelines.generation.presets import PRESETS
     from facegen.registry import RegistryEntry
 
     photos = [
@@ -419,6 +419,7 @@ def photo_preset(monkeypatch, orl_dir: Path, dlib_analyzer) -> str:
 
     class PhotoPipe:
         identity_analyzer = dlib_analyzer
+        takes_prompt = False
         unet = SimpleNamespace(config=SimpleNamespace(sample_size=8))
         vae_scale_factor = 8
 
@@ -426,7 +427,7 @@ def photo_preset(monkeypatch, orl_dir: Path, dlib_analyzer) -> str:
             pass
 
         def __call__(self, vectors, seeds, output_type="np", **_):
-            from facegen.pipelines.id_to_face import FaceGenerationOutput
+            from facegen.pipelines.generation.id_to_face import FaceGenerationOutput
 
             return FaceGenerationOutput(images=np.stack([photos[s % 10] / 255.0 for s in seeds]))
 

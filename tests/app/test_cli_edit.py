@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facegen.app.cli import main
+from facegen.app.cli.main import main
 from facegen.image_io import load_image, read_metadata, save_image
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from facegen.app.cli import main
+from facegen.app.cli.main import main
 
 NUMBERS = ["-1", "0", "nan", "inf", "abc", "1e12", "99999999999999999999"]
 

@@ -8,14 +8,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facegen.app.cli import main
+from facegen.app.cli.main import main
 from facegen.image_io import load_image
 
 
 def test_train_fr_then_evaluate_on_a_verification_bin(
     tmp_path: Path, orl_dir: Path, capsys
 ) -> None:
-    from facegen.pipelines.writers import DatasetSample, create_writers, write_verification_bin
+    from facegen.pipelines.dataset.writers import (
+        DatasetSample,
+        create_writers,
+        write_verification_bin,
+    )
 
     people = [f"s{k}" for k in range(10, 16)]
     data = tmp_path / "data"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from facegen.app.cli import main
+from facegen.app.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from facegen.doctor import STACK, format_report, known_problems
 
 
 def _facegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from facegen.app.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facegen.app.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,

@@ -18,8 +18,8 @@ from PIL import Image
 from web_testing import TINY_PRESETS, free_port, tiny_factory, write_noise_png
 
 from facegen.analyzer import FaceAnalyzer
-from facegen.app.web import launch_app
-from facegen.app.web_services import AppLimits, Services, SessionState
+from facegen.app.web.app import launch_app
+from facegen.app.web.services import AppLimits, Services, SessionState
 from facegen.embedding_io import save_embeddings
 from facegen.image_io import load_image, save_image
 from facegen.provenance import read_provenance
@@ -430,7 +430,7 @@ def test_train_lora_returns_the_weights(
 
     from safetensors.torch import load
 
-    pytest.importorskip("facegen.training.lora", reason="LoRA training is not installed")
+    pytest.importorskip("facegen.training.diffusion.lora", reason="LoRA training is not installed")
     if through == "peft-only":
         from transformers.integrations import peft as integration
 
@@ -541,13 +541,13 @@ def test_features_whose_modules_are_missing_say_so(
     assert services.trainer is None
     train, swap = services.train_status(), services.swap_status()
     assert not train.available and "not available yet" in train.message
-    assert not swap.available and "facegen.pipelines.swap is not installed" in swap.message
+    assert not swap.available and "facegen.pipelines.editing.swap is not installed" in swap.message
 
 
 def test_app_command_defaults_to_this_machine_only() -> None:
     import argparse
 
-    from facegen.app.app_cmd import add_app_parser
+    from facegen.app.cli.serve import add_app_parser
 
     parser = argparse.ArgumentParser()
     add_app_parser(parser.add_subparsers(dest="command"), argparse.ArgumentParser(add_help=False))

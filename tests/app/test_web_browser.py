@@ -17,8 +17,8 @@ from PIL import Image
 from web_testing import TINY_PRESETS, free_port, tiny_factory
 
 from facegen.analyzer import FaceAnalyzer
-from facegen.app.web import launch_app
-from facegen.app.web_services import Services
+from facegen.app.web.app import launch_app
+from facegen.app.web.services import Services
 from facegen.image_io import load_image
 from facegen.samples import sample_path
 

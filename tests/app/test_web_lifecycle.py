@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from facegen.app.web_services import Services, SessionState
+from facegen.app.web.services import Services, SessionState
 
-CLI = "import sys; from facegen.app.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from facegen.app.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _free_port() -> int:
@@ -129,7 +129,7 @@ def test_ending_a_session_deletes_what_only_it_holds(tmp_path: Path) -> None:
 
     from gradio.processing_utils import hash_file
 
-    from facegen.app.web_io import human_errors
+    from facegen.app.web.files import human_errors
 
     services = Services(default_preset="tiny", presets=["tiny"])
     services.retry_drop_s = 0.05

@@ -40,7 +40,7 @@ class ProjectionEncoder(IdentityEncoder):
 def tiny_factory(dlib: FaceAnalyzer) -> Any:
     """Builds the tiny presets offline, with the projection encoder as their identity
     analyzer; any other preset is built for real, offline (so it reports missing weights)."""
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.generation.presets import from_preset
 
     conditioning = FaceAnalyzer(dlib.detector, dlib.landmarker, ProjectionEncoder())
 

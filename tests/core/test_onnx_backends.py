@@ -16,14 +16,13 @@ import pytest
 
 from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder
 from facegen.backends.insightface_landmarks import InsightfaceLandmarker, kps5_from_ibug68
-from facegen.backends.onnx_utils import graph_normalises_input
+from facegen.backends.onnx_utils import graph_normalises_input, open_session
 from facegen.backends.scrfd import SCRFDDetector, nms
 from facegen.errors import (
     InvalidImageError,
     InvalidModelError,
     UnknownNameError,
 )
-from facegen.onnx_session import open_session
 from facegen.types import Face
 
 pytest.importorskip("onnx")

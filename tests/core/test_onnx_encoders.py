@@ -13,14 +13,13 @@ import pytest
 from facegen.align import ARCFACE_TEMPLATE_112
 from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder, encoder_id_for_file
 from facegen.backends.insightface_landmarks import InsightfaceLandmarker
-from facegen.backends.onnx_utils import graph_normalises_input
+from facegen.backends.onnx_utils import graph_normalises_input, open_session
 from facegen.backends.scrfd import SCRFDDetector
 from facegen.errors import (
     InvalidModelError,
     ModelNotAvailableError,
     UnknownNameError,
 )
-from facegen.onnx_session import open_session
 from facegen.types import Face
 
 pytest.importorskip("onnx")

@@ -12,10 +12,10 @@ import pytest
 
 from facegen import Face, IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.align import arcface_template
-from facegen.analysis_writer import AnalysisWriter, write_json
+from facegen.analysis_writer import AnalysisWriter
 from facegen.embedding_io import load_embeddings, save_embeddings
 from facegen.errors import InvalidModelError, OutputError
-from facegen.fileio import atomic_write
+from facegen.fileio import atomic_write, write_json
 from facegen.image_io import load_image, read_metadata, save_image
 from facegen.paths import safe_child, safe_name
 

@@ -93,7 +93,7 @@ def write_identities(out: Path, people) -> None:
 def photo_worker(cfg: Any, device: str = "cpu", delay: float = 0.0) -> Any:
     """A dataset Worker factory: ORL photos generate, dlib verifies (no diffusion model)."""
     from facegen.analyzer import FaceAnalyzer
-    from facegen.pipelines.dataset_run import Worker
+    from facegen.pipelines.dataset.run import Worker
 
     analyzer = FaceAnalyzer.from_names("dlib", None, "dlib")
     gen = PhotoGenerator(load_people(ORL_DIR, analyzer), delay=delay)

@@ -22,14 +22,14 @@ from facegen.errors import (
 )
 from facegen.image_io import load_image, read_metadata, save_image
 from facegen.masks import MaskSpec, face_mask, face_region
-from facegen.pipelines.anonymize import (
+from facegen.pipelines.editing.anonymize import (
     CLASSICAL_MODES,
     AnonymizeOptions,
     AnonymizeResult,
     GeneratedFace,
     anonymize_image,
 )
-from facegen.pipelines.anonymize_folder import REPORT_NAME, anonymize_folder, read_report
+from facegen.pipelines.editing.anonymize_folder import REPORT_NAME, anonymize_folder, read_report
 from facegen.samples import sample_path
 from facegen.types import Face
 

@@ -22,7 +22,7 @@ import facegen.image_io as image_io
 from facegen.errors import FolderLockedError
 from facegen.image_io import save_image
 from facegen.locks import LOCK_NAME, read_holder
-from facegen.pipelines.anonymize_folder import REPORT_NAME, anonymize_folder
+from facegen.pipelines.editing.anonymize_folder import REPORT_NAME, anonymize_folder
 from facegen.types import Face
 
 
@@ -70,7 +70,7 @@ def _sha(path: Path) -> str:
 
 _HOLDER = """
 import sys, time
-from facegen.pipelines.anonymize_folder import anonymize_folder
+from facegen.pipelines.editing.anonymize_folder import anonymize_folder
 
 class Slow:
     class detector:

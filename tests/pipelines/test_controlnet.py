@@ -9,8 +9,8 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
 from facegen.align import arcface_template
 from facegen.control import render_landmarks68
-from facegen.pipelines.id_to_face import IDToFaceControlNetPipeline, IDToFacePipeline
-from facegen.pipelines.tiny import tiny_components
+from facegen.pipelines.generation.id_to_face import IDToFaceControlNetPipeline, IDToFacePipeline
+from facegen.pipelines.generation.tiny import tiny_components
 
 STEPS = 2
 

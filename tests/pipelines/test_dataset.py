@@ -10,7 +10,13 @@ import pytest
 from photo_generator import PhotoGenerator, load_people
 
 from facegen.image_io import load_image
-from facegen.pipelines.dataset import DatasetSpec, build_dataset, export, image_seed, read_journal
+from facegen.pipelines.dataset.build import (
+    DatasetSpec,
+    build_dataset,
+    export,
+    image_seed,
+    read_journal,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +106,7 @@ def test_shards_split_identities(tmp_path: Path, people, dlib_analyzer) -> None:
 
 
 def test_quality_report(tmp_path: Path, people, dlib_analyzer) -> None:
-    from facegen.pipelines.dataset_report import dataset_report
+    from facegen.pipelines.dataset.report import dataset_report
 
     targets = np.stack([t for t, _ in people])
     spec = DatasetSpec(
@@ -153,7 +159,7 @@ def test_the_builder_waits_instead_of_spinning(
     """With an instant generator, the builder waits for running checks; waiting on finished
     ones returned at once and spun the loop (hundreds of thousands of calls), starving the
     verification thread of the GIL."""
-    import facegen.pipelines.dataset as ds
+    import facegen.pipelines.dataset.build as ds
 
     calls = []
     real_wait = ds.wait

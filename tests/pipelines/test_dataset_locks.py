@@ -18,14 +18,14 @@ import pytest
 from facegen.errors import FolderLockedError
 from facegen.image_io import save_image
 from facegen.locks import LOCK_NAME, read_holder
-from facegen.pipelines.dataset import (
+from facegen.pipelines.dataset.build import (
     DatasetSpec,
     build_dataset,
     committed_identities,
     export,
     shard_lock,
 )
-from facegen.pipelines.dataset_run import DatasetConfig, Worker, merge, run_shard
+from facegen.pipelines.dataset.run import DatasetConfig, Worker, merge, run_shard
 
 SPEC = DatasetSpec(images_per_identity=1, max_attempts=1, batch_size=1)
 IDS = np.eye(4, dtype=np.float32)
@@ -48,7 +48,7 @@ def _reached(out: Path, shard: tuple[int, int], seen: list[dict]) -> object:
 _HOLDER = """
 import sys, time
 import numpy as np
-from facegen.pipelines.dataset import DatasetSpec, build_dataset
+from facegen.pipelines.dataset.build import DatasetSpec, build_dataset
 
 def generate(vectors, seeds, conds=None):
     print("generating", flush=True)

@@ -17,14 +17,14 @@ from photo_generator import PhotoGenerator, load_people, photo_worker, write_ide
 
 from facegen.errors import FacegenError
 from facegen.image_io import load_image, save_image
-from facegen.pipelines.dataset import (
+from facegen.pipelines.dataset.build import (
     committed_identities,
     export,
     full_image_path,
     iter_records,
 )
-from facegen.pipelines.dataset_poses import BANK_SIZE, PoseBank
-from facegen.pipelines.dataset_run import DatasetConfig, Worker, load_config, merge, run_shard
+from facegen.pipelines.dataset.poses import BANK_SIZE, PoseBank
+from facegen.pipelines.dataset.run import DatasetConfig, Worker, load_config, merge, run_shard
 
 HERE = Path(__file__).resolve().parent
 
@@ -166,7 +166,7 @@ def test_pose_bank_reference_and_sampled(tmp_path: Path, pose_folder: Path) -> N
 def test_run_with_poses_full_images_and_holdout(
     tmp_path: Path, people, dlib_analyzer, pose_folder: Path
 ) -> None:
-    from facegen.pipelines.writers import read_verification_bin
+    from facegen.pipelines.dataset.writers import read_verification_bin
 
     cfg = _cfg(
         identities=3,
@@ -237,7 +237,7 @@ def test_parts_made_elsewhere_merge_into_one_dataset(tmp_path: Path, people, dli
 
 def test_tiny_pipeline_all_rejected_is_reported(tmp_path: Path, dlib_analyzer) -> None:
     """End to end with the tiny diffusion model: noise, every image rejected, nothing crashes."""
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.generation.presets import from_preset
 
     pipe = from_preset("tiny")
     pipe.set_progress_bar_config(disable=True)
@@ -263,7 +263,7 @@ _KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from photo_generator import photo_worker
-from facegen.pipelines.dataset_run import DatasetConfig, run_shard
+from facegen.pipelines.dataset.run import DatasetConfig, run_shard
 cfg = DatasetConfig.from_dict(dict(
     identities=3, images_per_identity=3, min_similarity=-1.0, max_similarity=1.0,
     batch_size=1, preset="photos"))
@@ -314,7 +314,7 @@ def test_ray_executor_two_local_workers(tmp_path: Path, people, dlib_analyzer) -
     )
     import photo_generator
 
-    from facegen.pipelines.dataset_run import run_ray
+    from facegen.pipelines.dataset.run import run_ray
 
     ray.cloudpickle.register_pickle_by_value(photo_generator)
     cfg = _cfg()
@@ -342,7 +342,7 @@ _ACCELERATE_SCRIPT = """
 import json, sys
 from pathlib import Path
 from photo_generator import photo_worker
-from facegen.pipelines.dataset_run import DatasetConfig, accelerate_shard, merge, run_shard
+from facegen.pipelines.dataset.run import DatasetConfig, accelerate_shard, merge, run_shard
 cfg = DatasetConfig.from_dict(dict(
     identities=3, images_per_identity=2, min_similarity=-1.0, max_similarity=1.0, preset="photos"))
 shard, device, state = accelerate_shard()

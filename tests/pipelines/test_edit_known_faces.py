@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import facegen.pipelines.swap as swap_module
+import facegen.pipelines.editing.swap as swap_module
 from facegen.align import align_face, paste_back
 from facegen.masks import blend, face_mask
-from facegen.pipelines.anonymize import AnonymizeOptions, anonymize_image
-from facegen.pipelines.face_edit import EditResult, FaceEdit
-from facegen.pipelines.swap import embed_at, make_replace_face
+from facegen.pipelines.editing.anonymize import AnonymizeOptions, anonymize_image
+from facegen.pipelines.editing.face_edit import EditResult, FaceEdit
+from facegen.pipelines.editing.swap import embed_at, make_replace_face
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def faces(t1_image, dlib_analyzer):
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.generation.presets import from_preset
 
     return from_preset("tiny")
 

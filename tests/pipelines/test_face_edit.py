@@ -14,15 +14,15 @@ from facegen.control import render_landmarks68, transfer_landmarks
 from facegen.errors import FacegenError
 from facegen.image_io import load_image
 from facegen.masks import face_mask, faces_mask
-from facegen.pipelines.anonymize import AnonymizeOptions, anonymize_image
-from facegen.pipelines.face_edit import DEFAULT_MASK, edit_faces, reenact
-from facegen.pipelines.inpaint import (
+from facegen.pipelines.editing.anonymize import AnonymizeOptions, anonymize_image
+from facegen.pipelines.editing.face_edit import DEFAULT_MASK, edit_faces, reenact
+from facegen.pipelines.editing.swap import embed_at, make_replace_face, swap
+from facegen.pipelines.generation.inpaint import (
     IDTextToFaceControlNetInpaintPipeline,
     IDTextToFaceInpaintPipeline,
     masked_generate,
 )
-from facegen.pipelines.presets import PRESETS, from_preset
-from facegen.pipelines.swap import embed_at, make_replace_face, swap
+from facegen.pipelines.generation.presets import PRESETS, from_preset
 from facegen.samples import sample_path
 from facegen.types import AlignedFace, IdentityEmbedding
 

@@ -9,8 +9,11 @@ from diffusers import StableDiffusionPipeline
 
 from facegen import IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.adapters.ip_adapter_faceid import faceid_state_dict_for, save_faceid_weights
-from facegen.pipelines.id_text_to_face import DEFAULT_NEGATIVE_PROMPT, IDTextToFacePipeline
-from facegen.pipelines.tiny import tiny_components, tiny_image_encoder
+from facegen.pipelines.generation.id_text_to_face import (
+    DEFAULT_NEGATIVE_PROMPT,
+    IDTextToFacePipeline,
+)
+from facegen.pipelines.generation.tiny import tiny_components, tiny_image_encoder
 
 STEPS = 2
 PROMPT = "photo of a smiling man"
@@ -113,7 +116,7 @@ def test_errors(pipe, ckpt) -> None:
 
 def test_faceid_preset_loads_the_published_layout_offline(tmp_path, monkeypatch) -> None:
     """The preset's real loading path: an SD1.5-layout folder + the .bin where the hub looks."""
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.generation.presets import from_preset
 
     base = tmp_path / "sd15"
     parts = tiny_components(seed=2)
@@ -167,7 +170,7 @@ def test_plusv2_per_image_identities_and_structure(tmp_path, t1_image, dlib_anal
 
 def test_plusv2_preset_offline(tmp_path, monkeypatch) -> None:
     from facegen import ModelNotAvailableError
-    from facegen.pipelines.presets import from_preset
+    from facegen.pipelines.generation.presets import from_preset
 
     base = tmp_path / "sd15"
     parts = tiny_components(seed=2)
@@ -219,7 +222,7 @@ def test_controlnet_variant_and_photo_errors(ckpt, t1_image, dlib_analyzer) -> N
 
     from facegen import AmbiguousFaceError, NoFaceDetectedError
     from facegen.control import render_instantid_kps
-    from facegen.pipelines.id_text_to_face import IDTextToFaceControlNetPipeline
+    from facegen.pipelines.generation.id_text_to_face import IDTextToFaceControlNetPipeline
 
     parts = tiny_components(seed=2)
     torch.manual_seed(1)

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 
 from facegen import IdentityEmbedding, IncompatibleEmbeddingError
 from facegen.errors import FacegenError
-from facegen.pipelines.presets import from_preset, resolve_dtype
+from facegen.pipelines.generation.presets import from_preset, resolve_dtype
 
 STEPS = 3
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from photo_generator import load_people
 
-from facegen.pipelines.pseudonyms import Pseudonymizer, cluster_embeddings
+from facegen.pipelines.editing.pseudonyms import Pseudonymizer, cluster_embeddings
 from facegen.types import IdentityEmbedding
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from facegen.errors import MissingDependencyError, OutputError, UnknownNameError
 from facegen.image_io import load_image
-from facegen.pipelines.writers import (
+from facegen.pipelines.dataset.writers import (
     WRITERS,
     DatasetSample,
     InvalidDatasetFileError,
@@ -25,7 +25,7 @@ from facegen.pipelines.writers import (
     read_verification_bin,
     write_verification_bin,
 )
-from facegen.pipelines.writers.recordio import _rec_chunks as rec_chunks
+from facegen.pipelines.dataset.writers.recordio import _rec_chunks as rec_chunks
 
 JPEG_TOL = 4.0  # mean absolute error of a quality-95 JPEG of a face crop, in 0..255 units
 

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from facegen.errors import FacegenError, InvalidArgumentError
-from facegen.pipelines.tiny import tiny_components
+from facegen.pipelines.generation.tiny import tiny_components
 from facegen.training import checkpoint
 
 SIZE = 32
@@ -160,9 +160,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def generative_run(
     kind: str, out: Path, photos: Path, cache: Path, analyzer: Any
 ) -> Callable[..., Any]:
-    from facegen.training.adapter import AdapterTrainConfig, train_adapter
-    from facegen.training.controlnet import ControlNetTrainConfig, train_controlnet
-    from facegen.training.lora import LoraTrainConfig, train_lora
+    from facegen.training.diffusion.adapter import AdapterTrainConfig, train_adapter
+    from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
+    from facegen.training.diffusion.lora import LoraTrainConfig, train_lora
 
     cls, train, extra = {
         "lora": (LoraTrainConfig, train_lora, {"rank": 2}),
@@ -220,7 +220,7 @@ def test_generative_checkpoints_refuse_every_planted_pickle(
 
 
 def _write_fr_set(root: Path) -> None:
-    from facegen.pipelines.writers import DatasetSample, ImageFolderWriter
+    from facegen.pipelines.dataset.writers import DatasetSample, ImageFolderWriter
 
     rng = np.random.default_rng(0)
     protos = rng.integers(0, 256, (3, 8, 8, 3))
@@ -233,7 +233,7 @@ def _write_fr_set(root: Path) -> None:
 
 
 def fr_run(tmp_path: Path) -> Callable[..., Any]:
-    from facegen.training.fr_train import FRTrainConfig, train_fr
+    from facegen.training.fr.train import FRTrainConfig, train_fr
 
     def run(resume: str | None = None, steps: int = 1) -> Any:
         cfg = FRTrainConfig(
@@ -261,7 +261,7 @@ def fr_run(tmp_path: Path) -> Callable[..., Any]:
 
 
 def test_fr_checkpoints_refuse_every_planted_pickle(tmp_path: Path) -> None:
-    from facegen.training.fr_train import latest_checkpoint
+    from facegen.training.fr.train import latest_checkpoint
 
     _write_fr_set(tmp_path / "data")
     run = fr_run(tmp_path)
@@ -305,7 +305,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_cli_train_lora_refuses_a_planted_pickle_in_one_line(
     photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from facegen.app.cli import main
+    from facegen.app.cli.main import main
 
     out = tmp_path / "lora"
     args = ["train", "lora", str(photos), "--out", str(out), "--base-model", "tiny"]
@@ -334,7 +334,7 @@ def test_cli_train_lora_refuses_a_planted_pickle_in_one_line(
 def test_cli_train_fr_refuses_a_planted_pickle_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from facegen.app.cli import main
+    from facegen.app.cli.main import main
 
     _write_fr_set(tmp_path / "data")
     cfg = tmp_path / "fr.yaml"

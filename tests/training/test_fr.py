@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from facegen.errors import InvalidModelError, UnknownNameError
-from facegen.pipelines.writers import (
+from facegen.pipelines.dataset.writers import (
     DatasetSample,
     ImageFolderWriter,
     RecWriter,
     WebDatasetWriter,
     write_verification_bin,
 )
-from facegen.training.fr_data import (
+from facegen.training.fr.data import (
     FRTransform,
     ImageFolderDataset,
     RecordIODataset,
@@ -32,7 +32,7 @@ from facegen.training.fr_data import (
     detect_format,
     open_fr_dataset,
 )
-from facegen.training.fr_eval import (
+from facegen.training.fr.eval import (
     ACC_THRESHOLDS,
     VAL_THRESHOLDS,
     VerificationSet,
@@ -45,7 +45,7 @@ from facegen.training.fr_eval import (
     make_verification_pairs,
     verification_metrics,
 )
-from facegen.training.fr_models import (
+from facegen.training.fr.models import (
     AdaFaceHead,
     ArcFaceHead,
     CosFaceHead,
@@ -261,7 +261,7 @@ def test_webdataset_package_agrees(tmp_path: Path) -> None:
 
 
 def test_recordio_reader_rejoins_split_records(tmp_path: Path) -> None:
-    from facegen.pipelines.writers.recordio import _ir_pack, _rec_chunks
+    from facegen.pipelines.dataset.writers.recordio import _ir_pack, _rec_chunks
 
     magic = struct.pack("<I", 0xCED7230A)
     bodies = [b"abcd" + magic + b"efgh" + magic + b"ij", b"xyz", magic * 3]
@@ -313,7 +313,7 @@ def _write_train_set(root: Path, n_id: int = 4, n_img: int = 8) -> None:
 
 
 def _config(tmp_path: Path, out: str, **kw):
-    from facegen.training.fr_train import FRTrainConfig
+    from facegen.training.fr.train import FRTrainConfig
 
     base = dict(
         data=str(tmp_path / "data"),
@@ -339,7 +339,7 @@ def _config(tmp_path: Path, out: str, **kw):
 
 
 def test_train_loop_reduces_loss_and_saves(tmp_path: Path) -> None:
-    from facegen.training.fr_train import train_fr
+    from facegen.training.fr.train import train_fr
 
     _write_train_set(tmp_path / "data")
     # a verification set from the training images: pairs within / across identities
@@ -370,7 +370,7 @@ def test_train_loop_reduces_loss_and_saves(tmp_path: Path) -> None:
 
 
 def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Path) -> None:
-    from facegen.training.fr_train import latest_checkpoint, train_fr
+    from facegen.training.fr.train import latest_checkpoint, train_fr
 
     _write_train_set(tmp_path / "data")
     const = {"schedule": "step", "lr_milestones": (100,)}  # same LR whatever max_steps is
@@ -405,7 +405,7 @@ def test_onnx_export_matches_torch_and_loads_as_encoder(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from facegen.backends import ENCODERS
     from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder
-    from facegen.training.fr_encoder import (
+    from facegen.training.fr.encoder import (
         export_onnx,
         load_trained_encoder,
         register_trained_encoder,
@@ -544,7 +544,7 @@ def test_kfold_and_pair_helpers() -> None:
 
 def test_evaluate_bin_pairs_and_encoder_agree(tmp_path: Path) -> None:
     from facegen.image_io import save_image
-    from facegen.training.fr_encoder import TorchFREncoder
+    from facegen.training.fr.encoder import TorchFREncoder
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)

@@ -27,17 +27,17 @@ import torch
 from facegen.analyzer import FaceAnalyzer
 from facegen.base import IdentityEncoder
 from facegen.errors import IncompatibleEmbeddingError, InvalidArgumentError, UnknownNameError
-from facegen.pipelines.tiny import tiny_components
-from facegen.training.adapter import AdapterTrainConfig, train_adapter
-from facegen.training.common import latest_checkpoint, make_accelerator
-from facegen.training.controlnet import ControlNetTrainConfig, train_controlnet
-from facegen.training.face_cache import (
+from facegen.pipelines.generation.tiny import tiny_components
+from facegen.training.diffusion.adapter import AdapterTrainConfig, train_adapter
+from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
+from facegen.training.diffusion.face_cache import (
     CacheDataset,
     FaceCache,
     build_face_cache,
     sample_latents,
 )
-from facegen.training.lora import LoraTrainConfig, train_lora
+from facegen.training.diffusion.loop import latest_checkpoint, make_accelerator
+from facegen.training.diffusion.lora import LoraTrainConfig, train_lora
 from facegen.types import IdentityEmbedding
 
 SIZE = 32  # training resolution: 16×16 latents with the tiny VAE
@@ -348,7 +348,7 @@ def test_lora_flags_a_photo_of_someone_else(
 ) -> None:
     from PIL import Image
 
-    from facegen.training.lora import _identity_outliers
+    from facegen.training.diffusion.lora import _identity_outliers
 
     folder = tmp_path / "one_person"
     folder.mkdir()
@@ -367,7 +367,7 @@ def test_lora_arc2face_identity_with_prior_preservation(
     photos: Path, arc_analyzer, caches: Path, tmp_path: Path
 ) -> None:
     from facegen.embedding_io import load_embeddings
-    from facegen.pipelines.id_to_face import IDToFacePipeline
+    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
 
     out = tmp_path / "arc_lora"
     cfg = LoraTrainConfig(
@@ -418,7 +418,7 @@ def test_adapter_for_dlib_overfits_and_loads_with_diffusers_and_facegen(
         IPAdapterFaceID,
         load_faceid,
     )
-    from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
+    from facegen.pipelines.generation.id_text_to_face import IDTextToFacePipeline
 
     out = tmp_path / "adapter"
     parts = components(dlib_analyzer)
@@ -480,7 +480,7 @@ def test_resume_continues_the_step_count_and_ends_like_an_unbroken_run(
     from safetensors.torch import load_file
 
     from facegen.adapters.ip_adapter_faceid import IPAdapterFaceID
-    from facegen.pipelines.id_text_to_face import IDTextToFacePipeline
+    from facegen.pipelines.generation.id_text_to_face import IDTextToFacePipeline
 
     def run(out: Path, steps: int, every: int, resume: str | None = None) -> Any:
         cfg = AdapterTrainConfig(
@@ -543,7 +543,7 @@ def test_controlnet_arc2face_overfits_and_loads(
     from PIL import Image
 
     from facegen.hub import load_pretrained
-    from facegen.pipelines.id_to_face import IDToFaceControlNetPipeline
+    from facegen.pipelines.generation.id_to_face import IDToFaceControlNetPipeline
 
     out = tmp_path / "controlnet"
     cfg = ControlNetTrainConfig(**common(out, photos, caches / "arc", learning_rate=1e-3))

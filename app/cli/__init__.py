@@ -1,0 +1,1 @@
+"""The ``facegen`` command line: ``main`` parses, one module per command runs it."""

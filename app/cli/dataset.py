@@ -1,0 +1,330 @@
+"""``facegen dataset``: build a verified synthetic identity dataset, and export it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.errors import FacegenError
+
+__all__ = ["add_dataset_parser"]
+
+FORMATS = ("wds", "rec", "parquet", "imagefolder")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be K/N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"must be K/N with 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+    if not levels or any(not 0 <= v < 10 for v in levels):
+        raise argparse.ArgumentTypeError(f"levels must be in [0, 10), got {text!r}")
+    return levels
+
+
+def _formats(text: str) -> list[str]:
+    names = [t for t in text.split(",") if t]
+    bad = [t for t in names if t not in FORMATS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {bad}; valid: {', '.join(FORMATS)}")
+    return names
+
+
+def add_dataset_parser(sub: Any) -> None:
+    from facegen.pipelines.generation.presets import PRESETS
+
+    d = sub.add_parser("dataset", parents=subcommand_parents(), help="synthetic identity datasets")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    g = dsub.add_parser(
+        "generate",
+        parents=subcommand_parents(),
+        help="sample identities, generate and verify images (resumable, shardable)",
+        description="Settings come from --config (YAML/TOML/JSON; keys as the long options, "
+        "e.g. images_per_identity) and/or the flags (flags win). Rerun the same command after a "
+        "crash to resume. Executors: local (--shard K/N for any launcher; then `facegen dataset "
+        "merge`), accelerate (under `accelerate launch`: one shard per process, merged at the "
+        "end), ray (shards as actors on a Ray cluster, or a local one).",
+    )
+    g.add_argument("--config", type=Path, help="run description: .yaml, .toml or .json")
+    g.add_argument("--identities", type=positive_int, metavar="N")
+    g.add_argument("--images-per-identity", type=positive_int, metavar="M")
+    g.add_argument("--preset", choices=PRESETS.names(), help="generation preset (arc2face)")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--seed", type=int, help="dataset seed (0)")
+    g.add_argument("--sampler", help="identity sampler: uniform, gaussian, spread (uniform)")
+    g.add_argument(
+        "--identity-separation", type=float, help="max cosine between two identities (0.3)"
+    )
+    g.add_argument(
+        "--min-similarity", type=float, help="reject images less similar to their identity (0.5)"
+    )
+    g.add_argument(
+        "--max-similarity", type=float, help="reject near-copies more similar than this (0.98)"
+    )
+    g.add_argument("--attempts", type=positive_int, help="tries per image (3)")
+    g.add_argument(
+        "--perturbation",
+        type=_levels,
+        metavar="L1,L2,…",
+        help="identity noise levels cycled over the images of an identity (e.g. 0,0.1,0.2)",
+    )
+    g.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        help="a prompt for presets that take text; repeat to vary (chosen per image)",
+    )
+    g.add_argument(
+        "--pose",
+        choices=["none", "reference", "sampled"],
+        help="pose/expression per image from --pose-from: a reference's landmarks, or new "
+        "shapes sampled from a model fitted to them (needs a ControlNet preset)",
+    )
+    g.add_argument("--pose-from", help="folder of reference photos for --pose")
+    g.add_argument(
+        "--keep-full",
+        action="store_true",
+        default=None,
+        help="also keep the full-resolution images (full/)",
+    )
+    g.add_argument(
+        "--no-watermark",
+        dest="watermark",
+        action="store_false",
+        default=None,
+        help="store images with the provenance record only (no invisible watermark)",
+    )
+    g.add_argument("--batch-size", type=positive_int, help="images per generator call (8)")
+    g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--format", dest="formats", type=_formats, help="export when complete")
+    g.add_argument(
+        "--holdout",
+        type=int,
+        help="identities kept out of training exports for export/verification.bin (0)",
+    )
+    g.add_argument("--executor", choices=["local", "accelerate", "ray"], default="local")
+    g.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N", help="local executor")
+    g.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    g.add_argument("--workers", type=positive_int, default=1, help="Ray actors (1)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="Ray (1 with CUDA, else 0)")
+    g.set_defaults(func=cmd_dataset_generate)
+    e = dsub.add_parser(
+        "export",
+        parents=subcommand_parents(),
+        help="write the committed images as training formats",
+    )
+    e.add_argument("out", type=Path)
+    e.add_argument("--format", type=_formats, default=[], help="wds,rec,parquet,imagefolder")
+    e.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
+    e.set_defaults(func=cmd_dataset_export)
+    m = dsub.add_parser(
+        "merge",
+        parents=subcommand_parents(),
+        help="fold parts made elsewhere into one dataset and check it is complete",
+    )
+    m.add_argument("out", type=Path)
+    m.add_argument("--from", dest="parts", type=Path, nargs="*", default=[], metavar="PART")
+    m.add_argument("--format", type=_formats, default=[], help="export when complete")
+    m.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
+    m.set_defaults(func=cmd_dataset_merge)
+    r = dsub.add_parser(
+        "report",
+        parents=subcommand_parents(),
+        help="quality report: separation, consistency, EER/TAR with an independent encoder",
+    )
+    r.add_argument("out", type=Path)
+    r.set_defaults(func=cmd_dataset_report)
+
+
+_CONFIG_KEYS = (
+    "identities",
+    "images_per_identity",
+    "preset",
+    "seed",
+    "sampler",
+    "identity_separation",
+    "min_similarity",
+    "max_similarity",
+    "attempts",
+    "perturbation",
+    "prompts",
+    "pose",
+    "pose_from",
+    "keep_full",
+    "watermark",
+    "batch_size",
+    "steps",
+    "dtype",
+    "formats",
+    "holdout",
+)
+
+
+def _run_config(args: argparse.Namespace) -> Any:
+    """The config file's settings, overridden by the flags given on the command line."""
+    from facegen.pipelines.dataset.run import DatasetConfig, load_config
+
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    for k in _CONFIG_KEYS:
+        v = getattr(args, k)
+        if v is not None:
+            data[k] = v
+    if data.get("pose_from") is not None and data.get("pose") is None:
+        data["pose"] = "reference"
+    if data.get("pose_from") is not None:
+        data["pose_from"] = str(Path(data["pose_from"]).resolve())
+    return DatasetConfig.from_dict(data, source=str(args.config or "options"))
+
+
+def _finish(out: Path, cfg: Any, formats: Any, holdout: int) -> int:
+    """Merge summary (``dataset.json``) and, when complete, the exports."""
+    from facegen.pipelines.dataset.build import export
+    from facegen.pipelines.dataset.run import merge
+
+    summary = merge(out)
+    state = "complete" if summary["complete"] else f"{len(summary['missing'])} identities missing"
+    print(
+        f"dataset {out}: {summary['done']}/{summary['identities']} identities done, "
+        f"{len(summary['failed'])} failed, {summary['images']} images ({state})"
+    )
+    if formats:
+        if not summary["complete"]:
+            print("not exported: run the missing shards first, then `facegen dataset export`")
+            return 1
+        files = export(out, formats, holdout=holdout)
+        print(f"exported {len(files)} file(s) → {out / 'export'}")
+    return 0
+
+
+def cmd_dataset_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from facegen.pipelines.dataset.run import preset_worker, run_ray, run_shard
+
+    cfg = _run_config(args)
+    out: Path = args.out
+    t0 = time.perf_counter()
+    if args.executor == "ray":
+        gpus = args.gpus_per_worker
+        if gpus is None:
+            import torch
+
+            gpus = 1.0 if torch.cuda.is_available() else 0.0
+        bar = tqdm(total=None, desc="shards", unit="shard", file=sys.stderr)
+        results = run_ray(
+            out,
+            cfg,
+            address=args.address,
+            num_workers=args.workers,
+            gpus_per_worker=gpus,
+            factory=lambda c, device: preset_worker(c, device, offline=args.offline),
+            progress=lambda r: bar.update(1),
+        )
+        bar.close()
+        images = sum(r["images"] for r in results)
+        print(
+            f"ray: {len(results)} shards, {images} new images in {time.perf_counter() - t0:.1f} s"
+        )
+        return _finish(out, cfg, cfg.formats, cfg.holdout)
+
+    state = None
+    shard, device = args.shard, args.device
+    if args.executor == "accelerate":
+        from facegen.pipelines.dataset.run import accelerate_shard
+
+        shard, device, state = accelerate_shard()
+    worker = preset_worker(cfg, device, offline=args.offline)
+    n_mine = len(range(shard[0], cfg.identities, shard[1]))
+    bar = tqdm(
+        total=n_mine * cfg.images_per_identity,
+        desc=f"shard {shard[0]}/{shard[1]}",
+        unit="img",
+        file=sys.stderr,
+        disable=state is not None and not state.is_local_main_process,
+    )
+
+    def progress(done: int, total: int, images: int) -> None:
+        bar.n = min(done * cfg.images_per_identity, bar.total)
+        bar.set_postfix(ids=f"{done}/{total}", kept=images, refresh=False)
+        bar.refresh()
+
+    try:
+        summary = run_shard(out, cfg, shard, worker, progress=progress)
+    finally:
+        bar.close()
+    dt = time.perf_counter() - t0
+    print(
+        f"shard {shard[0]}/{shard[1]}: {summary.done} identities done, "
+        f"{summary.failed} failed, {summary.skipped_existing} already done, "
+        f"{summary.images} images ({summary.images / max(dt, 1e-9):.2f} img/s); "
+        f"rejections: {summary.rejections or 'none'} → {out}"
+    )
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return 0
+    elif shard[1] > 1:
+        print(f"when every shard is done: facegen dataset merge {out} [--format …]")
+        return 0
+    return _finish(out, cfg, cfg.formats, cfg.holdout)
+
+
+def cmd_dataset_export(args: argparse.Namespace) -> int:
+    from facegen.pipelines.dataset.build import export
+
+    if not (args.out / "journal").is_dir():
+        raise FacegenError(f"{args.out}: not a dataset folder (no journal/)")
+    if not args.format and not args.holdout:
+        raise FacegenError("nothing to export: give --format and/or --holdout")
+    files = export(args.out, args.format, holdout=args.holdout)
+    print(f"exported {len(files)} file(s) → {args.out / 'export'}")
+    return 0
+
+
+def cmd_dataset_merge(args: argparse.Namespace) -> int:
+
+    from facegen.pipelines.dataset.run import DatasetConfig, merge
+
+    merge(args.out, args.parts)
+    cfg = DatasetConfig.from_dict(json.loads((args.out / "config.json").read_text()))
+    return _finish(args.out, cfg, args.format, args.holdout)
+
+
+def cmd_dataset_report(args: argparse.Namespace) -> int:
+    from facegen.pipelines.dataset.report import dataset_report
+
+    rep = dataset_report(args.out)
+    keys = (
+        "identities_done",
+        "identities_failed",
+        "images",
+        "unique_identity_ratio",
+        "intra_class_consistency",
+        "eer",
+        "tar_at_far_1e3",
+        "rejections",
+    )
+    for k in keys:
+        if k in rep:
+            v = rep[k]
+            print(f"{k:<26} {v:.4f}" if isinstance(v, float) else f"{k:<26} {v}")
+    print(f"report → {args.out / 'report'}")
+    return 0

@@ -1,0 +1,270 @@
+"""``facegen train …`` and ``facegen eval fr``: training loops and face-recognition evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.errors import FacegenError
+
+__all__ = ["add_train_parsers", "config_from"]
+
+
+def config_from(cls: type, args: argparse.Namespace, keys: dict[str, str]) -> Any:
+    """``cls(**settings)`` from ``--config`` (YAML/TOML/JSON; keys as the dataclass fields,
+    dashes allowed) overridden by the flags given (``keys``: field → argparse dest)."""
+    from facegen.pipelines.dataset.run import load_config
+
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        data = {k.replace("-", "_"): v for k, v in load_config(args.config).items()}
+    for field, dest in keys.items():
+        v = getattr(args, dest, None)
+        if v is not None:
+            data[field] = str(v) if isinstance(v, Path) else v
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        where = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise FacegenError(
+            f"{where}unknown setting(s) {unknown}; valid: {', '.join(sorted(valid))}"
+        )
+    for f in dataclasses.fields(cls):  # lists from YAML/TOML into the tuples the configs use
+        if isinstance(data.get(f.name), list) and "tuple" in str(f.type):
+            data[f.name] = tuple(data[f.name])
+    where = f"{args.config}: " if getattr(args, "config", None) else ""
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise FacegenError(f"{where}incomplete settings: {e}") from None
+    except ValueError as e:  # InvalidArgumentError included: "`key` must be …, got …"
+        raise FacegenError(f"{where}{e}") from None
+
+
+def add_train_parsers(sub: Any) -> None:
+    t = sub.add_parser("train", parents=subcommand_parents(), help="train facegen's models")
+    tsub = t.add_subparsers(dest="train_command", metavar="WHAT", required=True)
+    f = tsub.add_parser(
+        "fr",
+        parents=subcommand_parents(),
+        help="face recognition: IResNet + ArcFace/CosFace/AdaFace on a facegen dataset",
+        description="Reads ImageFolder, WebDataset shards or RecordIO (train.rec/.idx), e.g. "
+        "a `facegen dataset` export. Writes model.safetensors, model.onnx (an identity "
+        "encoder facegen can use) and config.json; rerun with --resume latest to continue.",
+    )
+    f.add_argument("data", nargs="?", type=Path, help="dataset folder or file")
+    f.add_argument("--out", type=Path, help="output folder")
+    f.add_argument("--config", type=Path, help="settings file (.yaml/.toml/.json)")
+    f.add_argument("--format", dest="data_format", choices=["imagefolder", "wds", "rec"])
+    f.add_argument("--backbone", choices=["iresnet18", "iresnet34", "iresnet50", "iresnet100"])
+    f.add_argument("--head", choices=["arcface", "cosface", "adaface"])
+    f.add_argument("--batch-size", type=positive_int)
+    f.add_argument("--epochs", type=positive_int)
+    f.add_argument("--max-steps", type=positive_int)
+    f.add_argument("--lr", type=float)
+    f.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    f.add_argument("--val", dest="val_sets", action="append", help="verification .bin (repeat)")
+    f.add_argument("--eval-every", type=positive_int)
+    f.add_argument("--save-every", type=positive_int)
+    f.add_argument("--resume", help="'latest' or a checkpoint folder")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--workers", dest="num_workers", type=int)
+    f.set_defaults(func=cmd_train_fr)
+
+    for name, what in (
+        ("lora", "LoRA personalization from photos of one person (diffusers LoRA file)"),
+        ("adapter", "an IP-Adapter-FaceID-style identity adapter for any identity encoder"),
+        ("controlnet", "a landmark ControlNet matching facegen's landmark maps"),
+    ):
+        g = tsub.add_parser(
+            name,
+            parents=subcommand_parents(),
+            help=what,
+            description="Photos are detected, aligned and cached once (safetensors) so "
+            "epochs are cheap; rerun with --resume latest to continue from the last "
+            "checkpoint. --config takes every setting of the loop's config (YAML/TOML/JSON).",
+        )
+        g.add_argument("data", nargs="?", type=Path, help="folder of face photos")
+        g.add_argument("--out", type=Path, help="output folder")
+        g.add_argument("--config", type=Path, help="settings file (.yaml/.toml/.json)")
+        g.add_argument(
+            "--base-model",
+            help="SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
+        )
+        g.add_argument("--resolution", type=positive_int)
+        g.add_argument("--batch-size", type=positive_int)
+        g.add_argument("--max-steps", type=positive_int)
+        g.add_argument("--lr", type=float)
+        g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+        g.add_argument("--checkpointing-steps", type=positive_int)
+        g.add_argument("--validation-steps", type=int)
+        g.add_argument("--resume", help="'latest' or a checkpoint folder")
+        g.add_argument("--seed", type=int)
+        if name == "lora":
+            g.add_argument("--rank", type=positive_int)
+            g.add_argument("--alpha", type=float)
+            g.add_argument("--instance-prompt", help="e.g. 'a photo of sks person'")
+            g.add_argument(
+                "--train-text-encoder",
+                action="store_true",
+                default=None,
+                help="also put the LoRA on the CLIP text encoder (prompt conditioning)",
+            )
+        if name in ("lora", "controlnet"):
+            g.add_argument("--conditioning", choices=["prompt", "arc2face"])
+        if name == "adapter":
+            g.add_argument("--encoder", help="identity encoder the adapter expects (dlib)")
+            g.add_argument("--num-tokens", type=positive_int)
+        g.set_defaults(func=cmd_train_generative, train_kind=name)
+
+    e = sub.add_parser("eval", parents=subcommand_parents(), help="evaluate models")
+    esub = e.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+    v = esub.add_parser(
+        "fr",
+        parents=subcommand_parents(),
+        help="verification accuracy (insightface protocol) of a face-recognition model",
+        description="MODEL: a `facegen train fr` output folder, or an identity-encoder name "
+        "(e.g. dlib). Sets: insightface .bin files (lfw.bin, cfp_fp.bin, a facegen dataset's "
+        "export/verification.bin) and/or pair lists ('pathA pathB 0|1' per line).",
+    )
+    v.add_argument("model", help="trained model folder or encoder name")
+    v.add_argument("--bin", dest="bins", action="append", type=Path, default=[])
+    v.add_argument("--pairs", action="append", type=Path, default=[])
+    v.add_argument("--root", type=Path, help="folder the pair-list paths are relative to")
+    v.add_argument("--folds", type=positive_int, default=10)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_eval_fr)
+
+
+_FR_KEYS = {
+    "data": "data",
+    "output_dir": "out",
+    "data_format": "data_format",
+    "backbone": "backbone",
+    "head": "head",
+    "batch_size": "batch_size",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "lr": "lr",
+    "mixed_precision": "mixed_precision",
+    "val_sets": "val_sets",
+    "eval_every": "eval_every",
+    "save_every": "save_every",
+    "resume": "resume",
+    "seed": "seed",
+    "num_workers": "num_workers",
+}
+
+
+def cmd_train_fr(args: argparse.Namespace) -> int:
+    from facegen.training.fr.train import FRTrainConfig, train_fr
+
+    if args.val_sets:
+        args.val_sets = tuple(args.val_sets)
+    cfg = config_from(FRTrainConfig, args, _FR_KEYS)
+    if args.device == "cpu" and not cfg.cpu:
+        cfg = dataclasses.replace(cfg, cpu=True)
+    res = train_fr(cfg)
+    print(f"{res.steps} steps ({res.epochs} epochs, {res.num_classes} classes) → {res.output_dir}")
+    if res.losses:
+        print(f"loss {res.losses[0]:.4f} → {res.losses[-1]:.4f}")
+    for _, results in res.validation[-1:]:
+        for r in results:
+            print(r.summary())
+    return 0
+
+
+_GEN_KEYS = {
+    "data_dir": "data",
+    "output_dir": "out",
+    "base_model": "base_model",
+    "resolution": "resolution",
+    "batch_size": "batch_size",
+    "max_steps": "max_steps",
+    "learning_rate": "lr",
+    "mixed_precision": "mixed_precision",
+    "checkpointing_steps": "checkpointing_steps",
+    "validation_steps": "validation_steps",
+    "resume_from_checkpoint": "resume",
+    "seed": "seed",
+    "rank": "rank",
+    "alpha": "alpha",
+    "instance_prompt": "instance_prompt",
+    "train_text_encoder": "train_text_encoder",
+    "conditioning": "conditioning",
+    "encoder": "encoder",
+    "num_tokens": "num_tokens",
+}
+
+
+def _generative_trainer(kind: str) -> tuple[type, Callable[[Any], Any]]:
+    """The config class and training function of ``facegen train KIND`` (imported lazily)."""
+    if kind == "lora":
+        from facegen.training.diffusion.lora import LoraTrainConfig, train_lora
+
+        return LoraTrainConfig, train_lora
+    if kind == "adapter":
+        from facegen.training.diffusion.adapter import AdapterTrainConfig, train_adapter
+
+        return AdapterTrainConfig, train_adapter
+    from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
+
+    return ControlNetTrainConfig, train_controlnet
+
+
+def cmd_train_generative(args: argparse.Namespace) -> int:
+    kind = args.train_kind
+    config_cls, train = _generative_trainer(kind)
+    keys = {f: d for f, d in _GEN_KEYS.items() if hasattr(args, d)}
+    cfg = config_from(config_cls, args, keys)
+    if args.device == "cpu" and hasattr(cfg, "cpu") and not cfg.cpu:
+        cfg = dataclasses.replace(cfg, cpu=True)
+    res = train(cfg)
+    print(f"{res.steps} steps (from step {res.start_step}) → {res.weights}")
+    if res.losses:
+        k = max(1, min(5, len(res.losses) // 2))
+        first, last = sum(res.losses[:k]) / k, sum(res.losses[-k:]) / k
+        print(f"mean loss, first {k} steps {first:.4f} → last {k} steps {last:.4f}")
+    print(f"metadata: {res.metadata}")
+    return 0
+
+
+def _model(spec: str, device: str) -> Any:
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            from facegen.training.fr.encoder import load_trained_encoder
+
+            return load_trained_encoder(path, device=device)
+        from facegen.training.fr.models import load_backbone
+
+        return load_backbone(path, device=device)
+    from facegen.backends import ENCODERS
+
+    return ENCODERS.create(spec, device=device)
+
+
+def cmd_eval_fr(args: argparse.Namespace) -> int:
+    from facegen.training.fr.eval import evaluate_bin, evaluate_pairs
+
+    if not args.bins and not args.pairs:
+        raise FacegenError("give at least one --bin FILE or --pairs FILE")
+    model = _model(args.model, args.device)
+    results = []
+    for b in args.bins:
+        results.append(evaluate_bin(model, b, nfolds=args.folds))
+    for p in args.pairs:
+        results.append(evaluate_pairs(model, p, root=args.root, nfolds=args.folds))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+    else:
+        for r in results:
+            print(r.summary())
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,1 @@
+"""The synthetic identity dataset: build, resumable sharded runs, poses, report, writers."""

@@ -1,0 +1,1 @@
+"""Editing real photos: face edit, swap, reenact, anonymize (images and folders), pseudonyms."""

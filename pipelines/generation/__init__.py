@@ -1,0 +1,1 @@
+"""Identity-conditioned generation: ID→face and ID+text pipelines, inpainting, presets."""

@@ -1,0 +1,1 @@
+"""Diffusion training: LoRA, identity adapters and ControlNets on one shared loop."""

@@ -1,0 +1,1 @@
+"""Face-recognition training and verification evaluation (insightface-compatible)."""
