@@ -24,11 +24,18 @@ Arc2Face's own ``arcface.onnx`` (faces detected with antelopev2's SCRFD): facege
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from facegen.adapters.base import IdentityAdapter, IdentityInput, IdentitySpec
+from facegen.validate import check_choice, check_int
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 __all__ = ["ARC2FACE_PROMPT", "ARC2FACE_REPO", "SD15_REPO", "Arc2FaceIDEncoder"]
 
@@ -38,6 +45,8 @@ ARC2FACE_PROMPT = "photo of a id person"
 ARC2FACE_ENCODER_IDS = ("arcface-onnx/arc2face",)
 
 Unconditional = Literal["empty-prompt", "zero-identity"]
+#: The negative embeddings :meth:`Arc2FaceIDEncoder.encode_unconditional` can make.
+UNCONDITIONAL_KINDS: tuple[str, ...] = ("empty-prompt", "zero-identity")
 
 
 class Arc2FaceIDEncoder(IdentityAdapter):
@@ -52,8 +61,8 @@ class Arc2FaceIDEncoder(IdentityAdapter):
 
     def __init__(
         self,
-        text_encoder: Any,
-        tokenizer: Any,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
         *,
         prompt: str = ARC2FACE_PROMPT,
         id_token: str = "id",
@@ -96,22 +105,22 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         self._input_ids = ids
         self._empty_ids = empty
         self._id_position = int(positions[0])
-        self._uncond_cache: dict[tuple[str, str, str], Any] = {}
+        self._uncond_cache: dict[tuple[str, str, str], torch.Tensor] = {}
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         return self.text_encoder.device
 
     @property
-    def dtype(self) -> Any:
+    def dtype(self) -> torch.dtype:
         return self.text_encoder.dtype
 
     @contextmanager
-    def _identity_tokens(self, padded: Any) -> Iterator[None]:
+    def _identity_tokens(self, padded: torch.Tensor) -> Iterator[None]:
         """Replace the ``id`` token's embedding by ``padded`` (N, hidden) while active."""
         pos = self._id_position
 
-        def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
             out = output.clone()
             out[:, pos] = padded.to(out.dtype)
             return out
@@ -122,13 +131,13 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         finally:
             handle.remove()
 
-    def _run(self, input_ids: Any) -> Any:
+    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         import torch
 
         with torch.inference_mode():
             return self.text_encoder(input_ids=input_ids.to(self.device))[0]
 
-    def encode(self, id_embeds: IdentityInput, **_: Any) -> Any:
+    def encode(self, id_embeds: IdentityInput, **_: Any) -> torch.Tensor:
         """``prompt_embeds`` ``(N, 77, hidden)`` for ``N`` identities."""
         import torch.nn.functional as F
 
@@ -137,14 +146,12 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         with self._identity_tokens(padded):
             return self._run(self._input_ids.repeat(len(vecs), 1))
 
-    def encode_unconditional(self, n: int, kind: Unconditional = "empty-prompt") -> Any:
+    def encode_unconditional(self, n: int, kind: Unconditional = "empty-prompt") -> torch.Tensor:
         """``(n, 77, hidden)`` negative embeddings: the authors' empty prompt, or a zero identity."""
         import torch
 
-        if n < 1:
-            raise ValueError(f"`n` must be >= 1, got {n}")
-        if kind not in ("empty-prompt", "zero-identity"):
-            raise ValueError(f"`kind` must be 'empty-prompt' or 'zero-identity', got {kind!r}")
+        n = check_int(n, "n", minimum=1)
+        check_choice(kind, "kind", UNCONDITIONAL_KINDS)
         # Constant for given weights: cached per (kind, device, dtype) while the encoder is in
         # eval mode (call clear_cache() after changing its weights in place).
         key = (kind, str(self.device), str(self.dtype))
@@ -164,11 +171,9 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         """Forget cached unconditional embeddings (after editing the encoder's weights)."""
         self._uncond_cache.clear()
 
-    def save_pretrained(self, folder: Any) -> Any:
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Save as a folder: ``config.json``, ``encoder/`` (CLIPTextModel, safetensors) and
         ``tokenizer/``; :meth:`from_pretrained` reads it back."""
-        from pathlib import Path
-
         from facegen.adapters.base import write_adapter_config
 
         out = Path(folder)
@@ -186,13 +191,11 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         tokenizer_repo: str = SD15_REPO,
         revision: str | None = None,
         local_files_only: bool | None = None,
-        torch_dtype: Any = None,
-        device: str = "cpu",
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
     ) -> Arc2FaceIDEncoder:
         """Load the fine-tuned encoder (``repo_id``/``subfolder``) and SD1.5's tokenizer, or a
         folder written by :meth:`save_pretrained`."""
-        from pathlib import Path
-
         from transformers import CLIPTextModel, CLIPTokenizer
 
         from facegen.adapters.base import ADAPTER_CONFIG_NAME, read_adapter_config

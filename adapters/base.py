@@ -15,15 +15,21 @@ checked for NaN/inf and zero vectors.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from facegen.errors import IncompatibleEmbeddingError
 from facegen.types import IdentityEmbedding
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -37,8 +43,9 @@ __all__ = [
 
 OutputForm = Literal["prompt_embeds", "ip_adapter_image_embeds"]
 
-#: What adapters accept as identities: embeddings, or raw ``(N, D)`` / ``(D,)`` vectors.
-IdentityInput = IdentityEmbedding | Sequence[IdentityEmbedding] | np.ndarray | Any
+#: What adapters accept as identities: embeddings, or raw ``(N, D)`` / ``(D,)`` vectors
+#: (arrays, nested lists or torch tensors; ``Union``: torch is a lazy, forward reference).
+IdentityInput = Union[IdentityEmbedding, Sequence[IdentityEmbedding], npt.ArrayLike, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class IdentitySpec:
         ids = " or ".join(repr(e) for e in self.encoder_ids)
         return f"{self.dim}-D {'L2-normalised ' if self.normalized else ''}vectors from {ids}"
 
-    def prepare(self, identities: IdentityInput, *, adapter: str = "this adapter") -> Any:
+    def prepare(self, identities: IdentityInput, *, adapter: str = "this adapter") -> torch.Tensor:
         """Check ``identities`` and return a float32 torch tensor ``(N, dim)``.
 
         Normalised when the spec says so (a raw vector is normalised here; an
@@ -118,19 +125,21 @@ class IdentityAdapter(ABC):
     output_form: OutputForm
 
     @abstractmethod
-    def encode(self, id_embeds: IdentityInput, **kwargs: Any) -> Any:
-        """Conditioning for ``id_embeds`` (see the subclass for shapes)."""
+    def encode(self, id_embeds: IdentityInput, **kwargs: Any) -> torch.Tensor | list[torch.Tensor]:
+        """Conditioning for ``id_embeds``: ``prompt_embeds`` or ``ip_adapter_image_embeds``
+        (see the subclass for shapes)."""
 
 
 #: The file that describes a saved adapter folder (next to its ``.safetensors`` weights).
 ADAPTER_CONFIG_NAME = "config.json"
 
 
-def write_adapter_config(folder: Any, adapter: IdentityAdapter, **fields: Any) -> Any:
+def write_adapter_config(
+    folder: str | os.PathLike[str], adapter: IdentityAdapter, **fields: Any
+) -> Path:
     """Write ``config.json`` for ``adapter`` in ``folder``: its kind, identity spec, output form
     and ``fields``. Returns the file's path."""
     import json
-    from pathlib import Path
 
     from facegen._version import __version__
     from facegen.fileio import atomic_write
@@ -150,10 +159,9 @@ def write_adapter_config(folder: Any, adapter: IdentityAdapter, **fields: Any) -
     return path
 
 
-def read_adapter_config(folder: Any, expected: str) -> dict[str, Any]:
+def read_adapter_config(folder: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     """Read a saved adapter's ``config.json``; it must describe an ``expected`` adapter."""
     import json
-    from pathlib import Path
 
     from facegen.errors import InvalidModelError
 

@@ -13,12 +13,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from facegen.errors import InvalidModelError
 from facegen.registry import Registry
+from facegen.validate import check_choice, check_int
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    #: ``{"image_proj": {key: tensor}, "ip_adapter": {key: tensor}}``, the published layout.
+    FaceIDParts = Mapping[str, Mapping[str, torch.Tensor]]
 
 __all__ = [
     "FACEID_ENCODER_IDS",
@@ -32,6 +38,7 @@ __all__ = [
     "FACE_CROP_SIZE",
     "IMAGE_ENCODER_REPO",
     "IMAGE_ENCODER_SUBFOLDER",
+    "VARIANTS",
     "AttentionLayer",
     "FaceCropChannelOrder",
     "FaceIDCheckpoint",
@@ -74,7 +81,8 @@ FaceCropChannelOrder = Literal["bgr", "rgb"]
 FACE_CROP_CHANNEL_ORDERS: tuple[str, ...] = ("bgr", "rgb")
 
 Variant = Literal["faceid", "plusv2"]
-_VARIANTS = ("faceid", "plusv2")
+#: The checkpoint kinds: plain FaceID (an MLP on the ID vector) and PlusV2 (+ CLIP features).
+VARIANTS: tuple[str, ...] = ("faceid", "plusv2")
 _LORA_PROJ = ("to_q", "to_k", "to_v", "to_out")
 _PERCEIVER_DEPTH = 4
 _PERCEIVER_HEAD_DIM = 64
@@ -130,7 +138,7 @@ class AttentionLayer:
     is_cross: bool
 
 
-def attention_layers(unet: Any) -> list[AttentionLayer]:
+def attention_layers(unet: UNet2DConditionModel) -> list[AttentionLayer]:
     """Every attention processor of ``unet`` in ``unet.attn_processors`` order.
 
     ``index`` is the number used in the ``ip_adapter`` keys; ``hidden_size`` follows the rule
@@ -154,29 +162,8 @@ def attention_layers(unet: Any) -> list[AttentionLayer]:
     return out
 
 
-def _check_channel_order(value: Any) -> FaceCropChannelOrder:
-    if value not in FACE_CROP_CHANNEL_ORDERS:
-        raise ValueError(
-            "`face_crop_channel_order` must be one of "
-            f"{', '.join(FACE_CROP_CHANNEL_ORDERS)}, got {value!r}"
-        )
-    return cast(FaceCropChannelOrder, value)
-
-
-def _check_variant(variant: str) -> Variant:
-    if variant not in _VARIANTS:
-        raise ValueError(f"`variant` must be one of {', '.join(_VARIANTS)}, got {variant!r}")
-    return variant  # type: ignore[return-value]
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def faceid_layout(
-    unet: Any,
+    unet: UNet2DConditionModel,
     *,
     variant: Variant = "faceid",
     num_tokens: int = 4,
@@ -189,8 +176,8 @@ def faceid_layout(
     ``lora_rank=None`` leaves the LoRA out of ``ip_adapter`` (the published ``.bin`` has it).
     ``clip_embeddings_dim`` is the CLIP image encoder's hidden size (1280 for ViT-H/14; PlusV2).
     """
-    variant = _check_variant(variant)
-    num_tokens = _positive_int(num_tokens, "num_tokens")
+    check_choice(variant, "variant", VARIANTS)
+    num_tokens = check_int(num_tokens, "num_tokens", minimum=1)
     c = int(unet.config.cross_attention_dim)
     proj: dict[str, tuple[int, ...]] = {
         "proj.0.weight": (2 * id_dim, id_dim),
@@ -211,7 +198,7 @@ def faceid_layout(
             {
                 f"{pr}proj_in.weight": (
                     c,
-                    _positive_int(clip_embeddings_dim, "clip_embeddings_dim"),
+                    check_int(clip_embeddings_dim, "clip_embeddings_dim", minimum=1),
                 ),
                 f"{pr}proj_in.bias": (c,),
                 f"{pr}proj_out.weight": (c, c),
@@ -238,7 +225,7 @@ def faceid_layout(
                 }
             )
     ip: dict[str, tuple[int, ...]] = {}
-    rank = None if lora_rank is None else _positive_int(lora_rank, "lora_rank")
+    rank = None if lora_rank is None else check_int(lora_rank, "lora_rank", minimum=1)
     for layer in attention_layers(unet):
         h, i = layer.hidden_size, layer.index
         if rank is not None:
@@ -254,15 +241,15 @@ def faceid_layout(
 
 
 def faceid_state_dict_for(
-    unet: Any,
+    unet: UNet2DConditionModel,
     seed: int = 0,
     num_tokens: int = 4,
     *,
     variant: Variant = "faceid",
     lora_rank: int | None = 128,
     clip_embeddings_dim: int = 1280,
-    dtype: Any = None,
-) -> dict[str, dict[str, Any]]:
+    dtype: torch.dtype | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """A randomly initialised checkpoint with the published key names and shapes for ``unet``.
 
     For tests and demos of the plumbing only (random weights carry no identity). Linear
@@ -279,9 +266,9 @@ def faceid_state_dict_for(
         clip_embeddings_dim=clip_embeddings_dim,
     )
     gen = torch.Generator().manual_seed(int(seed))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, torch.Tensor]] = {}
     for part, shapes in layout.items():
-        tensors: dict[str, Any] = {}
+        tensors: dict[str, torch.Tensor] = {}
         for key, shape in shapes.items():
             t = torch.randn(shape, generator=gen)
             if len(shape) == 2:
@@ -306,7 +293,7 @@ def _is_norm_key(key: str) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _split_parts(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _split_parts(state_dict: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     if not isinstance(state_dict, Mapping) or not {"image_proj", "ip_adapter"} <= set(state_dict):
         keys = list(state_dict)[:6] if isinstance(state_dict, Mapping) else type(state_dict)
         raise InvalidModelError(
@@ -318,7 +305,7 @@ def _split_parts(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def save_faceid_weights(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def save_faceid_weights(state_dict: FaceIDParts, path: str | os.PathLike[str]) -> Path:
     """Write ``{"image_proj", "ip_adapter"}`` as the published ``.bin`` or as ``.safetensors``.
 
     ``.bin``: ``torch.save`` of the nested dict (the published form). ``.safetensors``: flat
@@ -341,7 +328,7 @@ def save_faceid_weights(state_dict: Mapping[str, Any], path: str | os.PathLike[s
     return out
 
 
-def load_faceid_state_dict(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+def load_faceid_state_dict(path: str | os.PathLike[str]) -> dict[str, dict[str, torch.Tensor]]:
     """Read a FaceID checkpoint (``.bin`` with ``weights_only=True``, or ``.safetensors``)."""
     import torch
 
@@ -349,7 +336,7 @@ def load_faceid_state_dict(path: str | os.PathLike[str]) -> dict[str, dict[str, 
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
-        parts: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
+        parts: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
         try:
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
@@ -380,14 +367,16 @@ def _lora_key_parts(key: str) -> tuple[int, str, str] | None:
     return None
 
 
-def faceid_lora_to_kohya(state_dict: Mapping[str, Any], unet: Any) -> dict[str, Any]:
+def faceid_lora_to_kohya(
+    state_dict: FaceIDParts, unet: UNet2DConditionModel
+) -> dict[str, torch.Tensor]:
     """The LoRA inside a FaceID checkpoint in the ``*_lora.safetensors`` (kohya) form.
 
     ``{i}.to_q_lora.down.weight`` → ``lora_unet_<processor module, "." → "_">_to_q.lora_down
     .weight`` (``to_out`` → ``to_out_0``); no ``.alpha`` keys, as in the published file.
     """
     names = [layer.name for layer in attention_layers(unet)]
-    out: dict[str, Any] = {}
+    out: dict[str, torch.Tensor] = {}
     for key, t in _split_parts(state_dict)["ip_adapter"].items():
         parsed = _lora_key_parts(key)
         if parsed is None:
@@ -407,7 +396,7 @@ def faceid_lora_to_kohya(state_dict: Mapping[str, Any], unet: Any) -> dict[str, 
 
 
 def save_faceid_lora(
-    state_dict: Mapping[str, Any], unet: Any, path: str | os.PathLike[str]
+    state_dict: FaceIDParts, unet: UNet2DConditionModel, path: str | os.PathLike[str]
 ) -> Path:
     """Write the checkpoint's LoRA as a kohya ``.safetensors`` (the published ``*_lora`` form)."""
     from safetensors.torch import save_file
@@ -420,18 +409,18 @@ def save_faceid_lora(
     return out
 
 
-def _has_lora(parts: Mapping[str, Mapping[str, Any]]) -> bool:
+def _has_lora(parts: FaceIDParts) -> bool:
     return any(_lora_key_parts(k) is not None for k in parts["ip_adapter"])
 
 
-def _strip_lora(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _strip_lora(parts: FaceIDParts) -> dict[str, dict[str, torch.Tensor]]:
     return {
         "image_proj": dict(parts["image_proj"]),
         "ip_adapter": {k: v for k, v in parts["ip_adapter"].items() if _lora_key_parts(k) is None},
     }
 
 
-def faceid_identity_dim(parts: Mapping[str, Mapping[str, Any]]) -> int:
+def faceid_identity_dim(parts: FaceIDParts) -> int:
     """The identity dimension a checkpoint projects (``proj.0.weight``'s input width).
 
     512 for the published FaceID (ArcFace); checkpoints trained by facegen for another
@@ -444,7 +433,7 @@ def faceid_identity_dim(parts: Mapping[str, Mapping[str, Any]]) -> int:
 
 
 def check_faceid_state_dict(
-    parts: Mapping[str, Mapping[str, Any]], unet: Any, variant: Variant, *, source: str = ""
+    parts: FaceIDParts, unet: UNet2DConditionModel, variant: Variant, *, source: str = ""
 ) -> None:
     """Raise :class:`InvalidModelError` unless ``parts`` has exactly the layout for ``unet``.
 

@@ -54,13 +54,13 @@ Licence: the FaceID weights are for non-commercial research only (insightface's 
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from PIL import Image
 
 from facegen.adapters.base import (
     IdentityAdapter,
@@ -82,14 +82,12 @@ from facegen.adapters.faceid_format import (
     FACEID_SD15_WEIGHTS,
     IMAGE_ENCODER_REPO,
     IMAGE_ENCODER_SUBFOLDER,
+    VARIANTS,
     AttentionLayer,
     FaceCropChannelOrder,
     FaceIDCheckpoint,
     Variant,
-    _check_channel_order,
-    _check_variant,
     _has_lora,
-    _positive_int,
     _strip_lora,
     attention_layers,
     check_faceid_state_dict,
@@ -104,6 +102,17 @@ from facegen.adapters.faceid_format import (
 )
 from facegen.errors import InvalidImageError, MissingDependencyError
 from facegen.types import AlignedFace
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from facegen.adapters.faceid_format import FaceIDParts
+
+#: A face crop for PlusV2: an ArcFace-aligned crop, or its RGB uint8 ``(H, W, 3)`` pixels.
+FaceCrop = AlignedFace | np.ndarray | Image.Image
 
 __all__ = [
     "FACEID_ENCODER_IDS",
@@ -137,7 +146,7 @@ __all__ = [
 ]
 
 
-def _unet(pipe: Any) -> Any:
+def _unet(pipe: DiffusionPipeline) -> UNet2DConditionModel:
     if not hasattr(pipe, "load_ip_adapter") or getattr(pipe, "unet", None) is None:
         raise ValueError(
             "`pipe` must be a diffusers pipeline with a UNet and IP-Adapter support "
@@ -146,7 +155,7 @@ def _unet(pipe: Any) -> Any:
     return pipe.unet
 
 
-def _delete_faceid_lora(pipe: Any) -> None:
+def _delete_faceid_lora(pipe: DiffusionPipeline) -> None:
     if FACEID_LORA_ADAPTER in (getattr(pipe.unet, "peft_config", None) or {}):
         pipe.delete_adapters(FACEID_LORA_ADAPTER)
 
@@ -156,8 +165,8 @@ def load_image_encoder(
     subfolder: str | None = IMAGE_ENCODER_SUBFOLDER,
     *,
     local_files_only: bool | None = None,
-    torch_dtype: Any = None,
-) -> Any:
+    torch_dtype: torch.dtype | None = None,
+) -> CLIPVisionModelWithProjection:
     """CLIP ViT-H/14 (``CLIPVisionModelWithProjection``) for PlusV2, with facegen's offline rules.
 
     ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (``subfolder=None``) holds the same weights.
@@ -177,13 +186,13 @@ def load_image_encoder(
 
 
 def load_faceid(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     weight_name: str | os.PathLike[str] = FACEID_SD15_WEIGHTS,
     *,
     path: str | os.PathLike[str] | None = None,
     lora: bool = True,
     lora_path: str | os.PathLike[str] | None = None,
-    image_encoder: Any = None,
+    image_encoder: CLIPVisionModelWithProjection | None = None,
     face_crop_channel_order: FaceCropChannelOrder | None = None,
     local_files_only: bool | None = None,
 ) -> IPAdapterFaceID:
@@ -215,9 +224,9 @@ def load_faceid(
     ckpt = _CHECKPOINTS.create(name)
     if not isinstance(lora, bool):
         raise ValueError(f"`lora` must be True or False, got {lora!r}")
-    channel_order = _check_channel_order(
-        ckpt.face_crop_channel_order if face_crop_channel_order is None else face_crop_channel_order
-    )
+    if face_crop_channel_order is None:
+        face_crop_channel_order = ckpt.face_crop_channel_order
+    check_choice(face_crop_channel_order, "face_crop_channel_order", FACE_CROP_CHANNEL_ORDERS)
     from facegen.hub import resolve
 
     weights = resolve(ckpt.preset, ckpt.weight_name, path=path, offline=local_files_only)
@@ -253,22 +262,14 @@ def load_faceid(
     return IPAdapterFaceID(
         variant=ckpt.variant,
         image_encoder=image_encoder,
-        face_crop_channel_order=channel_order,
+        face_crop_channel_order=face_crop_channel_order,
         identity_dim=faceid_identity_dim(parts),
         device=unet.device,
         dtype=unet.dtype,
     )
 
 
-def _finite(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _faceid_projection(pipe: Any) -> Any:
+def _faceid_projection(pipe: DiffusionPipeline) -> torch.nn.Module:
     from diffusers.models.embeddings import (
         IPAdapterFaceIDImageProjection,
         IPAdapterFaceIDPlusImageProjection,
@@ -283,7 +284,9 @@ def _faceid_projection(pipe: Any) -> Any:
     return layers[0]
 
 
-def set_identity_scale(pipe: Any, scale: float, *, lora_scale: float | None = None) -> None:
+def set_identity_scale(
+    pipe: DiffusionPipeline, scale: float, *, lora_scale: float | None = None
+) -> None:
     """Set the identity strength: the IP-Adapter attention scale (``set_ip_adapter_scale``).
 
     ``0`` switches the identity tokens off (diffusers skips them), ``1`` is the trained
@@ -291,10 +294,10 @@ def set_identity_scale(pipe: Any, scale: float, *, lora_scale: float | None = No
     they are; ``scale=0, lora_scale=0`` gives the base model's output.
     """
     _faceid_projection(pipe)
-    pipe.set_ip_adapter_scale(_finite(scale, "scale"))
+    pipe.set_ip_adapter_scale(check_number(scale, "scale"))
     if lora_scale is None:
         return
-    weight = _finite(lora_scale, "lora_scale")
+    weight = check_number(lora_scale, "lora_scale")
     if FACEID_LORA_ADAPTER not in (getattr(pipe.unet, "peft_config", None) or {}):
         raise ValueError(
             "`lora_scale` needs the FaceID LoRA, got a pipeline without it "
@@ -344,34 +347,35 @@ class IPAdapterFaceID(IdentityAdapter):
         self,
         *,
         variant: Variant = "faceid",
-        image_encoder: Any = None,
-        image_processor: Any = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        image_processor: CLIPImageProcessor | None = None,
         face_crop_channel_order: FaceCropChannelOrder = "bgr",
         encoder_ids: tuple[str, ...] = FACEID_ENCODER_IDS,
         identity_dim: int = 512,
         normalized: bool = True,
-        device: Any = "cpu",
-        dtype: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> None:
         import torch
 
-        self.variant = _check_variant(variant)
+        self.variant: Variant = cast(Variant, check_choice(variant, "variant", VARIANTS))
         self.identity = IdentitySpec(
             tuple(encoder_ids),
-            dim=_positive_int(identity_dim, "identity_dim"),
+            dim=check_int(identity_dim, "identity_dim", minimum=1),
             normalized=bool(normalized),
         )
         self.image_encoder = image_encoder
         self._image_processor = image_processor
-        self.face_crop_channel_order: FaceCropChannelOrder = _check_channel_order(
-            face_crop_channel_order
+        self.face_crop_channel_order = cast(
+            FaceCropChannelOrder,
+            check_choice(
+                face_crop_channel_order, "face_crop_channel_order", FACE_CROP_CHANNEL_ORDERS
+            ),
         )
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
 
-    def save_pretrained(
-        self, folder: str | os.PathLike[str], state_dict: Mapping[str, Any]
-    ) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike[str], state_dict: FaceIDParts) -> Path:
         """Write ``state_dict`` (``{"image_proj", "ip_adapter"}``, published layout) and
         ``config.json`` to ``folder``; returns the folder."""
         out = Path(folder)
@@ -389,10 +393,10 @@ class IPAdapterFaceID(IdentityAdapter):
     def from_pretrained(
         cls,
         folder: str | os.PathLike[str],
-        pipe: Any,
+        pipe: DiffusionPipeline,
         *,
         lora: bool = True,
-        image_encoder: Any = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
         face_crop_channel_order: FaceCropChannelOrder | None = None,
     ) -> IPAdapterFaceID:
         """Load a folder written by :meth:`save_pretrained` into ``pipe`` (via :func:`load_faceid`).
@@ -401,7 +405,7 @@ class IPAdapterFaceID(IdentityAdapter):
         loaded without one whatever ``lora`` says. ``face_crop_channel_order=None`` takes the
         config's (``"bgr"`` when it has none)."""
         cfg = read_adapter_config(folder, cls.__name__)
-        variant = _check_variant(cfg.get("variant", "faceid"))
+        variant = check_choice(cfg.get("variant", "faceid"), "variant", VARIANTS)
         kind = FACEID_PLUSV2_SD15_WEIGHTS if variant == "plusv2" else FACEID_SD15_WEIGHTS
         adapter = load_faceid(
             pipe,
@@ -428,7 +432,7 @@ class IPAdapterFaceID(IdentityAdapter):
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = True,
         **_: Any,
-    ) -> list[Any]:
+    ) -> list[torch.Tensor]:
         """``[tensor (2·n, R, 512)]`` (``(n, R, 512)`` without CFG), negative (zeros) first.
 
         Pass the default ``num_images_per_prompt=1`` result as the pipeline's
@@ -438,7 +442,7 @@ class IPAdapterFaceID(IdentityAdapter):
         """
         import torch
 
-        n = _positive_int(num_images_per_prompt, "num_images_per_prompt")
+        n = check_int(num_images_per_prompt, "num_images_per_prompt", minimum=1)
         if not isinstance(do_classifier_free_guidance, bool):
             raise ValueError(
                 f"`do_classifier_free_guidance` must be True or False, got {do_classifier_free_guidance!r}"
@@ -449,7 +453,7 @@ class IPAdapterFaceID(IdentityAdapter):
         return [out.to(self.device, self.dtype)]
 
     @property
-    def image_processor(self) -> Any:
+    def image_processor(self) -> CLIPImageProcessor:
         if self._image_processor is None:
             from transformers import CLIPImageProcessor
 
@@ -457,7 +461,7 @@ class IPAdapterFaceID(IdentityAdapter):
             self._image_processor = CLIPImageProcessor(size=size, crop_size=size)
         return self._image_processor
 
-    def _require_encoder(self) -> Any:
+    def _require_encoder(self) -> CLIPVisionModelWithProjection:
         if self.variant != "plusv2":
             raise ValueError(f"face crops are used by the 'plusv2' variant, got {self.variant!r}")
         if self.image_encoder is None:
@@ -469,10 +473,10 @@ class IPAdapterFaceID(IdentityAdapter):
 
     def encode_face_crops(
         self,
-        face_crops: Any,
+        face_crops: FaceCrop | Sequence[FaceCrop],
         num_images: int = 1,
         do_classifier_free_guidance: bool = True,
-    ) -> Any:
+    ) -> torch.Tensor:
         """CLIP features of aligned face crops: float ``(2·num_images, R, T, hidden)``.
 
         ``face_crops``: ``R`` crops of one person, each an :class:`AlignedFace` with the
@@ -491,7 +495,7 @@ class IPAdapterFaceID(IdentityAdapter):
         import torch
 
         encoder = self._require_encoder()
-        n = _positive_int(num_images, "num_images")
+        n = check_int(num_images, "num_images", minimum=1)
         crops = _face_crop_list(face_crops)
         if self.face_crop_channel_order == "bgr":
             crops = [np.ascontiguousarray(c[..., ::-1]) for c in crops]
@@ -506,7 +510,9 @@ class IPAdapterFaceID(IdentityAdapter):
         out = torch.cat([neg, pos]) if do_classifier_free_guidance else pos
         return out.to(self.device, self.dtype)
 
-    def set_clip_embeds(self, pipe: Any, clip_embeds: Any, *, shortcut_scale: float = 1.0) -> None:
+    def set_clip_embeds(
+        self, pipe: DiffusionPipeline, clip_embeds: torch.Tensor, *, shortcut_scale: float = 1.0
+    ) -> None:
         """Hand PlusV2's face-structure features to ``pipe`` for its next calls.
 
         ``clip_embeds``: :meth:`encode_face_crops` output, sized for the pipeline call's batch.
@@ -530,18 +536,16 @@ class IPAdapterFaceID(IdentityAdapter):
             )
         proj.clip_embeds = clip_embeds.to(pipe.unet.device, pipe.unet.dtype)
         proj.shortcut = True
-        proj.shortcut_scale = _finite(shortcut_scale, "shortcut_scale")
+        proj.shortcut_scale = check_number(shortcut_scale, "shortcut_scale")
 
 
-def _face_crop_list(face_crops: Any) -> list[Any]:
-    from PIL import Image
-
-    items: Sequence[Any] = (
+def _face_crop_list(face_crops: FaceCrop | Sequence[FaceCrop]) -> list[np.ndarray]:
+    items: Sequence[object] = (
         list(face_crops) if isinstance(face_crops, (list, tuple)) else [face_crops]
     )
     if not items:
         raise InvalidImageError("`face_crops` must hold at least one aligned face crop, got none")
-    out: list[Any] = []
+    out: list[np.ndarray] = []
     for i, item in enumerate(items):
         if isinstance(item, AlignedFace):
             if item.template != "arcface":

@@ -16,9 +16,9 @@ re-implemented. What this module adds:
   ``fuse_lora(lora_scale=…)`` leaves the scale multiplied after ``unfuse_lora``; here every
   adapter keeps the scale :func:`list_loras` reports until it is changed on purpose;
 * LCM-LoRA (:func:`enable_lcm` / :func:`disable_lcm`), which also swaps the scheduler;
-* :func:`save_lora`: the diffusers/peft safetensors layout that ``load_lora_weights`` reads
-  back, with the adapter's ``LoraConfig`` stored in the file's metadata so rank and alpha
-  survive the round trip.
+* :func:`save_lora` (from :mod:`facegen.adapters.lora_save`): the diffusers/peft safetensors
+  layout that ``load_lora_weights`` reads back, with the adapter's ``LoraConfig`` stored in
+  the file's metadata so rank and alpha survive the round trip.
 
 Diffusers also reads kohya-ss / A1111 LoRAs (``lora_unet_…lora_down.weight`` keys with an
 optional ``.alpha``; IP-Adapter-FaceID's ``ip-adapter-faceid_sd15_lora.safetensors`` uses
@@ -38,17 +38,16 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen import hub
+from facegen.adapters.lora_save import DEFAULT_LORA_WEIGHT_NAME, save_lora
 from facegen.adapters.peft_compat import text_encoder_loads_through_peft
-from facegen.errors import (
-    InvalidModelError,
-    ModelNotAvailableError,
-    OutputError,
-    UnknownNameError,
-)
-from facegen.validate import check_safetensors
+from facegen.errors import InvalidModelError, ModelNotAvailableError, UnknownNameError
+from facegen.validate import check_int, check_number, check_safetensors
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, SchedulerMixin
 
 __all__ = [
     "DEFAULT_LORA_WEIGHT_NAME",
@@ -71,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The file name diffusers writes and looks for first in a LoRA folder.
-DEFAULT_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 #: facegen preset of ``latent-consistency/lcm-lora-sdv1-5``.
 LCM_PRESET = "lcm-lora-sdv1-5"
 #: Step counts LCM-LoRA is made for ("only between 2 - 8 steps", its model card).
@@ -89,19 +86,21 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 @dataclass
 class _LcmState:
-    scheduler: Any
+    scheduler: SchedulerMixin
     adapter_name: str
 
 
 # Per-pipeline state, held weakly so that a dropped pipeline takes its entries with it.
-_LCM: weakref.WeakKeyDictionary[Any, _LcmState] = weakref.WeakKeyDictionary()
-_SCALES_BEFORE_FUSE: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
+_LCM: weakref.WeakKeyDictionary[DiffusionPipeline, _LcmState] = weakref.WeakKeyDictionary()
+_SCALES_BEFORE_FUSE: weakref.WeakKeyDictionary[DiffusionPipeline, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _check_pipe(pipe: Any) -> None:
+def _check_pipe(pipe: DiffusionPipeline) -> None:
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
     if not isinstance(pipe, StableDiffusionLoraLoaderMixin):
@@ -119,12 +118,6 @@ def _check_adapter_name(name: object) -> str:
     return name
 
 
-def _check_scale(value: object, what: str = "scale") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{what}` must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _check_names(names: str | Iterable[str], loaded: Iterable[str], what: str) -> list[str]:
     if isinstance(names, str):
         names = [names]
@@ -140,7 +133,7 @@ def _check_names(names: str | Iterable[str], loaded: Iterable[str], what: str) -
     return out
 
 
-def _check_not_fused(pipe: Any, action: str) -> None:
+def _check_not_fused(pipe: DiffusionPipeline, action: str) -> None:
     fused = sorted(_fused(pipe))
     if fused:
         raise ValueError(
@@ -152,7 +145,7 @@ def _check_not_fused(pipe: Any, action: str) -> None:
 # --------------------------------------------------------------------------- state
 
 
-def _loaded(pipe: Any) -> list[str]:
+def _loaded(pipe: DiffusionPipeline) -> list[str]:
     """Adapter names in load order, across the UNet and the text encoder."""
     out: list[str] = []
     for names in pipe.get_list_adapters().values():
@@ -160,11 +153,11 @@ def _loaded(pipe: Any) -> list[str]:
     return out
 
 
-def _lora_components(pipe: Any) -> list[str]:
+def _lora_components(pipe: DiffusionPipeline) -> list[str]:
     return list(pipe.get_list_adapters())
 
 
-def _scale_of(pipe: Any, name: str) -> float:
+def _scale_of(pipe: DiffusionPipeline, name: str) -> float:
     """The scale of adapter ``name`` as peft holds it (0 when inactive)."""
     from peft.tuners.lora import LoraLayer
 
@@ -182,7 +175,7 @@ def _scale_of(pipe: Any, name: str) -> float:
     return 0.0
 
 
-def _fused(pipe: Any) -> set[str]:
+def _fused(pipe: DiffusionPipeline) -> set[str]:
     """Adapters merged into the weights, read from peft's layers.
 
     (diffusers' ``pipe.fused_loras`` still lists adapters after ``unload_lora_weights`` has
@@ -198,12 +191,12 @@ def _fused(pipe: Any) -> set[str]:
     return out
 
 
-def _apply_scales(pipe: Any, scales: Mapping[str, float]) -> None:
+def _apply_scales(pipe: DiffusionPipeline, scales: Mapping[str, float]) -> None:
     if scales:
         pipe.set_adapters(list(scales), [float(s) for s in scales.values()])
 
 
-def list_loras(pipe: Any) -> dict[str, float]:
+def list_loras(pipe: DiffusionPipeline) -> dict[str, float]:
     """Loaded LoRA adapters and their scales, in load order.
 
     An adapter that diffusers has deactivated (``pipe.set_adapters`` without it) reports
@@ -293,7 +286,7 @@ def _resolve_source(
 
 
 def load_lora(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     source: LoraSource,
     *,
     adapter_name: str,
@@ -318,7 +311,7 @@ def load_lora(
     """
     _check_pipe(pipe)
     _check_adapter_name(adapter_name)
-    scale = _check_scale(scale)
+    scale = check_number(scale, "scale")
     loaded = _loaded(pipe)
     if adapter_name in loaded:
         raise ValueError(
@@ -349,14 +342,14 @@ def load_lora(
     return path
 
 
-def set_lora_scales(pipe: Any, scales: Mapping[str, float]) -> dict[str, float]:
+def set_lora_scales(pipe: DiffusionPipeline, scales: Mapping[str, float]) -> dict[str, float]:
     """Set the scales of some loaded adapters (others keep theirs); return all scales."""
     _check_pipe(pipe)
     if not isinstance(scales, Mapping) or not scales:
         raise ValueError(f"`scales` must be a non-empty mapping of name to scale, got {scales!r}")
     current = list_loras(pipe)
     _check_names(list(scales), current, "scales")
-    new = {n: _check_scale(s, f"scales[{n!r}]") for n, s in scales.items()}
+    new = {n: check_number(s, f"scales[{n!r}]") for n, s in scales.items()}
     _check_not_fused(pipe, "change LoRA scales")
     _apply_scales(pipe, {**current, **new})
     return list_loras(pipe)
@@ -366,7 +359,7 @@ def set_lora_scales(pipe: Any, scales: Mapping[str, float]) -> dict[str, float]:
 
 
 def fuse_loras(
-    pipe: Any, names: str | Iterable[str] | None = None, *, scale: float = 1.0
+    pipe: DiffusionPipeline, names: str | Iterable[str] | None = None, *, scale: float = 1.0
 ) -> list[str]:
     """Fuse adapters into the base weights (faster inference); return the fused names.
 
@@ -377,7 +370,7 @@ def fuse_loras(
     float32 rounding leaves the weights a few ulps off the originals, not bit-identical.
     """
     _check_pipe(pipe)
-    scale = _check_scale(scale)
+    scale = check_number(scale, "scale")
     _check_not_fused(pipe, "fuse again")
     current = list_loras(pipe)
     if not current:
@@ -405,7 +398,7 @@ def fuse_loras(
     return [n for n in chosen if n in fused]
 
 
-def unfuse_loras(pipe: Any) -> None:
+def unfuse_loras(pipe: DiffusionPipeline) -> None:
     """Undo :func:`fuse_loras` (or diffusers' ``fuse_lora``); a no-op when nothing is fused.
 
     The adapters stay loaded and get back the scales they had before fusing.
@@ -419,7 +412,7 @@ def unfuse_loras(pipe: Any) -> None:
         _apply_scales(pipe, {n: before[n] for n in _loaded(pipe) if n in before})
 
 
-def unload_loras(pipe: Any, names: str | Iterable[str] | None = None) -> None:
+def unload_loras(pipe: DiffusionPipeline, names: str | Iterable[str] | None = None) -> None:
     """Remove adapters: ``names``, or all of them (``None``) with ``unload_lora_weights``.
 
     Removing all of them while some are fused keeps the fused weights in the model: that is
@@ -451,7 +444,7 @@ def unload_loras(pipe: Any, names: str | Iterable[str] | None = None) -> None:
 
 
 def enable_lcm(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     *,
     source: LoraSource = LCM_PRESET,
     adapter_name: str = "lcm",
@@ -472,22 +465,9 @@ def enable_lcm(
 
     _check_pipe(pipe)
     lo, hi = LCM_STEPS_RANGE
-    if (
-        isinstance(num_inference_steps, bool)
-        or not isinstance(num_inference_steps, int)
-        or not lo <= num_inference_steps <= hi
-    ):
-        raise ValueError(
-            f"`num_inference_steps` must be an integer in [{lo}, {hi}] for LCM-LoRA (its model "
-            f"card: 2-8 steps), got {num_inference_steps!r}"
-        )
+    steps = check_int(num_inference_steps, "num_inference_steps", minimum=lo, maximum=hi)
     glo, ghi = LCM_GUIDANCE_RANGE
-    guidance = _check_scale(guidance_scale, "guidance_scale")
-    if not glo <= guidance <= ghi:
-        raise ValueError(
-            f"`guidance_scale` must be in [{glo:g}, {ghi:g}] for LCM-LoRA (1.0 or less disables "
-            f"guidance; its model card allows 1.0-2.0), got {guidance_scale!r}"
-        )
+    guidance = check_number(guidance_scale, "guidance_scale", minimum=glo, maximum=ghi)
     if pipe in _LCM:
         raise ValueError(
             f"LCM is already enabled on this pipeline (adapter {_LCM[pipe].adapter_name!r}); "
@@ -506,16 +486,16 @@ def enable_lcm(
     )
     pipe.scheduler = LCMScheduler.from_config(previous.config)
     _LCM[pipe] = _LcmState(scheduler=previous, adapter_name=adapter_name)
-    return {"num_inference_steps": num_inference_steps, "guidance_scale": guidance}
+    return {"num_inference_steps": steps, "guidance_scale": guidance}
 
 
-def is_lcm_enabled(pipe: Any) -> bool:
+def is_lcm_enabled(pipe: DiffusionPipeline) -> bool:
     """Whether :func:`enable_lcm` is in effect on ``pipe``."""
     _check_pipe(pipe)
     return pipe in _LCM
 
 
-def disable_lcm(pipe: Any) -> None:
+def disable_lcm(pipe: DiffusionPipeline) -> None:
     """Put back the scheduler :func:`enable_lcm` replaced and unload the LCM adapter."""
     _check_pipe(pipe)
     state = _LCM.get(pipe)
@@ -532,135 +512,3 @@ def disable_lcm(pipe: Any) -> None:
     else:
         logger.info("LCM adapter %r was already unloaded", state.adapter_name)
     del _LCM[pipe]
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def _adapter_names_of(model: Any) -> list[str]:
-    config = getattr(model, "peft_config", None)
-    return list(config) if isinstance(config, Mapping) else []
-
-
-def _save_supports_metadata() -> bool:
-    """Whether this diffusers writes a LoRA's ``LoraConfig`` into the file (0.34 and later)."""
-    import inspect
-
-    from diffusers import StableDiffusionPipeline
-
-    params = inspect.signature(StableDiffusionPipeline.save_lora_weights).parameters
-    return "unet_lora_adapter_metadata" in params
-
-
-def _inferable_without_metadata(config: Any) -> bool:
-    """Whether diffusers rebuilds ``config`` from the weights alone (alpha = rank, plain LoRA)."""
-    return (
-        config.lora_alpha == config.r
-        and not config.rank_pattern
-        and not config.alpha_pattern
-        and not getattr(config, "use_rslora", False)
-        and not getattr(config, "use_dora", False)
-    )
-
-
-def save_lora(
-    unet_or_pipe: Any,
-    path: str | os.PathLike[str],
-    *,
-    adapter_name: str | None = None,
-    weight_name: str | None = None,
-    text_encoder: Any = None,
-) -> Path:
-    """Write one LoRA adapter as safetensors that ``load_lora_weights`` reads back.
-
-    ``unet_or_pipe`` is a UNet with a peft adapter (``unet.add_adapter(LoraConfig(...))``, as
-    facegen's training does) or an SD pipeline, whose UNet and text-encoder layers of the
-    adapter are both saved; with a UNet, ``text_encoder`` adds that model's layers of the
-    adapter (a text encoder trained beside the UNet). ``adapter_name`` may be omitted when there is only one. ``path``
-    is a ``.safetensors`` file or a folder (then ``weight_name``, default
-    ``pytorch_lora_weights.safetensors``). Keys are peft's (``unet.…to_q.lora_A.weight``), and
-    the adapter's ``LoraConfig`` goes into the file's metadata so rank and alpha are restored
-    exactly (diffusers 0.34 and later; older ones can only save LoRAs whose alpha equals
-    their rank, which is what diffusers assumes without metadata). Returns the written file.
-    """
-    from diffusers import ModelMixin, StableDiffusionPipeline
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from peft.utils import get_peft_model_state_dict
-
-    if isinstance(unet_or_pipe, StableDiffusionLoraLoaderMixin):
-        unet = getattr(unet_or_pipe, "unet", None)
-        if text_encoder is not None:
-            raise TypeError("`text_encoder` must be None when a pipeline is given")
-        text_encoder = getattr(unet_or_pipe, "text_encoder", None)
-    elif isinstance(unet_or_pipe, ModelMixin):
-        unet = unet_or_pipe
-    else:
-        raise TypeError(
-            "`unet_or_pipe` must be a diffusers UNet with a peft adapter or an SD pipeline, "
-            f"got {type(unet_or_pipe).__name__}"
-        )
-    models = {"unet": unet, "text_encoder": text_encoder}
-    available: list[str] = []
-    for model in models.values():
-        available.extend(n for n in _adapter_names_of(model) if n not in available)
-    if not available:
-        raise ValueError(
-            "`unet_or_pipe` must hold a LoRA adapter to save, got none; add one with "
-            "unet.add_adapter(LoraConfig(...)) or load_lora"
-        )
-    if adapter_name is None:
-        if len(available) != 1:
-            raise ValueError(
-                f"`adapter_name` must be one of {', '.join(available)} when several adapters "
-                "are loaded, got None"
-            )
-        adapter_name = available[0]
-    elif adapter_name not in available:
-        raise UnknownNameError("LoRA adapter", adapter_name, available)
-
-    target = Path(path).expanduser()
-    if target.suffix.lower() == ".safetensors":
-        if weight_name is not None and weight_name != target.name:
-            raise ValueError(
-                f"`weight_name` must be None or {target.name!r} when `path` is a file, "
-                f"got {weight_name!r}"
-            )
-        folder, weight_name = target.parent, target.name
-    else:
-        folder, weight_name = target, weight_name or DEFAULT_LORA_WEIGHT_NAME
-    if Path(weight_name).name != weight_name or not weight_name.endswith(".safetensors"):
-        raise ValueError(
-            f"`weight_name` must be a plain file name ending in .safetensors, got {weight_name!r}"
-        )
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"`path` must be a folder or a .safetensors file, got {folder}")
-
-    with_metadata = _save_supports_metadata()
-    layers: dict[str, Any] = {}
-    for key, model in models.items():
-        if adapter_name not in _adapter_names_of(model):
-            continue
-        config = model.peft_config[adapter_name]
-        layers[f"{key}_lora_layers"] = get_peft_model_state_dict(model, adapter_name=adapter_name)
-        if with_metadata:
-            layers[f"{key}_lora_adapter_metadata"] = config.to_dict()
-        elif not _inferable_without_metadata(config):
-            import diffusers
-
-            raise ValueError(
-                f"LoRA {adapter_name!r} ({key}) has lora_alpha {config.lora_alpha} and rank "
-                f"{config.r} (or per-layer patterns, rsLoRA, DoRA), which only the file's "
-                "metadata can carry; saving it needs a diffusers whose save_lora_weights takes "
-                f"unet_lora_adapter_metadata (0.34 and later), got {diffusers.__version__}"
-            )
-    try:
-        StableDiffusionPipeline.save_lora_weights(
-            save_directory=folder, weight_name=weight_name, safe_serialization=True, **layers
-        )
-    except OSError as exc:
-        raise OutputError(f"could not write LoRA {adapter_name!r} to {folder}: {exc}") from exc
-    out = folder / weight_name
-    if not out.is_file():
-        raise OutputError(f"could not write LoRA {adapter_name!r} to {out}")
-    logger.info("saved LoRA %r to %s", adapter_name, out)
-    return out

@@ -26,9 +26,16 @@ import re
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from facegen.compat import integration_refuses_peft
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+    from peft import LoraConfig
+
+_ModelT = TypeVar("_ModelT", bound="torch.nn.Module")
 
 __all__ = ["add_lora_adapter", "integration_refuses_peft", "text_encoder_loads_through_peft"]
 
@@ -37,7 +44,7 @@ logger = logging.getLogger(__name__)
 _TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
-def add_lora_adapter(model: Any, config: Any, adapter_name: str = "default") -> Any:
+def add_lora_adapter(model: _ModelT, config: LoraConfig, adapter_name: str = "default") -> _ModelT:
     """Inject a fresh LoRA ``config`` (a peft ``LoraConfig``) named ``adapter_name`` into
     ``model`` (a transformers text encoder or a diffusers model) with peft's own API.
 
@@ -59,11 +66,11 @@ def add_lora_adapter(model: Any, config: Any, adapter_name: str = "default") -> 
 
 
 def _load_adapter_with_peft(
-    self: Any,
+    self: torch.nn.Module,
     peft_model_id: str | None = None,
     adapter_name: str | None = None,
-    peft_config: Any = None,
-    adapter_state_dict: dict[str, Any] | None = None,
+    peft_config: LoraConfig | None = None,
+    adapter_state_dict: dict[str, torch.Tensor] | None = None,
     **_: Any,
 ) -> None:
     """``PreTrainedModel.load_adapter`` for what diffusers passes: a ready state dict of peft
@@ -100,7 +107,9 @@ _LORA_PART = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)\.")
 _NESTED = "text_model."
 
 
-def _match_module_names(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+def _match_module_names(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Keys renamed to ``model``'s module names where they differ only by CLIP's
     ``text_model.`` level (transformers releases differ in whether ``CLIPTextModel`` nests
     its layers under ``text_model``; diffusers and transformers map between the two layouts
@@ -121,7 +130,7 @@ def _match_module_names(model: Any, state: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def text_encoder_loads_through_peft(pipe: Any) -> Iterator[bool]:
+def text_encoder_loads_through_peft(pipe: DiffusionPipeline) -> Iterator[bool]:
     """While active, ``pipe``'s text encoders load LoRAs with peft directly if transformers'
     integration refuses the installed peft (see the module docstring). Yields whether it
     stepped in."""

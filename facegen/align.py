@@ -13,12 +13,11 @@ Encoders may have their own crop (dlib's 150×150 chip, template ``"dlib"``, mad
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
 from facegen.types import AlignedFace, Face
+from facegen.validate import check_number
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -129,8 +128,7 @@ def align_face(
     if template == "arcface":
         m = estimate_similarity(kps, arcface_template(size))
     elif template == "ffhq":
-        if not (math.isfinite(margin) and margin > 0):
-            raise ValueError(f"`margin` must be a finite number > 0, got {margin}")
+        margin = check_number(margin, "margin", minimum=0, min_open=True)
         quad = ffhq_quad(kps, margin)
         m = cv2.getAffineTransform(
             quad[:3].astype(np.float32),

@@ -12,7 +12,6 @@ case; an input named ``manifest.*`` gets ``manifest-2``)::
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from facegen.fileio import write_json
 from facegen.image_io import save_image
 from facegen.paths import safe_child, safe_name
 from facegen.types import Face
+from facegen.validate import check_choice, check_int, check_number
 from facegen.visualize import draw_faces
 
 __all__ = ["MANIFEST_NAME", "AnalysisWriter"]
@@ -50,18 +50,9 @@ class AnalysisWriter:
         preview: bool = True,
         provenance: dict[str, Any] | None = None,
     ) -> None:
-        if (
-            isinstance(crop_size, bool)
-            or not isinstance(crop_size, (int, np.integer))
-            or not 16 <= crop_size <= 4096
-        ):
-            raise ValueError(f"`crop_size` must be an int in [16, 4096], got {crop_size!r}")
-        if template not in TEMPLATES:
-            raise ValueError(f"`template` must be one of {', '.join(TEMPLATES)}, got {template!r}")
-        if isinstance(margin, bool) or not (
-            isinstance(margin, (int, float, np.number)) and math.isfinite(margin) and margin > 0
-        ):
-            raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}")
+        crop_size = check_int(crop_size, "crop_size", minimum=16, maximum=4096)
+        check_choice(template, "template", TEMPLATES)
+        margin = check_number(margin, "margin", minimum=0, min_open=True)
         self.out_dir = Path(out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from facegen.errors import (
 )
 from facegen.image_io import ImageSource, load_image
 from facegen.types import AlignedFace, Face, IdentityEmbedding
+from facegen.validate import check_int
 
 __all__ = ["FaceAnalyzer", "Selection", "select_faces"]
 
@@ -219,8 +220,7 @@ class FaceAnalyzer:
         ``thread_safe`` (dlib and ONNX Runtime release the GIL while they work). Equal to
         ``analyze(image, select="largest")`` per image.
         """
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+        workers = check_int(workers, "workers", minimum=1)
         arrays = [load_image(im) for im in images]
 
         def largest(arr: np.ndarray) -> list[Face]:

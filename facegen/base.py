@@ -9,6 +9,7 @@ import numpy as np
 
 from facegen.errors import IncompatibleEmbeddingError
 from facegen.types import AlignedFace, Face, IdentityEmbedding
+from facegen.validate import check_int
 
 __all__ = ["FaceDetector", "IdentityEncoder", "Landmarker"]
 
@@ -69,10 +70,8 @@ class IdentityEncoder(ABC):
     same_person_threshold: float = 0.5
 
     def __init__(self, *, flip: bool = False, batch_size: int = 32) -> None:
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
         self.flip = flip
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
 
     @abstractmethod
     def align(self, image: np.ndarray, face: Face) -> AlignedFace:

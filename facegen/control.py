@@ -61,17 +61,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Literal
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from facegen.align import arcface_template, estimate_similarity, ffhq_quad
-from facegen.errors import MissingDependencyError
+from facegen.errors import InvalidArgumentError, MissingDependencyError
 from facegen.landmarks import check_points
+from facegen.raster import INSET, dot, ellipse_polygon, fill_convex, line
 from facegen.types import Face, transform_points
+from facegen.validate import check_choice, check_int, check_number
 
 __all__ = [
     "FACE_MESH_COLOURS",
@@ -88,16 +91,14 @@ __all__ = [
 ]
 
 OutputType = Literal["np", "pil"]
+OUTPUT_TYPES: tuple[str, ...] = ("np", "pil")
+#: Where the points live: a square side or ``(width, height)`` in pixels (see the module doc).
+SourceSize = float | tuple[float, float]
 #: How :func:`render_instantid_kps` draws: InstantID's integer ``draw_kps`` or sub-pixel.
 InstantIDDrawing = Literal["instantid", "subpixel"]
 INSTANTID_DRAWINGS: tuple[str, ...] = ("instantid", "subpixel")
 
 MIN_SIZE, MAX_SIZE = 16, 4096
-_SHIFT = 4  # fractional bits of cv2's fixed-point coordinates (1/16 px)
-_ONE = 1 << _SHIFT
-#: cv2's polygon fill lights every pixel the rounded outline touches (~0.5 px extra all round),
-#: so every shape is inset by half a pixel: lit areas then match true areas at every size.
-_INSET = 0.5
 
 #: OpenPose face: reference size, dot radius there (px), colour.
 OPENPOSE_REFERENCE_SIZE, OPENPOSE_DOT_RADIUS, OPENPOSE_COLOUR = 512, 3.0, (255, 255, 255)
@@ -157,20 +158,16 @@ _MEDIAPIPE_SETS = {
 # --------------------------------------------------------------------------- validation
 
 
-def _check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise ValueError(f"`size` must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
-    if not MIN_SIZE <= int(size) <= MAX_SIZE:
-        raise ValueError(f"`size` must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
-    return int(size)
+def _check_canvas(size: int, output_type: OutputType) -> int:
+    """The checked canvas ``size`` (an int in [16, 4096]); ``output_type`` is checked too."""
+    size = check_int(size, "size", minimum=MIN_SIZE, maximum=MAX_SIZE)
+    check_choice(output_type, "output_type", OUTPUT_TYPES)
+    return size
 
 
-def _check_output_type(output_type: Any) -> None:
-    if output_type not in ("np", "pil"):
-        raise ValueError(f"`output_type` must be 'np' or 'pil', got {output_type!r}")
-
-
-def _to_canvas(pts: np.ndarray, size: int, source_size: Any, matrix: Any) -> np.ndarray:
+def _to_canvas(
+    pts: np.ndarray, size: int, source_size: SourceSize | None, matrix: npt.ArrayLike | None
+) -> np.ndarray:
     """Map validated source points to canvas pixels (see the module doc)."""
     if source_size is not None and matrix is not None:
         raise ValueError("`source_size` and `matrix` must not both be given")
@@ -183,15 +180,12 @@ def _to_canvas(pts: np.ndarray, size: int, source_size: Any, matrix: Any) -> np.
     if source_size is None:
         return pts
     wh = (source_size, source_size) if np.ndim(source_size) == 0 else tuple(source_size)
-    ok = len(wh) == 2 and all(
-        not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and 0 < v < math.inf
-        for v in wh
-    )
-    if not ok:
-        raise ValueError(
+    if len(wh) != 2:
+        raise InvalidArgumentError(
             f"`source_size` must be a positive number or (width, height), got {source_size!r}"
         )
-    scale = np.array([size / float(wh[0]), size / float(wh[1])])
+    w, h = (check_number(v, "source_size", minimum=0, min_open=True) for v in wh)
+    scale = np.array([size / w, size / h])
     with np.errstate(over="ignore", invalid="ignore"):
         return _finite((pts + 0.5) * scale - 0.5)
 
@@ -206,85 +200,7 @@ def _finish(canvas: np.ndarray, output_type: OutputType) -> np.ndarray | Image.I
     return Image.fromarray(canvas) if output_type == "pil" else canvas
 
 
-# --------------------------------------------------------------------------- drawing
-
-
-def _disc(centre: np.ndarray, radius: float) -> np.ndarray:
-    n = 16 if radius < 4 else min(360, int(8 * radius))
-    t = np.arange(n) * (2 * math.pi / n)
-    return np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], axis=1)
-
-
-def _dot(canvas: np.ndarray, p: np.ndarray, radius: float, colour: Sequence[int]) -> None:
-    s = canvas.shape[0]
-    if not (-radius - 2 <= p[0] <= s + radius + 1 and -radius - 2 <= p[1] <= s + radius + 1):
-        return  # wholly off the canvas
-    _fill_convex(canvas, _disc(p, max(radius - _INSET, 0.0)), colour)
-
-
-def _clip_segment(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> tuple | None:
-    """Liang–Barsky: the part of segment a→b inside the square [lo, hi]², or None."""
-    d = b - a
-    t0, t1 = 0.0, 1.0
-    for p, q in ((-d[0], a[0] - lo), (d[0], hi - a[0]), (-d[1], a[1] - lo), (d[1], hi - a[1])):
-        if p == 0:
-            if q < 0:
-                return None
-        else:
-            t = q / p
-            if p < 0:
-                t0 = max(t0, t)
-            else:
-                t1 = min(t1, t)
-    if t0 > t1:
-        return None
-    return a + t0 * d, a + t1 * d
-
-
-def _line(
-    canvas: np.ndarray, a: np.ndarray, b: np.ndarray, width: float, colour: Sequence[int]
-) -> None:
-    """A band of ``width`` px around segment a–b with round caps (1/16-px precision)."""
-    margin = width + 2.0
-    seg = _clip_segment(a, b, -margin, canvas.shape[0] + margin)
-    if seg is None:
-        return
-    p, q = seg
-    d = q - p
-    length = float(np.hypot(*d))
-    if length > 1e-6:
-        n = np.array([-d[1], d[0]]) * (max(width / 2 - _INSET, 0.0) / length)
-        _fill_convex(canvas, np.array([p + n, q + n, q - n, p - n]), colour)
-    for end in (p, q):
-        _dot(canvas, end, width / 2, colour)
-
-
-def _clip_convex(poly: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Sutherland–Hodgman clip of a convex polygon ``(N, 2)`` to the square [lo, hi]²."""
-    if poly.min() >= lo and poly.max() <= hi:
-        return poly
-    for axis, bound, keep_below in ((0, lo, False), (0, hi, True), (1, lo, False), (1, hi, True)):
-        if len(poly) == 0:
-            break
-        inside = poly[:, axis] <= bound if keep_below else poly[:, axis] >= bound
-        out = []
-        for i in range(len(poly)):
-            cur, nxt = poly[i], poly[(i + 1) % len(poly)]
-            cin, nin = inside[i], inside[(i + 1) % len(poly)]
-            if cin:
-                out.append(cur)
-            if cin != nin:
-                t = (bound - cur[axis]) / (nxt[axis] - cur[axis])
-                out.append(cur + t * (nxt - cur))
-        poly = np.array(out).reshape(-1, 2)
-    return poly
-
-
-def _fill_convex(canvas: np.ndarray, poly: np.ndarray, colour: Sequence[int]) -> None:
-    poly = _clip_convex(poly, -2.0, canvas.shape[0] + 2.0)
-    if len(poly) >= 3:
-        pts = np.round(poly * _ONE).astype(np.int32)
-        cv2.fillConvexPoly(canvas, pts, tuple(colour), cv2.LINE_8, _SHIFT)
+# --------------------------------------------------------------------------- widths
 
 
 def _scaled(width_at_reference: float, size: int, reference: int) -> float:
@@ -299,11 +215,11 @@ def _line_width(width_at_reference: float, size: int, reference: int) -> float:
 
 
 def render_openpose_face(
-    points68: Any,
+    points68: npt.ArrayLike,
     size: int,
     *,
-    source_size: int | tuple[float, float] | None = None,
-    matrix: Any = None,
+    source_size: SourceSize | None = None,
+    matrix: npt.ArrayLike | None = None,
     pupils: bool = True,
     output_type: OutputType = "np",
 ) -> np.ndarray | Image.Image:
@@ -314,8 +230,7 @@ def render_openpose_face(
     are the eye-contour centres; ``pupils=False`` draws the 68 points only. White filled dots,
     radius ``3·size/512`` px, on black. Returns RGB uint8 ``(size, size, 3)`` (or PIL).
     """
-    size = _check_size(size)
-    _check_output_type(output_type)
+    size = _check_canvas(size, output_type)
     if not isinstance(pupils, bool):
         raise ValueError(f"`pupils` must be a bool, got {pupils!r}")
     pts = check_points(points68, "points68", (68, 70))
@@ -327,20 +242,8 @@ def render_openpose_face(
     canvas = np.zeros((size, size, 3), np.uint8)
     radius = _scaled(OPENPOSE_DOT_RADIUS, size, OPENPOSE_REFERENCE_SIZE)
     for p in xy:
-        _dot(canvas, p, radius, OPENPOSE_COLOUR)
+        dot(canvas, p, radius, OPENPOSE_COLOUR)
     return _finish(canvas, output_type)
-
-
-def _ellipse_polygon(a: np.ndarray, b: np.ndarray, half_width: float) -> np.ndarray:
-    """Ellipse over segment a–b: semi-axes (|ab|/2, half_width), 1° vertex steps."""
-    centre = (a + b) / 2
-    d = b - a
-    angle = math.atan2(d[1], d[0])
-    t = np.deg2rad(np.arange(360.0))
-    ex = max(np.hypot(*d) / 2 - _INSET, 0.0) * np.cos(t)
-    ey = max(half_width - _INSET, 0.0) * np.sin(t)
-    c, s = math.cos(angle), math.sin(angle)
-    return np.stack([centre[0] + ex * c - ey * s, centre[1] + ex * s + ey * c], axis=1)
 
 
 #: Beyond this many pixels (in any integer the drawing needs) cv2's integer calls overflow.
@@ -366,7 +269,7 @@ def _instantid_integer_map(xy: np.ndarray, size: int, stick_width: int, radius: 
         if cx + reach < 0 or cy + reach < 0 or cx - reach > size or cy - reach > size:
             continue  # wholly off the canvas
         if max(abs(cx), abs(cy), length) >= _CV2_INT_LIMIT:
-            _fill_convex(layer, _ellipse_polygon(xy[i], xy[j], float(stick_width)), colour)
+            fill_convex(layer, ellipse_polygon(xy[i], xy[j], float(stick_width)), colour)
             continue
         angle = math.degrees(math.atan2(y[0] - y[1], x[0] - x[1]))
         polygon = cv2.ellipse2Poly(
@@ -382,11 +285,11 @@ def _instantid_integer_map(xy: np.ndarray, size: int, stick_width: int, radius: 
 
 
 def render_instantid_kps(
-    kps5: Any,
+    kps5: npt.ArrayLike,
     size: int,
     *,
-    source_size: int | tuple[float, float] | None = None,
-    matrix: Any = None,
+    source_size: SourceSize | None = None,
+    matrix: npt.ArrayLike | None = None,
     reference_size: int = INSTANTID_REFERENCE_SIZE,
     drawing: InstantIDDrawing = "instantid",
     output_type: OutputType = "np",
@@ -407,16 +310,9 @@ def render_instantid_kps(
     see the module doc); 10–18 % of the lit pixels differ from ``draw_kps`` at 1024 (measured
     on face-like keypoints).
     """
-    size = _check_size(size)
-    _check_output_type(output_type)
-    if isinstance(reference_size, bool) or not isinstance(reference_size, (int, np.integer)):
-        raise ValueError(f"`reference_size` must be a positive integer, got {reference_size!r}")
-    if reference_size <= 0:
-        raise ValueError(f"`reference_size` must be a positive integer, got {reference_size}")
-    if drawing not in INSTANTID_DRAWINGS:
-        raise ValueError(
-            f"`drawing` must be one of {', '.join(INSTANTID_DRAWINGS)}, got {drawing!r}"
-        )
+    size = _check_canvas(size, output_type)
+    reference_size = check_int(reference_size, "reference_size", minimum=1)
+    check_choice(drawing, "drawing", INSTANTID_DRAWINGS)
     xy = _to_canvas(check_points(kps5, "kps5", (5,)), size, source_size, matrix)
     half = _scaled(INSTANTID_STICK_WIDTH, size, reference_size)
     radius = _scaled(INSTANTID_DOT_RADIUS, size, reference_size)
@@ -428,18 +324,18 @@ def render_instantid_kps(
         colour = (np.array(INSTANTID_COLOURS[i], np.float64) * INSTANTID_LIMB_FACTOR).astype(
             np.uint8
         )
-        _fill_convex(canvas, _ellipse_polygon(xy[i], xy[j], half), colour.tolist())
+        fill_convex(canvas, ellipse_polygon(xy[i], xy[j], half), colour.tolist())
     for p, colour in zip(xy, INSTANTID_COLOURS):
-        _dot(canvas, p, radius, colour)
+        dot(canvas, p, radius, colour)
     return _finish(canvas, output_type)
 
 
 def render_landmarks68(
-    points68: Any,
+    points68: npt.ArrayLike,
     size: int,
     *,
-    source_size: int | tuple[float, float] | None = None,
-    matrix: Any = None,
+    source_size: SourceSize | None = None,
+    matrix: npt.ArrayLike | None = None,
     output_type: OutputType = "np",
 ) -> np.ndarray | Image.Image:
     """facegen's 68-point map for facegen-trained landmark ControlNets.
@@ -448,15 +344,14 @@ def render_landmarks68(
     closed loops) on black, ``2·size/512`` px wide (rounded, at least 1), in the table's order.
     ``points68``: iBUG ``(68, 2|3)``. Returns RGB uint8 ``(size, size, 3)`` (or PIL).
     """
-    size = _check_size(size)
-    _check_output_type(output_type)
+    size = _check_canvas(size, output_type)
     xy = _to_canvas(check_points(points68, "points68", (68,)), size, source_size, matrix)
     canvas = np.zeros((size, size, 3), np.uint8)
     width = _line_width(LANDMARKS68_LINE_WIDTH, size, LANDMARKS68_REFERENCE_SIZE)
     for idx, closed, colour in LANDMARKS68_PARTS.values():
         chain = [*idx, idx[0]] if closed else list(idx)
         for a, b in itertools.pairwise(chain):
-            _line(canvas, xy[a], xy[b], width, colour)
+            line(canvas, xy[a], xy[b], width, colour)
     return _finish(canvas, output_type)
 
 
@@ -471,12 +366,12 @@ def _mediapipe_connections() -> dict[str, Iterable[tuple[int, int]]]:
 
 
 def render_face_mesh(
-    points478: Any,
+    points478: npt.ArrayLike,
     size: int,
     *,
     connections: Mapping[str, Iterable[tuple[int, int]]] | None = None,
-    source_size: int | tuple[float, float] | None = None,
-    matrix: Any = None,
+    source_size: SourceSize | None = None,
+    matrix: npt.ArrayLike | None = None,
     output_type: OutputType = "np",
 ) -> np.ndarray | Image.Image:
     """MediaPipe-face map for ``CrucibleAI/ControlNetMediaPipeFace`` from given mesh points.
@@ -488,8 +383,7 @@ def render_face_mesh(
     takes all six from an installed ``mediapipe``. Lines ``2·size/512`` px, iris squares
     ``4·size/512`` px. Returns RGB uint8 ``(size, size, 3)`` (or PIL).
     """
-    size = _check_size(size)
-    _check_output_type(output_type)
+    size = _check_canvas(size, output_type)
     pts = check_points(points478, "points478", (478, 468))
     if connections is None:
         connections = _mediapipe_connections()
@@ -516,16 +410,20 @@ def render_face_mesh(
     width = _line_width(FACE_MESH_LINE_WIDTH, size, FACE_MESH_REFERENCE_SIZE)
     for region, colour in FACE_MESH_COLOURS.items():
         for a, b in edges_by_region.get(region, ()):
-            _line(canvas, xy[a], xy[b], width, colour)
+            line(canvas, xy[a], xy[b], width, colour)
     if len(pts) == 478:
-        h = max(_scaled(FACE_MESH_IRIS_HALF, size, FACE_MESH_REFERENCE_SIZE) - _INSET, 0.0)
+        h = max(_scaled(FACE_MESH_IRIS_HALF, size, FACE_MESH_REFERENCE_SIZE) - INSET, 0.0)
         square = np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
         for idx, colour in FACE_MESH_IRIS_CENTRES.items():
-            _fill_convex(canvas, xy[idx] + square, colour)
+            fill_convex(canvas, xy[idx] + square, colour)
     return _finish(canvas, output_type)
 
 
 # --------------------------------------------------------------------------- pose transfer
+
+#: Aligned frames :func:`transfer_face` moves a face into, and how it fits the ArcFace one.
+TRANSFER_TEMPLATES: tuple[str, ...] = ("arcface", "ffhq")
+TRANSFER_FITS: tuple[str, ...] = ("kps5", "eyes")
 
 
 def _transfer_matrix(kps5: np.ndarray, size: int, template: str, fit: str) -> np.ndarray:
@@ -560,11 +458,9 @@ def transfer_face(
     """
     if not isinstance(reference_face, Face):
         raise ValueError(f"`reference_face` must be a Face, got {type(reference_face).__name__}")
-    size = _check_size(size)
-    if template not in ("arcface", "ffhq"):
-        raise ValueError(f"`template` must be one of arcface, ffhq, got {template!r}")
-    if fit not in ("kps5", "eyes"):
-        raise ValueError(f"`fit` must be 'kps5' or 'eyes', got {fit!r}")
+    size = check_int(size, "size", minimum=MIN_SIZE, maximum=MAX_SIZE)
+    check_choice(template, "template", TRANSFER_TEMPLATES)
+    check_choice(fit, "fit", TRANSFER_FITS)
     m = _transfer_matrix(reference_face.kps5.astype(np.float64), size, template, fit)
     x1, y1, x2, y2 = reference_face.bbox
     corners = transform_points(np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), m)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
-from facegen.errors import FacegenError
+from facegen.errors import FacegenError, InvalidArgumentError
 from facegen.landmarks import check_points
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "POSE_MODEL_INDICES",
@@ -79,7 +80,7 @@ def head_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 def pose_from_landmarks(
-    points68: Any,
+    points68: npt.ArrayLike,
     *,
     image_size: int | tuple[int, int] | None = None,
     focal_length: float | None = None,
@@ -102,20 +103,19 @@ def pose_from_landmarks(
     img = pts[list(POSE_MODEL_INDICES)]
     if image_size is not None:
         wh = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-        if len(wh) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in wh):
-            raise ValueError(
+        if len(wh) != 2:
+            raise InvalidArgumentError(
                 f"`image_size` must be a positive int or (width, height), got {image_size!r}"
             )
-        centre, focal = np.array(wh, np.float64) / 2, float(wh[0])
+        w, h = (check_int(v, "image_size", minimum=1) for v in wh)
+        centre, focal = np.array([w, h], np.float64) / 2, float(w)
     else:
         extent = float(max(pts.max(0) - pts.min(0)))
         if extent <= 0:
             raise ValueError("`points68` must not all coincide")
         centre, focal = pts[POSE_MODEL_INDICES[0]], 4.0 * extent
     if focal_length is not None:
-        if not (isinstance(focal_length, (int, float)) and 0 < focal_length < math.inf):
-            raise ValueError(f"`focal_length` must be a positive number, got {focal_length!r}")
-        focal = float(focal_length)
+        focal = check_number(focal_length, "focal_length", minimum=0, min_open=True)
     k = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
     obj = POSE_MODEL_POINTS.reshape(-1, 1, 3)
     ipt = img.reshape(-1, 1, 2)

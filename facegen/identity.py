@@ -11,6 +11,7 @@ import numpy as np
 
 from facegen.errors import IncompatibleEmbeddingError
 from facegen.types import IdentityEmbedding
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "class_centers",
@@ -54,8 +55,7 @@ def cosine_similarity_matrix(
     large sets never hold more than one block of intermediates; the output itself is
     float32 ``N·M`` (use :func:`class_centers` or stream blocks yourself beyond that).
     """
-    if block_size < 1:
-        raise ValueError(f"`block_size` must be >= 1, got {block_size}")
+    block_size = check_int(block_size, "block_size", minimum=1)
     an = np.asarray(a, np.float32) if normalized else l2_normalize(a)
     bn = an if b is None else (np.asarray(b, np.float32) if normalized else l2_normalize(b))
     if an.ndim != 2 or bn.ndim != 2 or an.shape[1] != bn.shape[1]:
@@ -143,8 +143,7 @@ def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float = 1e-3) -> 
     ``far`` of impostor pairs at or above it (accept when score >= threshold).
     """
     g, i = _scores(genuine, impostor)
-    if not 0 < far < 1:
-        raise ValueError(f"`far` must be in (0, 1), got {far}")
+    far = check_number(far, "far", minimum=0, maximum=1, min_open=True, max_open=True)
     s = np.sort(i)[::-1]
     allowed = int(np.floor(far * i.size))  # impostors that may be accepted
     thr = float(np.nextafter(s[allowed], np.inf)) if allowed < s.size else float(s[-1])

@@ -47,6 +47,7 @@ from PIL.PngImagePlugin import PngInfo
 from facegen.errors import InvalidImageError, OutputError
 from facegen.fileio import atomic_write
 from facegen.locks import is_lock_file
+from facegen.validate import check_int
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -87,13 +88,7 @@ def pixel_limit(max_pixels: int | None = None) -> int:
     Files are also subject to Pillow's own cap (see the module doc).
     """
     if max_pixels is not None:
-        if (
-            isinstance(max_pixels, bool)
-            or not isinstance(max_pixels, (int, np.integer))
-            or max_pixels < 1
-        ):
-            raise ValueError(f"`max_pixels` must be a positive integer, got {max_pixels!r}")
-        return int(max_pixels)
+        return check_int(max_pixels, "max_pixels", minimum=1)
     env = os.environ.get("FACEGEN_MAX_PIXELS", "").strip()
     if not env:
         return DEFAULT_MAX_PIXELS

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["IBUG68", "check_points", "kps5_from_ibug68"]
 
@@ -29,7 +29,7 @@ def kps5_from_ibug68(points: np.ndarray) -> np.ndarray:
     )
 
 
-def check_points(points: Any, name: str, counts: Sequence[int]) -> np.ndarray:
+def check_points(points: npt.ArrayLike, name: str, counts: Sequence[int]) -> np.ndarray:
     """``(N, 2)`` or ``(N, 3)`` with ``N`` in ``counts``, finite → float64 ``(N, 2)``."""
     try:
         pts = np.asarray(points, dtype=np.float64)

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from facegen.errors import FolderLockedError, OutputError
+from facegen.validate import check_number
 
 try:  # POSIX
     import fcntl
@@ -260,8 +262,8 @@ def folder_lock(
     since 2026-12-03T11:02:03Z); wait for it or stop it"), and
     :class:`~facegen.errors.OutputError` when the folder cannot be created or locked.
     """
-    if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
-        raise ValueError(f"`timeout` must be None or a number >= 0, got {timeout!r}")
+    if timeout is not None and timeout != math.inf:  # inf waits as long as None does
+        timeout = check_number(timeout, "timeout", minimum=0)
     if not isinstance(what, str) or not what.strip() or "\n" in what:
         raise ValueError(f"`what` must be a non-empty one-line string, got {what!r}")
     root = Path(folder)

@@ -45,6 +45,7 @@ import numpy as np
 
 from facegen.landmarks import IBUG68
 from facegen.types import Face, transform_points
+from facegen.validate import check_number
 
 __all__ = [
     "COLOR_SPACES",
@@ -72,7 +73,7 @@ _ELLIPSE_VERTICES = 96
 _TAIL = math.exp(-4.5)
 #: Sub-pixel bits for ``cv2.fillConvexPoly`` (1/16 pixel).
 _SHIFT = 4
-_MAX_FOREHEAD = 2.0
+_MAX_FOREHEAD = 2  # an int, so messages say [0, 2]
 _GAIN_LIMITS = (0.25, 4.0)
 
 
@@ -122,13 +123,7 @@ class MaskSpec:
     def __post_init__(self) -> None:
         if self.shape not in MASK_SHAPES:
             raise ValueError(f"`shape` must be one of {', '.join(MASK_SHAPES)}, got {self.shape!r}")
-        f = self.forehead
-        if (
-            isinstance(f, bool)
-            or not isinstance(f, (int, float, np.integer, np.floating))
-            or not (math.isfinite(f) and 0 <= f <= _MAX_FOREHEAD)
-        ):
-            raise ValueError(f"`forehead` must be a number in [0, {_MAX_FOREHEAD:g}], got {f!r}")
+        check_number(self.forehead, "forehead", minimum=0, maximum=_MAX_FOREHEAD)
         parse_length(self.dilate, "dilate")
         parse_length(self.feather, "feather")
 

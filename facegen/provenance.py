@@ -45,6 +45,7 @@ from facegen._version import __version__
 from facegen.errors import InvalidArgumentError, InvalidImageError, OutputError
 from facegen.fileio import atomic_write
 from facegen.image_io import load_image
+from facegen.validate import check_int
 from facegen.watermark import (
     DEFAULT_FALSE_POSITIVE_RATE,
     MIN_DETECT_SIDE,
@@ -384,8 +385,7 @@ def _write(image: np.ndarray, info: ProvenanceInfo, path: Path, quality: int) ->
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise OutputError(f"`path` must end in .png, .jpg, .jpeg or .webp, got {path.name!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise InvalidArgumentError(f"`quality` must be an integer in [1, 100], got {quality!r}")
+    quality = check_int(quality, "quality", minimum=1, maximum=100)
     side = _MAX_SIDE.get(fmt)
     h, w = image.shape[:2]
     if side is not None and max(h, w) > side:

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from facegen.errors import IncompatibleEmbeddingError
 
 __all__ = ["AlignedFace", "Face", "IdentityEmbedding"]
 
 
-def _frozen_array(value: Any, dtype: Any, shape: tuple[int | None, ...], name: str) -> np.ndarray:
+def _frozen_array(
+    value: npt.ArrayLike, dtype: npt.DTypeLike, shape: tuple[int | None, ...], name: str
+) -> np.ndarray:
     arr = np.array(value, dtype=dtype, copy=True)
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"

@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 
 from facegen.errors import InvalidArgumentError, InvalidImageError
+from facegen.validate import check_number
 
 __all__ = [
     "DEFAULT_FALSE_POSITIVE_RATE",
@@ -90,7 +91,7 @@ _WHITEN_WINDOW = 5
 _BANDS = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 91.0, 128.0)
 _MIN_BAND_COEFFS = 50
 _MASK_RANGE = (0.25, 2.5)
-_MAX_STRENGTH = 4.0
+_MAX_STRENGTH = 4  # an int, so messages say (0, 4]
 
 
 @dataclass(frozen=True)
@@ -221,14 +222,7 @@ def _texture_mask(y: np.ndarray) -> np.ndarray:
 
 def check_strength(strength: float) -> None:
     """Raise :class:`InvalidArgumentError` unless ``strength`` is a number in (0, 4]."""
-    if (
-        isinstance(strength, bool)
-        or not isinstance(strength, (int, float))
-        or not 0 < strength <= _MAX_STRENGTH
-    ):
-        raise InvalidArgumentError(
-            f"`strength` must be a number in (0, {_MAX_STRENGTH:g}], got {strength!r}"
-        )
+    check_number(strength, "strength", minimum=0, maximum=_MAX_STRENGTH, min_open=True)
 
 
 def embed_watermark(
@@ -282,14 +276,14 @@ def detect_watermark(
     image and :class:`InvalidArgumentError` for a bad ``key`` or ``false_positive_rate``.
     """
     _check_image(image, MIN_DETECT_SIDE, "to be tested for a watermark")
-    if (
-        isinstance(false_positive_rate, bool)
-        or not isinstance(false_positive_rate, (int, float))
-        or not 0 < false_positive_rate < 0.5
-    ):
-        raise InvalidArgumentError(
-            f"`false_positive_rate` must be a number in (0, 0.5), got {false_positive_rate!r}"
-        )
+    check_number(
+        false_positive_rate,
+        "false_positive_rate",
+        minimum=0,
+        maximum=0.5,
+        min_open=True,
+        max_open=True,
+    )
     w_key = _pattern(_key_bytes(key))
     y = _luma(image)
     h, w = y.shape

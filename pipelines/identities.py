@@ -28,10 +28,9 @@ How "every identity kept so far" is searched is the ``index`` (:data:`INDEXES`):
   pairs are rare there, though: uniform 512-D vectors drawn with no check at all have about
   one pair at cosine >= 0.3 among 1M (0.01 among 100K; at 0.25: about 24 among 100K).
 
-Always measure instead of assuming: :func:`verify_separation` counts the pairs at or above the
-threshold exactly (``O(N²·D)`` time in matrix products, ``O(block²)`` memory), or estimates the
-count from every pair of a random sample of rows (``sample=``, ``O(sample·N·D)``), with an
-upper bound.
+Always measure instead of assuming: :func:`verify_separation`
+(:mod:`facegen.pipelines.separation`) counts the pairs at or above the threshold exactly, or
+estimates the count from a random sample of rows, with an upper bound.
 
 Samplers (:data:`SAMPLERS`):
 
@@ -50,16 +49,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from facegen.errors import MissingDependencyError, UnknownNameError
 from facegen.identity import l2_normalize
+from facegen.pipelines.separation import SeparationReport, verify_separation
 from facegen.registry import Registry
 from facegen.types import IdentityEmbedding
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "INDEXES",
@@ -114,7 +119,7 @@ class IdentitySet:
         """:func:`verify_separation` of these vectors at this set's ``max_similarity``."""
         return verify_separation(self.vectors, self.max_similarity, sample=sample, seed=seed)
 
-    def save(self, path: Any) -> Any:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write as a facegen embeddings file (names ``id000000``…, sampling settings inside)."""
         from facegen.embedding_io import save_embeddings
 
@@ -131,7 +136,9 @@ class IdentitySet:
 
 
 @SAMPLERS.register("uniform", description="uniform on the unit hypersphere")
-def _uniform(rng: np.random.Generator, n: int, dim: int, bank: Any = None, **_: Any) -> np.ndarray:
+def _uniform(
+    rng: np.random.Generator, n: int, dim: int, bank: ArrayLike | None = None, **_: Any
+) -> np.ndarray:
     return rng.standard_normal((n, dim), dtype=np.float32)
 
 
@@ -141,16 +148,18 @@ class _GaussianFit:
     basis: np.ndarray  # (k, D) rows scaled by sqrt(eigenvalue)
 
 
-def _fit_gaussian(bank: np.ndarray, components: int | None) -> _GaussianFit:
+def _fit_gaussian(bank: ArrayLike, components: int | None) -> _GaussianFit:
     x = l2_normalize(np.asarray(bank, np.float32)).astype(np.float64)
     if len(x) < 2:
         raise ValueError(f"`bank` must have at least 2 embeddings to fit a Gaussian, got {len(x)}")
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     var = s**2 / (len(x) - 1)
-    k = len(var) if components is None else min(int(components), len(var))
-    if k < 1:
-        raise ValueError(f"`pca_components` must be >= 1, got {components}")
+    k = (
+        len(var)
+        if components is None
+        else min(check_int(components, "pca_components", minimum=1), len(var))
+    )
     return _GaussianFit(
         mean.astype(np.float32), (vt[:k] * np.sqrt(var[:k])[:, None]).astype(np.float32)
     )
@@ -161,7 +170,7 @@ def _gaussian(
     rng: np.random.Generator,
     n: int,
     dim: int,
-    bank: Any = None,
+    bank: ArrayLike | _GaussianFit | None = None,
     pca_components: int | None = None,
     **_: Any,
 ) -> np.ndarray:
@@ -179,7 +188,7 @@ def _spread(
     rng: np.random.Generator,
     n: int,
     dim: int,
-    bank: Any = None,
+    bank: ArrayLike | None = None,
     steps: int = 5,
     step_size: float = 0.5,
     **_: Any,
@@ -201,7 +210,7 @@ def _max_sim_to(block: np.ndarray, others: np.ndarray, chunk: int) -> np.ndarray
     return best
 
 
-def _import_faiss() -> Any:
+def _import_faiss() -> ModuleType:
     try:
         import faiss
     except ImportError as exc:
@@ -271,10 +280,10 @@ def _ivf_params(n: int, nlist: int | None, nprobe: int | None) -> tuple[int, int
     """Validated ``(nlist, nprobe)``; defaults: ``nprobe`` 16, ``nlist ≈ sqrt(nprobe·n)`` (which
     balances the centroid search, ``nlist`` per candidate, against the cell scan,
     ``nprobe·N/nlist``)."""
-    if nprobe is not None and nprobe < 1:
-        raise ValueError(f"`nprobe` must be >= 1, got {nprobe}")
-    if nlist is not None and nlist < 1:
-        raise ValueError(f"`nlist` must be >= 1, got {nlist}")
+    if nprobe is not None:
+        check_int(nprobe, "nprobe", minimum=1)
+    if nlist is not None:
+        check_int(nlist, "nlist", minimum=1)
     probe = nprobe if nprobe is not None else _FAISS_NPROBE
     if nlist is None:
         nlist = max(min(probe, n), min(round(math.sqrt(probe * n)), n))
@@ -291,7 +300,7 @@ def _draw(
     count: int,
     batch_size: int,
     dim: int,
-    bank: Any,
+    bank: ArrayLike | _GaussianFit | None,
     options: dict[str, Any],
 ) -> np.ndarray:
     """``count`` unit candidates from a sampler, ``batch_size`` per call: float32 ``(count, D)``."""
@@ -302,6 +311,79 @@ def _draw(
     return out
 
 
+def _neighbours(
+    index: str,
+    kept: np.ndarray,
+    nlist: int | None,
+    nprobe: int | None,
+    seed: int,
+    draw: Callable[[np.random.Generator, int], np.ndarray],
+    batch_size: int,
+) -> tuple[_ExactNeighbours | _FaissIVFNeighbours, dict[str, Any]]:
+    """The search over the kept identities ``kept`` (float32 ``(n, D)``, filled as they are
+    accepted) and its parameters; ``draw(rng, count)`` gives the faiss cells' training draws."""
+    if index != "faiss":
+        return _ExactNeighbours(kept, batch_size), {}
+    _import_faiss()  # fail before any work
+    cells, probe = _ivf_params(len(kept), nlist, nprobe)
+    # a separate stream, so the candidates themselves are those of index="exact"
+    train = draw(np.random.default_rng([seed, 1]), _TRAIN_PER_CELL * cells)
+    logger.debug("faiss IVF-Flat index: %d cells, %d probed per candidate", cells, probe)
+    return _FaissIVFNeighbours(train, cells, probe), {"nlist": cells, "nprobe": probe}
+
+
+def _greedy(cand: np.ndarray, max_similarity: float, room: int) -> tuple[list[int], int]:
+    """Candidates (unit rows, in draw order) accepted against those accepted before them in
+    the same batch (exactly), at most ``room``; and how many were rejected as too close."""
+    sims = cand @ cand.T
+    np.fill_diagonal(sims, -np.inf)
+    if not (sims >= max_similarity).any():  # the common case: no pair conflicts
+        return list(range(min(len(cand), room))), 0
+    take: list[int] = []
+    rejected = 0
+    for j in range(len(cand)):  # `take` < j: compared with those accepted before j
+        if take and sims[take, j].max() >= max_similarity:
+            rejected += 1
+            continue
+        take.append(j)
+        if len(take) == room:
+            break
+    return take, rejected
+
+
+def _check_sampling(
+    n: int,
+    dim: int,
+    max_similarity: float,
+    batch_size: int,
+    index: str,
+    nlist: int | None,
+    nprobe: int | None,
+) -> float:
+    """The arguments of :func:`sample_identities`; returns ``max_similarity`` as a float."""
+    check_int(n, "n", minimum=1)
+    check_int(dim, "dim", minimum=2)
+    check_int(batch_size, "batch_size", minimum=1)
+    if index not in INDEXES:
+        raise UnknownNameError("identity index", index, INDEXES)
+    if index == "exact" and (nlist is not None or nprobe is not None):
+        raise ValueError(
+            f"`nlist`/`nprobe` apply only to index='faiss', got index={index!r} with "
+            f"nlist={nlist}, nprobe={nprobe}"
+        )
+    return check_number(max_similarity, "max_similarity", minimum=-1.0, maximum=1.0, min_open=True)
+
+
+def _leakage_rows(leakage_bank: ArrayLike | None, dim: int) -> np.ndarray | None:
+    """The real bank as float32 ``(M, dim)`` unit rows (``None`` when not given)."""
+    if leakage_bank is None:
+        return None
+    leak = l2_normalize(np.asarray(leakage_bank, np.float32))
+    if leak.ndim != 2 or leak.shape[1] != dim:
+        raise ValueError(f"`leakage_bank` must be (M, {dim}), got {leak.shape}")
+    return leak
+
+
 def sample_identities(
     n: int,
     *,
@@ -309,8 +391,8 @@ def sample_identities(
     sampler: str = "uniform",
     seed: int = 0,
     max_similarity: float = 0.3,
-    bank: Any = None,
-    leakage_bank: Any = None,
+    bank: ArrayLike | None = None,
+    leakage_bank: ArrayLike | None = None,
     leakage_threshold: float | None = None,
     encoder_id: str = "arcface-onnx/arc2face",
     batch_size: int = 4096,
@@ -341,261 +423,47 @@ def sample_identities(
 
     Returns an :class:`IdentitySet` with float32 ``(n, dim)`` unit rows.
     """
-    if n < 1:
-        raise ValueError(f"`n` must be >= 1, got {n}")
-    if dim < 2:
-        raise ValueError(f"`dim` must be >= 2, got {dim}")
-    if not -1.0 < max_similarity <= 1.0:
-        raise ValueError(f"`max_similarity` must be in (-1, 1], got {max_similarity}")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    if index not in INDEXES:
-        raise UnknownNameError("identity index", index, INDEXES)
-    if index == "exact" and (nlist is not None or nprobe is not None):
-        raise ValueError(
-            f"`nlist`/`nprobe` apply only to index='faiss', got index={index!r} with "
-            f"nlist={nlist}, nprobe={nprobe}"
-        )
+    max_similarity = _check_sampling(n, dim, max_similarity, batch_size, index, nlist, nprobe)
     make = SAMPLERS.get(sampler).factory
     if sampler == "gaussian" and bank is not None and not isinstance(bank, _GaussianFit):
         bank = _fit_gaussian(bank, sampler_options.get("pca_components"))  # once, not per batch
+    leak = _leakage_rows(leakage_bank, dim)
     leak_thr = max_similarity if leakage_threshold is None else float(leakage_threshold)
-    leak = None
-    if leakage_bank is not None:
-        leak = l2_normalize(np.asarray(leakage_bank, np.float32))
-        if leak.ndim != 2 or leak.shape[1] != dim:
-            raise ValueError(f"`leakage_bank` must be (M, {dim}), got {leak.shape}")
     limit = max_candidates if max_candidates is not None else 20 * n + batch_size
+
+    def draw(rng: np.random.Generator, count: int) -> np.ndarray:
+        return _draw(make, rng, count, batch_size, dim, bank, sampler_options)
+
     kept = np.empty((n, dim), np.float32)
-    index_params: dict[str, Any] = {}
-    near: _ExactNeighbours | _FaissIVFNeighbours
-    if index == "faiss":
-        _import_faiss()  # fail before any work
-        cells, probe = _ivf_params(n, nlist, nprobe)
-        index_params = {"nlist": cells, "nprobe": probe}
-        # a separate stream, so the candidates themselves are those of index="exact"
-        train_rng = np.random.default_rng([seed, 1])
-        train = _draw(
-            make, train_rng, _TRAIN_PER_CELL * cells, batch_size, dim, bank, sampler_options
-        )
-        near = _FaissIVFNeighbours(train, cells, probe)
-        del train
-        logger.debug("faiss IVF-Flat index: %d cells, %d probed per candidate", cells, probe)
-    else:
-        near = _ExactNeighbours(kept, batch_size)
+    near, index_params = _neighbours(index, kept, nlist, nprobe, seed, draw, batch_size)
     rng = np.random.default_rng(seed)
-    k = drawn = too_close = leaked = 0
-    while k < n and drawn < limit:
-        b = min(batch_size, limit - drawn)
-        cand = l2_normalize(np.asarray(make(rng, b, dim, bank, **sampler_options), np.float32))
-        drawn += b
-        ok = np.ones(b, bool)
+    stats = {"drawn": 0, "rejected_too_close": 0, "rejected_leakage": 0}
+    k = 0
+    while k < n and stats["drawn"] < limit:
+        cand = draw(rng, min(batch_size, limit - stats["drawn"]))
+        stats["drawn"] += len(cand)
+        ok = np.ones(len(cand), bool)
         if leak is not None:  # always exact: it protects real people
-            bad = _max_sim_to(cand, leak, batch_size) >= leak_thr
-            leaked += int(bad.sum())
-            ok &= ~bad
+            ok &= _max_sim_to(cand, leak, batch_size) < leak_thr
+            stats["rejected_leakage"] += int((~ok).sum())
         close = near.max_sim(cand) >= max_similarity
-        too_close += int((close & ok).sum())
-        ok &= ~close
-        # within the batch: greedy in order, against the candidates accepted before (exact)
-        idx = np.flatnonzero(ok)
-        if len(idx):
-            sub = cand[idx]
-            sims = sub @ sub.T
-            np.fill_diagonal(sims, -np.inf)
-            take: list[int]
-            if not (sims >= max_similarity).any():  # the common case: no pair conflicts
-                take = list(range(min(len(idx), n - k)))
-            else:
-                take = []
-                for j in range(len(idx)):  # `take` < j: compared with those accepted before j
-                    if take and sims[take, j].max() >= max_similarity:
-                        too_close += 1
-                        continue
-                    take.append(j)
-                    if k + len(take) == n:
-                        break
+        stats["rejected_too_close"] += int((close & ok).sum())
+        idx = np.flatnonzero(ok & ~close)
+        if len(idx):  # within the batch: greedy in order, against those accepted before
+            take, rejected = _greedy(cand[idx], max_similarity, n - k)
+            stats["rejected_too_close"] += rejected
             if take:
-                kept[k : k + len(take)] = sub[take]
+                kept[k : k + len(take)] = cand[idx[take]]
                 near.add(kept[k : k + len(take)], idx[take])
                 k += len(take)
         if progress is not None:
             progress(k)
-    stats = {"drawn": drawn, "rejected_too_close": too_close, "rejected_leakage": leaked}
     if k < n:
         raise SeparationError(
             f"found only {k} of {n} identities with max similarity {max_similarity} after "
-            f"{drawn} candidates ({too_close} too close, {leaked} too close to the real bank); "
-            "raise `max_similarity`, lower `n`, or allow more candidates (`max_candidates`)"
+            f"{stats['drawn']} candidates ({stats['rejected_too_close']} too close, "
+            f"{stats['rejected_leakage']} too close to the real bank); raise "
+            "`max_similarity`, lower `n`, or allow more candidates (`max_candidates`)"
         )
     logger.debug("sampled %d identities (%s index): %s", n, index, stats)
     return IdentitySet(kept, encoder_id, sampler, seed, max_similarity, stats, index, index_params)
-
-
-@dataclass(frozen=True)
-class SeparationReport:
-    """Pairs of identities at cosine ``>= max_similarity`` (violations of the separation).
-
-    ``exact``: every one of the ``pairs_total = N·(N-1)/2`` pairs was compared; otherwise
-    ``pairs_checked`` of them (all pairs involving ``sample`` random rows).
-    ``violations``: violating pairs found among those checked; ``estimated_violations``: the
-    count scaled to all pairs (``violations / (pairs_checked / pairs_total)``);
-    ``upper_bound``: an approximate one-sided 95% upper bound on the total (Poisson, i.e.
-    assuming violating pairs rarely share an identity); both equal ``violations`` when
-    ``exact``. ``max_observed``: the largest cosine among the checked pairs. ``pairs``: int64
-    ``(P, 2)`` row indices ``i < j`` of (up to ``max_pairs``) violating pairs found."""
-
-    n: int
-    max_similarity: float
-    exact: bool
-    pairs_checked: int
-    pairs_total: int
-    violations: int
-    estimated_violations: float
-    upper_bound: float
-    max_observed: float
-    pairs: np.ndarray
-
-    @property
-    def ok(self) -> bool:
-        """True when no checked pair reaches the threshold."""
-        return self.violations == 0
-
-    def __str__(self) -> str:
-        if self.exact:
-            return (
-                f"{self.violations} of {self.pairs_total} pairs at cosine >= "
-                f"{self.max_similarity} (exact; max {self.max_observed:.4f})"
-            )
-        return (
-            f"{self.violations} of {self.pairs_checked} sampled pairs at cosine >= "
-            f"{self.max_similarity}; about {self.estimated_violations:.1f} of "
-            f"{self.pairs_total} in all (95% upper bound {self.upper_bound:.1f}; "
-            f"max seen {self.max_observed:.4f})"
-        )
-
-
-def _poisson_upper95(x: int) -> float:
-    """One-sided 95% upper confidence limit of a Poisson mean after ``x`` events
-    (exact for 0, Wilson–Hilferty otherwise; within about 1%)."""
-    if x == 0:
-        return -math.log(0.05)
-    a = x + 1
-    return a * (1 - 1 / (9 * a) + 1.6448536 / (3 * math.sqrt(a))) ** 3
-
-
-class _UnitRows:
-    """Row blocks of ``x`` (``(N, D)``) as float32 unit rows, normalised on the fly (no full
-    normalised copy is made; none at all when the rows are already float32 unit vectors)."""
-
-    def __init__(self, x: np.ndarray, block: int) -> None:
-        self.x = x
-        sq = np.empty(len(x), np.float64)
-        for s in range(0, len(x), block):
-            part = np.asarray(x[s : s + block], np.float32)
-            if not np.all(np.isfinite(part)):
-                raise ValueError("`vectors` must be finite, got NaN or inf")
-            sq[s : s + block] = np.einsum("ij,ij->i", part, part, dtype=np.float64)
-        if np.any(sq == 0):
-            raise ValueError(f"`vectors` must not have zero rows, got {int((sq == 0).sum())}")
-        self.inv = (1.0 / np.sqrt(sq)).astype(np.float32)
-        self.unit = x.dtype == np.float32 and bool(np.all(np.abs(sq - 1.0) < 1e-5))
-
-    def rows(self, idx: slice | np.ndarray) -> np.ndarray:
-        part = np.asarray(self.x[idx], np.float32)
-        return part if self.unit else part * self.inv[idx, None]
-
-
-def verify_separation(
-    vectors: Any,
-    max_similarity: float,
-    *,
-    sample: int | None = None,
-    seed: int = 0,
-    block: int = 4096,
-    max_pairs: int = 1000,
-    progress: Callable[[int], None] | None = None,
-) -> SeparationReport:
-    """Count the pairs of rows of ``vectors`` (float ``(N, D)``, any norms: cosine is used)
-    whose cosine similarity is ``>= max_similarity``.
-
-    ``sample=None`` (default): exact — every pair, in ``block × block`` matrix products, so
-    memory is ``O(block²)`` beyond the input and time ``O(N²·D)`` — the same ``N²/2`` products
-    as exact sampling, so about as long (100K 512-D rows: under a minute on two idle cores;
-    1M: over an hour, so sample there).
-    ``sample=s``: ``s`` distinct random rows (``seed``) compared with all ``N`` rows —
-    ``O(s·N·D)`` — giving an estimate and an upper bound instead (see
-    :class:`SeparationReport`). ``progress(rows)`` is called with the rows done so far.
-    """
-    x = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, np.float32)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"`vectors` must be (N, D) with N >= 2, got shape {x.shape}")
-    if not -1.0 <= max_similarity <= 1.0:
-        raise ValueError(f"`max_similarity` must be in [-1, 1], got {max_similarity}")
-    if block < 1:
-        raise ValueError(f"`block` must be >= 1, got {block}")
-    if max_pairs < 0:
-        raise ValueError(f"`max_pairs` must be >= 0, got {max_pairs}")
-    n = len(x)
-    if sample is not None and not 1 <= sample <= n:
-        raise ValueError(f"`sample` must be in [1, {n}] (the number of rows), got {sample}")
-    u = _UnitRows(x, block)
-    thr = float(max_similarity)
-    total = n * (n - 1) // 2
-    found: list[np.ndarray] = []
-    count = 0
-    best = -np.inf
-
-    def record(i: np.ndarray, j: np.ndarray) -> None:
-        nonlocal count
-        count += len(i)
-        room = max_pairs - sum(len(p) for p in found)
-        if room > 0 and len(i):
-            found.append(np.stack([i[:room], j[:room]], 1).astype(np.int64))
-
-    if sample is None:
-        lower = ~np.triu(np.ones((min(block, n),) * 2, bool), 1)  # diagonal and below
-        for a in range(0, n, block):
-            xa = u.rows(slice(a, a + block))
-            for b in range(a, n, block):
-                s = xa @ u.rows(slice(b, b + block)).T
-                if b == a:
-                    s[lower[: len(xa), : len(xa)]] = -np.inf
-                m = float(s.max())
-                best = max(best, m)
-                if m >= thr:
-                    i, j = np.nonzero(s >= thr)
-                    record(i + a, j + b)
-            if progress is not None:
-                progress(min(a + block, n))
-        checked = total
-        estimate = upper = float(count)
-    else:
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(n, size=sample, replace=False))
-        in_sample = np.zeros(n, bool)
-        in_sample[rows] = True
-        for a in range(0, sample, block):
-            ids = rows[a : a + block]
-            xa = u.rows(ids)
-            for b in range(0, n, block):
-                s = xa @ u.rows(slice(b, b + block)).T
-                own = np.flatnonzero((ids >= b) & (ids < b + s.shape[1]))
-                s[own, ids[own] - b] = -np.inf  # a row with itself
-                m = float(s.max())
-                best = max(best, m)
-                if m >= thr:
-                    i, j = np.nonzero(s >= thr)
-                    i, j = ids[i], j + b
-                    once = ~in_sample[j] | (j > i)  # a pair of two sampled rows: count once
-                    record(np.minimum(i, j)[once], np.maximum(i, j)[once])
-            if progress is not None:
-                progress(min(a + block, sample))
-        checked = sample * (n - 1) - sample * (sample - 1) // 2
-        scale = total / checked
-        estimate = count * scale
-        upper = _poisson_upper95(count) * scale
-    pairs = np.concatenate(found) if found else np.empty((0, 2), np.int64)
-    return SeparationReport(
-        n, thr, sample is None, checked, total, count, estimate, upper, best, pairs
-    )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,32 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ORL_DIR = REPO.parent / "shared" / "data" / "orl_faces"
+
+
+class _LiveStderr(io.TextIOBase):
+    """``sys.stderr`` as it is at each write: pytest swaps it for every test."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _library_log_handlers_follow_stderr() -> Iterator[None]:
+    """diffusers and transformers create their log handler on first use, bound to the
+    ``sys.stderr`` of that moment: inside a test, pytest's capture stream, which is closed
+    later ("--- Logging error ---" tracebacks in a later test's output). Point such handlers
+    at whatever stderr is current instead."""
+    yield
+    for name in ("diffusers", "transformers"):
+        for handler in logging.getLogger(name).handlers:
+            # exactly the library's own handler: pytest's capture handlers subclass it
+            if type(handler) is logging.StreamHandler and not isinstance(
+                handler.stream, _LiveStderr
+            ):
+                handler.stream = _LiveStderr()  # not setStream: it flushes the closed stream
 
 
 def _insightface_images() -> Path:

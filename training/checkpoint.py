@@ -28,10 +28,10 @@ run killed while saving leaves no folder that looks finished; :func:`latest_chec
 also skips any folder without ``state.json``. Only the main process writes the shared
 files; every process writes its own ``rng_<i>`` pair.
 
-Reading refuses, with one line naming the folder and the file, a folder holding any file
-it did not write (a ``*.pkl``, ``*.bin``, ``*.pt`` … or anything unknown), a file whose
-size or checksum differs from ``state.json``, and a file that does not parse as what its
-name says. Nothing in a checkpoint is ever unpickled or executed: JSON is parsed into plain
+Reading (the checks are in :mod:`facegen.training.checkpoint_files`) refuses, with one line
+naming the folder and the file, a folder holding any file it did not write (a ``*.pkl``,
+``*.bin``, ``*.pt`` … or anything unknown), a file whose size or checksum differs from
+``state.json``, and a file that does not parse as what its name says. Nothing in a checkpoint is ever unpickled or executed: JSON is parsed into plain
 values and tensors come from safetensors. (The checksums catch damage and careless edits;
 they are no signature, since whoever can write the folder can rewrite ``state.json`` too.
 What keeps a planted file harmless is that nothing here can run code.)
@@ -39,7 +39,6 @@ What keeps a planted file harmless is that nothing here can run code.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,24 +46,46 @@ import random
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from facegen._version import __version__
 from facegen.errors import InvalidArgumentError
-from facegen.training.state_json import (
-    StateFormatError,
-    decode,
-    encode,
-    write_json,
-    write_tensors,
+from facegen.fileio import write_json
+from facegen.training.checkpoint_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    OPTIMIZER_JSON,
+    OPTIMIZER_TENSORS,
+    SCALER_FILE,
+    SCHEDULER_FILE,
+    STATE_FILE,
+    check_files,
+    check_like,
+    check_optimizer,
+    check_state,
+    check_weights,
+    digest,
+    first_line,
+    read_tensors,
+    read_value,
+    refuse,
 )
+from facegen.training.state_json import StateFormatError, encode, write_state, write_tensors
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.scheduler import AcceleratedScheduler
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.utils.data import DataLoader
 
 __all__ = [
     "STATE_FILE",
+    "TrainingState",
     "is_complete",
     "latest_checkpoint",
     "list_checkpoints",
@@ -75,19 +96,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "facegen-training-checkpoint"
-FORMAT_VERSION = 1
-#: Written last into every checkpoint folder: what the folder holds, and the counters.
-STATE_FILE = "state.json"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_JSON = "optimizer.json"
-SCHEDULER_FILE = "scheduler.json"
-SCALER_FILE = "scaler.json"
-_SHARED = (OPTIMIZER_TENSORS, OPTIMIZER_JSON, SCHEDULER_FILE, SCALER_FILE)
-_RNG = re.compile(r"rng_(\d{1,6})\.(safetensors|json)")
 _MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-#: Suffixes of files that pickle (PyTorch, Accelerate, joblib, numpy object arrays).
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib", ".npy", ".npz")
 _UNSUPPORTED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
 
 
@@ -168,7 +177,21 @@ def prune_checkpoints(output_dir: str | Path, prefix: str, keep: int | None) -> 
 # --------------------------------------------------------------------------- what is saved
 
 
-def _model_state(accelerator: Any, model: Any, trainable_only: bool) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds, all prepared by the run's Accelerator: ``models`` (name →
+    model; the name becomes ``<name>.safetensors``), the ``optimizer``, the LR ``scheduler``
+    and the data ``loaders`` whose own generators are saved with the random states."""
+
+    models: Mapping[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | AcceleratedScheduler
+    loaders: Sequence[DataLoader[Any]] = ()
+
+
+def _model_state(
+    accelerator: Accelerator, model: torch.nn.Module, trainable_only: bool
+) -> dict[str, torch.Tensor]:
     m = accelerator.unwrap_model(model)
     if trainable_only:
         return {n: p.detach() for n, p in m.named_parameters() if p.requires_grad}
@@ -176,6 +199,7 @@ def _model_state(accelerator: Any, model: Any, trainable_only: bool) -> dict[str
 
 
 def _device_rng() -> tuple[str, Any] | None:
+    """``("cuda", torch.cuda)`` or ``("mps", torch.mps)`` when there is such a device."""
     if torch.cuda.is_available():
         return "cuda", torch.cuda
     mps = getattr(torch.backends, "mps", None)
@@ -184,7 +208,7 @@ def _device_rng() -> tuple[str, Any] | None:
     return None
 
 
-def _rng_state(loaders: Sequence[Any]) -> dict[str, Any]:
+def _rng_state(loaders: Sequence[DataLoader[Any]]) -> dict[str, Any]:
     """This process's random states: Python, numpy, torch CPU, the device's, the loaders'
     own generators (they draw the workers' seeds, and shuffle where the sampler uses them)."""
     state: dict[str, Any] = {
@@ -205,7 +229,7 @@ def _rng_state(loaders: Sequence[Any]) -> dict[str, Any]:
     return state
 
 
-def _check_distributed(accelerator: Any) -> None:
+def _check_distributed(accelerator: Accelerator) -> None:
     kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     if kind.upper() in _UNSUPPORTED:
         raise InvalidArgumentError(
@@ -213,7 +237,7 @@ def _check_distributed(accelerator: Any) -> None:
         )
 
 
-def _check_names(models: Mapping[str, Any]) -> None:
+def _check_names(models: Mapping[str, torch.nn.Module]) -> None:
     for name in models:
         if (
             not _MODEL_NAME.fullmatch(name)
@@ -226,43 +250,10 @@ def _check_names(models: Mapping[str, Any]) -> None:
             )
 
 
-def _allowed(models: Mapping[str, Any] | Sequence[str]) -> set[str]:
-    return {*_SHARED, *(f"{m}.safetensors" for m in models)}
-
-
-def _digest(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return {"bytes": size, "sha256": h.hexdigest()}
-
-
-def save_checkpoint(
-    folder: str | Path,
-    accelerator: Any,
-    *,
-    loop: str,
-    models: Mapping[str, Any],
-    optimizer: Any,
-    scheduler: Any,
-    loaders: Sequence[Any] = (),
-    counters: Mapping[str, int],
-    trainable_only: bool = False,
-) -> Path:
-    """Write the whole training state into ``folder`` (see the module docstring); call it on
-    every process. ``models``: name → (prepared) model; ``trainable_only``: save only the
-    parameters that require grad (a LoRA inside a frozen UNet) instead of the state dict.
-    ``counters``: ints restored by :func:`load_checkpoint` (``global_step`` at least)."""
-    _check_distributed(accelerator)
-    _check_names(models)
-    final = Path(folder)
-    tmp = final.with_name(final.name + ".tmp")
-    main = accelerator.is_main_process
-    # the small JSON-only states first, on every process: a failure stops all of them alike
-    plain: dict[str, Any] = {SCHEDULER_FILE: scheduler.state_dict()}
+def _plain_states(accelerator: Accelerator, state: TrainingState) -> dict[str, Any]:
+    """The JSON-only files (LR schedule, gradient scaler) by name, encoded; refused when
+    they hold tensors."""
+    plain: dict[str, Any] = {SCHEDULER_FILE: state.scheduler.state_dict()}
     if getattr(accelerator, "scaler", None) is not None:
         plain[SCALER_FILE] = accelerator.scaler.state_dict()
     for name, value in plain.items():
@@ -273,24 +264,60 @@ def save_checkpoint(
                 f"the state in {name} must be plain numbers to be saved as JSON, got tensors "
                 f"({', '.join(stray)})"
             )
+    return plain
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make the finished ``tmp`` folder the checkpoint ``final`` (replacing an older one)."""
+    _fsync_tree(tmp)
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_tree(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(
+    folder: str | Path,
+    accelerator: Accelerator,
+    state: TrainingState,
+    *,
+    loop: str,
+    counters: Mapping[str, int],
+    trainable_only: bool = False,
+) -> Path:
+    """Write the whole training ``state`` into ``folder`` (see the module docstring); call it
+    on every process. ``trainable_only``: save only the parameters that require grad (a LoRA
+    inside a frozen UNet) instead of the state dict. ``counters``: ints restored by
+    :func:`load_checkpoint` (``global_step`` at least)."""
+    _check_distributed(accelerator)
+    _check_names(state.models)
+    final = Path(folder)
+    tmp = final.with_name(final.name + ".tmp")
+    main = accelerator.is_main_process
+    # the small JSON-only states first, on every process: a failure stops all of them alike
+    plain = _plain_states(accelerator, state)
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     tensors: dict[str, torch.Tensor] = {}
-    rng = encode(_rng_state(loaders), tensors)
+    rng = encode(_rng_state(state.loaders), tensors)
     i = accelerator.process_index
     write_tensors(tmp / f"rng_{i}.safetensors", tensors)
-    write_json(tmp / f"rng_{i}.json", rng)
+    write_state(tmp / f"rng_{i}.json", rng)
     if main:
-        for name, model in models.items():
-            state = _model_state(accelerator, model, trainable_only)
-            write_tensors(tmp / f"{name}.safetensors", state)
+        for name, model in state.models.items():
+            write_tensors(
+                tmp / f"{name}.safetensors", _model_state(accelerator, model, trainable_only)
+            )
         tensors = {}
-        write_json(tmp / OPTIMIZER_JSON, encode(optimizer.state_dict(), tensors))
+        write_state(tmp / OPTIMIZER_JSON, encode(state.optimizer.state_dict(), tensors))
         write_tensors(tmp / OPTIMIZER_TENSORS, tensors)
         for name, value in plain.items():
-            write_json(tmp / name, value)
+            write_state(tmp / name, value)
     accelerator.wait_for_everyone()
     if main:
         marker = {
@@ -301,19 +328,12 @@ def save_checkpoint(
             "counters": {k: int(v) for k, v in counters.items()},
             "accelerator_step": int(getattr(accelerator, "step", 0)),
             "num_processes": int(accelerator.num_processes),
-            "models": list(models),
+            "models": list(state.models),
             "trainable_only": trainable_only,
-            "files": {p.name: _digest(p) for p in sorted(tmp.iterdir())},
+            "files": {p.name: digest(p) for p in sorted(tmp.iterdir())},
         }
-        (tmp / STATE_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        _fsync_tree(tmp)
-        old = final.with_name(final.name + ".old")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        _fsync_tree(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        write_json(tmp / STATE_FILE, marker)
+        _publish(tmp, final)
     accelerator.wait_for_everyone()
     return final
 
@@ -321,192 +341,11 @@ def save_checkpoint(
 # --------------------------------------------------------------------------- reading them
 
 
-def _refuse(folder: Path, name: str, why: str) -> InvalidArgumentError:
-    """The one-line error for file ``name`` of checkpoint ``folder``."""
-    shown = name if name.isprintable() else repr(name)
-    return InvalidArgumentError(f"cannot resume from {folder}: {shown} {why}")
-
-
-def _check_files(folder: Path, models: Mapping[str, Any]) -> dict[str, Any]:
-    """The parsed ``state.json`` of ``folder``, once every file in it is one facegen writes
-    and matches the size and checksum recorded there."""
-    if not folder.is_dir():
-        raise InvalidArgumentError(f"a checkpoint must be a folder, got {folder}")
-    allowed = _allowed(models) | {STATE_FILE}
-    entries = sorted(
-        folder.iterdir(), key=lambda p: (not p.name.lower().endswith(PICKLE_SUFFIXES), p.name)
-    )
-    for p in entries:
-        if p.name.lower().endswith(PICKLE_SUFFIXES):
-            raise _refuse(
-                folder,
-                p.name,
-                "is a pickle file, which facegen never loads: its checkpoints hold only "
-                "safetensors and JSON files (one written by an older facegen, or altered?); "
-                "resume from another checkpoint or start afresh",
-            )
-        if p.is_symlink() or not p.is_file():
-            raise _refuse(folder, p.name, "is not a regular file; checkpoints hold only files")
-        if p.name not in allowed and not _RNG.fullmatch(p.name):
-            raise _refuse(
-                folder,
-                p.name,
-                "is not a file facegen writes into this loop's checkpoints; remove it or "
-                "resume from another checkpoint",
-            )
-    if not (folder / STATE_FILE).is_file():
-        raise _refuse(
-            folder, STATE_FILE, "is missing: the checkpoint is incomplete (a save cut short)"
-        )
-    state = _read_json(folder, STATE_FILE)
-    files = state.get("files") if isinstance(state, dict) else None
-    ok = (
-        isinstance(state, dict)
-        and state.get("format") == FORMAT
-        and isinstance(files, dict)
-        and all(k != STATE_FILE and (k in allowed or _RNG.fullmatch(k)) for k in files)
-        and all(
-            isinstance(v, dict)
-            and isinstance(v.get("bytes"), int)
-            and isinstance(v.get("sha256"), str)
-            for v in files.values()
-        )
-    )
-    if not ok:
-        raise _refuse(folder, STATE_FILE, "is not the state file of a facegen checkpoint")
-    present = {p.name for p in entries} - {STATE_FILE}
-    for name in sorted(present - set(files)):
-        raise _refuse(folder, name, f"is not listed in {STATE_FILE} (added after the save?)")
-    for name in sorted(set(files) - present):
-        raise _refuse(folder, name, f"is missing (listed in {STATE_FILE})")
-    for name in sorted(files):
-        if _digest(folder / name) != {k: files[name][k] for k in ("bytes", "sha256")}:
-            raise _refuse(
-                folder,
-                name,
-                f"does not match the size and checksum {STATE_FILE} records "
-                "(damaged or altered after the save)",
-            )
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _read_json(folder: Path, name: str) -> Any:
-    try:
-        return json.loads((folder / name).read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise _refuse(folder, name, f"is not valid JSON ({_first_line(exc)})") from None
-
-
-def _read_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(folder / name), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise _refuse(
-            folder, name, f"is not a valid safetensors file ({_first_line(exc)})"
-        ) from None
-
-
-def _read(folder: Path, name: str, tensors_name: str | None = None) -> Any:
-    """The value :func:`save_checkpoint` encoded into ``name`` (tensors from ``tensors_name``)."""
-    tensors = _read_tensors(folder, tensors_name) if tensors_name else {}
-    value = _read_json(folder, name)
-    try:
-        return decode(value, tensors)
-    except (StateFormatError, TypeError, ValueError, RecursionError) as exc:
-        raise _refuse(folder, name, f"is not what facegen writes there ({exc})") from None
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return type(v).__name__
-    return "number" if isinstance(v, int | float) else type(v).__name__
-
-
-def _difference(got: Any, live: Any, path: str) -> str | None:
-    """Where ``got`` is not shaped like ``live`` (same dict keys, list lengths and kinds of
-    value; numbers may differ, booleans and None may not), or None."""
-    if _kind(got) != _kind(live):
-        return f"`{path}` is {_kind(got)}, this run's is {_kind(live)}"
-    if isinstance(live, dict):
-        if set(got) != set(live):
-            return f"`{path or '.'}` holds {sorted(map(str, got))}, not {sorted(live)}"
-        subs = ((got[k], live[k], f"{path}.{k}" if path else str(k)) for k in live)
-    elif isinstance(live, list | tuple):
-        if len(got) != len(live):
-            return f"`{path}` holds {len(got)} entries, this run's {len(live)}"
-        subs = ((a, b, f"{path}.{i}") for i, (a, b) in enumerate(zip(got, live, strict=True)))
-    else:
-        return None
-    return next((d for a, b, p in subs if (d := _difference(a, b, p))), None)
-
-
-def _check_like(folder: Path, name: str, got: Any, live: Any, path: str = "") -> Any:
-    """``got``, when it is shaped like ``live`` (see :func:`_difference`)."""
-    where = _difference(got, live, path)
-    if where:
-        raise _refuse(folder, name, f"does not fit this run: {where}")
-    return got
-
-
-def _check_weights(
-    folder: Path, name: str, sd: Mapping[str, torch.Tensor], live: Mapping[str, torch.Tensor]
-) -> None:
-    if set(sd) != set(live):
-        raise _refuse(
-            folder,
-            name,
-            f"does not match this run's model: {len(set(sd) - set(live))} unknown and "
-            f"{len(set(live) - set(sd))} missing tensors (was it made with other settings?)",
-        )
-    for k, v in sd.items():
-        if v.shape != live[k].shape:
-            raise _refuse(
-                folder,
-                name,
-                f"holds `{k}` of shape {tuple(v.shape)}, this run's is "
-                f"{tuple(live[k].shape)} (was it made with other settings?)",
-            )
-
-
-def _check_optimizer(folder: Path, got: Any, optimizer: Any) -> dict[str, Any]:
-    """``got`` when it is an optimizer state for ``optimizer``: the same parameter groups
-    (hyperparameters of the same kinds), per-parameter tensors of the parameters' shapes."""
-    live = optimizer.state_dict()
-    if not isinstance(got, dict) or set(got) != {"state", "param_groups"}:
-        raise _refuse(folder, OPTIMIZER_JSON, "does not hold an optimizer state")
-    _check_like(folder, OPTIMIZER_JSON, got["param_groups"], live["param_groups"], "param_groups")
-    for g, lg in zip(got["param_groups"], live["param_groups"], strict=True):
-        if g["params"] != lg["params"]:
-            raise _refuse(folder, OPTIMIZER_JSON, "does not hold this run's parameters")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not isinstance(got["state"], dict):
-        raise _refuse(folder, OPTIMIZER_JSON, "does not hold an optimizer state")
-    for i, st in got["state"].items():
-        if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(st, dict)):
-            raise _refuse(folder, OPTIMIZER_JSON, f"holds a state for an unknown parameter {i!r}")
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.ndim and v.shape != params[i].shape:
-                raise _refuse(
-                    folder,
-                    OPTIMIZER_TENSORS,
-                    f"holds `state.{i}.{k}` of shape {tuple(v.shape)}, this run's parameter "
-                    f"is {tuple(params[i].shape)}",
-                )
-    return got
-
-
-def _set_rng(folder: Path, i: int, rng: Any, loaders: Sequence[Any]) -> None:
+def _set_rng(folder: Path, i: int, rng: Any, loaders: Sequence[DataLoader[Any]]) -> None:
+    """Restore process ``i``'s random states ``rng`` (read from ``folder``)."""
     name = f"rng_{i}.json"
     if not isinstance(rng, dict) or not {"python", "numpy", "torch", "loaders"} <= set(rng):
-        raise _refuse(folder, name, "does not hold random states")
+        raise refuse(folder, name, "does not hold random states")
     try:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
@@ -529,102 +368,124 @@ def _set_rng(folder: Path, i: int, rng: Any, loaders: Sequence[Any]) -> None:
             else:
                 logger.info("%s: %d %s RNG states saved; not restored", folder, len(states), kind)
     except (StateFormatError, TypeError, ValueError, RuntimeError, IndexError, KeyError) as exc:
-        raise _refuse(
-            folder, name, f"does not hold valid random states ({_first_line(exc)})"
+        raise refuse(
+            folder, name, f"does not hold valid random states ({first_line(exc)})"
         ) from None
+
+
+@dataclass
+class _Saved:
+    """Everything read from a checkpoint folder and checked, before any of it is restored."""
+
+    weights: dict[str, dict[str, torch.Tensor]]
+    optimizer: dict[str, Any]
+    scheduler: Any
+    scaler: Any
+    rng: Any
+
+
+def _read_saved(
+    folder: Path,
+    files: Mapping[str, Any],
+    accelerator: Accelerator,
+    state: TrainingState,
+    *,
+    trainable_only: bool,
+    with_rng: bool,
+) -> _Saved:
+    """Read and check every file of ``folder`` this process restores (``files``: the file
+    table of its ``state.json``)."""
+    weights = {}
+    for name, model in state.models.items():
+        sd = read_tensors(folder, f"{name}.safetensors")
+        live = _model_state(accelerator, model, trainable_only)
+        check_weights(folder, f"{name}.safetensors", sd, live)
+        weights[name] = sd
+    opt = check_optimizer(
+        folder, read_value(folder, OPTIMIZER_JSON, OPTIMIZER_TENSORS), state.optimizer
+    )
+    live = state.scheduler.state_dict()
+    sched = check_like(folder, SCHEDULER_FILE, read_value(folder, SCHEDULER_FILE), live)
+    scaler = getattr(accelerator, "scaler", None)
+    scaler_state = None
+    if scaler is not None and SCALER_FILE in files:
+        live = scaler.state_dict()
+        scaler_state = check_like(folder, SCALER_FILE, read_value(folder, SCALER_FILE), live)
+    i = accelerator.process_index
+    rng = read_value(folder, f"rng_{i}.json", f"rng_{i}.safetensors") if with_rng else None
+    return _Saved(weights, opt, sched, scaler_state, rng)
+
+
+def _restore(
+    folder: Path,
+    saved: _Saved,
+    accelerator: Accelerator,
+    state: TrainingState,
+    *,
+    trainable_only: bool,
+) -> None:
+    """Load what :func:`_read_saved` read into the run; a state that still does not fit
+    (the optimizer's, the schedule's, the scaler's own checks) is refused naming its file."""
+    for name, model in state.models.items():
+        accelerator.unwrap_model(model).load_state_dict(
+            saved.weights[name], strict=not trainable_only
+        )
+    loads: list[tuple[Any, Any, str, str, tuple[type[BaseException], ...]]] = [
+        (state.optimizer, saved.optimizer, OPTIMIZER_JSON, "optimizer", _OPTIMIZER_ERRORS),
+        (state.scheduler, saved.scheduler, SCHEDULER_FILE, "LR schedule", _SCHEDULER_ERRORS),
+    ]
+    if saved.scaler is not None:
+        loads.append(
+            (accelerator.scaler, saved.scaler, SCALER_FILE, "gradient scaler", _SCALER_ERRORS)
+        )
+    for target, value, name, what, errors in loads:
+        try:
+            target.load_state_dict(value)
+        except errors as exc:
+            raise refuse(
+                folder, name, f"does not fit this run's {what} ({first_line(exc)})"
+            ) from None
+
+
+_OPTIMIZER_ERRORS = (KeyError, TypeError, ValueError, RuntimeError)
+_SCHEDULER_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+_SCALER_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, OverflowError)
 
 
 def load_checkpoint(
     folder: str | Path,
-    accelerator: Any,
+    accelerator: Accelerator,
+    state: TrainingState,
     *,
     loop: str,
-    models: Mapping[str, Any],
-    optimizer: Any,
-    scheduler: Any,
-    loaders: Sequence[Any] = (),
     trainable_only: bool = False,
 ) -> dict[str, int]:
-    """Restore what :func:`save_checkpoint` wrote into ``folder`` (the same ``models``,
-    ``loaders`` and ``trainable_only``); returns the saved counters. Every file is checked
-    (name, size, checksum, format, keys and shapes) before anything is restored; any problem
-    is an :class:`~facegen.errors.InvalidArgumentError` of one line naming the file."""
+    """Restore what :func:`save_checkpoint` wrote into ``folder`` into ``state`` (the same
+    models and loaders, the same ``trainable_only``); returns the saved counters. Every file
+    is checked (name, size, checksum, format, keys and shapes) before anything is restored;
+    any problem is an :class:`~facegen.errors.InvalidArgumentError` of one line naming the
+    file."""
     _check_distributed(accelerator)
-    _check_names(models)
+    _check_names(state.models)
     folder = Path(folder)
-    state = _check_files(folder, models)
-    counters = state.get("counters")
-    num = state.get("num_processes")
-    if (
-        state.get("format_version") != FORMAT_VERSION
-        or state.get("loop") != loop
-        or state.get("models") != list(models)
-        or state.get("trainable_only") is not trainable_only
-        or not isinstance(counters, dict)
-        or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters.values()
-        )
-        or "global_step" not in counters
-        or not isinstance(state.get("accelerator_step"), int)
-        or not (isinstance(num, int) and num >= 1)
-    ):
-        raise _refuse(
-            folder,
-            STATE_FILE,
-            f"does not describe a {loop} checkpoint of this facegen (format {FORMAT_VERSION}, "
-            f"models {', '.join(models)})",
-        )
-    present = set(state["files"])
-    needed = [f"{m}.safetensors" for m in models] + [OPTIMIZER_TENSORS, OPTIMIZER_JSON]
+    marker = check_files(folder, state.models)
     i = accelerator.process_index
-    rng_files = {f"rng_{i}.safetensors", f"rng_{i}.json"}
-    for name in [*needed, SCHEDULER_FILE, *(sorted(rng_files) if i < num else [])]:
-        if name not in present:
-            raise _refuse(folder, name, "is missing")
-
-    # read and check everything before anything changes
-    weights = {}
-    for name, model in models.items():
-        sd = _read_tensors(folder, f"{name}.safetensors")
-        _check_weights(
-            folder, f"{name}.safetensors", sd, _model_state(accelerator, model, trainable_only)
-        )
-        weights[name] = sd
-    opt = _check_optimizer(folder, _read(folder, OPTIMIZER_JSON, OPTIMIZER_TENSORS), optimizer)
-    sched = _check_like(
-        folder, SCHEDULER_FILE, _read(folder, SCHEDULER_FILE), scheduler.state_dict()
+    check_state(
+        folder,
+        marker,
+        loop=loop,
+        models=list(state.models),
+        trainable_only=trainable_only,
+        process_index=i,
     )
-    scaler = getattr(accelerator, "scaler", None)
-    scaler_state = None
-    if scaler is not None and SCALER_FILE in present:
-        live = scaler.state_dict()
-        scaler_state = _check_like(folder, SCALER_FILE, _read(folder, SCALER_FILE), live)
-    rng = _read(folder, f"rng_{i}.json", f"rng_{i}.safetensors") if i < num else None
-
-    for name, model in models.items():
-        accelerator.unwrap_model(model).load_state_dict(weights[name], strict=not trainable_only)
-    try:
-        optimizer.load_state_dict(opt)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise _refuse(
-            folder, OPTIMIZER_JSON, f"does not fit this run's optimizer ({_first_line(exc)})"
-        ) from None
-    try:
-        scheduler.load_state_dict(sched)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise _refuse(
-            folder, SCHEDULER_FILE, f"does not fit this run's LR schedule ({_first_line(exc)})"
-        ) from None
-    if scaler_state is not None:
-        try:
-            scaler.load_state_dict(scaler_state)
-        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            raise _refuse(
-                folder, SCALER_FILE, f"does not fit this run's gradient scaler ({_first_line(exc)})"
-            ) from None
-    if rng is not None:
-        _set_rng(folder, i, rng, loaders)
+    num = marker["num_processes"]
+    saved = _read_saved(
+        folder, marker["files"], accelerator, state, trainable_only=trainable_only, with_rng=i < num
+    )
+    _restore(folder, saved, accelerator, state, trainable_only=trainable_only)
+    if saved.rng is not None:
+        _set_rng(folder, i, saved.rng, state.loaders)
     else:
         logger.info("%s was saved by %d process(es): process %d's RNG not restored", folder, num, i)
-    accelerator.step = state["accelerator_step"]
-    return dict(counters)
+    accelerator.step = marker["accelerator_step"]
+    return dict(marker["counters"])

@@ -21,7 +21,7 @@ import torch
 
 from facegen.errors import InvalidArgumentError
 
-__all__ = ["StateFormatError", "decode", "encode", "unshared", "write_json", "write_tensors"]
+__all__ = ["StateFormatError", "decode", "encode", "unshared", "write_state", "write_tensors"]
 
 _NDARRAY_DTYPES = ("uint32", "uint8", "int32", "int64", "float32", "float64", "bool")
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__items__")
@@ -136,6 +136,7 @@ def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     save_file(unshared(tensors), str(path), metadata={"format": "pt"})
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Write the JSON value ``value`` (as :func:`encode` returns it) as UTF-8 text."""
+def write_state(path: Path, value: Any) -> None:
+    """Write the JSON value ``value`` (as :func:`encode` returns it) as compact UTF-8 text
+    (into a checkpoint's temporary folder, which becomes visible only once complete)."""
     path.write_text(json.dumps(value), encoding="utf-8")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import (
     add_generation_options,
@@ -15,6 +15,10 @@ from facegen.app.cli.options import (
     subcommand_parents,
 )
 from facegen.errors import FacegenError
+
+if TYPE_CHECKING:
+    from facegen.analyzer import FaceAnalyzer
+    from facegen.pipelines.editing.anonymize import AnonymizeOptions, ReplaceFaceFn
 
 __all__ = ["add_edit_parsers"]
 
@@ -40,6 +44,7 @@ def _rgb(text: str) -> tuple[int, int, int]:
 
 
 def add_edit_parsers(sub: Any) -> None:
+    from facegen.pipelines.editing.options import ANONYMIZE_MODES, CLASSICAL_MODES, OUTPUT_FORMATS
 
     a = sub.add_parser(
         "anonymize",
@@ -52,9 +57,10 @@ def add_edit_parsers(sub: Any) -> None:
         "the whole image); --no-watermark keeps every pixel outside the masks byte-identical "
         "(PNG).",
     )
+    # every AnonymizeOptions field has an option of its name (dest): see _anonymize_options
     a.add_argument("input", type=Path, metavar="INPUT")
     a.add_argument("--out", type=Path, required=True, help="output folder")
-    a.add_argument("--mode", choices=["blur", "pixelate", "mask", "generate"], default="blur")
+    a.add_argument("--mode", choices=ANONYMIZE_MODES, default="blur")
     a.add_argument("--shape", choices=["hull", "ellipse", "box"], default="hull")
     a.add_argument(
         "--margin", type=_length, default=0.1, help="mask dilation: face fraction or Npx (0.1)"
@@ -67,11 +73,15 @@ def add_edit_parsers(sub: Any) -> None:
     a.add_argument(
         "--blur-sigma", type=float, default=0.25, help="blur σ as a face fraction (0.25)"
     )
-    a.add_argument("--blocks", type=int, default=8, help="pixelate: blocks across a face (8)")
-    a.add_argument("--fill", type=_rgb, default=(0, 0, 0), metavar="R,G,B", help="mask colour")
     a.add_argument(
-        "--format", dest="output_format", choices=["png", "jpg", "webp"], help="output format"
+        "--blocks",
+        dest="pixel_blocks",
+        type=int,
+        default=8,
+        help="pixelate: blocks across a face (8)",
     )
+    a.add_argument("--fill", type=_rgb, default=(0, 0, 0), metavar="R,G,B", help="mask colour")
+    a.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS, help="output format")
     a.add_argument("--json", action="store_true", help="print the per-file report as JSON")
     g = a.add_argument_group(
         "generate mode",
@@ -86,7 +96,7 @@ def add_edit_parsers(sub: Any) -> None:
     )
     g.add_argument("--attempts", type=positive_int, default=3, help="tries per face (3)")
     g.add_argument(
-        "--fallback", choices=["blur", "pixelate", "mask"], default="blur", help="(blur)"
+        "--fallback", dest="fallback_mode", choices=CLASSICAL_MODES, default="blur", help="(blur)"
     )
     add_generation_options(g)
     a.set_defaults(func=cmd_anonymize)
@@ -103,46 +113,58 @@ def add_edit_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_provenance_check)
 
 
-def _detector() -> Any:
-    from facegen.analyzer import FaceAnalyzer
+def _anonymize_options(args: argparse.Namespace) -> AnonymizeOptions:
+    """The options of ``facegen anonymize``: each field from the option of its name."""
+    from dataclasses import fields
 
-    # 68 landmarks: the mask follows the jaw and brows instead of the box
-    return FaceAnalyzer.from_names("dlib", "dlib68", None)
+    from facegen.pipelines.editing.anonymize import AnonymizeOptions
+
+    return AnonymizeOptions(**{f.name: getattr(args, f.name) for f in fields(AnonymizeOptions)})
+
+
+def _replacement(args: argparse.Namespace) -> ReplaceFaceFn | None:
+    """The ``generate`` mode's hook (pipeline and verifier loaded), else None."""
+    if args.mode != "generate":
+        return None
+    import os
+
+    from facegen.app.cli.swap import edit_options, load_edit_pipeline
+    from facegen.image_io import find_images
+    from facegen.pipelines.editing.jobs import face_replacement
+
+    options = edit_options(args)
+    pipe, verifier = load_edit_pipeline(args)
+    secret = args.secret or os.environ.get("FACEGEN_SECRET")
+    images = find_images([args.input]) if secret else []
+    return face_replacement(
+        pipe, verifier, options, attempts=args.attempts, secret=secret, images=images
+    )
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
-    import os
+    from facegen.pipelines.editing.jobs import edit_analyzer
 
+    if not args.input.exists():
+        raise FacegenError(f"{args.input} does not exist")
+    options = _anonymize_options(args)
+    # 68 landmarks: the mask follows the jaw and brows instead of the box
+    analyzer = edit_analyzer(encoder=False)
+    replace_face = _replacement(args)
+    if args.input.is_file():
+        return _anonymize_file(args, analyzer, options, replace_face)
+    return _anonymize_folder(args, analyzer, options, replace_face)
+
+
+def _anonymize_folder(
+    args: argparse.Namespace,
+    analyzer: FaceAnalyzer,
+    options: AnonymizeOptions,
+    replace_face: ReplaceFaceFn | None,
+) -> int:
     from tqdm.auto import tqdm
 
     from facegen.pipelines.editing.anonymize_folder import anonymize_folder
 
-    if not args.input.exists():
-        raise FacegenError(f"{args.input} does not exist")
-    opts = dict(
-        mode=args.mode,
-        shape=args.shape,
-        margin=args.margin,
-        feather=args.feather,
-        forehead=args.forehead,
-        faces=args.faces,
-        blur_sigma=args.blur_sigma,
-        pixel_blocks=args.blocks,
-        fill=args.fill,
-        fallback_mode=args.fallback,
-    )
-    analyzer = _detector()
-    if args.mode == "generate":
-        from facegen.app.cli.swap import load_edit_pipeline, pseudonym_hook
-        from facegen.image_io import find_images
-
-        pipe, verifier = load_edit_pipeline(args)
-        secret = args.secret or os.environ.get("FACEGEN_SECRET")
-        opts["replace_face"] = pseudonym_hook(
-            pipe, verifier, find_images([args.input]), secret, args
-        )
-    if args.input.is_file():
-        return _anonymize_file(args, analyzer, opts)
     bar = tqdm(total=None, desc="anonymize", unit="img", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -152,14 +174,9 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
     try:
         rep = anonymize_folder(
-            args.input,
-            args.out,
-            analyzer,
-            output_format=args.output_format,
-            watermark=not args.no_watermark,
-            progress=progress,
-            **opts,
-        )
+            args.input, args.out, analyzer, options, replace_face=replace_face,
+            output_format=args.output_format, watermark=not args.no_watermark, progress=progress,
+        )  # fmt: skip
     finally:
         bar.close()
     if args.json:
@@ -178,35 +195,27 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     return 0 if rep.errors == 0 and rep.no_face == 0 else 1
 
 
-def _anonymize_file(args: argparse.Namespace, analyzer: Any, opts: dict[str, Any]) -> int:
-    from facegen.pipelines.editing.anonymize import anonymize_image
-    from facegen.provenance import can_watermark, save_with_provenance
+def _anonymize_file(
+    args: argparse.Namespace,
+    analyzer: FaceAnalyzer,
+    options: AnonymizeOptions,
+    replace_face: ReplaceFaceFn | None,
+) -> int:
+    from facegen.pipelines.editing.jobs import anonymize_file, output_name
 
-    result = anonymize_image(args.input, analyzer, source=args.input.name, **opts)
-    settings = {k: str(v) if k == "margin" else v for k, v in opts.items() if k != "replace_face"}
-    suffix = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}.get(args.output_format or "")
-    name = args.input.name
-    if suffix:
-        name = args.input.with_suffix(suffix).name
-    elif args.input.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        name = args.input.with_suffix(".png").name
-    faces = [f.to_dict() for f in result.faces]
-    target = save_with_provenance(
-        result.image,
-        args.out / name,
-        "anonymize",
-        {"anonymize": settings, "faces": faces},
-        kind="edited",
-        watermark=not args.no_watermark and can_watermark(result.image),
-    )
+    job = anonymize_file(
+        args.input, args.out / output_name(args.input.name, args.output_format), analyzer,
+        options, replace_face=replace_face, watermark=not args.no_watermark,
+    )  # fmt: skip
+    faces = job.record["faces"]
     if args.json:
-        print(json.dumps({"input": str(args.input), "output": str(target), "faces": faces}))
-    else:
-        for f in faces:
-            note = f" (fallback: {f['fallback_reason']})" if f.get("fallback") else ""
-            sim = f" similarity {f['similarity']:.3f}" if f.get("similarity") is not None else ""
-            print(f"face {f['index']}: {f['mode']}{sim} bbox {[round(v) for v in f['bbox']]}{note}")
-        print(f"{len(faces)} of {result.num_detected} detected face(s) anonymized → {target}")
+        print(json.dumps({"input": str(args.input), "output": str(job.path), "faces": faces}))
+        return 0
+    for f in faces:
+        note = f" (fallback: {f['fallback_reason']})" if f.get("fallback") else ""
+        sim = f" similarity {f['similarity']:.3f}" if f.get("similarity") is not None else ""
+        print(f"face {f['index']}: {f['mode']}{sim} bbox {[round(v) for v in f['bbox']]}{note}")
+    print(f"{len(faces)} of {job.result.num_detected} detected face(s) anonymized → {job.path}")
     return 0
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import positive_int, subcommand_parents
 from facegen.errors import FacegenError
+from facegen.pipelines.dataset.config import POSE_CHOICES
+
+if TYPE_CHECKING:
+    from facegen.pipelines.dataset.config import DatasetConfig
 
 __all__ = ["add_dataset_parser"]
-
-FORMATS = ("wds", "rec", "parquet", "imagefolder")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -37,18 +40,59 @@ def _levels(text: str) -> tuple[float, ...]:
 
 
 def _formats(text: str) -> list[str]:
+    from facegen.pipelines.dataset.config import export_formats
+
+    valid = export_formats()
     names = [t for t in text.split(",") if t]
-    bad = [t for t in names if t not in FORMATS]
+    bad = [t for t in names if t not in valid]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {bad}; valid: {', '.join(FORMATS)}")
+        raise argparse.ArgumentTypeError(f"unknown format(s) {bad}; valid: {', '.join(valid)}")
     return names
 
 
 def add_dataset_parser(sub: Any) -> None:
-    from facegen.pipelines.generation.presets import PRESETS
+    from facegen.pipelines.dataset.config import export_formats
 
     d = sub.add_parser("dataset", parents=subcommand_parents(), help="synthetic identity datasets")
     dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    formats = ",".join(export_formats())  # the dataset writers' registry
+    _add_generate_parser(dsub, formats)
+    e = dsub.add_parser(
+        "export",
+        parents=subcommand_parents(),
+        help="write the committed images as training formats",
+    )
+    e.add_argument("out", type=Path)
+    _add_export_options(e, formats)
+    e.set_defaults(func=cmd_dataset_export)
+    m = dsub.add_parser(
+        "merge",
+        parents=subcommand_parents(),
+        help="fold parts made elsewhere into one dataset and check it is complete",
+    )
+    m.add_argument("out", type=Path)
+    m.add_argument("--from", dest="parts", type=Path, nargs="*", default=[], metavar="PART")
+    _add_export_options(m, f"export when complete ({formats})")
+    m.set_defaults(func=cmd_dataset_merge)
+    r = dsub.add_parser(
+        "report",
+        parents=subcommand_parents(),
+        help="quality report: separation, consistency, EER/TAR with an independent encoder",
+    )
+    r.add_argument("out", type=Path)
+    r.set_defaults(func=cmd_dataset_report)
+
+
+def _add_export_options(p: argparse.ArgumentParser, formats: str) -> None:
+    p.add_argument("--format", type=_formats, default=[], help=formats)
+    p.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
+
+
+def _add_generate_parser(dsub: Any, formats: str) -> None:
+    """``dataset generate``: one option per :class:`DatasetConfig` setting (same name; no
+    default here, so a config file's value holds unless the flag is given), then how to run."""
+    from facegen.pipelines.generation.presets import PRESETS
+
     g = dsub.add_parser(
         "generate",
         parents=subcommand_parents(),
@@ -90,7 +134,7 @@ def add_dataset_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--pose",
-        choices=["none", "reference", "sampled"],
+        choices=POSE_CHOICES,
         help="pose/expression per image from --pose-from: a reference's landmarks, or new "
         "shapes sampled from a model fitted to them (needs a ControlNet preset)",
     )
@@ -111,7 +155,9 @@ def add_dataset_parser(sub: Any) -> None:
     g.add_argument("--batch-size", type=positive_int, help="images per generator call (8)")
     g.add_argument("--steps", type=positive_int, help="denoising steps (preset default)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--format", dest="formats", type=_formats, help="export when complete")
+    g.add_argument(
+        "--format", dest="formats", type=_formats, help=f"export when complete ({formats})"
+    )
     g.add_argument(
         "--holdout",
         type=int,
@@ -123,65 +169,16 @@ def add_dataset_parser(sub: Any) -> None:
     g.add_argument("--workers", type=positive_int, default=1, help="Ray actors (1)")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="Ray (1 with CUDA, else 0)")
     g.set_defaults(func=cmd_dataset_generate)
-    e = dsub.add_parser(
-        "export",
-        parents=subcommand_parents(),
-        help="write the committed images as training formats",
-    )
-    e.add_argument("out", type=Path)
-    e.add_argument("--format", type=_formats, default=[], help="wds,rec,parquet,imagefolder")
-    e.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
-    e.set_defaults(func=cmd_dataset_export)
-    m = dsub.add_parser(
-        "merge",
-        parents=subcommand_parents(),
-        help="fold parts made elsewhere into one dataset and check it is complete",
-    )
-    m.add_argument("out", type=Path)
-    m.add_argument("--from", dest="parts", type=Path, nargs="*", default=[], metavar="PART")
-    m.add_argument("--format", type=_formats, default=[], help="export when complete")
-    m.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
-    m.set_defaults(func=cmd_dataset_merge)
-    r = dsub.add_parser(
-        "report",
-        parents=subcommand_parents(),
-        help="quality report: separation, consistency, EER/TAR with an independent encoder",
-    )
-    r.add_argument("out", type=Path)
-    r.set_defaults(func=cmd_dataset_report)
 
 
-_CONFIG_KEYS = (
-    "identities",
-    "images_per_identity",
-    "preset",
-    "seed",
-    "sampler",
-    "identity_separation",
-    "min_similarity",
-    "max_similarity",
-    "attempts",
-    "perturbation",
-    "prompts",
-    "pose",
-    "pose_from",
-    "keep_full",
-    "watermark",
-    "batch_size",
-    "steps",
-    "dtype",
-    "formats",
-    "holdout",
-)
-
-
-def _run_config(args: argparse.Namespace) -> Any:
-    """The config file's settings, overridden by the flags given on the command line."""
-    from facegen.pipelines.dataset.run import DatasetConfig, load_config
+def _run_config(args: argparse.Namespace) -> DatasetConfig:
+    """The config file's settings, overridden by the flags given on the command line (every
+    setting has a flag of its name)."""
+    from facegen.pipelines.dataset.config import CONFIG_KEYS, DatasetConfig, load_config
 
     data: dict[str, Any] = load_config(args.config) if args.config else {}
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    for k in _CONFIG_KEYS:
+    for k in CONFIG_KEYS:
         v = getattr(args, k)
         if v is not None:
             data[k] = v
@@ -192,9 +189,9 @@ def _run_config(args: argparse.Namespace) -> Any:
     return DatasetConfig.from_dict(data, source=str(args.config or "options"))
 
 
-def _finish(out: Path, cfg: Any, formats: Any, holdout: int) -> int:
+def _finish(out: Path, cfg: DatasetConfig, formats: Sequence[str], holdout: int) -> int:
     """Merge summary (``dataset.json``) and, when complete, the exports."""
-    from facegen.pipelines.dataset.build import export
+    from facegen.pipelines.dataset.export import export
     from facegen.pipelines.dataset.run import merge
 
     summary = merge(out)
@@ -212,44 +209,50 @@ def _finish(out: Path, cfg: Any, formats: Any, holdout: int) -> int:
     return 0
 
 
+def _generate_ray(args: argparse.Namespace, cfg: DatasetConfig) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from facegen.pipelines.dataset.run import preset_worker, run_ray
+
+    t0 = time.perf_counter()
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    bar = tqdm(total=None, desc="shards", unit="shard", file=sys.stderr)
+    results = run_ray(
+        args.out,
+        cfg,
+        address=args.address,
+        num_workers=args.workers,
+        gpus_per_worker=gpus,
+        factory=lambda c, device: preset_worker(c, device, offline=args.offline),
+        progress=lambda r: bar.update(1),
+    )
+    bar.close()
+    images = sum(r["images"] for r in results)
+    print(f"ray: {len(results)} shards, {images} new images in {time.perf_counter() - t0:.1f} s")
+    return _finish(args.out, cfg, cfg.formats, cfg.holdout)
+
+
 def cmd_dataset_generate(args: argparse.Namespace) -> int:
     import time
 
     from tqdm.auto import tqdm
 
-    from facegen.pipelines.dataset.run import preset_worker, run_ray, run_shard
+    from facegen.pipelines.dataset.run import accelerate_shard, preset_worker, run_shard
 
     cfg = _run_config(args)
+    if args.executor == "ray":
+        return _generate_ray(args, cfg)
     out: Path = args.out
     t0 = time.perf_counter()
-    if args.executor == "ray":
-        gpus = args.gpus_per_worker
-        if gpus is None:
-            import torch
-
-            gpus = 1.0 if torch.cuda.is_available() else 0.0
-        bar = tqdm(total=None, desc="shards", unit="shard", file=sys.stderr)
-        results = run_ray(
-            out,
-            cfg,
-            address=args.address,
-            num_workers=args.workers,
-            gpus_per_worker=gpus,
-            factory=lambda c, device: preset_worker(c, device, offline=args.offline),
-            progress=lambda r: bar.update(1),
-        )
-        bar.close()
-        images = sum(r["images"] for r in results)
-        print(
-            f"ray: {len(results)} shards, {images} new images in {time.perf_counter() - t0:.1f} s"
-        )
-        return _finish(out, cfg, cfg.formats, cfg.holdout)
-
     state = None
     shard, device = args.shard, args.device
     if args.executor == "accelerate":
-        from facegen.pipelines.dataset.run import accelerate_shard
-
         shard, device, state = accelerate_shard()
     worker = preset_worker(cfg, device, offline=args.offline)
     n_mine = len(range(shard[0], cfg.identities, shard[1]))
@@ -288,7 +291,7 @@ def cmd_dataset_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_export(args: argparse.Namespace) -> int:
-    from facegen.pipelines.dataset.build import export
+    from facegen.pipelines.dataset.export import export
 
     if not (args.out / "journal").is_dir():
         raise FacegenError(f"{args.out}: not a dataset folder (no journal/)")
@@ -300,7 +303,6 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_merge(args: argparse.Namespace) -> int:
-
     from facegen.pipelines.dataset.run import DatasetConfig, merge
 
     merge(args.out, args.parts)

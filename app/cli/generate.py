@@ -6,11 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import positive_int, subcommand_parents
 from facegen.errors import FacegenError
-from facegen.validate import check_count, check_fits_in_memory, check_safetensors
+from facegen.validate import check_count, check_safetensors
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from facegen.pipelines.generation.job import GenerateRequest, IdentitySource
 
 __all__ = ["add_generate_parser", "cmd_generate"]
 
@@ -20,7 +25,7 @@ MAX_IDENTITIES = 1_000_000
 MAX_IMAGES_PER_IDENTITY = 10_000
 
 
-def add_generate_parser(sub: Any) -> None:
+def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from facegen.pipelines.generation.presets import PRESETS
 
     g = sub.add_parser(
@@ -38,7 +43,10 @@ def add_generate_parser(sub: Any) -> None:
         "--id-embedding", type=Path, metavar="FILE", help="safetensors from `facegen embed`"
     )
     src.add_argument(
-        "--random-identities", type=positive_int, metavar="N", help="N random unit vectors"
+        "--random-identities",
+        type=positive_int,
+        metavar="N",
+        help="N random identities (pairwise separated, drawn with --seed)",
     )
     g.add_argument(
         "--num-images", type=positive_int, default=4, metavar="M", help="per identity (4)"
@@ -46,7 +54,10 @@ def add_generate_parser(sub: Any) -> None:
     g.add_argument(
         "--preset", default="arc2face", choices=PRESETS.names(), help="(default: arc2face)"
     )
-    g.add_argument("--prompt", help="text prompt (required by the ip-adapter-faceid presets)")
+    g.add_argument(
+        "--prompt",
+        help="text prompt: needed by presets that take one, refused by identity-only ones",
+    )
     ctl = g.add_mutually_exclusive_group()
     ctl.add_argument(
         "--pose-from",
@@ -93,184 +104,89 @@ def add_generate_parser(sub: Any) -> None:
     g.set_defaults(func=cmd_generate)
 
 
-def _identities(args: argparse.Namespace, pipe: Any) -> Any:
-    import numpy as np
+def _request(args: argparse.Namespace) -> GenerateRequest:
+    """The command's options as a generate request (files read and checked here)."""
+    from facegen.pipelines.generation.job import (
+        ControlImage,
+        EmbeddingIdentities,
+        GenerateRequest,
+        PhotoIdentities,
+        PhotoIdentity,
+        PoseReference,
+        RandomIdentities,
+    )
 
-    if args.id_embedding is not None:
+    identities: IdentitySource
+    if args.id_image:
+        identities = PhotoIdentities(tuple(PhotoIdentity(_read(p), str(p)) for p in args.id_image))
+    elif args.id_embedding is not None:
         from facegen.embedding_io import load_embeddings
 
         embs, _ = load_embeddings(args.id_embedding)
-        if not embs:
-            raise FacegenError(
-                f"{args.id_embedding}: `--id-embedding` must hold at least one embedding, got 0"
-            )
-        return embs
-    if args.random_identities is not None:
-        check_fits_in_memory(args.random_identities * 512 * 8, "drawing the random identities")
-        rng = np.random.default_rng(args.seed)
-        v = rng.standard_normal((args.random_identities, 512)).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-    raise AssertionError("photos are analysed by the pipeline call")
+        identities = EmbeddingIdentities(tuple(embs), str(args.id_embedding))
+    else:
+        check_count(args.random_identities, "--random-identities", maximum=MAX_IDENTITIES)
+        identities = RandomIdentities(args.random_identities)
+    control = None
+    if args.pose_from is not None:
+        control = PoseReference(_read(args.pose_from), str(args.pose_from))
+    elif args.control_image is not None:
+        control = ControlImage(_read(args.control_image), str(args.control_image))
+    return GenerateRequest(
+        preset=args.preset,
+        identities=identities,
+        num_images=args.num_images,
+        seed=args.seed,
+        prompt=args.prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        control=control,
+        batch_size=args.batch_size,
+        watermark=not args.no_watermark,
+    )
+
+
+def _read(path: Path) -> np.ndarray:
+    from facegen.image_io import load_image
+
+    if not path.is_file():
+        raise FacegenError(f"{path}: file not found")
+    return load_image(path)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from facegen.fileio import write_json
-    from facegen.image_io import save_image
-    from facegen.pipelines.generation.presets import from_preset, preset_info, preset_names
-    from facegen.provenance import can_watermark, save_with_provenance
+    from facegen.pipelines.generation.job import load_generate_pipeline, run_generate
 
-    info = preset_info(args.preset)
-    text_preset = info.takes_prompt
-    if args.prompt is not None and not text_preset:
-        raise FacegenError(f"preset {args.preset!r} is identity-only; `--prompt` is not taken")
-    if text_preset and not args.prompt:
-        raise FacegenError(f"preset {args.preset!r} needs `--prompt TEXT`")
-    if not 0 <= args.seed <= 2**31 - 1:
-        raise FacegenError(f"`--seed` must be in [0, 2147483647], got {args.seed}")
-    if args.random_identities is not None:
-        check_count(args.random_identities, "--random-identities", maximum=MAX_IDENTITIES)
     check_count(args.num_images, "--num-images", maximum=MAX_IMAGES_PER_IDENTITY)
     if args.lora is not None and Path(args.lora).is_file():
         check_safetensors(args.lora, "LoRA file")
-    if args.id_image:
-        for p in args.id_image:
-            if not p.is_file():
-                raise FacegenError(f"{p}: file not found")
-    args.out.mkdir(parents=True, exist_ok=True)
-    wants_control = args.pose_from is not None or args.control_image is not None
-    is_control = info.needs_control_image
-    control_presets = ", ".join(preset_names(controlnet="built-in"))
-    if wants_control != is_control:
-        raise FacegenError(
-            f"`--pose-from`/`--control-image` need a ControlNet preset ({control_presets}), "
-            "and those presets need one of them"
-        )
-    loads_controlnet = preset_names(controlnet="built-in", test_double=False)
-    if args.controlnet is not None and args.preset not in loads_controlnet:
-        raise FacegenError(
-            f"`--controlnet` applies to presets that load a ControlNet "
-            f"({', '.join(loads_controlnet)}), got {args.preset!r}"
-        )
-    for p in (args.pose_from, args.control_image):
-        if p is not None and not p.is_file():
-            raise FacegenError(f"{p}: file not found")
-    extra = {"controlnet": str(args.controlnet)} if args.controlnet else {}
-    pipe = from_preset(
+    if args.cpu_offload and not str(args.device).startswith("cuda"):
+        raise FacegenError("`--cpu-offload` needs `--device cuda[:N]`")
+    request = _request(args)
+    pipe = load_generate_pipeline(
         args.preset,
         device=args.device,
         dtype=args.dtype,
-        local_files_only=True if args.offline else None,
-        **extra,
+        offline=args.offline,
+        controlnet=args.controlnet,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        cpu_offload=args.cpu_offload,
+        vae_tiling=args.vae_tiling,
     )
-    pipe.set_progress_bar_config(disable=True)
-    if args.lora is not None:
-        from facegen.adapters.lora import load_lora
+    with tqdm(desc="generate", unit="step", file=sys.stderr) as bar:
 
-        load_lora(
-            pipe,
-            args.lora,
-            adapter_name="user",
-            scale=args.lora_scale,
-            local_files_only=True if args.offline else None,
-        )
-    if args.cpu_offload:
-        if not str(args.device).startswith("cuda"):
-            raise FacegenError("`--cpu-offload` needs `--device cuda[:N]`")
-        pipe.enable_model_cpu_offload(device=args.device)
-    if args.vae_tiling:
-        pipe.vae.enable_tiling()
-    # photos go into the pipeline call itself (it analyses them, and keeps what PlusV2 needs)
-    ids = None if args.id_image else _identities(args, pipe)
-    n = len(args.id_image) if args.id_image else len(ids)
-    total = n * args.num_images
-    if args.seed + total - 1 > 2**31 - 1:
-        raise FacegenError("`--seed` + number of images must stay below 2147483648")
-    # every image is held until the call returns: refuse what cannot fit before starting
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    check_fits_in_memory(total * side * side * 3 * 2, f"{total:,} images of {side}×{side}")
-    seeds = [args.seed + k for k in range(total)]
-    kwargs: dict[str, Any] = {}
-    if args.steps is not None:
-        kwargs["num_inference_steps"] = args.steps
-    if args.guidance is not None:
-        kwargs["guidance_scale"] = args.guidance
-    if args.prompt is not None:
-        kwargs["prompt"] = args.prompt
-    steps = args.steps or pipe.default_steps
-    chunks = -(-total // (args.batch_size or total))
-    bar = tqdm(total=steps * chunks, desc="generate", unit="step", file=sys.stderr)
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "denoising":
+                bar.total = total
+                bar.update(done - bar.n)
 
-    def on_step(_pipe: Any, _i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
-        bar.update(1)
-        return kw
-
-    if is_control:
-        kwargs["control_image"] = _control_image(args, pipe)
-        save_image(kwargs["control_image"], args.out / "control.png")
-    try:
-        out = pipe(
-            ids,
-            images=[str(p) for p in args.id_image] if args.id_image else None,
-            num_images_per_identity=args.num_images,
-            seeds=seeds,
-            batch_size=args.batch_size,
-            callback_on_step_end=on_step,
-            **kwargs,
-        )
-    finally:
-        bar.close()
-    records = []
-    for img, md in zip(out.images, out.metadata):
-        name = f"id{md['identity_index']:04d}_img{md['image_index']:03d}_seed{md['seed']}.png"
-        save_with_provenance(
-            img,
-            args.out / name,
-            "generate",
-            md,
-            watermark=not args.no_watermark and can_watermark(img),
-        )
-        records.append({"file": name, **md})
-    write_json(
-        args.out / "manifest.json",
-        {"images": records, "command": "generate", "source": _source(args)},
-    )
-    print(f"wrote {total} image(s) of {n} identit{'y' if n == 1 else 'ies'} → {args.out}")
+        result = run_generate(request, pipe, args.out, progress=progress)
+    n, people = len(result.images), len(result.identities)
+    print(f"wrote {n} image(s) of {people} identit{'y' if people == 1 else 'ies'} → {args.out}")
     return 0
-
-
-def _control_image(args: argparse.Namespace, pipe: Any) -> Any:
-    """The conditioning image: a given file, or the pose of ``--pose-from`` as a landmark map."""
-    from PIL import Image
-
-    from facegen.image_io import load_image
-
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if args.control_image is not None:
-        return Image.fromarray(load_image(args.control_image)).resize((size, size))
-    from facegen.analyzer import FaceAnalyzer
-    from facegen.control import render_landmarks68, transfer_landmarks
-
-    analyzer = FaceAnalyzer.from_names("dlib", "dlib68", None)
-    face = analyzer.analyze(args.pose_from, select="largest", source=str(args.pose_from))[0]
-    points = transfer_landmarks(face, size=size)
-    return render_landmarks68(points, size, output_type="pil")
-
-
-def _source(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any]
-    if args.id_image:
-        out = {"id_image": [str(p) for p in args.id_image]}
-    elif args.id_embedding:
-        out = {"id_embedding": str(args.id_embedding)}
-    else:
-        out = {"random_identities": args.random_identities, "seed": args.seed}
-    if args.pose_from:
-        out["pose_from"] = str(args.pose_from)
-    if args.control_image:
-        out["control_image"] = str(args.control_image)
-    return out
 
 
 def manifest(out: Path) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""``facegen swap`` and ``facegen reenact``: generative identity edits on real photos."""
+"""``facegen swap`` and ``facegen reenact``: generative identity edits on real photos.
+
+Both parse their options into :class:`~facegen.pipelines.editing.options.EditOptions` and run
+the library's jobs (:mod:`facegen.pipelines.editing.jobs`), as the web app does.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import add_generation_options, subcommand_parents
 from facegen.errors import FacegenError
 
-__all__ = ["add_swap_parsers", "load_edit_pipeline", "pseudonym_hook"]
+if TYPE_CHECKING:
+    from facegen.analyzer import FaceAnalyzer
+    from facegen.pipelines.editing.options import EditOptions
+    from facegen.pipelines.generation.id_to_face import IDGenerationMixin
+    from facegen.types import IdentityEmbedding
+
+__all__ = ["add_swap_parsers", "edit_options", "load_edit_pipeline"]
 
 
 def _faces(text: str) -> str | int:
@@ -62,73 +72,61 @@ def add_swap_parsers(sub: Any) -> None:
     r.set_defaults(func=cmd_reenact)
 
 
-def load_edit_pipeline(args: argparse.Namespace) -> Any:
+def edit_options(args: argparse.Namespace) -> EditOptions:
+    """The :class:`EditOptions` of the generation options (``add_generation_options``)."""
+    from facegen.pipelines.editing.options import EditOptions
+
+    return EditOptions(
+        strength=args.strength,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        prompt=args.prompt or None,
+    )
+
+
+def load_edit_pipeline(args: argparse.Namespace) -> tuple[IDGenerationMixin, FaceAnalyzer]:
     """The preset's pipeline, and the detection analyzer (dlib + 68 landmarks + dlib encoder,
     independent of every conditioning encoder)."""
-    from facegen.analyzer import FaceAnalyzer
-    from facegen.pipelines.generation.presets import from_preset
+    from facegen.pipelines.editing import jobs
 
-    extra = {"controlnet": args.controlnet} if args.controlnet else {}
-    pipe = from_preset(
+    pipe = jobs.load_edit_pipeline(
         args.preset,
         device=args.device,
         dtype=args.dtype,
-        local_files_only=True if args.offline else None,
-        **extra,
+        offline=args.offline,
+        controlnet=args.controlnet,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
+    return pipe, jobs.edit_analyzer()
 
 
-def _gen_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"strength": args.strength, "seeds": args.seed}
-    if args.steps:
-        out["num_inference_steps"] = args.steps
-    if args.guidance is not None:
-        out["guidance_scale"] = args.guidance
-    if args.prompt:
-        out["prompt"] = args.prompt
-    return out
+def _embedding(path: Path) -> IdentityEmbedding:
+    from facegen.embedding_io import load_embeddings
+
+    embs, _ = load_embeddings(path)
+    if len(embs) != 1:
+        raise FacegenError(f"{path} holds {len(embs)} embeddings; give a file with one")
+    return embs[0]
 
 
-def _source_identity(path: Path) -> Any:
+def _source_identity(path: Path) -> IdentityEmbedding | Path:
     if path.suffix == ".safetensors":
-        from facegen.embedding_io import load_embeddings
-
-        embs, _ = load_embeddings(path)
-        if len(embs) != 1:
-            raise FacegenError(f"{path} holds {len(embs)} embeddings; give a file with one")
-        return embs[0]
+        return _embedding(path)
     if not path.is_file():
         raise FacegenError(f"source {path} does not exist")
     return path
 
 
-def _save(args: argparse.Namespace, image: Any, name: str, op: str, params: dict) -> Path:
-    from facegen.provenance import can_watermark, save_with_provenance
-
-    suffix = Path(name).suffix.lower()
-    if suffix not in (".png", ".jpg", ".jpeg", ".webp"):
-        name = str(Path(name).with_suffix(".png"))
-    return save_with_provenance(
-        image,
-        args.out / name,
-        op,
-        params,
-        kind="edited",
-        watermark=not args.no_watermark and can_watermark(image),
-    )
-
-
-def _fmt(sims: dict[str, Any]) -> str:
+def _fmt(sims: dict[str, float | None]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in sims.items() if v is not None) or "n/a"
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from facegen.fileio import write_json
     from facegen.image_io import find_images
-    from facegen.pipelines.editing.swap import swap
+    from facegen.pipelines.editing.jobs import output_name, reference_selection, swap_file
 
     source = _source_identity(args.source)
     targets = find_images([args.target]) if args.target.exists() else []
@@ -136,111 +134,45 @@ def cmd_swap(args: argparse.Namespace) -> int:
         raise FacegenError(f"no target images at {args.target}")
     if (args.faces == "reference") != (args.reference is not None):
         raise FacegenError("--faces reference and --reference REF go together")
+    options = edit_options(args)
     pipe, analyzer = load_edit_pipeline(args)
-    faces: Any = args.faces
-    if faces == "reference":
-        ref = analyzer.analyze(args.reference, select="largest", source=str(args.reference))[0]
-        faces = ("reference", ref.embedding, analyzer.encoder.same_person_threshold)
-    report = []
-    failed = 0
+    faces = reference_selection(analyzer, args.reference) if args.reference else args.faces
+    report: list[dict[str, Any]] = []
     for path in tqdm(targets, desc="swap", unit="img", file=sys.stderr, disable=len(targets) < 2):
         try:
-            res = swap(
-                path,
-                source,
-                pipe,
-                analyzer,
-                faces,
-                independent_analyzer=analyzer,
-                **_gen_kwargs(args),
-            )
+            job = swap_file(
+                path, source, args.out / output_name(path.name), pipe, analyzer, faces, options,
+                source_name=args.source.name, watermark=not args.no_watermark,
+            )  # fmt: skip
         except FacegenError as e:
-            failed += 1
             print(f"{path.name}: {e}", file=sys.stderr)
             report.append({"target": str(path), "error": str(e)})
             continue
-        per_face = [
-            {k: v for k, v in f.to_dict().items() if k not in ("crop", "control", "matrix")}
-            for f in res.faces
-        ]
-        params = {"source": str(args.source), "preset": args.preset, "faces": per_face}
-        out = _save(args, res.image, path.name, "swap", params)
-        report.append({"target": str(path), "output": str(out), "faces": per_face})
-        for f in res.faces:
+        report.append({"target": str(path), "output": str(job.path), "faces": job.record["faces"]})
+        for f in job.result.faces:
             print(
-                f"{path.name} face {f.edit.index}: to source {_fmt(f.source_similarity)}; "
+                f"{path.name} face {f.detector_index}: to source {_fmt(f.source_similarity)}; "
                 f"to original {_fmt(f.target_similarity)}"
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    from facegen.fileio import write_json
-
     write_json(args.out / "swap_report.json", {"images": report})
+    failed = sum("error" in r for r in report)
     print(f"{len(targets) - failed} of {len(targets)} image(s) swapped → {args.out}")
     return 0 if failed == 0 else 1
 
 
 def cmd_reenact(args: argparse.Namespace) -> int:
-    from facegen.pipelines.editing.face_edit import reenact
+    from facegen.pipelines.editing.jobs import output_name, reenact_file
 
     for p in (args.source, args.driving):
         if not p.is_file():
             raise FacegenError(f"{p} does not exist")
+    identity = _embedding(args.identity) if args.identity is not None else None
+    options = edit_options(args)
     pipe, analyzer = load_edit_pipeline(args)
-    kw = _gen_kwargs(args)
-    kw["seed"] = kw.pop("seeds")
-    if args.identity is not None:
-        kw["source_identity"] = _source_identity(args.identity)
-    res = reenact(args.source, args.driving, pipe, analyzer, **kw)
-    params = {"source": str(args.source), "driving": str(args.driving), "preset": args.preset}
-    out = _save(args, res.image, args.source.name, "reenact", params)
-    print(json.dumps({"output": str(out), "faces": len(res.faces)}))
+    job = reenact_file(
+        args.source, args.driving, args.out / output_name(args.source.name), pipe, analyzer,
+        options, source_identity=identity, watermark=not args.no_watermark,
+    )  # fmt: skip
+    print(json.dumps({"output": str(job.path), "faces": len(job.result.faces)}))
     return 0
-
-
-def pseudonym_hook(
-    pipe: Any, verifier: Any, images: list[Path], secret: str | None, args: argparse.Namespace
-) -> Any:
-    """The anonymizer's ``generate`` hook: one synthetic identity per real person across
-    ``images`` (clustered with ``verifier``'s encoder, keyed by ``secret``), or a fresh one per
-    face without a secret; each result verified by ``verifier`` (independent of the
-    conditioning encoder), retried, else the classical fallback."""
-    import hashlib
-
-    import numpy as np
-
-    from facegen.pipelines.editing.pseudonyms import Pseudonymizer
-    from facegen.pipelines.editing.swap import embed_at, make_replace_face
-
-    options = {k: v for k, v in _gen_kwargs(args).items() if k != "seeds"}
-    if secret is None:
-        return make_replace_face(pipe, verifier, max_tries=args.attempts, seed=args.seed, **options)
-    enc_ids = getattr(pipe, "id_encoder_ids", ("arcface-onnx/arc2face",))
-    dim = int(getattr(getattr(pipe.identity_analyzer, "encoder", None), "dim", 512) or 512)
-    pz = Pseudonymizer(secret, enc_ids[0], dim, verifier.encoder.same_person_threshold)
-    keys, vecs = [], []
-    for path in images:  # pass 1: who is who across the set (never written anywhere)
-        try:
-            for k, face in enumerate(verifier.analyze(path, source=str(path))):
-                keys.append(f"{path}#{k}")
-                vecs.append(face.embedding.vector)
-        except FacegenError:
-            continue
-    if keys:
-        pz.fit(keys, np.stack(vecs))
-
-    def hook(image: Any, face: Any, mask: Any) -> Any:
-        emb = embed_at(verifier, image, [face])[0].vector
-        # the person's cluster; a face that fits none gets its own pseudonym
-        own = hashlib.sha256(np.round(emb, 2).astype(np.float32).tobytes()).hexdigest()
-        identity = pz.identity_for(f"face:{own}", emb)
-        inner = make_replace_face(
-            pipe,
-            verifier,
-            max_tries=args.attempts,
-            seed=args.seed,
-            identity_fn=lambda original, seed: identity,
-            **options,
-        )
-        return inner(image, face, mask)
-
-    return hook

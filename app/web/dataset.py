@@ -3,15 +3,18 @@ what models this installation has."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .files import float_input, int_input, user_error, zip_folder
+from .files import FieldValue, float_input, int_input, user_error, zip_folder
 from .services import Services, SessionState
+
+if TYPE_CHECKING:
+    from facegen.pipelines.dataset.config import DatasetConfig
 
 __all__ = [
     "DatasetJob",
@@ -44,10 +47,10 @@ class SamplingPreview:
 def preview_identities(
     services: Services,
     *,
-    identities: Any,
-    separation: Any,
+    identities: FieldValue,
+    separation: FieldValue,
     sampler: str,
-    seed: Any,
+    seed: FieldValue,
     progress: Progress | None = None,
 ) -> SamplingPreview:
     """Sample ``identities`` identities no two of which are more similar than
@@ -118,75 +121,39 @@ class DatasetJob:
     zip_path: Path
 
 
-def _pipeline_worker(pipe: Any, preset: str, steps: int | None) -> Any:
-    """A dataset :class:`~facegen.pipelines.dataset.run.Worker` around an already loaded
-    pipeline (the app's own; nothing is built here)."""
-    from facegen.pipelines.dataset.run import Worker
-
-    verifier = getattr(pipe, "identity_analyzer", None)
-    if verifier is None or getattr(verifier, "encoder", None) is None:
-        raise user_error(
-            f"Preset {preset!r} has no identity encoder to verify the images it makes; "
-            "dataset jobs need one (arc2face, arc2face-lcm, ip-adapter-faceid-*).",
-            "Not possible with this preset",
-        )
-    call: dict[str, Any] = {"output_type": "np"}
-    if steps:
-        call["num_inference_steps"] = steps
-
-    def generate(
-        vectors: Any, seeds: list[int], conds: Sequence[dict[str, Any]] | None = None
-    ) -> Any:
-        groups: dict[Any, list[int]] = {}
-        for k, c in enumerate(conds or [{} for _ in seeds]):
-            groups.setdefault(c.get("prompt"), []).append(k)
-        images: list[Any] = [None] * len(seeds)
-        for prompt, idx in groups.items():
-            kw = dict(call, **({"prompt": prompt} if prompt is not None else {}))
-            out = pipe(vectors[idx], seeds=[seeds[k] for k in idx], **kw).images
-            for k, im in zip(idx, out):
-                images[k] = (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
-        return images
-
-    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-    enc = verifier.encoder
-    return Worker(generate, verifier, enc.encoder_id, enc.dim, size, pipe.takes_prompt)
-
-
 def run_dataset(
     services: Services,
     state: SessionState,
     *,
     preset: str,
-    identities: Any,
-    images_per_identity: Any,
-    separation: Any,
-    min_similarity: Any,
-    max_similarity: Any,
-    attempts: Any,
-    steps: Any,
-    seed: Any,
+    identities: FieldValue,
+    images_per_identity: FieldValue,
+    separation: FieldValue,
+    min_similarity: FieldValue,
+    max_similarity: FieldValue,
+    attempts: FieldValue,
+    steps: FieldValue,
+    seed: FieldValue,
     prompt: str | None,
     progress: Progress | None = None,
 ) -> DatasetJob:
     """Sample identities, generate and verify their images with the app's pipeline, then
-    measure the result with the independent dlib encoder and zip the run folder."""
+    measure the result with the independent dlib encoder and zip the run folder. The form
+    becomes a :class:`~facegen.pipelines.dataset.config.DatasetConfig` (within the app's
+    limits; 4 images per generator call) that runs as ``facegen dataset generate`` runs it."""
     from facegen.errors import FacegenError
-    from facegen.pipelines.dataset.report import dataset_report
-    from facegen.pipelines.dataset.run import DatasetConfig, prepare_run, run_shard
+    from facegen.pipelines.dataset.config import DatasetConfig
 
     lim = services.limits
     if preset not in services.generate_presets:
         raise user_error(
             f"The preset must be one of {', '.join(services.generate_presets)}, got {preset!r}."
         )
-    n_steps = int_input(steps or 0, "Steps", 0, lim.max_steps) or None
     if prompt and len(prompt) > 1000:
         raise user_error(f"The prompt must be at most 1000 characters, got {len(prompt)}.")
+    n = int_input(identities, "The number of identities", 1, lim.max_dataset_identities)
     settings = {
-        "identities": int_input(
-            identities, "The number of identities", 1, lim.max_dataset_identities
-        ),
+        "identities": n,
         "images_per_identity": int_input(
             images_per_identity, "Images per identity", 1, lim.max_dataset_images
         ),
@@ -196,7 +163,7 @@ def run_dataset(
         "attempts": int_input(attempts, "Attempts", 1, 10),
         "seed": int_input(seed, "The seed", 0, 2**31 - 1),
         "preset": preset,
-        "steps": n_steps,
+        "steps": int_input(steps or 0, "Steps", 0, lim.max_steps) or None,
         "batch_size": 4,
         "prompts": [prompt.strip()] if prompt and prompt.strip() else None,
     }
@@ -204,29 +171,37 @@ def run_dataset(
         cfg = DatasetConfig.from_dict(settings, source="dataset settings")
     except FacegenError as exc:
         raise user_error(str(exc), "Invalid dataset settings") from None
+    return _dataset_job(services, state, cfg, progress)
+
+
+def _dataset_job(
+    services: Services, state: SessionState, cfg: DatasetConfig, progress: Progress | None
+) -> DatasetJob:
+    """Run ``cfg`` with the app's pipeline (the library's
+    :func:`~facegen.pipelines.dataset.run.pipeline_worker` and
+    :func:`~facegen.pipelines.dataset.run.run_shard`), measure and zip it."""
+    from facegen.pipelines.dataset.report import dataset_report
+    from facegen.pipelines.dataset.run import pipeline_worker, prepare_run, run_shard
+
+    def say(done: float | tuple[int, int], desc: str, **kw: Any) -> None:
+        if progress is not None:
+            progress(done, desc=desc, **kw)
+
     run = services.run_dir(state, "dataset")
     out = run / "dataset"
-    if progress is not None:
-        progress(0, desc=f"loading {preset}")
-    with services.using_pipeline(preset) as pipe:
-        worker = _pipeline_worker(pipe, preset, n_steps)
-        if cfg.prompts and not worker.takes_prompt:
-            raise user_error(f"Preset {preset!r} takes no text prompt; leave the prompt empty.")
+    say(0, f"loading {cfg.preset}")
+    with services.using_pipeline(cfg.preset) as pipe:
+        worker = pipeline_worker(pipe, cfg)
         if worker.takes_prompt and not cfg.prompts:
-            raise user_error(f"Preset {preset!r} needs a text prompt.", "Missing input")
-        if progress is not None:
-            progress(0, desc="sampling identities")
+            raise user_error(f"Preset {cfg.preset!r} needs a text prompt.", "Missing input")
+        say(0, "sampling identities")
         prepared = prepare_run(out, cfg, encoder_id=worker.encoder_id, dim=worker.dim)
 
         def on_identity(done: int, total: int, images: int) -> None:
-            if progress is not None:
-                progress(
-                    (done, total), desc=f"identities ({images} images kept)", unit="identities"
-                )
+            say((done, total), f"identities ({images} images kept)", unit="identities")
 
         summary = run_shard(out, cfg, (0, 1), worker, prepared=prepared, progress=on_identity)
-    if progress is not None:
-        progress(1.0, desc="measuring the dataset (independent encoder)")
+    say(1.0, "measuring the dataset (independent encoder)")
     with services.using_analyzer() as analyzer:
         report = dataset_report(out, analyzer)
     sheet = out / "report" / "contact_sheet.png"

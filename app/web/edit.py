@@ -1,25 +1,41 @@
-"""The Swap and Anonymize tabs: identity edits of real photos."""
+"""The Swap and Anonymize handlers: identity edits of real photos.
+
+They read the form (uploads within the app's limits, numbers from fields), build the
+library's option values once (:class:`~facegen.pipelines.editing.options.EditOptions`,
+:class:`~facegen.pipelines.editing.anonymize.AnonymizeOptions`) and run the same jobs as the
+``facegen`` CLI (:mod:`facegen.pipelines.editing.jobs`), which write each output with its
+provenance record; what is left here is how the results are shown.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facegen.errors import FacegenError
+from facegen.pipelines.editing.options import ANONYMIZE_MODES, FACE_POLICIES
 
 from .files import (
+    FieldValue,
     SavedImage,
+    float_input,
     image_upload,
+    int_input,
     provenance_notice,
-    save_output,
     user_error,
     write_zip,
 )
 from .services import Services, SessionState
+
+if TYPE_CHECKING:
+    from facegen.pipelines.editing.anonymize import AnonymizeOptions, FaceRecord
+    from facegen.pipelines.editing.jobs import JobOutput
+    from facegen.pipelines.editing.options import EditOptions
+    from facegen.pipelines.editing.swap import SwapFace
 
 __all__ = [
     "ANONYMIZE_HEADERS",
@@ -33,8 +49,6 @@ __all__ = [
 
 Progress = Callable[..., Any]
 
-ANONYMIZE_MODES = ("blur", "pixelate", "mask", "generate")
-FACE_POLICIES = ("all", "largest", "best")
 SWAP_HEADERS = [
     "face",
     "box",
@@ -62,7 +76,11 @@ def _box(bbox: Sequence[float]) -> str:
     return ", ".join(str(round(float(v))) for v in bbox)
 
 
-def _face_selection(value: Any) -> str | int:
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _face_selection(value: object) -> str | int:
     text = "all" if value is None else str(value).strip()
     if text in FACE_POLICIES:
         return text
@@ -77,24 +95,51 @@ def _face_selection(value: Any) -> str | int:
         ) from None
 
 
-def _steps(services: Services, steps: Any) -> int | None:
+def _number(value: FieldValue, what: str, parse: Callable[[FieldValue], float]) -> float:
     try:
-        s = int(steps or 0)
+        return parse(value)
     except (TypeError, ValueError):
-        raise user_error(f"Steps must be a whole number, got {steps!r}.") from None
-    if not 0 <= s <= services.limits.max_steps:
-        raise user_error(f"Steps must be 0 (preset default) to {services.limits.max_steps}.")
-    return s or None
+        raise user_error(f"{what} must be a number, got {value!r}.") from None
 
 
-def _seed(seed: Any) -> int:
-    try:
-        s = int(seed or 0)
-    except (TypeError, ValueError):
-        raise user_error(f"The seed must be a whole number, got {seed!r}.") from None
-    if not 0 <= s <= 2**31 - 64:
-        raise user_error(f"The seed must be in [0, {2**31 - 64}], got {s}.")
-    return s
+def _edit_options(
+    services: Services, seed: FieldValue, steps: FieldValue, strength: FieldValue = 1.0
+) -> EditOptions:
+    """The generation settings of the form: ``steps`` 0 = the preset's; the seed leaves room
+    for one seed per face (``seed + k``); strength in (0, 1]."""
+    from facegen.pipelines.editing.options import EditOptions
+
+    n_steps = int_input(steps or 0, "Steps (0 = the preset's)", 0, services.limits.max_steps)
+    s = int_input(seed or 0, "The seed", 0, 2**31 - 64)
+    st = float_input(strength, "Strength", 0.0, 1.0)
+    return EditOptions(strength=st, num_inference_steps=n_steps or None, seed=s)
+
+
+def _check_preset(services: Services, preset: str | None) -> str:
+    if preset not in services.edit_presets:
+        raise user_error(
+            f"The preset must be one of {', '.join(services.edit_presets)}, got {preset!r}."
+        )
+    return preset
+
+
+def _upload(services: Services, path: str | None, what: str) -> tuple[np.ndarray, str]:
+    lim = services.limits
+    return image_upload(path, what=what, max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels)
+
+
+def _saved(job: JobOutput[Any], image: np.ndarray) -> SavedImage:
+    """What the job's file carries, read back (as :func:`.files.save_output` reports it)."""
+    from facegen.provenance import can_watermark, check
+
+    rep = check(job.path)
+    return SavedImage(
+        job.path,
+        rep.has_metadata,
+        can_watermark(image),
+        rep.watermark_detected,
+        rep.digital_source_type,
+    )
 
 
 # ------------------------------------------------------------------------------- swap
@@ -111,8 +156,17 @@ class SwapOutcome:
     notice: str
 
 
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.3f}"
+def _swap_row(face: SwapFace, independent: str | None) -> list[Any]:
+    """One table row: similarities under the conditioning encoder and the independent one."""
+    cond = {k: v for k, v in face.source_similarity.items() if k != independent}
+    return [
+        face.detector_index,
+        _box(face.edit.bbox),
+        face.edit.seed,
+        _fmt(next(iter(cond.values()), None)),
+        _fmt(face.source_similarity.get(independent or "")),
+        _fmt(face.target_similarity.get(independent or "")),
+    ]
 
 
 def swap_faces(
@@ -121,87 +175,42 @@ def swap_faces(
     *,
     source: str | None,
     target: str | None,
-    faces: Any,
+    faces: str | None,
     preset: str,
-    seed: Any,
-    steps: Any,
-    strength: Any,
+    seed: FieldValue,
+    steps: FieldValue,
+    strength: FieldValue,
     progress: Progress | None = None,
 ) -> SwapOutcome:
-    """Put the source photo's identity on the selected faces of the target photo."""
+    """Put the source photo's identity on the selected faces of the target photo
+    (:func:`facegen.pipelines.editing.jobs.swap_file`)."""
     status = services.swap_status()
     if not status.available:
         raise user_error(status.message, "Not available")
-    from facegen.pipelines.editing.swap import swap
+    from facegen.pipelines.editing.jobs import swap_file
     from facegen.visualize import draw_faces
 
-    if preset not in services.edit_presets:
-        raise user_error(
-            f"The preset must be one of {', '.join(services.edit_presets)}, got {preset!r}."
-        )
-    lim = services.limits
-    src, src_name = image_upload(
-        source, what="a source photo (whose identity is used)",
-        max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels,
-    )  # fmt: skip
-    tgt, tgt_name = image_upload(
-        target, what="a target photo (whose faces are replaced)",
-        max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels,
-    )  # fmt: skip
+    _check_preset(services, preset)
+    src, src_name = _upload(services, source, "a source photo (whose identity is used)")
+    tgt, tgt_name = _upload(services, target, "a target photo (whose faces are replaced)")
     selection = _face_selection(faces)
-    n_steps = _steps(services, steps)
-    s = _seed(seed)
-    try:
-        st = float(strength)
-    except (TypeError, ValueError):
-        raise user_error(f"Strength must be a number in (0, 1], got {strength!r}.") from None
-    if not 0 < st <= 1:
-        raise user_error(f"Strength must be in (0, 1], got {st}.")
+    options = _edit_options(services, seed, steps, strength)
     if progress is not None:
         progress(0, desc=f"loading {preset}")
-    analyzer = services.analyzer
-    with services.using_pipeline(preset) as pipe, services.using_analyzer():
+    with services.using_pipeline(preset) as pipe, services.using_analyzer() as analyzer:
         if progress is not None:
             progress(0.1, desc="swapping")
-        res = swap(
-            tgt,
-            src,
-            pipe,
-            analyzer,
-            selection,
-            independent_analyzer=analyzer,
-            seeds=s,
-            num_inference_steps=n_steps,
-            strength=st,
-        )
-        found = analyzer.detect(tgt)
-    preview = draw_faces(tgt, found)  # numbered as in the face list
-    rows, per_face = [], []
-    dlib_id = getattr(analyzer.encoder, "encoder_id", "dlib")
-    for f in res.faces:
-        index = next((i for i, d in enumerate(found) if np.allclose(d.bbox, f.edit.bbox)), None)
-        cond = {k: v for k, v in f.source_similarity.items() if k != dlib_id}
-        rows.append(
-            [
-                index,
-                _box(f.edit.bbox),
-                f.edit.seed,
-                _fmt(next(iter(cond.values()), None)),
-                _fmt(f.source_similarity.get(dlib_id)),
-                _fmt(f.target_similarity.get(dlib_id)),
-            ]
-        )
-        per_face.append({**f.to_dict(), "face": index})
-    run = services.run_dir(state, "swap")
-    params = {
-        "source": src_name,
-        "target": tgt_name,
-        "preset": preset,
-        "faces": per_face,
-        "selection": selection,
-    }
-    saved = save_output(res.image, run / _png_name(tgt_name, "swap"), "swap", params, kind="edited")
-    return SwapOutcome(preview, saved, rows, provenance_notice([saved]))
+        path = services.run_dir(state, "swap") / _png_name(tgt_name, "swap")
+        job = swap_file(
+            tgt, src, path, pipe, analyzer, selection, options,
+            target_name=tgt_name, source_name=src_name,
+        )  # fmt: skip
+        independent = getattr(analyzer.encoder, "encoder_id", None)
+    res = job.result
+    saved = _saved(job, res.image)
+    rows = [_swap_row(f, independent) for f in res.faces]
+    # the faces numbered as in the face list
+    return SwapOutcome(draw_faces(tgt, res.detected), saved, rows, provenance_notice([saved]))
 
 
 # ------------------------------------------------------------------------------- anonymize
@@ -220,14 +229,22 @@ class AnonymizeResult:
     skipped: list[str]
 
 
-def _replace_hook(services: Services, pipe: Any, seed: int, steps: int | None) -> Any:
-    from facegen.pipelines.editing.swap import make_replace_face
+def _anonymize_options(
+    mode: str, faces: str | None, blur_sigma: FieldValue, pixel_blocks: FieldValue, shape: str
+) -> AnonymizeOptions:
+    """The form's settings (an empty field keeps the default), checked before any file is
+    read."""
+    from facegen.pipelines.editing.anonymize import AnonymizeOptions
 
-    options: dict[str, Any] = {}
-    if steps:
-        options["num_inference_steps"] = steps
-    # verified with the app's dlib encoder, independent of every conditioning encoder
-    return make_replace_face(pipe, services.analyzer, seed=seed, **options)
+    if mode not in ANONYMIZE_MODES:
+        raise user_error(f"The mode must be one of {', '.join(ANONYMIZE_MODES)}, got {mode!r}.")
+    given: dict[str, Any] = {}
+    what = "Blur strength and pixel blocks"
+    if blur_sigma not in (None, ""):
+        given["blur_sigma"] = _number(blur_sigma, what, float)
+    if pixel_blocks not in (None, ""):
+        given["pixel_blocks"] = int(_number(pixel_blocks, what, int))
+    return AnonymizeOptions(mode=mode, faces=_face_selection(faces), shape=shape, **given)
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -237,61 +254,16 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (gr.Error, FacegenError))
 
 
-def anonymize_files(
-    services: Services,
-    state: SessionState,
-    *,
-    files: Sequence[str] | None,
-    mode: str,
-    faces: Any,
-    blur_sigma: Any,
-    pixel_blocks: Any,
-    shape: str,
-    preset: str | None,
-    seed: Any,
-    steps: Any,
-    progress: Progress | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> AnonymizeResult:
-    """Anonymize every selected face of every uploaded image. ``blur_sigma``: the blur's σ as
-    a fraction of the face size; ``pixel_blocks``: blocks across a face (pixelate). An image
-    without a face is skipped with a warning (an error when it is the only one)."""
-    from facegen.pipelines.editing.anonymize import AnonymizeOptions, anonymize_image
-
-    lim = services.limits
-    paths = [str(f) for f in (files or []) if f]
-    if not paths:
-        raise user_error("Please upload one or more photos.", "Missing input")
-    if len(paths) > lim.max_files:
-        raise user_error(f"At most {lim.max_files} images at once, got {len(paths)}.")
-    if mode not in ANONYMIZE_MODES:
-        raise user_error(f"The mode must be one of {', '.join(ANONYMIZE_MODES)}, got {mode!r}.")
-    selection = _face_selection(faces)
-    opts: dict[str, Any] = {"mode": mode, "faces": selection, "shape": shape}
-    try:
-        if blur_sigma not in (None, ""):
-            opts["blur_sigma"] = float(blur_sigma)
-        if pixel_blocks not in (None, ""):
-            opts["pixel_blocks"] = int(pixel_blocks)
-    except (TypeError, ValueError):
-        raise user_error(
-            f"Blur strength and pixel blocks must be numbers, got {blur_sigma!r} and "
-            f"{pixel_blocks!r}."
-        ) from None
-    AnonymizeOptions(**opts)  # checks the settings before any file is read
-    n_steps = _steps(services, steps)
-    s = _seed(seed)
-    # read every image first, before any model work: an unreadable, empty or too large file
-    # is reported and skipped like a photo without a face (an error when it is the only one)
+def _read_uploads(
+    services: Services, paths: list[str], skipped: list[str], warn: Callable[[str], None] | None
+) -> list[tuple[np.ndarray, str]]:
+    """Every readable upload with its name, before any model work: an unreadable, empty or
+    too large file is reported in ``skipped`` like a photo without a face (an error when it
+    is the only one)."""
     images = []
-    skipped: list[str] = []
     for p in paths:
         try:
-            images.append(
-                image_upload(
-                    p, what="a photo", max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels
-                )
-            )
+            images.append(_upload(services, p, "a photo"))
         except Exception as exc:
             if len(paths) == 1 or not _is_user_error(exc):
                 raise
@@ -299,15 +271,73 @@ def anonymize_files(
             skipped.append(f"{Path(p).name}: {reason}")
             if warn is not None:
                 warn(f"{Path(p).name} was skipped: {reason}")
-    status = services.swap_status()
-    if mode == "generate" and not status.available:
-        raise user_error(
-            f"{status.message} Choose blur, pixelate or mask instead.", "Not available"
-        )
-    if mode == "generate" and preset not in services.edit_presets:
-        raise user_error(
-            f"The preset must be one of {', '.join(services.edit_presets)}, got {preset!r}."
-        )
+    return images
+
+
+def _anonymize_one(
+    services: Services,
+    image: np.ndarray,
+    name: str,
+    path: Path,
+    options: AnonymizeOptions,
+    preset: str | None,
+    edit: EditOptions,
+) -> JobOutput[Any]:
+    """:func:`facegen.pipelines.editing.jobs.anonymize_file` with the app's models."""
+    from facegen.pipelines.editing.jobs import anonymize_file, face_replacement
+
+    if options.mode != "generate":
+        with services.using_analyzer() as ana:
+            return anonymize_file(image, path, ana, options, source=name)
+    using = services.using_pipeline(_check_preset(services, preset))
+    with using as pipe, services.using_analyzer() as ana:
+        # verified with the app's dlib encoder, independent of every conditioning encoder
+        hook = face_replacement(pipe, ana, edit)
+        return anonymize_file(image, path, ana, options, replace_face=hook, source=name)
+
+
+def _face_row(name: str, f: FaceRecord) -> list[Any]:
+    fallback = f.fallback_reason or ("yes" if f.fallback else "no")
+    score = round(float(f.score), 3)
+    return [name, f.index, _box(f.bbox), score, f.mode, fallback, _fmt(f.similarity)]
+
+
+def anonymize_files(
+    services: Services,
+    state: SessionState,
+    *,
+    files: Sequence[str] | None,
+    mode: str,
+    faces: str | None,
+    blur_sigma: FieldValue,
+    pixel_blocks: FieldValue,
+    shape: str,
+    preset: str | None,
+    seed: FieldValue,
+    steps: FieldValue,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> AnonymizeResult:
+    """Anonymize every selected face of every uploaded image. ``blur_sigma``: the blur's σ as
+    a fraction of the face size; ``pixel_blocks``: blocks across a face (pixelate). An image
+    without a face is skipped with a warning (an error when it is the only one)."""
+    lim = services.limits
+    paths = [str(f) for f in (files or []) if f]
+    if not paths:
+        raise user_error("Please upload one or more photos.", "Missing input")
+    if len(paths) > lim.max_files:
+        raise user_error(f"At most {lim.max_files} images at once, got {len(paths)}.")
+    options = _anonymize_options(mode, faces, blur_sigma, pixel_blocks, shape)
+    edit = _edit_options(services, seed, steps)
+    skipped: list[str] = []
+    images = _read_uploads(services, paths, skipped, warn)
+    if mode == "generate":
+        status = services.swap_status()
+        if not status.available:
+            raise user_error(
+                f"{status.message} Choose blur, pixelate or mask instead.", "Not available"
+            )
+        _check_preset(services, preset)
     run = services.run_dir(state, "anonymize")
     saved: list[SavedImage] = []
     captions: list[str] = []
@@ -316,14 +346,9 @@ def anonymize_files(
     for k, (image, name) in enumerate(images):
         if progress is not None:
             progress((k, len(images)), desc=f"anonymizing {name}", unit="images")
+        out_name = _png_name(name, f"anon{k:02d}")
         try:
-            if mode == "generate" and preset is not None:
-                with services.using_pipeline(preset) as pipe, services.using_analyzer() as ana:
-                    hook = _replace_hook(services, pipe, s, n_steps)
-                    result = anonymize_image(image, ana, replace_face=hook, source=name, **opts)
-            else:
-                with services.using_analyzer() as ana:
-                    result = anonymize_image(image, ana, source=name, **opts)
+            job = _anonymize_one(services, image, name, run / out_name, options, preset, edit)
         except FacegenError as exc:
             if len(paths) == 1:
                 raise
@@ -331,29 +356,11 @@ def anonymize_files(
             if warn is not None:
                 warn(f"{name} was skipped: {exc}")
             continue
-        report = [f.to_dict() for f in result.faces]
-        params = {
-            "source": name,
-            "anonymize": {k2: v for k2, v in opts.items()},
-            "preset": preset if mode == "generate" else None,
-            "faces": report,
-        }
-        out_name = _png_name(name, f"anon{k:02d}")
-        saved.append(save_output(result.image, run / out_name, "anonymize", params, kind="edited"))
-        captions.append(f"{name}: {len(result.faces)} of {result.num_detected} face(s), {mode}")
-        for f in result.faces:
-            rows.append(
-                [
-                    name,
-                    f.index,
-                    _box(f.bbox),
-                    round(float(f.score), 3),
-                    f.mode,
-                    f.fallback_reason or ("yes" if f.fallback else "no"),
-                    _fmt(f.similarity),
-                ]
-            )
-        records.append({"file": out_name, **params})
+        res = job.result
+        saved.append(_saved(job, res.image))
+        captions.append(f"{name}: {len(res.faces)} of {res.num_detected} face(s), {mode}")
+        rows += [_face_row(name, f) for f in res.faces]
+        records.append({"file": out_name, **job.record})
     if not saved:
         raise user_error(
             "No image could be anonymized:\n" + "\n".join(skipped), "Nothing anonymized"

@@ -14,7 +14,8 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -26,6 +27,12 @@ from facegen.errors import (
     ModelNotAvailableError,
     NoFaceDetectedError,
 )
+from facegen.types import IdentityEmbedding
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from facegen.provenance import Kind
 
 __all__ = [
     "SavedImage",
@@ -44,8 +51,21 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: What a number field of a form hands a handler (Gradio sends numbers; API callers may
+#: send anything, so strings and None are refused with a readable error).
+FieldValue = float | str | None
 
-def _gr() -> Any:
+
+class SessionFiles(Protocol):
+    """The part of a session's state (:class:`~facegen.app.web.services.SessionState`) that
+    :func:`human_errors` keeps up to date."""
+
+    workspace: str | None
+    uploads: list[str]
+    busy: int
+
+
+def _gr() -> ModuleType:
     import gradio as gr
 
     return gr
@@ -73,7 +93,7 @@ def _model_message(exc: ModelNotAvailableError) -> str:
     return "\n".join(keep)
 
 
-def _paths_in(value: Any) -> Iterator[str]:
+def _paths_in(value: object) -> Iterator[str]:
     """File paths inside a handler argument: a path, a list of them, or Gradio file dicts."""
     if isinstance(value, (str, Path)):
         yield str(value)
@@ -115,11 +135,11 @@ def release_upload(path: str) -> bool:
         return True
 
 
-def _session_states(values: list[Any]) -> list[Any]:
-    return [v for v in values if hasattr(v, "uploads") and hasattr(v, "workspace")]
+def _session_states(values: list[object]) -> list[SessionFiles]:
+    return [v for v in values if hasattr(v, "uploads") and hasattr(v, "workspace")]  # type: ignore[misc]
 
 
-def _remember_uploads(values: list[Any]) -> None:
+def _remember_uploads(values: list[object]) -> None:
     """Record the uploaded files a handler receives in its session's state (the argument
     with ``uploads`` and ``workspace``), so that they are deleted when the session ends and
     no other session holds them."""
@@ -129,7 +149,7 @@ def _remember_uploads(values: list[Any]) -> None:
     found = [
         os.path.realpath(p)
         for v in values
-        if v not in states
+        if not any(v is st for st in states)
         for p in _paths_in(v)
         if _is_upload(p)
     ]
@@ -190,7 +210,7 @@ def human_errors(action: str) -> Callable[[F], F]:
 # ------------------------------------------------------------------------------- inputs
 
 
-def int_input(value: Any, name: str, lo: int, hi: int) -> int:
+def int_input(value: FieldValue, name: str, lo: int, hi: int) -> int:
     """A whole number in ``[lo, hi]`` from a form field, or a ``gr.Error`` saying why not."""
     try:
         v = int(value)
@@ -203,7 +223,7 @@ def int_input(value: Any, name: str, lo: int, hi: int) -> int:
     return v
 
 
-def float_input(value: Any, name: str, lo: float, hi: float) -> float:
+def float_input(value: FieldValue, name: str, lo: float, hi: float) -> float:
     """A finite number in ``[lo, hi]`` from a form field, or a ``gr.Error`` saying why not."""
     try:
         v = float(value)
@@ -278,7 +298,9 @@ def image_upload(
         raise user_error(str(exc), "Unreadable image") from None
 
 
-def embedding_upload(path: str | Path | None, *, max_bytes: int) -> tuple[list[Any], str]:
+def embedding_upload(
+    path: str | Path | None, *, max_bytes: int
+) -> tuple[list[IdentityEmbedding], str]:
     """Read an uploaded ``.safetensors`` embeddings file (``facegen embed``): the
     embeddings and the file name."""
     from facegen.embedding_io import load_embeddings
@@ -319,12 +341,12 @@ class SavedImage:
 
 
 def save_output(
-    image: Any,
+    image: np.ndarray | Image.Image,
     path: Path,
     operation: str,
     params: Mapping[str, Any],
     *,
-    kind: str = "generated",
+    kind: Kind = "generated",
 ) -> SavedImage:
     """Save with provenance (metadata + invisible watermark, when the image is large enough
     to carry it), then read the file back to report what it carries."""
@@ -335,7 +357,7 @@ def save_output(
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
     mark = can_watermark(arr)
     params = _fits_in_record(params)
-    out = save_with_provenance(arr, path, operation, params, kind=kind, watermark=mark)  # type: ignore[arg-type]
+    out = save_with_provenance(arr, path, operation, params, kind=kind, watermark=mark)
     rep = check(out)
     return SavedImage(
         out,
@@ -388,18 +410,21 @@ def provenance_notice(saved: Sequence[SavedImage]) -> str:
     return "; ".join(parts) + "."
 
 
+def _json_value(v: object) -> object:
+    """What ``json.dumps`` writes for a value it does not know: NumPy scalars and arrays as
+    numbers and lists, anything else as its text."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
 def write_zip(path: Path, files: Sequence[Path], manifest: Mapping[str, Any]) -> Path:
     """A zip of ``files`` (stored flat) and ``manifest.json``."""
 
-    def default(v: Any) -> Any:
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return v.tolist()
-        return str(v)
-
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, indent=2, default=default))
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2, default=_json_value))
         for f in files:
             zf.write(f, arcname=f.name, compress_type=zipfile.ZIP_STORED)
     return path

@@ -1,16 +1,68 @@
-"""Input and output groups the Generate and Control tabs share (layout only; the events
-are wired in :mod:`facegen.app.web.app`)."""
+"""Input and output groups the Generate and Control tabs share (layout only; their events
+are wired in :mod:`facegen.app.web.tabs.generate`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .services import AppLimits
 
-__all__ = ["generation_settings", "identity_inputs", "result_outputs"]
+if TYPE_CHECKING:
+    import gradio as gr
+
+__all__ = [
+    "GenerationSettings",
+    "IdentityInputs",
+    "ResultOutputs",
+    "generation_settings",
+    "identity_inputs",
+    "result_outputs",
+    "show_source",
+]
 
 
-def identity_inputs(prefix: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class IdentityInputs:
+    """Where the identity comes from (:data:`~facegen.app.web.generate.IDENTITY_SOURCES`)."""
+
+    source: gr.Radio
+    photo: gr.File
+    preview: gr.Image
+    face: gr.Dropdown
+    info: gr.Markdown
+    emb: gr.File
+    emb_index: gr.Number
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    preset: gr.Dropdown
+    n: gr.Slider
+    seed: gr.Number
+    rand: gr.Checkbox
+    steps: gr.Slider
+    guidance: gr.Number
+    prompt: gr.Textbox
+
+
+@dataclass(frozen=True)
+class ResultOutputs:
+    gallery: gr.Gallery
+    table: gr.Dataframe
+    files: gr.File
+    zip: gr.File
+    notice: gr.Markdown
+
+
+def show_source(value: str) -> tuple[gr.Group, gr.Group]:
+    """Show the photo inputs or the embedding inputs, as the identity source says."""
+    import gradio as gr
+
+    return gr.Group(visible=value == "photo"), gr.Group(visible=value == "embedding")
+
+
+def identity_inputs(prefix: str) -> IdentityInputs:
     """Where the identity comes from: a photo (with a face picker), an embedding file or a
     random identity; only the chosen source's inputs are shown."""
     import gradio as gr
@@ -39,20 +91,13 @@ def identity_inputs(prefix: str) -> dict[str, Any]:
             file_types=[".safetensors"],
         )
         emb_index = gr.Number(0, label="Embedding number in the file", precision=0, minimum=0)
-
-    def toggle(value: str) -> tuple[Any, Any]:
-        return gr.Group(visible=value == "photo"), gr.Group(visible=value == "embedding")
-
-    src.change(toggle, src, [photo_box, emb_box], queue=False, api_visibility="private")
-    return {
-        "source": src, "photo": photo, "preview": preview, "face": face, "info": info,
-        "emb": emb, "emb_index": emb_index,
-    }  # fmt: skip
+    src.change(show_source, src, [photo_box, emb_box], queue=False, api_visibility="private")
+    return IdentityInputs(src, photo, preview, face, info, emb, emb_index)
 
 
 def generation_settings(
     lim: AppLimits, presets: list[str], default: str | None, prefix: str
-) -> dict[str, Any]:
+) -> GenerationSettings:
     """Preset, number of images, seed (shown and reusable), steps, guidance and prompt."""
     import gradio as gr
 
@@ -65,22 +110,23 @@ def generation_settings(
         steps = gr.Slider(0, lim.max_steps, value=0, step=1, label="Steps (0 = preset default)")
         guidance = gr.Number(None, label="Guidance (empty = preset default)")
         prompt = gr.Textbox(label="Prompt (text presets only, e.g. ip-adapter-faceid-*)")
-    return {"preset": preset, "n": n, "seed": seed, "rand": rand, "steps": steps,
-            "guidance": guidance, "prompt": prompt}  # fmt: skip
+    return GenerationSettings(preset, n, seed, rand, steps, guidance, prompt)
 
 
-def result_outputs(prefix: str) -> dict[str, Any]:
+def result_outputs(prefix: str) -> ResultOutputs:
     """Gallery, per-image table, downloads (single files and a zip) and the provenance line."""
     import gradio as gr
 
     from .generate import TABLE_HEADERS
 
     gallery = gr.Gallery(
-        label="Results", columns=4, elem_id=f"{prefix}-gallery",
+        label="Results",
+        columns=4,
+        elem_id=f"{prefix}-gallery",
         buttons=["download", "fullscreen"],
-    )  # fmt: skip
+    )
     table = gr.Dataframe(headers=TABLE_HEADERS, label="Per image", interactive=False)
     files = gr.File(label="Download images", file_count="multiple", interactive=False)
     zipf = gr.File(label="Download all (zip with manifest.json)", interactive=False)
     notice = gr.Markdown(elem_id=f"{prefix}-provenance")
-    return {"gallery": gallery, "table": table, "files": files, "zip": zipf, "notice": notice}
+    return ResultOutputs(gallery, table, files, zipf, notice)

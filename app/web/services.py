@@ -33,11 +33,17 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from facegen.pipelines.generation.presets import preset_info, preset_names
+from facegen.validate import check_choice, check_int, check_number
+
+from .trainers import TrainFn, TrainRequest, lora_trainer
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from facegen.analyzer import FaceAnalyzer
 
 __all__ = [
     "AppLimits",
@@ -53,7 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: ``(preset, device, dtype) -> pipeline``: builds one generation pipeline.
-PipelineFactory = Callable[[str, str, str], Any]
+PipelineFactory = Callable[[str, str, str], "DiffusionPipeline"]
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,8 @@ class AppLimits:
             "max_train_photos",
             "max_train_steps",
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"`max_upload_mb` must be > 0, got {self.max_upload_mb!r}")
+            check_int(getattr(self, name), name, minimum=1)
+        check_number(self.max_upload_mb, "max_upload_mb", minimum=0, min_open=True)
 
 
 @dataclass(frozen=True)
@@ -116,31 +119,17 @@ class SessionState:
     busy: int = 0
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """A LoRA personalization job: ``photos`` are RGB uint8 ``(H, W, 3)`` arrays of one
-    person; ``base_model`` is ``"tiny"``, ``"arc2face"`` or an SD1.5 model id; the trainer
-    writes its result under ``output_dir``."""
+@dataclass
+class _GradioCache:
+    """The process's Gradio cache folder, how many apps use it, and whether we made it."""
 
-    photos: list[np.ndarray]
-    output_dir: Path
-    base_model: str
-    steps: int
-    rank: int
-    learning_rate: float
-    seed: int
-    device: str = "cpu"
-    offline: bool | None = None
-    train_text_encoder: bool = False
-
-
-#: ``(request, progress(done, total)) -> result path`` (a file or a folder under
-#: ``request.output_dir``).
-TrainFn = Callable[[TrainRequest, Callable[[int, int], None]], Path]
+    path: Path | None = None
+    users: int = 0
+    own: bool = False
 
 
 _cache_lock = threading.Lock()
-_cache: dict[str, Any] = {"path": None, "users": 0, "own": False}
+_cache = _GradioCache()
 
 
 def _acquire_gradio_cache() -> Path:
@@ -150,25 +139,25 @@ def _acquire_gradio_cache() -> Path:
     folder per process: unless the user set that variable, the first app creates a temporary
     folder, points the variable at it, and the last app to close deletes it."""
     with _cache_lock:
-        if _cache["path"] is None:
+        if _cache.path is None:
             env = os.environ.get("GRADIO_TEMP_DIR")
             if env:
-                _cache.update(path=Path(env).resolve(), own=False)
+                _cache.path, _cache.own = Path(env).resolve(), False
             else:
                 folder = Path(tempfile.mkdtemp(prefix="facegen-app-gradio-")).resolve()
                 os.environ["GRADIO_TEMP_DIR"] = str(folder)
-                _cache.update(path=folder, own=True)
-        _cache["users"] += 1
-        return Path(_cache["path"])
+                _cache.path, _cache.own = folder, True
+        _cache.users += 1
+        return _cache.path
 
 
 def _release_gradio_cache() -> None:
     with _cache_lock:
-        _cache["users"] -= 1
-        if _cache["users"] > 0 or _cache["path"] is None:
+        _cache.users -= 1
+        if _cache.users > 0 or _cache.path is None:
             return
-        folder, own = _cache["path"], _cache["own"]
-        _cache.update(path=None, own=False, users=0)
+        folder, own = _cache.path, _cache.own
+        _cache.path, _cache.own, _cache.users = None, False, 0
         if own:
             shutil.rmtree(folder, ignore_errors=True)
             if os.environ.get("GRADIO_TEMP_DIR") == str(folder):
@@ -177,7 +166,7 @@ def _release_gradio_cache() -> None:
 
 def default_pipeline_factory(
     preset: str, device: str, dtype: str, *, offline: bool | None = None
-) -> Any:
+) -> DiffusionPipeline:
     """``from_preset(preset)``: real presets find their weights locally or download them
     (never with ``offline=True``), else raise :class:`~facegen.errors.ModelNotAvailableError`
     with instructions."""
@@ -188,7 +177,7 @@ def default_pipeline_factory(
     )
 
 
-def _default_analyzer() -> Any:
+def _default_analyzer() -> FaceAnalyzer:
     from facegen.analyzer import FaceAnalyzer
 
     # detection + 68 landmarks (masks, landmark maps) + an identity encoder independent of
@@ -205,7 +194,7 @@ def _module_present(name: str) -> bool:
 
 @dataclass
 class _Loaded:
-    pipe: Any
+    pipe: DiffusionPipeline
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -229,7 +218,7 @@ class Services:
         default_preset: str = "arc2face",
         presets: list[str] | None = None,
         pipeline_factory: PipelineFactory | None = None,
-        analyzer: Any = None,
+        analyzer: FaceAnalyzer | None = None,
         limits: AppLimits | None = None,
         output_root: str | Path | None = None,
         swap: bool | None = None,
@@ -242,13 +231,9 @@ class Services:
 
         known = PRESETS.names()
         self.presets = list(presets) if presets is not None else list(known)
-        unknown = [p for p in self.presets if p not in known]
-        if unknown:
-            raise ValueError(f"`presets` must be among {', '.join(known)}, got {unknown}")
-        if default_preset not in self.presets:
-            raise ValueError(
-                f"`default_preset` must be one of {', '.join(self.presets)}, got {default_preset!r}"
-            )
+        for name in self.presets:
+            check_choice(name, "presets", known)
+        check_choice(default_preset, "default_preset", self.presets)
         self.device = device
         self.dtype = dtype
         self.default_preset = default_preset
@@ -264,13 +249,9 @@ class Services:
         self._train_off = trainer is False
         self.trainer: TrainFn | None = None if trainer is False else trainer
         if trainer is None and _module_present("facegen.training.diffusion.lora"):
-            from .train import lora_trainer
-
             self.trainer = lora_trainer
         self._train_lock = threading.Lock()
-        if not session_ttl_s > 0:
-            raise ValueError(f"`session_ttl_s` must be > 0, got {session_ttl_s!r}")
-        self.session_ttl_s = float(session_ttl_s)
+        self.session_ttl_s = check_number(session_ttl_s, "session_ttl_s", minimum=0, min_open=True)
         #: how long a closed browser tab's files stay (a sleeping laptop or a flaky network
         #: also closes the connection), and how often a busy session's end is retried
         self.unload_grace_s = 60.0
@@ -295,6 +276,14 @@ class Services:
             if self._own_root
             else None
         )
+
+    def __copy__(self) -> Services:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Services:
+        # shared by every request and never copied: Gradio deep-copies what a session holds,
+        # which must not copy the models (a callback bound to this object is copied with it)
+        return self
 
     # -- presets --------------------------------------------------------------------------
     @property
@@ -342,7 +331,7 @@ class Services:
 
     # -- models ---------------------------------------------------------------------------
     @property
-    def analyzer(self) -> Any:
+    def analyzer(self) -> FaceAnalyzer:
         """The face analyzer (detector + 68 landmarks + independent dlib encoder)."""
         with self._analyzer_lock:
             if self._analyzer is None:
@@ -350,14 +339,13 @@ class Services:
             return self._analyzer
 
     @contextlib.contextmanager
-    def using_analyzer(self) -> Iterator[Any]:
+    def using_analyzer(self) -> Iterator[FaceAnalyzer]:
         """The analyzer, held exclusively for the ``with`` block."""
         with self._analyzer_lock:
             yield self.analyzer
 
     def _load(self, preset: str) -> _Loaded:
-        if preset not in self.presets:
-            raise ValueError(f"preset must be one of {', '.join(self.presets)}, got {preset!r}")
+        check_choice(preset, "preset", self.presets)
         with self._load_lock:
             loaded = self._pipes.get(preset)
             if loaded is None:
@@ -373,7 +361,7 @@ class Services:
             return loaded
 
     @contextlib.contextmanager
-    def using_pipeline(self, preset: str) -> Iterator[Any]:
+    def using_pipeline(self, preset: str) -> Iterator[DiffusionPipeline]:
         """The pipeline of ``preset`` (built on first use), held exclusively for the block."""
         loaded = self._load(preset)
         with loaded.lock:
@@ -467,7 +455,7 @@ class Services:
                     out.add(digest)
         return out
 
-    def drop_session(self, state: Any) -> None:
+    def drop_session(self, state: SessionState) -> None:
         """End a session (``gr.State`` delete callback): delete the uploads it received that
         no other live session holds, Gradio's cached copies of its outputs that no other
         live session's outputs share, and (unless ``keep_outputs``) its workspace. A session

@@ -1,84 +1,32 @@
-"""The Train tab: LoRA personalization from photos of one person.
+"""The Train tab's handler: LoRA personalization from photos of one person.
 
-:func:`lora_trainer` connects the app to :func:`facegen.training.diffusion.lora.train_lora` (the
-default :data:`~facegen.app.web.services.TrainFn` when that module is installed);
-:func:`train_lora_job` is the tab's handler.
+:func:`train_lora_job` checks the form, reads the photos and runs the app's trainer (see
+:mod:`facegen.app.web.trainers`) one job at a time; the result is offered as a zip.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from facegen.image_io import save_image
-from facegen.pipelines.generation.presets import preset_info
+from facegen.paths import safe_name
 
-from .files import float_input, image_upload, int_input, user_error, zip_folder
-from .services import Services, SessionState, TrainRequest
+from .files import FieldValue, float_input, image_upload, int_input, user_error, zip_folder
+from .services import Services, SessionState
+from .trainers import TrainRequest, train_bases
 
-__all__ = ["SD15", "lora_trainer", "train_bases", "train_lora_job"]
+__all__ = ["train_lora_job"]
 
 Progress = Callable[..., Any]
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-#: The files a LoRA run leaves for its users (the face cache, checkpoints and logs stay).
-_RESULT_FILES = ("pytorch_lora_weights.safetensors", "facegen_lora.json", "identity.safetensors")
+MAX_RANK = 256
+MAX_SEED = 2**31 - 1
 
 
-def train_bases(presets: Sequence[str]) -> list[str]:
-    """The base models a LoRA can be trained on, from the generation presets offered:
-    ``tiny`` (random, plumbing only), ``arc2face`` (identity-conditioned) and SD1.5 (the
-    base of the IP-Adapter-FaceID presets; a trigger word in the prompt)."""
-    out: list[str] = []
-    for p in presets:
-        family = preset_info(p).family
-        base = SD15 if family == "sd15" else family
-        if base not in out:
-            out.append(base)
-    return out
-
-
-def lora_trainer(request: TrainRequest, progress: Callable[[int, int], None]) -> Path:
-    """Train with :mod:`facegen.training.diffusion.lora` on the request's photos; returns a folder
-    holding the LoRA weights, facegen's metadata and (Arc2Face) the person's identity."""
-    from facegen.training.diffusion.lora import LoraTrainConfig, train_lora
-
-    data = request.output_dir / "photos"
-    data.mkdir(parents=True, exist_ok=True)
-    for k, photo in enumerate(request.photos):
-        save_image(photo, data / f"photo{k:03d}.png")
-    run = request.output_dir / "run"
-    config = LoraTrainConfig(
-        output_dir=str(run),
-        data_dir=str(data),
-        base_model=request.base_model,
-        resolution=64 if request.base_model == "tiny" else 512,
-        rank=request.rank,
-        train_text_encoder=request.train_text_encoder,
-        max_steps=request.steps,
-        learning_rate=request.learning_rate,
-        seed=request.seed,
-        checkpointing_steps=0,
-        num_validation_images=0,
-        tensorboard=False,
-        cpu=request.device == "cpu",
-        local_files_only=request.offline,
-    )
-    result = train_lora(config, progress=lambda step, total, _logs: progress(step, total))
-    out = request.output_dir / "lora"
-    out.mkdir()
-    for name in _RESULT_FILES:
-        src = Path(result.output_dir) / name
-        if src.is_file():
-            shutil.copy2(src, out / name)
-    return out
-
-
-def _safe_stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:40] or "lora"
+def _zip_name(photo_name: str) -> str:
+    """``facegen-lora-<first photo's stem>.zip`` (file-name-safe, at most 40 characters)."""
+    return f"facegen-lora-{safe_name(Path(photo_name).stem, max_len=40)}.zip"
 
 
 def train_lora_job(
@@ -87,10 +35,10 @@ def train_lora_job(
     *,
     photos: Sequence[str] | None,
     base_model: str,
-    steps: Any,
-    rank: Any,
-    learning_rate: Any,
-    seed: Any,
+    steps: FieldValue,
+    rank: FieldValue,
+    learning_rate: FieldValue,
+    seed: FieldValue,
     train_text_encoder: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Path, str]:
@@ -111,9 +59,9 @@ def train_lora_job(
     if len(paths) > lim.max_train_photos:
         raise user_error(f"At most {lim.max_train_photos} photos, got {len(paths)}.")
     n_steps = int_input(steps, "Steps", 1, lim.max_train_steps)
-    r = int_input(rank, "The LoRA rank", 1, 256)
+    r = int_input(rank, "The LoRA rank", 1, MAX_RANK)
     lr = float_input(learning_rate, "The learning rate", 1e-7, 1e-1)
-    s = int_input(seed, "The seed", 0, 2**31 - 1)
+    s = int_input(seed, "The seed", 0, MAX_SEED)
     if train_text_encoder and base_model == "arc2face":
         raise user_error(
             "The text encoder can be trained only with a prompt-conditioned base model "
@@ -148,7 +96,7 @@ def train_lora_job(
     if not result.exists() or not result.resolve().is_relative_to(out_dir):
         raise user_error("The trainer did not leave its result where the app expects it.")
     if result.is_dir():
-        result = zip_folder(out_dir / f"facegen-lora-{_safe_stem(images[0][1])}.zip", result)
+        result = zip_folder(out_dir / _zip_name(images[0][1]), result)
     parts = "UNet and text encoder" if train_text_encoder else "UNet"
     summary = (
         f"Trained a rank-{r} LoRA ({parts}) on {len(paths)} photo(s) for {n_steps} steps "

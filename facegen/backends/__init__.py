@@ -69,7 +69,7 @@ def _if106(**kw: Any) -> Landmarker:
 
 @ENCODERS.register("dlib", description="dlib ResNet, 128-D; offline")
 def _dlib_encoder(**kw: Any) -> IdentityEncoder:
-    from facegen.backends.dlib_backend import DlibEncoder
+    from facegen.backends.dlib_encoder import DlibEncoder
 
     return DlibEncoder(**kw)
 

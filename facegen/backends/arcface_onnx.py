@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from facegen.backends.onnx_utils import (
 from facegen.base import IdentityEncoder
 from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.types import AlignedFace, Face
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = ["ArcFaceOnnxEncoder", "encoder_id_for_file"]
 
@@ -94,7 +97,7 @@ class ArcFaceOnnxEncoder(IdentityEncoder):
 
     def __init__(
         self,
-        session: Any | None = None,
+        session: InferenceSession | None = None,
         *,
         model_path: str | Path | None = None,
         device: str | None = "cpu",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from facegen.base import Landmarker
 from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.landmarks import kps5_from_ibug68
 from facegen.types import Face, transform_points
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = ["LANDMARK_SCHEMES", "ROLE_SCHEMES", "InsightfaceLandmarker", "kps5_from_ibug68"]
 
@@ -92,7 +95,7 @@ class InsightfaceLandmarker(Landmarker):
 
     def __init__(
         self,
-        session: Any | None = None,
+        session: InferenceSession | None = None,
         *,
         scheme: str,
         model_path: str | Path | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from facegen.errors import (
     MissingDependencyError,
     ModelNotAvailableError,
 )
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = [
     "check_rgb_image",
@@ -41,7 +44,9 @@ logger = logging.getLogger(__name__)
 _NODES_CHECKED = 8
 
 
-def open_session(path: str | Path, device: str | None = "cpu", *, threads: int = 0) -> Any:
+def open_session(
+    path: str | Path, device: str | None = "cpu", *, threads: int = 0
+) -> InferenceSession:
     """Open an ``onnxruntime.InferenceSession`` for ``path`` on ``device``.
 
     ``threads`` = 0 lets onnxruntime choose. A missing file raises
@@ -64,7 +69,9 @@ def open_session(path: str | Path, device: str | None = "cpu", *, threads: int =
     return session
 
 
-def load_session(session: Any | None, model_path: str | Path | None, device: str | None) -> Any:
+def load_session(
+    session: InferenceSession | None, model_path: str | Path | None, device: str | None
+) -> InferenceSession:
     """Return ``session`` when given, else open ``model_path`` on ``device``.
 
     Exactly one of the two must be given (a session plus the path it was opened from is
@@ -179,7 +186,7 @@ def to_blob(images: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 
 def run_batched(
-    session: Any,
+    session: InferenceSession,
     input_name: str,
     output_names: Sequence[str],
     blob: np.ndarray,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -42,6 +42,10 @@ from facegen.backends.onnx_utils import check_rgb_image, load_session, static_di
 from facegen.base import FaceDetector
 from facegen.errors import InvalidModelError, UnknownNameError
 from facegen.types import Face
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = [
     "MAX_FACES_METRICS",
@@ -139,8 +143,7 @@ def max_faces_ranking(
     middle beats a slightly larger one in a corner); ``"max"``: the area alone. Returns
     ``(N,)`` in the boxes' float dtype (float32 in the detector, as in insightface).
     """
-    if metric not in MAX_FACES_METRICS:
-        raise ValueError(f"`metric` must be one of {', '.join(MAX_FACES_METRICS)}, got {metric!r}")
+    check_choice(metric, "metric", MAX_FACES_METRICS)
     boxes = np.asarray(boxes)
     if not np.issubdtype(boxes.dtype, np.floating):
         boxes = boxes.astype(np.float64)
@@ -207,7 +210,7 @@ class SCRFDDetector(FaceDetector):
 
     def __init__(
         self,
-        session: Any | None = None,
+        session: InferenceSession | None = None,
         *,
         model_path: str | Path | None = None,
         device: str | None = "cpu",
@@ -218,21 +221,16 @@ class SCRFDDetector(FaceDetector):
         max_faces_metric: MaxFacesMetric = "default",
         name: str = "scrfd",
     ) -> None:
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"`score_threshold` must be in [0, 1], got {score_threshold}")
-        if not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"`nms_threshold` must be in (0, 1], got {nms_threshold}")
-        if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 0:
-            raise ValueError(f"`max_faces` must be an int >= 0, got {max_faces!r}")
-        if max_faces_metric not in MAX_FACES_METRICS:
-            raise ValueError(
-                f"`max_faces_metric` must be one of {', '.join(MAX_FACES_METRICS)}, got "
-                f"{max_faces_metric!r}"
-            )
+        score_threshold = check_number(score_threshold, "score_threshold", minimum=0, maximum=1)
+        nms_threshold = check_number(
+            nms_threshold, "nms_threshold", minimum=0, maximum=1, min_open=True
+        )
+        max_faces = check_int(max_faces, "max_faces", minimum=0)
+        check_choice(max_faces_metric, "max_faces_metric", MAX_FACES_METRICS)
         self.session = load_session(session, model_path, device)
         self.model_path = Path(model_path) if model_path is not None else None
-        self.score_threshold = float(score_threshold)
-        self.nms_threshold = float(nms_threshold)
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
         self.max_faces = max_faces
         self.max_faces_metric: MaxFacesMetric = max_faces_metric
         self.name = name

@@ -1,1 +1,2 @@
-"""The synthetic identity dataset: build, resumable sharded runs, poses, report, writers."""
+"""The synthetic identity dataset: config, build, resumable sharded runs, poses, export,
+report, writers."""

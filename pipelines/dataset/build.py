@@ -13,8 +13,9 @@ Work is deterministic: image ``j`` of identity ``i`` at attempt ``a`` uses
 Crash safety: an identity is committed when all its crops are written (atomically) and one
 line is appended (and fsync'ed) to the shard's journal ``journal/shard-K-of-N.jsonl``. A rerun
 skips committed identities and regenerates the others from scratch (same seeds, same files),
-so a run killed at any moment completes with nothing lost or duplicated. :func:`export`
-turns the committed crops into the training formats (WebDataset, RecordIO, Parquet).
+so a run killed at any moment completes with nothing lost or duplicated.
+:func:`facegen.pipelines.dataset.export.export` turns the committed crops into the training
+formats (WebDataset, RecordIO, Parquet).
 
 Locks: a run holds the lock of its shard, ``.facegen.lock.shard-K-of-N`` in ``out_dir``
 (:func:`shard_lock`, :func:`facegen.locks.folder_lock`), for as long as it runs. Shards of
@@ -24,7 +25,8 @@ same shard would append to one journal and write the same files at once, so the 
 fails at once, naming the first. Runs with different shard counts are not excluded: where
 their identities overlap they write the same bytes to the same files (same seeds, atomic
 writes) and journal them separately, and every reader takes one record per identity.
-:func:`export` holds ``.facegen.lock.export`` while it writes ``out_dir/export``.
+:func:`~facegen.pipelines.dataset.export.export` holds ``.facegen.lock.export`` while it writes
+``out_dir/export``.
 """
 
 from __future__ import annotations
@@ -42,19 +44,22 @@ from typing import Any
 import numpy as np
 
 from facegen.align import align_face
-from facegen.errors import FacegenError, NoFaceDetectedError
+from facegen.analyzer import FaceAnalyzer
+from facegen.errors import FacegenError, InvalidArgumentError, NoFaceDetectedError
 from facegen.fileio import append_json_line, drop_torn_tail
 from facegen.identity import l2_normalize
 from facegen.image_io import load_image
 from facegen.locks import folder_lock
 from facegen.provenance import can_watermark, save_with_provenance
+from facegen.types import Face
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "DatasetSpec",
     "DatasetSummary",
     "build_dataset",
     "committed_identities",
-    "export",
+    "crop_path",
     "full_image_path",
     "image_seed",
     "iter_records",
@@ -94,25 +99,22 @@ class DatasetSpec:
     verify_workers: int = 0
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.verify_workers, bool)
-            or not isinstance(self.verify_workers, int)
-            or not 0 <= self.verify_workers <= 64
-        ):
-            raise ValueError(f"`verify_workers` must be in [0, 64], got {self.verify_workers!r}")
-        if self.images_per_identity < 1:
-            raise ValueError(f"`images_per_identity` must be >= 1, got {self.images_per_identity}")
-        if not -1 <= self.min_similarity < self.max_similarity <= 1:
-            raise ValueError(
+        check_int(self.verify_workers, "verify_workers", minimum=0, maximum=64)
+        check_int(self.images_per_identity, "images_per_identity", minimum=1)
+        check_int(self.max_attempts, "max_attempts", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.crop_size, "crop_size", minimum=16)
+        lo = check_number(self.min_similarity, "min_similarity", minimum=-1, maximum=1)
+        hi = check_number(self.max_similarity, "max_similarity", minimum=-1, maximum=1)
+        if not lo < hi:
+            raise InvalidArgumentError(
                 "`min_similarity` < `max_similarity` in [-1, 1] is required, got "
                 f"{self.min_similarity} and {self.max_similarity}"
             )
-        if not self.perturbation or any(not 0 <= p < 10 for p in self.perturbation):
-            raise ValueError(f"`perturbation` levels must be in [0, 10), got {self.perturbation}")
-        if self.max_attempts < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"`max_attempts` and `batch_size` must be >= 1, got {self.max_attempts}, {self.batch_size}"
-            )
+        if not self.perturbation:
+            raise InvalidArgumentError("`perturbation` must hold at least one level, got none")
+        for p in self.perturbation:
+            check_number(p, "perturbation", minimum=0, maximum=10, max_open=True)
 
 
 @dataclass
@@ -149,8 +151,9 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def _crop_path(out: Path, identity: int, index: int) -> Path:
-    return out / "images" / f"{identity:06d}" / f"{index:04d}.png"
+def crop_path(out: str | os.PathLike[str], identity: int, index: int) -> Path:
+    """Where an accepted image's aligned crop is stored (PNG)."""
+    return Path(out) / "images" / f"{identity:06d}" / f"{index:04d}.png"
 
 
 def full_image_path(out: str | os.PathLike[str], identity: int, index: int) -> Path:
@@ -179,7 +182,7 @@ def build_dataset(
     out_dir: str | os.PathLike[str],
     identities: np.ndarray,
     generate: GenerateFn,
-    verifier: Any,
+    verifier: FaceAnalyzer,
     spec: DatasetSpec,
     *,
     shard: tuple[int, int] = (0, 1),
@@ -209,7 +212,7 @@ def _build_dataset(
     out_dir: str | os.PathLike[str],
     identities: np.ndarray,
     generate: GenerateFn,
-    verifier: Any,
+    verifier: FaceAnalyzer,
     spec: DatasetSpec,
     shard: tuple[int, int],
     condition: ConditionFn | None,
@@ -247,7 +250,9 @@ def _verify_workers(spec: DatasetSpec) -> int:
     return spec.verify_workers or max(1, min(4, os.cpu_count() or 1))
 
 
-def _largest_faces(verifier: Any, arrays: Sequence[np.ndarray], spec: DatasetSpec) -> list[Any]:
+def _largest_faces(
+    verifier: FaceAnalyzer, arrays: Sequence[np.ndarray], spec: DatasetSpec
+) -> list[Face | None]:
     """The largest face of each image (None where none), embedded in one batch; a verifier
     without ``largest_faces`` (a stand-in) is asked image by image."""
     if hasattr(verifier, "largest_faces"):
@@ -261,7 +266,9 @@ def _largest_faces(verifier: Any, arrays: Sequence[np.ndarray], spec: DatasetSpe
     return out
 
 
-def _verify(face: Any, target: np.ndarray, spec: DatasetSpec) -> tuple[Any, float, str | None]:
+def _verify(
+    face: Face | None, target: np.ndarray, spec: DatasetSpec
+) -> tuple[Face | None, float, str | None]:
     """``(face, similarity, rejection reason or None)`` for an image's largest face (None
     when it has none)."""
     if face is None:
@@ -294,7 +301,7 @@ def iter_records(out_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         yield from read_journal(path)
 
 
-def _measured_pose(face: Any) -> dict[str, float]:
+def _measured_pose(face: Face) -> dict[str, float]:
     """Head pose of an accepted face from its 68 landmarks, when the verifier gives them."""
     from facegen.head_pose import pose_from_landmarks
 
@@ -311,12 +318,12 @@ def _check_batch(
     out: Path,
     i: int,
     target: np.ndarray,
-    verifier: Any,
+    verifier: FaceAnalyzer,
     spec: DatasetSpec,
     attempt: int,
     idx: Sequence[int],
     seeds: Sequence[int],
-    images: Sequence[Any],
+    images: Sequence[np.ndarray],
     conds: Sequence[tuple[dict[str, Any], dict[str, Any]]],
 ) -> list[tuple[int, dict[str, Any], bool]]:
     """Verify, align and store one generated batch: ``(index, record, accepted)`` per image."""
@@ -337,7 +344,7 @@ def _check_batch(
             continue
         crop = align_face(arr, face, size=spec.crop_size).image
         meta = {"identity": i, "index": j, "seed": seed}
-        for img, path in [(crop, _crop_path(out, i, j))] + (
+        for img, path in [(crop, crop_path(out, i, j))] + (
             [(arr, full_image_path(out, i, j))] if spec.keep_full else []
         ):
             save_with_provenance(
@@ -389,7 +396,7 @@ def _fill_identities(
     todo: Sequence[int],
     vecs: np.ndarray,
     generate: GenerateFn,
-    verifier: Any,
+    verifier: FaceAnalyzer,
     spec: DatasetSpec,
     condition: ConditionFn | None,
     lookahead: int = 2,
@@ -452,7 +459,7 @@ def _generate_batch(
     out: Path,
     job: _Job,
     generate: GenerateFn,
-    verifier: Any,
+    verifier: FaceAnalyzer,
     spec: DatasetSpec,
     condition: ConditionFn | None,
 ) -> tuple[Any, ...]:
@@ -484,120 +491,3 @@ def committed_identities(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]
         if r["status"] == "done":
             seen.setdefault(int(r["identity"]), r)
     return [seen[i] for i in sorted(seen)]
-
-
-def export(
-    out_dir: str | os.PathLike[str],
-    formats: Sequence[str],
-    *,
-    holdout: int = 0,
-    pairs_per_identity: int = 10,
-) -> list[Path]:
-    """Write the committed identities as ``formats`` under ``out_dir/export``.
-
-    Class indices are the exported identities in increasing identity order (0…C-1). Every
-    sample carries its identity vector (``identities.safetensors``, when present) as its
-    embedding and the journal's record (seed, similarity, attempt, pose, …) as metadata, plus
-    ``rejections`` (how many candidates of that identity were rejected).
-
-    ``holdout``: the last ``holdout`` committed identities are left out of the training
-    formats and written as a verification set ``export/verification.bin`` (insightface's
-    format): per held-out identity, ``pairs_per_identity`` genuine pairs (two of its images)
-    and as many impostor pairs (one of its images, one of another held-out identity), chosen
-    with a fixed seed.
-    """
-    out = Path(out_dir)
-    records = committed_identities(out)
-    if not records:
-        raise FacegenError(f"{out}: no committed identities to export")
-    if not 0 <= holdout <= len(records) - 1:
-        raise ValueError(
-            f"`holdout` must be in [0, {len(records) - 1}] (identities done: {len(records)}), got {holdout}"
-        )
-    if holdout == 1:
-        raise ValueError("`holdout` must be 0 or >= 2 (impostor pairs need two identities)")
-    with folder_lock(out, "dataset export", part="export"):
-        return _export(out, records, formats, holdout, pairs_per_identity)
-
-
-def _export(
-    out: Path,
-    records: list[dict[str, Any]],
-    formats: Sequence[str],
-    holdout: int,
-    pairs_per_identity: int,
-) -> list[Path]:
-    """:func:`export` while it holds the export lock."""
-    from facegen.pipelines.dataset.writers import (
-        DatasetSample,
-        create_writers,
-        write_verification_bin,
-    )
-
-    vectors = _identity_vectors(out)
-    train, held = records[: len(records) - holdout], records[len(records) - holdout :]
-    files: list[Path] = []
-    if formats:
-        writers = create_writers(list(formats), out / "export")
-        with writers:
-            for cls, r in enumerate(train):
-                ident = int(r["identity"])
-                for im in r["images"]:
-                    writers.write(
-                        DatasetSample(
-                            identity=cls,
-                            index=im["index"],
-                            image=load_image(_crop_path(out, ident, im["index"])),
-                            embedding=None if vectors is None else vectors[ident],
-                            metadata={
-                                "source_identity": ident,
-                                "rejections": len(r["rejections"]),
-                                **im,
-                            },
-                        )
-                    )
-        files = writers.close()
-    if held:
-        pairs, issame = _verification_pairs(out, held, pairs_per_identity)
-        files.append(write_verification_bin(out / "export" / "verification.bin", pairs, issame))
-    return files
-
-
-def _identity_vectors(out: Path) -> np.ndarray | None:
-    path = out / "identities.safetensors"
-    if not path.exists():
-        return None
-    from facegen.embedding_io import load_embeddings
-
-    embeddings, _ = load_embeddings(path)
-    return np.stack([e.vector for e in embeddings]).astype(np.float32)
-
-
-def _verification_pairs(
-    out: Path, held: Sequence[dict[str, Any]], per_identity: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[bool]]:
-    rng = np.random.default_rng(0)
-    images = {int(r["identity"]): [im["index"] for im in r["images"]] for r in held if r["images"]}
-    ids = sorted(images)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def crop(i: int, j: int) -> np.ndarray:
-        if (i, j) not in cache:
-            cache[i, j] = load_image(_crop_path(out, i, j))
-        return cache[i, j]
-
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    issame: list[bool] = []
-    for i in ids:
-        own = images[i]
-        for _ in range(per_identity):
-            if len(own) >= 2:
-                a, b = rng.choice(own, 2, replace=False)
-                pairs.append((crop(i, int(a)), crop(i, int(b))))
-                issame.append(True)
-            other = ids[(ids.index(i) + 1 + int(rng.integers(len(ids) - 1))) % len(ids)]
-            pairs.append(
-                (crop(i, int(rng.choice(own))), crop(other, int(rng.choice(images[other]))))
-            )
-            issame.append(False)
-    return pairs, issame

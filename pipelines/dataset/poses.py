@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from facegen.analyzer import FaceAnalyzer
 from facegen.errors import FacegenError, InvalidImageError, NoFaceDetectedError
+from facegen.image_io import ImageSource, load_image
 
 __all__ = ["BANK_SIZE", "POSE_MODES", "PoseBank"]
 
@@ -78,7 +80,9 @@ class PoseBank:
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def from_images(cls, images: Sequence[Any], names: Sequence[str], analyzer: Any) -> PoseBank:
+    def from_images(
+        cls, images: Sequence[ImageSource], names: Sequence[str], analyzer: FaceAnalyzer
+    ) -> PoseBank:
         """Shapes of the largest face of each image (``analyzer`` must give 68 landmarks)."""
         from facegen.control import transfer_landmarks
 
@@ -104,14 +108,12 @@ class PoseBank:
     def from_folder(
         cls,
         folder: str | os.PathLike[str],
-        analyzer: Any = None,
+        analyzer: FaceAnalyzer | None = None,
         *,
         progress: Callable[[int, int], None] | None = None,
     ) -> PoseBank:
         """Every image under ``folder`` (recursive, sorted); unreadable or face-less ones are
         skipped with a warning. ``analyzer`` defaults to dlib HOG + 68 points."""
-        from facegen.image_io import load_image
-
         root = Path(folder)
         if not root.is_dir():
             raise FacegenError(f"pose reference folder {root} does not exist")
@@ -121,8 +123,6 @@ class PoseBank:
         if not files:
             raise FacegenError(f"no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {root}")
         if analyzer is None:
-            from facegen.analyzer import FaceAnalyzer
-
             analyzer = FaceAnalyzer.from_names("dlib", "dlib68", None)
         images, names = [], []
         for n, f in enumerate(files):

@@ -23,18 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from facegen.analyzer import FaceAnalyzer
 from facegen.errors import FacegenError, NoFaceDetectedError
-from facegen.fileio import write_json
+from facegen.fileio import atomic_write, write_json
 from facegen.identity import class_centers, cosine_similarity_matrix, eer, roc_auc, tar_at_far
 from facegen.image_io import load_image, save_image
+from facegen.pipelines.dataset.build import crop_path, iter_records
 
 __all__ = ["dataset_report"]
 
 
 def _journals(out: Path) -> list[dict[str, Any]]:
     """One record per identity (a ``done`` one where any journal has it)."""
-    from facegen.pipelines.dataset.build import iter_records
-
     best: dict[int, dict[str, Any]] = {}
     for r in iter_records(out):
         i = int(r["identity"])
@@ -82,10 +82,7 @@ def _contact_sheet(
 ) -> None:
     tiles = []
     for r in records[:rows]:
-        row = [
-            load_image(out / "images" / f"{r['identity']:06d}" / f"{im['index']:04d}.png")
-            for im in r["images"][:cols]
-        ]
+        row = [load_image(crop_path(out, r["identity"], im["index"])) for im in r["images"][:cols]]
         row += [np.zeros_like(row[0])] * (cols - len(row))
         tiles.append(np.concatenate(row, axis=1))
     if tiles:
@@ -121,7 +118,7 @@ def _pair_scores(
 
 def dataset_report(
     out_dir: str | Path,
-    analyzer: Any = None,
+    analyzer: FaceAnalyzer | None = None,
     *,
     max_pairs: int = 200_000,
     max_identities: int = 2000,
@@ -146,18 +143,10 @@ def dataset_report(
         for rej in r["rejections"]:
             rejections[rej["reason"]] = rejections.get(rej["reason"], 0) + 1
     if analyzer is None:
-        from facegen.analyzer import FaceAnalyzer
-
         analyzer = FaceAnalyzer.from_names("dlib", None, "dlib")
-    vecs, labels, undetected = [], [], 0
-    for r in measured:
-        for im in r["images"]:
-            crop = load_image(out / "images" / f"{r['identity']:06d}" / f"{im['index']:04d}.png")
-            try:
-                vecs.append(analyzer.embed(crop).vector)
-                labels.append(r["identity"])
-            except NoFaceDetectedError:
-                undetected += 1
+    if analyzer.encoder is None:
+        raise FacegenError("the dataset report needs an analyzer with an identity encoder")
+    vecs, labels, undetected = _embed_crops(out, measured, analyzer)
     report: dict[str, Any] = {
         "identities_done": len(done),
         "identities_failed": len(recs) - len(done),
@@ -168,42 +157,71 @@ def dataset_report(
         "independent_encoder_missed_faces": undetected,
         **_pose_spread(done),
     }
-    if len(set(labels)) >= 2:
-        v = np.stack(vecs)
-        lab = np.array(labels)
-        names, centres = class_centers(v, labels)
-        thr = float(analyzer.encoder.same_person_threshold)
-        cc = cosine_similarity_matrix(centres)
-        np.fill_diagonal(cc, -1)
-        to_centre = np.einsum(
-            "nd,nd->n",
-            v / np.linalg.norm(v, axis=1, keepdims=True),
-            centres[[names.index(x) for x in labels]],
-        )
-        genuine, impostor = _pair_scores(v, lab, max_pairs)
-        report.update(
-            unique_identity_ratio=float((cc.max(1) < thr).mean()),
-            same_person_threshold=thr,
-            intra_class_consistency=float(to_centre.mean()),
-            intra_class_diversity=float(1 - genuine.mean()) if genuine.size else None,
-            genuine_mean=float(genuine.mean()) if genuine.size else None,
-            impostor_mean=float(impostor.mean()),
-        )
-        if genuine.size:
-            e, e_thr = eer(genuine, impostor)
-            tar, tar_thr = tar_at_far(genuine, impostor, 1e-3)
-            report.update(
-                roc_auc=roc_auc(genuine, impostor),
-                eer=e,
-                eer_threshold=e_thr,
-                tar_at_far_1e3=tar,
-                tar_threshold=tar_thr,
-            )
-        rdir = out / "report"
-        _histogram_png(genuine, impostor, rdir / "similarity_hist.png", thr)
     rdir = out / "report"
+    if len(set(labels)) >= 2:
+        thr = float(analyzer.encoder.same_person_threshold)
+        genuine, impostor = _separation(np.stack(vecs), labels, thr, max_pairs, report)
+        _histogram_png(genuine, impostor, rdir / "similarity_hist.png", thr)
     _contact_sheet(out, done, rdir / "contact_sheet.png")
     write_json(rdir / "report.json", report)
+    _write_card(out, rdir / "README.md", report)
+    return report
+
+
+def _embed_crops(
+    out: Path, records: list[dict[str, Any]], analyzer: FaceAnalyzer
+) -> tuple[list[np.ndarray], list[int], int]:
+    """The stored crops' embeddings with their identities, and how many had no face."""
+    vecs, labels, undetected = [], [], 0
+    for r in records:
+        for im in r["images"]:
+            crop = load_image(crop_path(out, r["identity"], im["index"]))
+            try:
+                vecs.append(analyzer.embed(crop).vector)
+                labels.append(r["identity"])
+            except NoFaceDetectedError:
+                undetected += 1
+    return vecs, labels, undetected
+
+
+def _separation(
+    v: np.ndarray, labels: list[int], thr: float, max_pairs: int, report: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add the identity-separation measures of embeddings ``v`` ``(N, D)`` to ``report``;
+    returns the genuine and impostor similarities."""
+    lab = np.array(labels)
+    names, centres = class_centers(v, labels)
+    cc = cosine_similarity_matrix(centres)
+    np.fill_diagonal(cc, -1)
+    to_centre = np.einsum(
+        "nd,nd->n",
+        v / np.linalg.norm(v, axis=1, keepdims=True),
+        centres[[names.index(x) for x in labels]],
+    )
+    genuine, impostor = _pair_scores(v, lab, max_pairs)
+    report.update(
+        unique_identity_ratio=float((cc.max(1) < thr).mean()),
+        same_person_threshold=thr,
+        intra_class_consistency=float(to_centre.mean()),
+        intra_class_diversity=float(1 - genuine.mean()) if genuine.size else None,
+        genuine_mean=float(genuine.mean()) if genuine.size else None,
+        impostor_mean=float(impostor.mean()),
+    )
+    if genuine.size:
+        e, e_thr = eer(genuine, impostor)
+        tar, tar_thr = tar_at_far(genuine, impostor, 1e-3)
+        report.update(
+            roc_auc=roc_auc(genuine, impostor),
+            eer=e,
+            eer_threshold=e_thr,
+            tar_at_far_1e3=tar,
+            tar_threshold=tar_thr,
+        )
+    return genuine, impostor
+
+
+def _write_card(out: Path, path: Path, report: dict[str, Any]) -> None:
+    """The dataset card: settings, quality numbers, the plots, the licence note."""
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     lines = [
@@ -228,8 +246,5 @@ def dataset_report(
         "Licences: the images inherit the licences of the models that made them (see the "
         "preset's model cards; insightface-derived identity encoders are non-commercial).",
     ]
-    from facegen.fileio import atomic_write
-
-    with atomic_write(rdir / "README.md") as tmp:
+    with atomic_write(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    return report

@@ -1,8 +1,10 @@
 """Dataset runs: one config, deterministic shards, local / ``accelerate`` / Ray executors, merge.
 
-A run is described by a :class:`DatasetConfig` (from a YAML/TOML/JSON file, CLI flags, or
-both) and saved as ``config.json`` beside its output; the same config gives the same dataset
-whatever runs it:
+A run is described by a :class:`~facegen.pipelines.dataset.config.DatasetConfig` (from a
+YAML/TOML/JSON file, CLI flags, a web form, or a mix) and saved as ``config.json`` beside its
+output; the same config gives the same dataset whatever runs it. A :class:`Worker` generates
+and verifies: :func:`preset_worker` builds one from the config's preset, :func:`pipeline_worker`
+wraps a pipeline already loaded (the web app's). Executors:
 
 * **shards**: identity ``i`` belongs to shard ``i % N``; ``run_shard(out, cfg, (K, N))`` fills
   one, so any launcher can run them (``--shard K/N`` from Slurm arrays or several machines);
@@ -25,15 +27,26 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facegen.analyzer import FaceAnalyzer
 from facegen.errors import FacegenError, MissingDependencyError
 from facegen.locks import folder_lock, is_lock_file
+from facegen.pipelines.dataset.config import DatasetConfig, load_config
+from facegen.validate import check_int
+
+if TYPE_CHECKING:
+    from facegen.pipelines.dataset.build import ConditionFn, DatasetSummary
+    from facegen.pipelines.dataset.poses import PoseBank
+    from facegen.pipelines.generation.id_to_face import IDGenerationMixin
+
+#: :func:`prepare_run`'s result: the ``(N, D)`` float32 identities and the pose bank (or None).
+Prepared = tuple[np.ndarray, "PoseBank | None"]
 
 __all__ = [
     "DatasetConfig",
@@ -41,6 +54,7 @@ __all__ = [
     "accelerate_shard",
     "load_config",
     "merge",
+    "pipeline_worker",
     "prepare_run",
     "preset_worker",
     "run_ray",
@@ -48,192 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FORMATS = ("wds", "rec", "parquet", "imagefolder")
-POSE_CHOICES = ("none", "reference", "sampled")
-
-#: Settings that only change how fast a run goes, not what it makes: a resumed run may differ.
-_RUNTIME_KEYS = ("batch_size", "formats", "holdout")
-
-
-def _check_types(values: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
-    """Scalars of the wrong kind, named by key, before the dataclass sees them."""
-    for key, v in values.items():
-        kind = annotations.get(key, "")
-        if kind.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ValueError(f"`{key}` must be an integer, got {v!r}")
-        if kind.startswith("float") and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
-        ):
-            raise ValueError(f"`{key}` must be a number, got {v!r}")
-        if kind == "bool" and not isinstance(v, bool):
-            raise ValueError(f"`{key}` must be true or false, got {v!r}")
-        if kind.startswith("str") and not isinstance(v, str):
-            raise ValueError(f"`{key}` must be a string, got {v!r}")
-
-
-#: Upper bounds of one run's counts (10M identities is ~30 GB of vectors to sample).
-_MAXIMA = {
-    "identities": 10_000_000,
-    "images_per_identity": 100_000,
-    "attempts": 1_000,
-    "batch_size": 4_096,
-}
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """Everything that defines a dataset run (all JSON/YAML/TOML scalars and lists)."""
-
-    identities: int
-    images_per_identity: int
-    preset: str = "arc2face"
-    seed: int = 0
-    sampler: str = "uniform"
-    identity_separation: float = 0.3
-    min_similarity: float = 0.5
-    max_similarity: float = 0.98
-    attempts: int = 3
-    perturbation: tuple[float, ...] = (0.0,)
-    steps: int | None = None
-    dtype: str = "float32"
-    prompts: tuple[str, ...] = ()
-    pose: str = "none"
-    pose_from: str | None = None
-    keep_full: bool = False
-    watermark: bool = True
-    batch_size: int = 8
-    formats: tuple[str, ...] = ()
-    holdout: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("identities", "images_per_identity", "attempts", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-            if v > _MAXIMA[name]:
-                raise ValueError(f"`{name}` must be at most {_MAXIMA[name]:,}, got {v:,}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an integer, got {self.seed!r}")
-        if not 0 <= self.seed <= 2**31 - 1:
-            raise ValueError(f"`seed` must be in [0, 2147483647], got {self.seed}")
-        if not -1 < self.identity_separation <= 1:
-            raise ValueError(
-                f"`identity_separation` must be in (-1, 1], got {self.identity_separation}"
-            )
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"`steps` must be an integer >= 1, got {self.steps!r}")
-        if self.pose not in POSE_CHOICES:
-            raise ValueError(f"`pose` must be one of {', '.join(POSE_CHOICES)}, got {self.pose!r}")
-        if (self.pose == "none") != (self.pose_from is None):
-            raise ValueError(
-                "`pose` 'reference'/'sampled' needs `pose_from` (a folder of reference photos), "
-                f"and `pose_from` needs one of them; got pose={self.pose!r}, "
-                f"pose_from={self.pose_from!r}"
-            )
-        bad = [f for f in self.formats if f not in FORMATS]
-        if bad:
-            raise ValueError(f"`formats` must be among {', '.join(FORMATS)}, got {bad}")
-        if self.holdout < 0 or self.holdout == 1:
-            raise ValueError(f"`holdout` must be 0 or >= 2, got {self.holdout}")
-        if self.holdout >= self.identities:
-            raise ValueError(
-                f"`holdout` must be < `identities` ({self.identities}), got {self.holdout}"
-            )
-        self.spec()  # validates similarity bounds, perturbation levels
-
-    def spec(self) -> Any:
-        from facegen.pipelines.dataset.build import DatasetSpec
-
-        return DatasetSpec(
-            images_per_identity=self.images_per_identity,
-            min_similarity=self.min_similarity,
-            max_similarity=self.max_similarity,
-            max_attempts=self.attempts,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            perturbation=tuple(self.perturbation),
-            keep_full=self.keep_full,
-            watermark=self.watermark,
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> DatasetConfig:
-        """Build from a mapping; dashes in keys are accepted; unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        norm = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(norm) - known)
-        if unknown:
-            raise FacegenError(
-                f"{source}: unknown setting(s) {unknown}; valid: {', '.join(sorted(known))}"
-            )
-        missing = [k for k in ("identities", "images_per_identity") if norm.get(k) is None]
-        if missing:
-            raise FacegenError(f"{source}: `{'`, `'.join(missing)}` must be given")
-        for k in ("perturbation", "prompts", "formats"):
-            v = norm.get(k)
-            if isinstance(v, str):
-                norm[k] = [t for t in v.split(",") if t] if k != "prompts" else [v]
-            if norm.get(k) is not None:
-                norm[k] = tuple(norm[k])
-        if norm.get("perturbation") is not None:
-            try:
-                norm["perturbation"] = tuple(float(x) for x in norm["perturbation"])
-            except (TypeError, ValueError):
-                raise FacegenError(
-                    f"{source}: `perturbation` must be numbers (levels in [0, 1)), got "
-                    f"{data.get('perturbation')!r}"
-                ) from None
-        norm = {k: v for k, v in norm.items() if v is not None}
-        try:
-            _check_types(norm, {f.name: str(f.type) for f in fields(cls)})
-            return cls(**norm)
-        except (TypeError, ValueError) as e:
-            raise FacegenError(f"{source}: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def identity_dict(self) -> dict[str, Any]:
-        """The settings that determine the dataset's content (what a resume must match)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_KEYS}
-
-
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a run description: ``.yaml``/``.yml``, ``.toml`` or ``.json`` → a flat mapping.
-
-    A TOML file may put the settings under a ``[dataset]`` table; so may YAML/JSON under a
-    ``dataset:`` key.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FacegenError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        elif suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise FacegenError(f"config file {p} must end in .yaml, .yml, .toml or .json")
-    except FacegenError:
-        raise
-    except Exception as e:  # yaml/toml/json parse errors have no common base
-        raise FacegenError(f"config file {p} could not be parsed: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
-        data = data["dataset"]
-    if not isinstance(data, dict):
-        raise FacegenError(f"config file {p} must hold a mapping of settings")
-    return data
-
 
 # ------------------------------------------------------------------------------ run folder
 
@@ -256,8 +84,8 @@ def prepare_run(
     *,
     encoder_id: str,
     dim: int,
-    pose_analyzer: Any = None,
-) -> tuple[np.ndarray, Any]:
+    pose_analyzer: FaceAnalyzer | None = None,
+) -> Prepared:
     """Create/check the run folder: ``config.json``, ``identities.safetensors`` (sampled once,
     then read by every shard) and, with poses, ``poses.safetensors``. Returns the ``(N, D)``
     identities and the pose bank (or ``None``). Safe to call from several shards at once:
@@ -269,8 +97,8 @@ def prepare_run(
 
 
 def _prepare(
-    out: Path, cfg: DatasetConfig, encoder_id: str, dim: int, pose_analyzer: Any
-) -> tuple[np.ndarray, Any]:
+    out: Path, cfg: DatasetConfig, encoder_id: str, dim: int, pose_analyzer: FaceAnalyzer | None
+) -> Prepared:
     """:func:`prepare_run` while it holds the prepare lock."""
     from facegen.embedding_io import load_embeddings
     from facegen.fileio import write_json
@@ -321,7 +149,7 @@ class Worker:
     identity space (``encoder_id``, ``dim``) and the per-image control ``size`` (pixels)."""
 
     generate: Callable[..., Any]
-    verifier: Any
+    verifier: FaceAnalyzer
     encoder_id: str
     dim: int
     size: int = 512
@@ -336,7 +164,7 @@ WorkerFactory = Callable[[DatasetConfig, str], Worker]
 def preset_worker(
     cfg: DatasetConfig, device: str = "cpu", *, offline: bool | None = None
 ) -> Worker:
-    """A :class:`Worker` around ``from_preset(cfg.preset)`` whose identity analyzer verifies."""
+    """A :class:`Worker` around ``from_preset(cfg.preset)`` (see :func:`pipeline_worker`)."""
     from facegen.pipelines.generation.presets import from_preset
 
     pipe = from_preset(
@@ -346,34 +174,49 @@ def preset_worker(
         local_files_only=True if offline else None,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipeline_worker(pipe, cfg)
+
+
+def _check_pipeline(pipe: IDGenerationMixin, cfg: DatasetConfig) -> FaceAnalyzer:
+    """The pipeline's verifier, once ``pipe`` can make ``cfg``'s dataset."""
+    from facegen.pipelines.generation.presets import preset_names
+
+    name = cfg.preset
     verifier = getattr(pipe, "identity_analyzer", None)
     if verifier is None or getattr(verifier, "encoder", None) is None:
-        from facegen.pipelines.generation.presets import preset_names
-
         raise FacegenError(
-            f"preset {cfg.preset!r} has no identity analyzer to verify images; use a preset with "
+            f"preset {name!r} has no identity analyzer to verify images; use a preset with "
             f"one ({', '.join(preset_names(test_double=False))})"
         )
-    takes_control = getattr(pipe, "controlnet", None) is not None
-    takes_prompt = bool(pipe.takes_prompt)
-    if cfg.pose != "none" and not takes_control:
-        from facegen.pipelines.generation.presets import preset_names
-
+    if cfg.pose != "none" and getattr(pipe, "controlnet", None) is None:
         raise FacegenError(
             f"`pose` {cfg.pose!r} needs a ControlNet preset "
             f"({', '.join(preset_names(controlnet='built-in'))}; a landmark ControlNet for the "
-            f"pose to follow the landmarks); {cfg.preset!r} has none"
+            f"pose to follow the landmarks); {name!r} has none"
         )
-    if cfg.prompts and not takes_prompt:
-        raise FacegenError(f"preset {cfg.preset!r} takes no text prompt; drop `prompts`")
+    if cfg.prompts and not pipe.takes_prompt:
+        raise FacegenError(f"preset {name!r} takes no text prompt; drop `prompts`")
+    return verifier
+
+
+def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
+    """A :class:`Worker` around a loaded pipeline whose identity analyzer verifies: one
+    pipeline call per prompt of a batch, ``cfg.steps`` steps (``None``: the preset's), the
+    per-image landmark maps when it has a ControlNet. Raises
+    :class:`~facegen.errors.FacegenError` when it cannot make ``cfg``'s dataset (no identity
+    analyzer, a pose without a ControlNet, prompts it cannot take)."""
+    verifier = _check_pipeline(pipe, cfg)
+    takes_control = getattr(pipe, "controlnet", None) is not None
     call: dict[str, Any] = {"output_type": "np"}
     if cfg.steps:
         call["num_inference_steps"] = cfg.steps
 
-    def generate(vectors: Any, seeds: list[int], conds: list[dict[str, Any]] | None = None) -> Any:
+    def generate(
+        vectors: np.ndarray, seeds: list[int], conds: Sequence[dict[str, Any]] | None = None
+    ) -> list[np.ndarray]:
         conds = conds or [{} for _ in seeds]
         images: list[Any] = [None] * len(seeds)
-        groups: dict[Any, list[int]] = {}
+        groups: dict[str | None, list[int]] = {}
         for n, c in enumerate(conds):  # one call per prompt (the pipeline takes one prompt)
             groups.setdefault(c.get("prompt"), []).append(n)
         for prompt, idx in groups.items():
@@ -382,24 +225,27 @@ def preset_worker(
                 kw["prompt"] = prompt
             if takes_control:
                 kw["control_image"] = [conds[n]["control_image"] for n in idx]
-            out = pipe(vectors[idx], seeds=[seeds[n] for n in idx], **kw).images
+            out = pipe(vectors[idx], seeds=[seeds[n] for n in idx], **kw).images  # type: ignore[operator]
             for n, im in zip(idx, out):
                 images[n] = (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
         return images
 
-    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    from facegen.pipelines.editing.face_edit import pipeline_size
+
+    enc = verifier.encoder
+    assert enc is not None  # checked by _check_pipeline
     return Worker(
         generate,
         verifier,
-        verifier.encoder.encoder_id,
-        verifier.encoder.dim,
-        size,
-        takes_prompt,
+        enc.encoder_id,
+        enc.dim,
+        pipeline_size(pipe),
+        bool(pipe.takes_prompt),
         takes_control,
     )
 
 
-def _condition_fn(cfg: DatasetConfig, bank: Any, size: int) -> Any:
+def _condition_fn(cfg: DatasetConfig, bank: PoseBank | None, size: int) -> ConditionFn | None:
     """Per-image generator inputs: a landmark map for the pose, a prompt (cycled)."""
     if bank is None and not cfg.prompts:
         return None
@@ -425,9 +271,9 @@ def run_shard(
     shard: tuple[int, int],
     worker: Worker,
     *,
-    prepared: tuple[np.ndarray, Any] | None = None,
+    prepared: Prepared | None = None,
     progress: Callable[[int, int, int], None] | None = None,
-) -> Any:
+) -> DatasetSummary:
     """Fill one shard; returns its summary. ``prepared``: :func:`prepare_run`'s result (made
     here when not given). Holds the shard's lock throughout: raises
     :class:`~facegen.errors.FolderLockedError` at once when another run fills this shard."""
@@ -472,7 +318,7 @@ class _ShardActor:
         self.cfg = DatasetConfig.from_dict(cfg)
         gpus = ray.get_gpu_ids()
         self.worker = factory(self.cfg, "cuda" if gpus else "cpu")
-        self.prepared: tuple[np.ndarray, Any] | None = None
+        self.prepared: Prepared | None = None
 
     def prepare(self) -> int:
         if self.prepared is None:
@@ -517,11 +363,10 @@ def run_ray(
         raise MissingDependencyError(
             "ray", extra="distributed", purpose="the Ray executor (--executor ray)"
         ) from None
-    if num_workers < 1:
-        raise ValueError(f"`num_workers` must be >= 1, got {num_workers}")
+    check_int(num_workers, "num_workers", minimum=1)
+    if shards is not None:
+        check_int(shards, "shards", minimum=1)
     n_shards = min(shards or 4 * num_workers, cfg.identities)
-    if n_shards < 1:
-        raise ValueError(f"`shards` must be >= 1, got {shards}")
     out = Path(out_dir).resolve()
     _check_config(out, cfg)
     started_here = False

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,7 +44,7 @@ import cv2
 import numpy as np
 
 from facegen.analyzer import FaceAnalyzer, select_faces
-from facegen.errors import FacegenError, NoFaceDetectedError
+from facegen.errors import FacegenError, InvalidArgumentError, NoFaceDetectedError
 from facegen.image_io import ImageSource, load_image
 from facegen.masks import (
     FaceRegion,
@@ -54,7 +55,9 @@ from facegen.masks import (
     parse_length,
     region_mask,
 )
+from facegen.pipelines.editing.options import ANONYMIZE_MODES, CLASSICAL_MODES, FACE_POLICIES
 from facegen.types import Face
+from facegen.validate import check_choice, check_int, check_number
 
 __all__ = [
     "CLASSICAL_MODES",
@@ -62,17 +65,16 @@ __all__ = [
     "AnonymizeOptions",
     "AnonymizeResult",
     "FaceRecord",
+    "FaceReplacement",
     "GeneratedFace",
     "ReplaceFaceFn",
     "anonymize_image",
+    "anonymize_settings",
 ]
 
 logger = logging.getLogger(__name__)
 
-CLASSICAL_MODES = ("blur", "pixelate", "mask")
-MODES = (*CLASSICAL_MODES, "generate")
-FACE_POLICIES = ("all", "largest", "best")
-#: The folder run's journal, inside ``out_dir``.
+MODES = ANONYMIZE_MODES
 #: Below this σ (pixels) the blur runs at full resolution.
 _BLUR_DIRECT_SIGMA = 3.0
 
@@ -102,18 +104,29 @@ class GeneratedFace:
 ReplaceFaceFn = Callable[[np.ndarray, Face, np.ndarray], GeneratedFace]
 
 
-def _is_number(x: Any) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float, np.integer, np.floating))
+@dataclass(frozen=True, eq=False)
+class FaceReplacement:
+    """A ``replace_face`` hook and how it was made: ``settings`` (JSON-ready: the preset, the
+    edit options, the verifier, …) are recorded with every output it helps make, and a
+    folder run redoes its files when they change."""
+
+    hook: ReplaceFaceFn
+    settings: dict[str, Any]
+
+    def __call__(self, image: np.ndarray, face: Face, mask: np.ndarray) -> GeneratedFace:
+        return self.hook(image, face, mask)
 
 
 @dataclass(frozen=True)
 class AnonymizeOptions:
     """Validated anonymization settings (see the module doc for what each one does).
 
+    ``mode``: one of :data:`MODES`. ``shape``: the mask's (:data:`facegen.masks.MASK_SHAPES`).
     ``margin`` and ``feather`` are :data:`facegen.masks.Length` values (a fraction of the
-    face size, or ``"Npx"``). ``blur_sigma``: fraction of face size, in (0, 5].
-    ``pixel_blocks``: blocks across the face size, an int in [1, 256]. ``fill``: RGB, each
-    in [0, 255]. ``faces``: ``"all"``, ``"largest"``, ``"best"`` or an index in detector order.
+    face size, or ``"Npx"``). ``forehead``: mask extension above the brows, a fraction of
+    the face height. ``blur_sigma``: fraction of face size, in (0, 5]. ``pixel_blocks``:
+    blocks across the face size, an int in [1, 256]. ``fill``: RGB, each in [0, 255].
+    ``faces``: ``"all"``, ``"largest"``, ``"best"`` or an index in detector order.
     ``fallback_mode``: the classical mode used when ``"generate"`` rejects a face.
     """
 
@@ -129,30 +142,23 @@ class AnonymizeOptions:
     fallback_mode: str = "blur"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.fallback_mode not in CLASSICAL_MODES:
-            raise ValueError(
-                f"`fallback_mode` must be one of {', '.join(CLASSICAL_MODES)}, "
-                f"got {self.fallback_mode!r}"
-            )
+        check_choice(self.mode, "mode", MODES)
+        check_choice(self.fallback_mode, "fallback_mode", CLASSICAL_MODES)
         parse_length(self.margin, "margin")
         self.mask_spec()  # validates shape, forehead and feather
-        s = self.blur_sigma
-        if not (_is_number(s) and math.isfinite(s) and 0 < s <= 5):
-            raise ValueError(f"`blur_sigma` must be a number in (0, 5], got {s!r}")
-        b = self.pixel_blocks
-        if not (_is_number(b) and float(b) == int(b) and 1 <= b <= 256):
-            raise ValueError(f"`pixel_blocks` must be an int in [1, 256], got {b!r}")
+        check_number(self.blur_sigma, "blur_sigma", minimum=0, maximum=5, min_open=True)
+        check_int(self.pixel_blocks, "pixel_blocks", minimum=1, maximum=256)
         fill = tuple(self.fill) if isinstance(self.fill, (tuple, list, np.ndarray)) else ()
-        if len(fill) != 3 or not all(_is_number(c) and int(c) == c and 0 <= c <= 255 for c in fill):
-            raise ValueError(f"`fill` must be three ints in [0, 255] (RGB), got {self.fill!r}")
-        object.__setattr__(self, "fill", tuple(int(c) for c in fill))
+        if len(fill) != 3:
+            raise InvalidArgumentError(
+                f"`fill` must be three integers in [0, 255] (RGB), got {self.fill!r}"
+            )
+        object.__setattr__(
+            self, "fill", tuple(check_int(c, "fill", minimum=0, maximum=255) for c in fill)
+        )
         f = self.faces
-        if not (
-            f in FACE_POLICIES or (not isinstance(f, bool) and isinstance(f, (int, np.integer)))
-        ):
-            raise ValueError(
+        if f not in FACE_POLICIES and (isinstance(f, bool) or not isinstance(f, numbers.Integral)):
+            raise InvalidArgumentError(
                 f"`faces` must be one of {', '.join(FACE_POLICIES)} or a face index, got {f!r}"
             )
 
@@ -283,7 +289,7 @@ def _classical(
     return params
 
 
-def _check_generated(gen: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _check_generated(gen: object, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(gen, GeneratedFace):
         raise TypeError(f"`replace_face` must return a GeneratedFace, got {type(gen).__name__}")
     img = np.asarray(gen.image)
@@ -315,7 +321,7 @@ def _anonymize_array(
         np.maximum(union, mask, out=union)
         mode, extra = opts.mode, {}
         if mode == "generate":
-            assert replace_face is not None  # checked by _options
+            assert replace_face is not None  # checked by _check_hook
             mode, out, extra = _generate(out, face, mask, opts, replace_face)
         params = _classical(out, region, mask, mode, opts) if mode in CLASSICAL_MODES else {}
         records.append(
@@ -359,43 +365,35 @@ def _generate(
     return "generate", blend(image, candidate, mask), extra
 
 
-def _options(
-    mode: str,
-    shape: str,
-    margin: Length,
-    faces: str | int,
-    forehead: float,
-    feather: Length,
-    blur_sigma: float,
-    pixel_blocks: int,
-    fill: tuple[int, int, int],
-    fallback_mode: str,
-    replace_face: ReplaceFaceFn | None,
-) -> AnonymizeOptions:
-    opts = AnonymizeOptions(
-        mode=mode,
-        shape=shape,
-        margin=margin,
-        forehead=forehead,
-        feather=feather,
-        blur_sigma=blur_sigma,
-        pixel_blocks=pixel_blocks,
-        fill=fill,
-        faces=faces,
-        fallback_mode=fallback_mode,
-    )
-    if mode == "generate" and replace_face is None:
-        raise ValueError(
+def _check_hook(options: AnonymizeOptions, replace_face: ReplaceFaceFn | None) -> None:
+    if not isinstance(options, AnonymizeOptions):
+        raise InvalidArgumentError(
+            f"`options` must be AnonymizeOptions, got {type(options).__name__}"
+        )
+    if options.mode == "generate" and replace_face is None:
+        raise InvalidArgumentError(
             "`replace_face` must be given for mode 'generate' (it needs a generation pipeline "
             "that replaces a face and verifies it), got None; or use one of "
             + ", ".join(CLASSICAL_MODES)
         )
     if replace_face is not None and not callable(replace_face):
-        raise ValueError(f"`replace_face` must be callable, got {type(replace_face).__name__}")
-    return opts
+        raise InvalidArgumentError(
+            f"`replace_face` must be callable, got {type(replace_face).__name__}"
+        )
 
 
-def _detector_info(analyzer: Any) -> tuple[str | None, float | None]:
+def anonymize_settings(
+    options: AnonymizeOptions, replace_face: ReplaceFaceFn | None = None
+) -> dict[str, Any]:
+    """JSON-ready settings of a run: the options, and with a :class:`FaceReplacement` hook
+    in ``"generate"`` mode its ``settings`` (key ``"generator"``)."""
+    settings = options.to_dict()
+    if options.mode == "generate" and isinstance(replace_face, FaceReplacement):
+        settings["generator"] = replace_face.settings
+    return settings
+
+
+def _detector_info(analyzer: FaceAnalyzer) -> tuple[str | None, float | None]:
     det = getattr(analyzer, "detector", None)
     return getattr(det, "name", None), getattr(det, "score_threshold", None)
 
@@ -403,34 +401,25 @@ def _detector_info(analyzer: Any) -> tuple[str | None, float | None]:
 def anonymize_image(
     image: ImageSource,
     analyzer: FaceAnalyzer,
+    options: AnonymizeOptions | None = None,
     *,
-    mode: str = "blur",
-    shape: str = "hull",
-    margin: Length = 0.1,
-    faces: str | int = "all",
-    forehead: float = 0.3,
-    feather: Length = 0.05,
-    blur_sigma: float = 0.25,
-    pixel_blocks: int = 8,
-    fill: tuple[int, int, int] = (0, 0, 0),
-    fallback_mode: str = "blur",
     replace_face: ReplaceFaceFn | None = None,
     source: str | None = None,
 ) -> AnonymizeResult:
-    """Anonymize the faces of one image (see the module doc and :class:`AnonymizeOptions`).
+    """Anonymize the faces of one image as ``options`` say (default :class:`AnonymizeOptions`;
+    see the module doc).
 
     ``image``: anything :func:`facegen.image_io.load_image` reads (an RGB uint8 ``(H, W, 3)``
     array, a path, bytes, a PIL image). ``analyzer``: detects the faces (only its
-    ``detect`` is used; no encoder needed). ``source`` names the image in errors.
+    ``detect`` is used; no encoder needed). ``replace_face``: the hook of mode
+    ``"generate"``. ``source`` names the image in errors.
 
     Raises :class:`~facegen.errors.NoFaceDetectedError` when no face is detected (the image
     is never returned unchanged as if it were anonymized), :class:`~facegen.errors.FaceIndexError`
     for an index the image does not have, ``ValueError`` for invalid options.
     """
-    opts = _options(
-        mode, shape, margin, faces, forehead, feather, blur_sigma, pixel_blocks, fill,
-        fallback_mode, replace_face,
-    )  # fmt: skip
+    opts = options or AnonymizeOptions()
+    _check_hook(opts, replace_face)
     name = source or (str(image) if isinstance(image, (str, os.PathLike)) else None)
     arr = load_image(image, name=name)
     found = analyzer.detect(arr)

@@ -36,29 +36,25 @@ from typing import Any
 import cv2
 
 from facegen._version import __version__
-from facegen.analyzer import FaceAnalyzer, select_faces
-from facegen.errors import FacegenError, InvalidImageError, OutputError
+from facegen.analyzer import FaceAnalyzer
+from facegen.errors import FacegenError, InvalidImageError, NoFaceDetectedError, OutputError
 from facegen.fileio import append_json_line, atomic_write, drop_torn_tail
-from facegen.image_io import SkippedEntry, load_image, scan_images
+from facegen.image_io import SkippedEntry, scan_images
 from facegen.locks import folder_lock
-from facegen.masks import Length
 from facegen.pipelines.editing.anonymize import (
     AnonymizeOptions,
     ReplaceFaceFn,
-    _anonymize_array,
+    _check_hook,
     _detector_info,
-    _options,
+    anonymize_settings,
 )
-from facegen.provenance import can_watermark, save_with_provenance
+from facegen.pipelines.editing.jobs import anonymize_file, check_output_format, output_name
 
 __all__ = ["REPORT_NAME", "FolderReport", "anonymize_folder", "read_report"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "anonymize_report.jsonl"
-_WRITABLE = {".png", ".jpg", ".jpeg", ".webp"}
-_FORMAT_SUFFIXES = {"png": (".png",), "jpg": (".jpg", ".jpeg"), "webp": (".webp",)}
-_OUTPUT_FORMATS = tuple(_FORMAT_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -90,6 +86,17 @@ class FolderReport:
             d[k] = str(d[k])
         return d
 
+    def count(self, record: dict[str, Any]) -> None:
+        """Add one processed file's journal record."""
+        self.records.append(record)
+        if record["status"] == "done":
+            self.done += 1
+            self.faces += len(record["faces"])
+        elif record["status"] == "no_face":
+            self.no_face += 1
+        else:
+            self.errors += 1
+
 
 def read_report(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The complete records of a folder run's journal (a torn last line is ignored)."""
@@ -107,16 +114,6 @@ def read_report(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("input"), str):
                 yield rec
-
-
-def _output_rel(rel: Path, output_format: str | None) -> Path:
-    """The output's path relative to ``out_dir`` (see :func:`anonymize_folder`)."""
-    suffix = rel.suffix.lower()
-    if output_format is None:
-        return rel if suffix in _WRITABLE else rel.with_suffix(".png")
-    return (
-        rel if suffix in _FORMAT_SUFFIXES[output_format] else rel.with_suffix("." + output_format)
-    )
 
 
 def _stat(path: Path) -> dict[str, int] | None:
@@ -143,17 +140,8 @@ def anonymize_folder(
     input_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     analyzer: FaceAnalyzer,
+    options: AnonymizeOptions | None = None,
     *,
-    mode: str = "blur",
-    shape: str = "hull",
-    margin: Length = 0.1,
-    faces: str | int = "all",
-    forehead: float = 0.3,
-    feather: Length = 0.05,
-    blur_sigma: float = 0.25,
-    pixel_blocks: int = 8,
-    fill: tuple[int, int, int] = (0, 0, 0),
-    fallback_mode: str = "blur",
     replace_face: ReplaceFaceFn | None = None,
     output_format: str | None = None,
     recursive: bool = True,
@@ -162,11 +150,13 @@ def anonymize_folder(
 ) -> FolderReport:
     """Anonymize every image under ``input_dir`` into the mirrored tree under ``out_dir``.
 
-    Options as in :func:`anonymize_image`. ``output_format``: ``None`` keeps each file's
-    format where possible (see the module doc), or ``"png"`` / ``"jpg"`` / ``"webp"`` for
-    all (``a.jpg`` → ``a.png``; a ``.jpeg`` input stays ``.jpeg`` under ``"jpg"``).
-    ``out_dir`` may lie inside ``input_dir`` (it is not scanned) but must not be it.
-    ``progress(finished, total)`` is called after each file, skipped ones included.
+    ``options`` and ``replace_face`` as in
+    :func:`~facegen.pipelines.editing.anonymize.anonymize_image`; every file is written by
+    :func:`~facegen.pipelines.editing.jobs.anonymize_file`. ``output_format``: ``None`` keeps
+    each file's format where possible (see the module doc), or ``"png"`` / ``"jpg"`` /
+    ``"webp"`` for all (``a.jpg`` → ``a.png``; a ``.jpeg`` input stays ``.jpeg`` under
+    ``"jpg"``). ``out_dir`` may lie inside ``input_dir`` (it is not scanned) but must not be
+    it. ``progress(finished, total)`` is called after each file, skipped ones included.
     Outputs carry facegen's provenance record (kind ``"edited"``) and, with ``watermark``
     (the default; images of at least 64 px a side), the invisible watermark, which changes
     every pixel by a few grey levels: pass ``watermark=False`` for outputs whose pixels
@@ -184,15 +174,9 @@ def anonymize_folder(
     Raises :class:`~facegen.errors.FolderLockedError` at once when another run is writing
     into ``out_dir`` (see the module doc).
     """
-    opts = _options(
-        mode, shape, margin, faces, forehead, feather, blur_sigma, pixel_blocks, fill,
-        fallback_mode, replace_face,
-    )  # fmt: skip
-    if output_format is not None and output_format not in _OUTPUT_FORMATS:
-        raise ValueError(
-            f"`output_format` must be None or one of {', '.join(_OUTPUT_FORMATS)}, "
-            f"got {output_format!r}"
-        )
+    opts = options or AnonymizeOptions()
+    _check_hook(opts, replace_face)
+    check_output_format(output_format)
     src = Path(input_dir)
     if not src.is_dir():
         raise InvalidImageError("`input_dir` must be an existing folder", source=str(src))
@@ -203,10 +187,14 @@ def anonymize_folder(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    settings = {
+        **anonymize_settings(opts, replace_face),
+        "output_format": output_format,
+        "watermark": watermark,
+    }
+    run = _FolderRun(src, out, analyzer, opts, replace_face, output_format, watermark, settings)
     with folder_lock(out, "anonymize run"):
-        report = _run(
-            src, out, analyzer, opts, replace_face, output_format, recursive, watermark, progress
-        )
+        report = run.run(recursive, progress)
     logger.info(
         "anonymized %d file(s) (%d face(s)); %d skipped as finished, %d without a face, "
         "%d error(s)",
@@ -215,87 +203,114 @@ def anonymize_folder(
     return report
 
 
-def _run(
-    src: Path,
-    out: Path,
-    analyzer: FaceAnalyzer,
-    opts: AnonymizeOptions,
-    replace_face: ReplaceFaceFn | None,
-    output_format: str | None,
-    recursive: bool,
-    watermark: bool,
-    progress: Callable[[int, int], None] | None,
-) -> FolderReport:
+#: One input of a run: its path, its path relative to the input folder, its output's path
+#: relative to the output folder ("" for an entry that could not be read) and, for such an
+#: entry, why.
+_Item = tuple[Path, str, str, SkippedEntry | None]
+
+
+@dataclass(frozen=True, eq=False)
+class _FolderRun:
     """The body of :func:`anonymize_folder`, run while it holds the lock on ``out``."""
-    journal = out / REPORT_NAME
-    if drop_torn_tail(journal):
-        logger.info("dropped a torn journal line in %s", journal)
-    _compact(journal)  # a crashed run may have left a file's earlier record behind
-    previous = {rec["input"]: rec for rec in read_report(journal)}
-    settings = {**opts.to_dict(), "output_format": output_format, "watermark": watermark}
-    detector, _ = _detector_info(analyzer)
-    scan = scan_images([src], recursive=recursive, exclude=[out])
-    # every output belongs to the first input (in sorted order) that maps onto it
-    owner: dict[str, str] = {}
-    plan: list[tuple[Path, str, str, SkippedEntry | None]] = []
-    for path in scan.files:
-        rel = path.relative_to(src).as_posix()
-        out_rel = _output_rel(Path(rel), output_format).as_posix()
-        owner.setdefault(out_rel, rel)
-        plan.append((path, rel, out_rel, None))
-    for entry in scan.skipped:
-        plan.append((entry.path, entry.path.relative_to(src).as_posix(), "", entry))
-    plan.sort(key=lambda item: item[0])
-    report = FolderReport(src, out, journal, total=len(plan))
-    with open(journal, "a", encoding="utf-8") as jf:
-        for n, (path, rel, out_rel, skipped) in enumerate(plan, 1):
-            stat = None if skipped is not None else _stat(path)
-            prev = previous.get(rel)
-            if skipped is None and _finished(prev, settings, stat, out, out_rel):
-                report.skipped += 1
-            else:
-                if skipped is not None:
-                    record = _new_record(rel, settings, detector)
-                    what = "a link that loops" if skipped.reason == "symlink_loop" else "unreadable"
-                    record.update(reason=skipped.reason, error=f"{rel}: {what} ({skipped.detail})")
-                    logger.warning("%s", record["error"])
-                elif owner[out_rel] != rel:
-                    record = _new_record(rel, settings, detector)
-                    record["error"] = (
-                        f"OutputError: output {out_rel} is already the output of "
-                        f"{owner[out_rel]}; rename one of the inputs or choose another "
-                        "output_format"
-                    )
-                    logger.warning("%s: %s", rel, record["error"])
+
+    src: Path
+    out: Path
+    analyzer: FaceAnalyzer
+    options: AnonymizeOptions
+    replace_face: ReplaceFaceFn | None
+    output_format: str | None
+    watermark: bool
+    #: what a finished file's record must hold to be skipped by a rerun
+    settings: dict[str, Any]
+
+    def run(self, recursive: bool, progress: Callable[[int, int], None] | None) -> FolderReport:
+        journal = self.out / REPORT_NAME
+        if drop_torn_tail(journal):
+            logger.info("dropped a torn journal line in %s", journal)
+        _compact(journal)  # a crashed run may have left a file's earlier record behind
+        previous = {rec["input"]: rec for rec in read_report(journal)}
+        plan, owner = self._plan(recursive)
+        report = FolderReport(self.src, self.out, journal, total=len(plan))
+        with open(journal, "a", encoding="utf-8") as jf:
+            for n, item in enumerate(plan, 1):
+                path, rel, out_rel, skipped = item
+                stat = None if skipped is not None else _stat(path)
+                prev = previous.get(rel)
+                if skipped is None and _finished(prev, self.settings, stat, self.out, out_rel):
+                    report.skipped += 1
                 else:
-                    record = _process_file(
-                        path,
-                        rel,
-                        out / out_rel,
-                        out_rel,
-                        analyzer,
-                        opts,
-                        replace_face,
-                        settings,
-                        watermark,
-                    )
-                record.update(input_stat=stat)
-                old = prev.get("output") if prev is not None else None
-                if old and old != record["output"] and owner.get(old, rel) == rel:
-                    _remove_stale(out, old)
-                append_json_line(jf, record)
-                report.records.append(record)
-                if record["status"] == "done":
-                    report.done += 1
-                    report.faces += len(record["faces"])
-                elif record["status"] == "no_face":
-                    report.no_face += 1
-                else:
-                    report.errors += 1
-            if progress is not None:
-                progress(n, len(plan))
-    _compact(journal)  # one record per input: the latest
-    return report
+                    record = self._record(item, owner)
+                    record.update(input_stat=stat)
+                    old = prev.get("output") if prev is not None else None
+                    if old and old != record["output"] and owner.get(old, rel) == rel:
+                        _remove_stale(self.out, old)
+                    append_json_line(jf, record)
+                    report.count(record)
+                if progress is not None:
+                    progress(n, len(plan))
+        _compact(journal)  # one record per input: the latest
+        return report
+
+    def _plan(self, recursive: bool) -> tuple[list[_Item], dict[str, str]]:
+        """Every input in sorted order, and each output's owner: the first input (in sorted
+        order) that maps onto it."""
+        scan = scan_images([self.src], recursive=recursive, exclude=[self.out])
+        owner: dict[str, str] = {}
+        plan: list[_Item] = []
+        for path in scan.files:
+            rel = path.relative_to(self.src).as_posix()
+            out_rel = output_name(rel, self.output_format)
+            owner.setdefault(out_rel, rel)
+            plan.append((path, rel, out_rel, None))
+        for entry in scan.skipped:
+            plan.append((entry.path, entry.path.relative_to(self.src).as_posix(), "", entry))
+        plan.sort(key=lambda item: item[0])
+        return plan, owner
+
+    def _record(self, item: _Item, owner: dict[str, str]) -> dict[str, Any]:
+        """Process one input that is not finished; its journal record."""
+        path, rel, out_rel, skipped = item
+        detector = _detector_info(self.analyzer)[0]
+        if skipped is not None:
+            record = _new_record(rel, self.settings, detector)
+            what = "a link that loops" if skipped.reason == "symlink_loop" else "unreadable"
+            record.update(reason=skipped.reason, error=f"{rel}: {what} ({skipped.detail})")
+            logger.warning("%s", record["error"])
+        elif owner[out_rel] != rel:
+            record = _new_record(rel, self.settings, detector)
+            record["error"] = (
+                f"OutputError: output {out_rel} is already the output of {owner[out_rel]}; "
+                "rename one of the inputs or choose another output_format"
+            )
+            logger.warning("%s: %s", rel, record["error"])
+        else:
+            record = self._process(path, rel, out_rel, detector)
+        return record
+
+    def _process(self, path: Path, rel: str, out_rel: str, detector: str | None) -> dict[str, Any]:
+        """Anonymize one file into ``out/out_rel``; returns its journal record."""
+        start = time.perf_counter()
+        record = _new_record(rel, self.settings, detector)
+        try:
+            job = anonymize_file(
+                path, self.out / out_rel, self.analyzer, self.options,
+                replace_face=self.replace_face, source=rel, watermark=self.watermark,
+            )  # fmt: skip
+            digest = _sha256(job.path)
+            if digest is None:
+                raise OutputError(f"cannot read back {out_rel} after writing it")
+            record.update(
+                status="done", output=out_rel, faces=job.record["faces"], output_sha256=digest,
+                faces_detected=job.result.num_detected,
+            )  # fmt: skip
+        except NoFaceDetectedError:
+            record["status"] = "no_face"
+            logger.info("%s: no face detected; nothing written", rel)
+        except (FacegenError, OSError, ValueError, cv2.error) as exc:
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+            logger.warning("%s: %s", rel, exc)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return record
 
 
 def _compact(journal: Path) -> None:
@@ -368,54 +383,3 @@ def _new_record(rel: str, settings: dict[str, Any], detector: str | None) -> dic
         "facegen_version": __version__,
         "seconds": 0.0,
     }
-
-
-def _process_file(
-    path: Path,
-    rel: str,
-    target: Path,
-    out_rel: str,
-    analyzer: FaceAnalyzer,
-    opts: AnonymizeOptions,
-    replace_face: ReplaceFaceFn | None,
-    settings: dict[str, Any],
-    watermark: bool = True,
-) -> dict[str, Any]:
-    """Anonymize one file and write it to ``target``; returns its journal record."""
-    start = time.perf_counter()
-    detector, _ = _detector_info(analyzer)
-    record = _new_record(rel, settings, detector)
-    try:
-        arr = load_image(path, name=rel)
-        found = analyzer.detect(arr)
-        record["faces_detected"] = len(found)
-        if not found:
-            record["status"] = "no_face"
-            logger.info("%s: no face detected; nothing written", rel)
-        else:
-            selected = select_faces(found, opts.faces, source=rel)
-            result = _anonymize_array(arr, found, selected, opts, replace_face)
-            faces = [f.to_dict() for f in result.faces]
-            meta = {
-                "software": f"facegen {__version__}",
-                "detector": detector,
-                "anonymize": settings,
-                "faces": faces,
-            }
-            save_with_provenance(
-                result.image,
-                target,
-                "anonymize",
-                meta,
-                kind="edited",
-                watermark=watermark and can_watermark(result.image),
-            )
-            digest = _sha256(target)
-            if digest is None:
-                raise OutputError(f"cannot read back {out_rel} after writing it")
-            record.update(status="done", output=out_rel, faces=faces, output_sha256=digest)
-    except (FacegenError, OSError, ValueError, cv2.error) as exc:
-        record.update(status="error", error=f"{type(exc).__name__}: {exc}")
-        logger.warning("%s: %s", rel, exc)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    return record

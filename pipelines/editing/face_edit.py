@@ -34,33 +34,41 @@ border are fine (the crop's outside is black, and no pixel outside the image is 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from facegen.align import align_face, feather_mask
-from facegen.analyzer import select_faces
+from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.control import render_landmarks68
+from facegen.errors import InvalidArgumentError
 from facegen.image_io import ImageSource, load_image
 from facegen.landmarks import IBUG68
 from facegen.masks import MaskSpec, blend, face_mask, faces_mask, match_color
-from facegen.pipelines.generation.id_to_face import MAX_SEED, IDGenerationMixin
-from facegen.pipelines.generation.inpaint import masked_generate
-from facegen.types import Face, IdentityEmbedding, transform_points
+from facegen.pipelines.editing.options import CONTROLS, EditOptions
+from facegen.types import AlignedFace, Face, IdentityEmbedding, transform_points
+from facegen.validate import check_int
+
+if TYPE_CHECKING:
+    from facegen.pipelines.generation.id_to_face import IDGenerationMixin
 
 __all__ = [
     "CONTROLS",
     "CROP_EDGE",
     "DEFAULT_MASK",
     "DEFAULT_PROMPT",
+    "EditOptions",
     "EditResult",
     "FaceEdit",
+    "Identities",
     "edit_faces",
     "map_face",
+    "pipeline_size",
     "reenact",
 ]
 
@@ -73,9 +81,11 @@ DEFAULT_MASK = MaskSpec(shape="hull", forehead=0.2, dilate=0.03, feather=0.03)
 DEFAULT_PROMPT = "a photo of a face"
 #: Fraction of the crop over which the edit fades out at the crop's border.
 CROP_EDGE = 0.02
-CONTROLS = ("auto", "landmarks", None)
 
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+#: One identity for every face, or one per face: :class:`~facegen.types.IdentityEmbedding`
+#: objects of the pipeline's encoder, or float32 ``(D,)`` / ``(N, D)`` vectors.
+Identities = IdentityEmbedding | np.ndarray | Sequence[IdentityEmbedding | np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,12 +140,14 @@ class EditResult:
 # ----------------------------------------------------------------------------- checks
 
 
-def pipeline_size(pipe: Any) -> int:
+def pipeline_size(pipe: IDGenerationMixin) -> int:
     """The pipeline's native output size in pixels (UNet sample size × VAE factor)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)  # type: ignore[attr-defined]
 
 
-def _check_pipe(pipe: Any) -> None:
+def _check_pipe(pipe: object) -> None:
+    from facegen.pipelines.generation.id_to_face import IDGenerationMixin
+
     if not isinstance(pipe, IDGenerationMixin):
         raise ValueError(
             "`pipe` must be a facegen identity pipeline (IDToFacePipeline, "
@@ -150,13 +162,13 @@ def _check_pipe(pipe: Any) -> None:
         )
 
 
-def _has_controlnet(pipe: Any) -> bool:
+def _has_controlnet(pipe: IDGenerationMixin) -> bool:
     return getattr(pipe, "controlnet", None) is not None
 
 
-def _resolve_control(pipe: Any, control: str | None) -> str | None:
-    if control not in CONTROLS:
-        raise ValueError(f"`control` must be one of 'auto', 'landmarks', None, got {control!r}")
+def _resolve_control(pipe: IDGenerationMixin, control: str | None) -> str | None:
+    """The control map for ``pipe`` (``control`` is one of :data:`CONTROLS`, checked by
+    :class:`EditOptions`)."""
     if control == "auto":
         return "landmarks" if _has_controlnet(pipe) else None
     if control == "landmarks" and not _has_controlnet(pipe):
@@ -171,42 +183,34 @@ def _resolve_control(pipe: Any, control: str | None) -> str | None:
     return control
 
 
-def _resolve_template(pipe: Any, template: str | None, margin: float) -> str:
-    if template is None:
-        template = "ffhq" if pipe.takes_prompt else "arcface"
-    if template not in ("arcface", "ffhq"):
-        raise ValueError(f"`template` must be None, 'arcface' or 'ffhq', got {template!r}")
-    if isinstance(margin, bool) or not (
-        isinstance(margin, (int, float)) and np.isfinite(margin) and margin > 0
-    ):
-        raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}")
-    return template
+def _resolve_template(pipe: IDGenerationMixin, template: str | None) -> str:
+    if template is not None:
+        return template
+    return "ffhq" if pipe.takes_prompt else "arcface"
 
 
-def _resolve_seeds(seeds: int | Sequence[int] | None, n: int) -> list[int]:
-    import secrets
+def _resolve_seeds(seeds: Sequence[int] | None, first: int | None, n: int) -> list[int]:
+    """Explicit per-face ``seeds``, else ``first, first + 1, …``, else drawn."""
+    from facegen.pipelines.generation.id_to_face import MAX_SEED
 
     if seeds is None:
-        return [secrets.randbelow(MAX_SEED + 1) for _ in range(n)]
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        seeds = [int(seeds) + k for k in range(n)]
-    seeds = list(seeds)  # type: ignore[arg-type]
+        if first is None:
+            return [secrets.randbelow(MAX_SEED + 1) for _ in range(n)]
+        seeds = [first + k for k in range(n)]
+    seeds = list(seeds)
     if len(seeds) != n:
         raise ValueError(f"`seeds` must be one seed or one per face ({n}), got {len(seeds)}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"`seeds` must be integers in [0, {MAX_SEED}], got {s!r}")
-    return [int(s) for s in seeds]
+    return [check_int(s, "seeds", minimum=0, maximum=MAX_SEED) for s in seeds]
 
 
-def _resolve_identities(identities: Any, n: int) -> list[Any]:
+def _resolve_identities(identities: Identities, n: int) -> list[IdentityEmbedding | np.ndarray]:
     if isinstance(identities, IdentityEmbedding):
         return [identities] * n
     if isinstance(identities, np.ndarray):
         arr = identities[None] if identities.ndim == 1 else identities
         if arr.ndim != 2:
             raise ValueError(f"`identities` must be (D,) or (N, D) vectors, got {arr.shape}")
-        items: list[Any] = list(arr)
+        items: list[IdentityEmbedding | np.ndarray] = list(arr)
     elif isinstance(identities, (list, tuple)):
         items = list(identities)
     else:
@@ -221,13 +225,15 @@ def _resolve_identities(identities: Any, n: int) -> list[Any]:
     return items
 
 
-def _resolve_masks(masks: Sequence[Any] | None, n: int, hw: tuple[int, int]) -> list[Any]:
+def _resolve_masks(
+    masks: Sequence[np.ndarray] | None, n: int, hw: tuple[int, int]
+) -> list[np.ndarray | None]:
     if masks is None:
         return [None] * n
     masks = list(masks)
     if len(masks) != n:
         raise ValueError(f"`masks` must have one mask per face ({n}), got {len(masks)}")
-    out = []
+    out: list[np.ndarray | None] = []
     for m in masks:
         arr = np.asarray(m)
         if arr.shape != hw:
@@ -283,189 +289,213 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the driver
 
 
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Everything :func:`edit_faces` resolved before its first face: per face, the identity,
+    seed, given mask (or None) and the face whose landmarks draw the control map."""
+
+    options: EditOptions
+    size: int
+    template: str
+    control: str | None
+    spec: MaskSpec
+    prompt: str | None
+    identities: list[IdentityEmbedding | np.ndarray]
+    seeds: list[int]
+    masks: list[np.ndarray | None]
+    drivers: list[Face]
+    edge: np.ndarray  # float32 (size, size): the crop's footprint, fading at its border
+
+
+def _plan(
+    pipe: IDGenerationMixin,
+    hw: tuple[int, int],
+    faces: list[Face],
+    identities: Identities,
+    options: EditOptions,
+    seeds: Sequence[int] | None,
+    masks: Sequence[np.ndarray] | None,
+    control_faces: Sequence[Face] | None,
+) -> _Plan:
+    """Check the inputs of :func:`edit_faces` against each other and the pipeline."""
+    if not faces or not all(isinstance(f, Face) for f in faces):
+        raise ValueError(f"`faces` must be a non-empty list of Face objects, got {faces!r}")
+    n = len(faces)
+    if not isinstance(options, EditOptions):
+        raise InvalidArgumentError(f"`options` must be EditOptions, got {type(options).__name__}")
+    drivers = faces if control_faces is None else list(control_faces)
+    if len(drivers) != n:
+        raise ValueError(f"`control_faces` must have one face per face ({n}), got {len(drivers)}")
+    ctrl = _resolve_control(pipe, options.control)
+    if ctrl == "landmarks":
+        for k, f in enumerate(drivers):
+            _landmarks68(f, f"face {k}")
+    size = pipeline_size(pipe) if options.crop_size is None else options.crop_size
+    prompt = options.prompt
+    if pipe.takes_prompt and prompt is None:
+        prompt = DEFAULT_PROMPT
+    return _Plan(
+        options=options,
+        size=int(size),
+        template=_resolve_template(pipe, options.template),
+        control=ctrl,
+        spec=options.mask_spec or DEFAULT_MASK,
+        prompt=prompt,
+        identities=_resolve_identities(identities, n),
+        seeds=_resolve_seeds(seeds, options.seed, n),
+        masks=_resolve_masks(masks, n, hw),
+        drivers=drivers,
+        edge=feather_mask(int(size), CROP_EDGE),
+    )
+
+
 def edit_faces(
     image: ImageSource,
     faces: Sequence[Face],
-    identities: Any,
-    pipe: Any,
+    identities: Identities,
+    pipe: IDGenerationMixin,
+    options: EditOptions | None = None,
     *,
-    crop_size: int | None = None,
-    template: str | None = None,
-    margin: float = 1.0,
-    mask_spec: MaskSpec | None = None,
-    masks: Sequence[Any] | None = None,
-    control: str | None = "auto",
+    seeds: Sequence[int] | None = None,
+    masks: Sequence[np.ndarray] | None = None,
     control_faces: Sequence[Face] | None = None,
-    strength: float = 1.0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    seeds: int | Sequence[int] | None = None,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    color_match: bool = True,
     callback_on_step_end: StepCallback | None = None,
 ) -> EditResult:
     """Regenerate ``faces`` of ``image`` with ``identities`` (see the module doc).
 
     ``image``: anything :func:`facegen.image_io.load_image` reads. ``faces``: faces in its
     pixels (68 landmarks needed for the control map and best masks). ``identities``: one
-    identity for all faces or one per face (the pipeline's encoder's embeddings or raw
-    vectors). ``crop_size``: default the pipeline's size. ``template`` / ``margin``: the crop
-    (``None`` = ``"arcface"`` for Arc2Face, ``"ffhq"`` for FaceID pipelines). ``mask_spec``:
-    default :data:`DEFAULT_MASK`; ``masks``: ready float ``(H, W)`` masks in [0, 1], one per
-    face, instead. ``control``: ``"auto"`` (landmarks when ``pipe`` has a ControlNet),
-    ``"landmarks"`` or ``None``; ``control_faces`` (image pixels, one per face) supply the
-    landmarks for the map instead of ``faces``. ``strength`` in (0, 1]. ``seeds``: one per
-    face, or an int ``s`` giving faces ``s, s+1, …``; ``None`` draws them (recorded in
-    :attr:`FaceEdit.seed`). ``prompt``: text pipelines (default :data:`DEFAULT_PROMPT`);
-    Arc2Face takes none. ``callback_on_step_end``: diffusers' hook, run after the latent
-    blending of each step.
+    identity for all faces or one per face (see :data:`Identities`). ``options``: how each
+    face is regenerated (:class:`EditOptions`; its ``seed`` gives faces ``s, s+1, …``).
+    ``seeds``: explicit per-face seeds instead. ``masks``: ready float ``(H, W)`` masks in
+    [0, 1], one per face, instead of ``options.mask_spec``. ``control_faces`` (image pixels,
+    one per face) supply the landmarks for the control map instead of ``faces``.
+    ``callback_on_step_end``: diffusers' hook, run after the latent blending of each step.
     """
     _check_pipe(pipe)
     arr = load_image(image)
     h, w = arr.shape[:2]
     faces = list(faces)
-    if not faces or not all(isinstance(f, Face) for f in faces):
-        raise ValueError(f"`faces` must be a non-empty list of Face objects, got {faces!r}")
-    n = len(faces)
-    ids = _resolve_identities(identities, n)
-    seed_list = _resolve_seeds(seeds, n)
-    mask_list = _resolve_masks(masks, n, (h, w))
-    ctrl = _resolve_control(pipe, control)
-    tmpl = _resolve_template(pipe, template, margin)
-    if mask_spec is not None and not isinstance(mask_spec, MaskSpec):
-        raise ValueError(f"`mask_spec` must be a MaskSpec, got {type(mask_spec).__name__}")
-    spec = mask_spec or DEFAULT_MASK
-    if control_faces is not None:
-        control_faces = list(control_faces)
-        if len(control_faces) != n:
-            raise ValueError(
-                f"`control_faces` must have one face per face ({n}), got {len(control_faces)}"
-            )
-    drivers = control_faces or faces
-    if ctrl == "landmarks":
-        for k, f in enumerate(drivers):
-            _landmarks68(f, f"face {k}")
-    size = pipeline_size(pipe) if crop_size is None else crop_size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16 or size % 8:
-        raise ValueError(f"`crop_size` must be a multiple of 8, >= 16, got {size!r}")
-    if isinstance(strength, bool) or not (
-        isinstance(strength, (int, float)) and 0 < float(strength) <= 1
-    ):
-        raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
-    if not isinstance(color_match, bool):
-        raise ValueError(f"`color_match` must be True or False, got {color_match!r}")
-    if pipe.takes_prompt and prompt is None:
-        prompt = DEFAULT_PROMPT
-    size = int(size)
-    edge = feather_mask(size, CROP_EDGE)
+    plan = _plan(
+        pipe, (h, w), faces, identities, options or EditOptions(), seeds, masks, control_faces
+    )
     work = arr.copy()
     union = np.zeros((h, w), np.float32)
     records: list[FaceEdit] = []
     for k, face in enumerate(faces):
-        aligned = align_face(work, face, size=size, template=tmpl, margin=margin)
-        wanted = mask_list[k] if mask_list[k] is not None else face_mask(face, (h, w), spec)
-        footprint = cv2.warpAffine(edge, aligned.inverse, (w, h), flags=cv2.INTER_LINEAR)
-        applied = wanted * np.clip(footprint, 0.0, 1.0)
-        crop_mask = cv2.warpAffine(wanted, aligned.matrix, (size, size), flags=cv2.INTER_LINEAR)
-        crop_mask = np.clip(crop_mask * edge, 0.0, 1.0)
-        total = float(wanted.sum())
-        coverage = float(applied.sum()) / total if total > 0 else 0.0
-        settings = {
-            "template": tmpl,
-            "margin": float(margin),
-            "crop_size": size,
-            "mask": spec.to_dict() if mask_list[k] is None else "given",
-            "control": ctrl,
-            "color_match": color_match,
-            "coverage": round(coverage, 4),
-        }
-        base = {
-            "index": k,
-            "bbox": tuple(float(v) for v in face.bbox),
-            "seed": seed_list[k],
-            "matrix": aligned.matrix,
-        }
-        if applied.max() <= 0 or crop_mask.max() <= 0:
-            reason = "the face's mask lies outside its crop" if total > 0 else "empty mask"
-            logger.info("face %d skipped: %s", k, reason)
-            records.append(
-                FaceEdit(
-                    **base,
-                    mask_pixels=0,
-                    coverage=coverage,
-                    crop=None,
-                    control=None,
-                    metadata=settings,
-                    skipped=reason,
-                )
-            )
-            continue
-        control_map = None
-        if ctrl == "landmarks":
-            control_map = np.asarray(
-                render_landmarks68(
-                    _landmarks68(drivers[k], f"face {k}"), size, matrix=aligned.matrix
-                )
-            )
-        gen = masked_generate(
-            pipe,
-            aligned.image,
-            crop_mask,
-            [ids[k]],
-            seeds=[seed_list[k]],
-            strength=strength,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            control_image=None if control_map is None else Image.fromarray(control_map),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            callback_on_step_end=callback_on_step_end,
-        )
-        new_crop = gen.raw[0]
-        if color_match:
-            new_crop = match_color(new_crop, aligned.image, crop_mask)
-        warped = cv2.warpAffine(
-            new_crop,
-            aligned.inverse,
-            (w, h),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        work = blend(work, warped, applied)
+        work, record, applied = _edit_face(pipe, work, k, face, plan, callback_on_step_end)
         np.maximum(union, applied, out=union)
-        records.append(
-            FaceEdit(
-                **base,
-                mask_pixels=int(np.count_nonzero(applied)),
-                coverage=coverage,
-                crop=new_crop,
-                control=control_map,
-                metadata={**gen.metadata[0], **settings},
-            )
-        )
+        records.append(record)
     return EditResult(work, union, records)
+
+
+def _edit_face(
+    pipe: IDGenerationMixin,
+    work: np.ndarray,
+    k: int,
+    face: Face,
+    plan: _Plan,
+    callback: StepCallback | None,
+) -> tuple[np.ndarray, FaceEdit, np.ndarray]:
+    """Steps 1–5 of the module doc for face ``k``: the new working image, its record and
+    the mask applied (float32 ``(H, W)``; all zero when the face was skipped)."""
+    h, w = work.shape[:2]
+    opts, size = plan.options, plan.size
+    aligned = align_face(work, face, size=size, template=plan.template, margin=opts.margin)
+    given = plan.masks[k]
+    wanted = given if given is not None else face_mask(face, (h, w), plan.spec)
+    footprint = cv2.warpAffine(plan.edge, aligned.inverse, (w, h), flags=cv2.INTER_LINEAR)
+    applied = wanted * np.clip(footprint, 0.0, 1.0)
+    crop_mask = cv2.warpAffine(wanted, aligned.matrix, (size, size), flags=cv2.INTER_LINEAR)
+    crop_mask = np.clip(crop_mask * plan.edge, 0.0, 1.0)
+    total = float(wanted.sum())
+    coverage = float(applied.sum()) / total if total > 0 else 0.0
+    settings = {
+        "template": plan.template,
+        "margin": float(opts.margin),
+        "crop_size": size,
+        "mask": plan.spec.to_dict() if given is None else "given",
+        "control": plan.control,
+        "color_match": opts.color_match,
+        "coverage": round(coverage, 4),
+    }
+    bbox = tuple(float(v) for v in face.bbox)
+    base = {"index": k, "bbox": bbox, "seed": plan.seeds[k], "matrix": aligned.matrix}
+    if applied.max() <= 0 or crop_mask.max() <= 0:
+        reason = "the face's mask lies outside its crop" if total > 0 else "empty mask"
+        logger.info("face %d skipped: %s", k, reason)
+        skipped = FaceEdit(
+            **base,
+            mask_pixels=0,
+            coverage=coverage,
+            crop=None,
+            control=None,
+            metadata=settings,
+            skipped=reason,
+        )
+        return work, skipped, np.zeros((h, w), np.float32)
+    control_map = None
+    if plan.control == "landmarks":
+        points = _landmarks68(plan.drivers[k], f"face {k}")
+        control_map = np.asarray(render_landmarks68(points, size, matrix=aligned.matrix))
+    new_crop, metadata = _generate(pipe, aligned, crop_mask, k, plan, control_map, callback)
+    warped = cv2.warpAffine(
+        new_crop, aligned.inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    record = FaceEdit(
+        **base,
+        mask_pixels=int(np.count_nonzero(applied)),
+        coverage=coverage,
+        crop=new_crop,
+        control=control_map,
+        metadata={**metadata, **settings},
+    )
+    return blend(work, warped, applied), record, applied
+
+
+def _generate(
+    pipe: IDGenerationMixin,
+    aligned: AlignedFace,
+    crop_mask: np.ndarray,
+    k: int,
+    plan: _Plan,
+    control_map: np.ndarray | None,
+    callback: StepCallback | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 4–5a: the masked crop regenerated (RGB uint8 ``(S, S, 3)``, colour-matched when
+    asked) and the generation's metadata."""
+    from facegen.pipelines.generation.inpaint import masked_generate
+
+    opts = plan.options
+    gen = masked_generate(
+        pipe,
+        aligned.image,
+        crop_mask,
+        [plan.identities[k]],
+        seeds=[plan.seeds[k]],
+        strength=opts.strength,
+        num_inference_steps=opts.num_inference_steps,
+        guidance_scale=opts.guidance_scale,
+        control_image=None if control_map is None else Image.fromarray(control_map),
+        prompt=plan.prompt,
+        negative_prompt=opts.negative_prompt,
+        callback_on_step_end=callback,
+    )
+    new_crop = gen.raw[0]
+    if opts.color_match:
+        new_crop = match_color(new_crop, aligned.image, crop_mask)
+    return new_crop, gen.metadata[0]
 
 
 def reenact(
     source_photo: ImageSource,
     driving_photo: ImageSource,
-    pipe: Any,
-    analyzer: Any,
+    pipe: IDGenerationMixin,
+    analyzer: FaceAnalyzer,
+    options: EditOptions | None = None,
     *,
-    source_identity: Any = None,
+    source_identity: IdentityEmbedding | np.ndarray | None = None,
     select: str | int = "largest",
-    mask_spec: MaskSpec | None = None,
-    crop_size: int | None = None,
-    template: str | None = None,
-    margin: float = 1.0,
-    strength: float = 1.0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    seed: int | None = None,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    color_match: bool = True,
 ) -> EditResult:
     """The source photo's person with the driving photo's pose and expression, in place.
 
@@ -477,6 +507,7 @@ def reenact(
     ControlNet (the pose reaches the model only through it). ``analyzer`` finds the faces
     (68 landmarks needed) with ``select`` in both photos. ``source_identity``: the source's
     identity for ``pipe``; default: from the source photo with ``pipe.identity_analyzer``.
+    ``options``: as for :func:`edit_faces` (its ``control`` is always ``"landmarks"``).
     Returns an :class:`EditResult` on the source photo (its ``image`` has the source's size).
     """
     _check_pipe(pipe)
@@ -485,46 +516,27 @@ def reenact(
             "`pipe` must have a ControlNet for reenactment (the driving pose reaches the model "
             f"only through the landmark map), got {type(pipe).__name__}"
         )
-    src = load_image(source_photo)
-    drv = load_image(driving_photo)
-    src_face = select_faces(
-        analyzer.analyze(src, select="all", embed=False, source="source photo"),
-        select,
-        source="source photo",
-    )[0]
-    drv_face = select_faces(
-        analyzer.analyze(drv, select="all", embed=False, source="driving photo"),
-        select,
-        source="driving photo",
-    )[0]
+    opts = options or EditOptions()
+    src, drv = load_image(source_photo), load_image(driving_photo)
+    src_face = _one_face(analyzer, src, select, "source photo")
+    drv_face = _one_face(analyzer, drv, select, "driving photo")
     _landmarks68(drv_face, "the driving face")
     if source_identity is None:
         source_identity = pipe.identities_from_images([src], select=select, require_single=False)[0]
-    tmpl = _resolve_template(pipe, template, margin)
-    size = pipeline_size(pipe) if crop_size is None else int(crop_size)
-    a_src = align_face(src, src_face, size=size, template=tmpl, margin=margin)
-    a_drv = align_face(drv, drv_face, size=size, template=tmpl, margin=margin)
+    tmpl = _resolve_template(pipe, opts.template)
+    size = pipeline_size(pipe) if opts.crop_size is None else opts.crop_size
+    a_src = align_face(src, src_face, size=size, template=tmpl, margin=opts.margin)
+    a_drv = align_face(drv, drv_face, size=size, template=tmpl, margin=opts.margin)
     # driving pixels → canonical crop → source pixels
     driven = map_face(drv_face, _compose(a_src.inverse, a_drv.matrix))
-    spec = mask_spec or DEFAULT_MASK
+    spec = opts.mask_spec or DEFAULT_MASK
     mask = faces_mask([src_face, driven], src.shape[:2], spec)
+    fixed = replace(opts, crop_size=size, template=tmpl, mask_spec=spec, control="landmarks")
     return edit_faces(
-        src,
-        [src_face],
-        [source_identity],
-        pipe,
-        crop_size=size,
-        template=tmpl,
-        margin=margin,
-        mask_spec=spec,
-        masks=[mask],
-        control="landmarks",
-        control_faces=[driven],
-        strength=strength,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        seeds=None if seed is None else [seed],
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        color_match=color_match,
+        src, [src_face], [source_identity], pipe, fixed, masks=[mask], control_faces=[driven]
     )
+
+
+def _one_face(analyzer: FaceAnalyzer, image: np.ndarray, select: str | int, name: str) -> Face:
+    found = analyzer.analyze(image, select="all", embed=False, source=name)
+    return select_faces(found, select, source=name)[0]

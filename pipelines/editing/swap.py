@@ -21,21 +21,26 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facegen.analyzer import select_faces
+from facegen.analyzer import FaceAnalyzer, select_faces
 from facegen.errors import FacegenError, NoFaceDetectedError
 from facegen.image_io import ImageSource, load_image
-from facegen.masks import MaskSpec
 from facegen.pipelines.editing.anonymize import GeneratedFace, ReplaceFaceFn
 from facegen.pipelines.editing.face_edit import EditResult, FaceEdit, edit_faces
+from facegen.pipelines.editing.options import EditOptions
 from facegen.pipelines.generation.id_to_face import MAX_SEED, IDGenerationMixin
 from facegen.types import Face, IdentityEmbedding
+from facegen.validate import check_int, check_number
+
+if TYPE_CHECKING:
+    from facegen.base import IdentityEncoder
 
 __all__ = [
-    "EDIT_OPTIONS",
+    "FaceSelection",
+    "IdentityFn",
     "SwapFace",
     "SwapResult",
     "embed_at",
@@ -45,34 +50,29 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The :func:`~facegen.pipelines.editing.face_edit.edit_faces` options :func:`make_replace_face` passes on.
-EDIT_OPTIONS = (
-    "crop_size",
-    "template",
-    "margin",
-    "control",
-    "strength",
-    "num_inference_steps",
-    "guidance_scale",
-    "prompt",
-    "negative_prompt",
-    "color_match",
-)
+#: Which faces of the target to swap: ``"all"``, ``"largest"``, ``"best"``, an index in
+#: detector order, or ``("reference", embedding, threshold)`` (see :func:`swap`).
+FaceSelection = str | int | tuple[str, IdentityEmbedding, float]
+#: ``(original, seed) -> identity`` (see :func:`make_replace_face`).
+IdentityFn = Callable[[IdentityEmbedding | None, int], IdentityEmbedding]
 
 
 @dataclass(frozen=True, eq=False)
 class SwapFace:
     """One swapped face: its :class:`~facegen.pipelines.editing.face_edit.FaceEdit`, and cosine
     similarities of the result, by encoder id, to the source identity (``None`` where the
-    source has no embedding from that encoder) and to the original face it replaced."""
+    source has no embedding from that encoder) and to the original face it replaced.
+    ``detector_index``: the face's number among the target's detected faces."""
 
     edit: FaceEdit
     source_similarity: dict[str, float | None] = field(default_factory=dict)
     target_similarity: dict[str, float | None] = field(default_factory=dict)
+    detector_index: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.edit.to_dict(),
+            "face": self.detector_index,
             "source_similarity": self.source_similarity,
             "target_similarity": self.target_similarity,
         }
@@ -82,24 +82,28 @@ class SwapFace:
 class SwapResult:
     """``image``: RGB uint8 ``(H, W, 3)``. ``mask``: float32 ``(H, W)``, the union of the
     applied masks (0 = the target's bytes). ``faces``: one :class:`SwapFace` per swapped face.
-    ``num_detected``: faces found in the target before selection."""
+    ``num_detected``: faces found in the target before selection; ``detected``: those faces
+    (detector order)."""
 
     image: np.ndarray
     mask: np.ndarray
     faces: list[SwapFace]
     num_detected: int
+    detected: list[Face] = field(default_factory=list)
 
 
-def embed_at(analyzer: Any, image: np.ndarray, faces: Sequence[Face]) -> list[IdentityEmbedding]:
+def embed_at(
+    analyzer: FaceAnalyzer, image: np.ndarray, faces: Sequence[Face]
+) -> list[IdentityEmbedding]:
     """``analyzer``'s encoder's embeddings of ``image`` at the given faces' places (no
     detection: the encoder's own alignment of each face's keypoints/landmarks)."""
-    enc = getattr(analyzer, "encoder", None)
+    enc: IdentityEncoder | None = getattr(analyzer, "encoder", None)
     if enc is None:
         raise ValueError(f"`analyzer` must have an identity encoder, got {analyzer!r}")
     return enc.embed(image, list(faces))
 
 
-def _encoder_id(analyzer: Any) -> str | None:
+def _encoder_id(analyzer: FaceAnalyzer | None) -> str | None:
     enc = getattr(analyzer, "encoder", None)
     return None if enc is None else str(enc.encoder_id)
 
@@ -114,7 +118,7 @@ def _sim(a: IdentityEmbedding, b: IdentityEmbedding | None) -> float | None:
 
 
 def _select_targets(
-    found: list[Face], faces: Any, image: np.ndarray, analyzers: Sequence[Any]
+    found: list[Face], faces: FaceSelection, image: np.ndarray, analyzers: Sequence[FaceAnalyzer]
 ) -> list[Face]:
     if isinstance(faces, tuple) and len(faces) == 3 and faces[0] == "reference":
         _, ref, threshold = faces
@@ -123,12 +127,7 @@ def _select_targets(
                 f"`faces` ('reference', embedding, threshold) needs an IdentityEmbedding, got "
                 f"{type(ref).__name__}"
             )
-        if isinstance(threshold, bool) or not (
-            isinstance(threshold, (int, float)) and -1 <= threshold <= 1
-        ):
-            raise ValueError(
-                f"the reference threshold must be a number in [-1, 1], got {threshold!r}"
-            )
+        threshold = check_number(threshold, "threshold", minimum=-1, maximum=1)
         match = next((a for a in analyzers if _encoder_id(a) == ref.encoder_id), None)
         if match is None:
             have = [i for i in (_encoder_id(a) for a in analyzers) if i]
@@ -155,24 +154,13 @@ def _select_targets(
 def swap(
     target_image: ImageSource,
     source_identity: IdentityEmbedding | ImageSource,
-    pipe: Any,
-    analyzer: Any,
-    faces: str | int | tuple[str, IdentityEmbedding, float] = "all",
+    pipe: IDGenerationMixin,
+    analyzer: FaceAnalyzer,
+    faces: FaceSelection = "all",
+    options: EditOptions | None = None,
     *,
-    independent_analyzer: Any = None,
+    independent_analyzer: FaceAnalyzer | None = None,
     source_select: str | int = "largest",
-    mask_spec: MaskSpec | None = None,
-    control: str | None = "auto",
-    strength: float = 1.0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    seeds: int | Sequence[int] | None = None,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    color_match: bool = True,
-    crop_size: int | None = None,
-    template: str | None = None,
-    margin: float = 1.0,
 ) -> SwapResult:
     """Swap ``source_identity`` into the selected faces of ``target_image``.
 
@@ -183,11 +171,12 @@ def swap(
     (detector order), or ``("reference", embedding, threshold)``: every face whose similarity
     to ``embedding`` is >= ``threshold`` (embedded with whichever of ``analyzer``,
     ``pipe.identity_analyzer`` and ``independent_analyzer`` has that embedding's encoder).
+    ``options``: how the faces are regenerated (see
+    :func:`~facegen.pipelines.editing.face_edit.edit_faces`).
 
     Similarities (:class:`SwapFace`) are measured with ``pipe.identity_analyzer`` (to the
     source identity and to the original face) and, when given, ``independent_analyzer`` (to
     the original face, and to the source photo's face when the source is a photo).
-    Other options: see :func:`~facegen.pipelines.editing.face_edit.edit_faces`.
     Raises :class:`~facegen.errors.NoFaceDetectedError` when the target has no face.
     """
     if not isinstance(pipe, IDGenerationMixin):
@@ -211,24 +200,24 @@ def swap(
         )
     meters = [a for a in (pipe.identity_analyzer, independent_analyzer) if _encoder_id(a)]
     chosen = _select_targets(found, faces, target, [analyzer, *meters])
-    result: EditResult = edit_faces(
-        target,
-        chosen,
-        [identity],
-        pipe,
-        crop_size=crop_size,
-        template=template,
-        margin=margin,
-        mask_spec=mask_spec,
-        control=control,
-        strength=strength,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        seeds=seeds,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        color_match=color_match,
-    )
+    result = edit_faces(target, chosen, [identity], pipe, options)
+    src_sims, tgt_sims = _similarities(meters, pipe, identity, source_photo, target, result, chosen)
+    numbers = [next(i for i, f in enumerate(found) if f is c) for c in chosen]
+    swapped = [SwapFace(*parts) for parts in zip(result.faces, src_sims, tgt_sims, numbers)]
+    return SwapResult(result.image, result.mask, swapped, len(found), found)
+
+
+def _similarities(
+    meters: Sequence[FaceAnalyzer],
+    pipe: IDGenerationMixin,
+    identity: IdentityEmbedding,
+    source_photo: np.ndarray | None,
+    target: np.ndarray,
+    result: EditResult,
+    chosen: Sequence[Face],
+) -> tuple[list[dict[str, float | None]], list[dict[str, float | None]]]:
+    """Per swapped face, ``{encoder id: similarity}`` of the result to the source and to the
+    face it replaced, measured at the face's place (see the module doc)."""
     src_sims: list[dict[str, float | None]] = [{} for _ in chosen]
     tgt_sims: list[dict[str, float | None]] = [{} for _ in chosen]
     for meter in meters:
@@ -243,14 +232,13 @@ def swap(
         for k, (b, a) in enumerate(zip(before, after)):
             src_sims[k][enc_id] = _sim(a, ref)
             tgt_sims[k][enc_id] = _sim(a, b)
-    swapped = [SwapFace(e, s, t) for e, s, t in zip(result.faces, src_sims, tgt_sims)]
-    return SwapResult(result.image, result.mask, swapped, len(found))
+    return src_sims, tgt_sims
 
 
 # ----------------------------------------------------------------------------- anonymization
 
 
-def _derive_seed(*parts: Any) -> int:
+def _derive_seed(*parts: object) -> int:
     h = hashlib.blake2b(digest_size=8)
     for p in parts:
         h.update(p if isinstance(p, bytes) else repr(p).encode())
@@ -267,13 +255,11 @@ def _face_key(image: np.ndarray, face: Face) -> bytes:
     return box + hashlib.blake2b(np.ascontiguousarray(image[y1:y2, x1:x2]).tobytes()).digest()
 
 
-def _identity_spec(pipe: Any) -> Any:
-    return pipe.identity_spec
-
-
-def _face_present(detector: Any, image: np.ndarray, face: Face, min_iou: float = 0.3) -> bool:
-    """Whether ``detector`` finds a face overlapping ``face``'s box (IoU >= ``min_iou``) in a
-    window of twice the box around it."""
+def _face_present(
+    analyzer: FaceAnalyzer, image: np.ndarray, face: Face, min_iou: float = 0.3
+) -> bool:
+    """Whether ``analyzer``'s detector finds a face overlapping ``face``'s box (IoU >=
+    ``min_iou``) in a window of twice the box around it."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in face.bbox)
     pw, ph = (x2 - x1) / 2, (y2 - y1) / 2
@@ -283,7 +269,7 @@ def _face_present(detector: Any, image: np.ndarray, face: Face, min_iou: float =
         return False
     window = np.ascontiguousarray(image[wy1:wy2, wx1:wx2])
     area = max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6)
-    for f in detector.detect(window):
+    for f in analyzer.detector.detect(window):
         bx1, by1, bx2, by2 = (float(v) for v in f.bbox)
         bx1, bx2, by1, by2 = bx1 + wx1, bx2 + wx1, by1 + wy1, by2 + wy1
         iw = max(0.0, min(x2, bx2) - max(x1, bx1))
@@ -295,19 +281,119 @@ def _face_present(detector: Any, image: np.ndarray, face: Face, min_iou: float =
     return False
 
 
+@dataclass(frozen=True, eq=False)
+class _FaceReplacer:
+    """The hook :func:`make_replace_face` returns (its arguments, checked)."""
+
+    pipe: IDGenerationMixin
+    verifier: FaceAnalyzer
+    options: EditOptions
+    threshold: float
+    max_tries: int
+    identity_fn: IdentityFn | None
+    identity_threshold: float
+    sampler: str
+    check_face: bool
+    min_coverage: float
+
+    @property
+    def verifier_id(self) -> str:
+        return str(_encoder_id(self.verifier))
+
+    def _original(self, image: np.ndarray, face: Face) -> IdentityEmbedding | None:
+        """The face's embedding under the conditioning encoder (None without one)."""
+        cond = self.pipe.identity_analyzer
+        if cond is None or _encoder_id(cond) not in self.pipe.identity_spec.encoder_ids:
+            return None
+        return embed_at(cond, image, [face])[0]
+
+    def new_identity(self, original: IdentityEmbedding | None, seed: int) -> IdentityEmbedding:
+        if self.identity_fn is not None:
+            ident = self.identity_fn(original, seed)
+            if not isinstance(ident, IdentityEmbedding):
+                raise ValueError(
+                    f"`identity_fn` must return an IdentityEmbedding, got {type(ident).__name__}"
+                )
+            return ident
+        from facegen.pipelines.identities import sample_identities
+
+        spec = self.pipe.identity_spec
+        bank = None if original is None else original.normalize().vector[None]
+        return sample_identities(
+            1,
+            dim=spec.dim,
+            sampler=self.sampler,
+            seed=seed,
+            leakage_bank=bank,
+            leakage_threshold=self.identity_threshold,
+            encoder_id=spec.encoder_ids[0],
+            batch_size=16,
+        ).embeddings()[0]
+
+    def __call__(self, image: np.ndarray, face: Face, mask: np.ndarray) -> GeneratedFace:
+        key = _derive_seed(self.options.seed or 0, _face_key(image, face))
+        original = self._original(image, face)
+        before = embed_at(self.verifier, image, [face])[0]
+        reasons: list[str] = []
+        best: tuple[float, np.ndarray] | None = None
+        for k in range(self.max_tries):
+            s = _derive_seed(key, k)
+            ident = self.new_identity(original, s)
+            sim_id = _sim(ident, original)
+            if sim_id is not None and sim_id >= self.identity_threshold:
+                reasons.append(
+                    f"try {k + 1} (seed {s}): the new identity's similarity {sim_id:.3f} to the "
+                    f"original is not below {self.identity_threshold}"
+                )
+                continue
+            edit = edit_faces(
+                image, [face], [ident], self.pipe, options=self.options, masks=[mask], seeds=[s]
+            )
+            record = edit.faces[0]
+            if record.skipped or record.coverage < self.min_coverage:
+                reason = (
+                    f"the generation crop covers {record.coverage:.0%} of the face's mask "
+                    f"(< {self.min_coverage:.0%}); uncovered pixels would keep the original"
+                )
+                return GeneratedFace(image, False, None, self.verifier_id, reason=reason)
+            sim = float(embed_at(self.verifier, edit.image, [face])[0].similarity(before))
+            if best is None or sim < best[0]:
+                best = (sim, edit.image)
+            verdict = self._verdict(edit.image, face, sim)
+            if verdict is None:
+                logger.debug("replacement accepted at try %d (similarity %.3f)", k + 1, sim)
+                return GeneratedFace(edit.image, True, sim, self.verifier_id)
+            reasons.append(f"try {k + 1} (seed {s}): {verdict}")
+        reason = f"no replacement passed in {self.max_tries} tries: " + "; ".join(reasons)
+        if best is None:
+            return GeneratedFace(image, False, None, self.verifier_id, reason=reason)
+        return GeneratedFace(best[1], False, round(best[0], 6), self.verifier_id, reason=reason)
+
+    def _verdict(self, result: np.ndarray, face: Face, sim: float) -> str | None:
+        """Why the verifier refuses ``result`` (``sim``: its similarity to the original), or
+        None when it passes."""
+        if self.check_face and not _face_present(self.verifier, result, face):
+            return "no face detected in the result"
+        if sim >= self.threshold:
+            return (
+                f"similarity {sim:.3f} to the original under {self.verifier_id} is not below "
+                f"{self.threshold:g}"
+            )
+        return None
+
+
 def make_replace_face(
-    pipe: Any,
-    verifier: Any,
+    pipe: IDGenerationMixin,
+    verifier: FaceAnalyzer,
+    options: EditOptions | None = None,
     *,
     threshold: float | None = None,
     max_tries: int = 3,
-    seed: int = 0,
-    identity_fn: Callable[[IdentityEmbedding | None, int], IdentityEmbedding] | None = None,
+    identity_fn: IdentityFn | None = None,
     identity_threshold: float = 0.3,
     sampler: str = "uniform",
     check_face: bool = True,
     min_coverage: float = 0.9,
-    **edit_options: Any,
 ) -> ReplaceFaceFn:
     """A ``replace_face`` hook for :func:`facegen.pipelines.editing.anonymize.anonymize_image`.
 
@@ -322,7 +408,7 @@ def make_replace_face(
        with the original as its leakage bank. When the original's
        embedding is known, an identity with cosine >= ``identity_threshold`` to it is refused;
     2. :func:`~facegen.pipelines.editing.face_edit.edit_faces` of the face under the anonymizer's
-       ``mask`` with that identity and seed (``edit_options``: any of :data:`EDIT_OPTIONS`);
+       ``mask`` with that identity and seed, regenerated as ``options`` say;
     3. verification with ``verifier`` — a FaceAnalyzer whose encoder is independent of the
        conditioning one (refused otherwise): the result's embedding at the face's place must
        have cosine < ``threshold`` (default: the verifier encoder's
@@ -334,8 +420,8 @@ def make_replace_face(
     (the anonymizer then falls back to a classical mode). A face whose mask the crop covers
     less than ``min_coverage`` is refused at once (uncovered mask pixels would keep the
     original; Arc2Face's ArcFace-template crop holds about 0.9–1 of the anonymizer's default
-    mask). Seeds derive from ``seed``, the face's box and its pixels, so a face gets the
-    same replacement whatever order or batch it is processed in.
+    mask). Seeds derive from ``options.seed`` (0 when None), the face's box and its pixels,
+    so a face gets the same replacement whatever order or batch it is processed in.
     """
     if not isinstance(pipe, IDGenerationMixin):
         raise ValueError(f"`pipe` must be a facegen identity pipeline, got {type(pipe).__name__}")
@@ -344,96 +430,28 @@ def make_replace_face(
         raise ValueError(
             f"`verifier` must be a FaceAnalyzer with a detector and an encoder, got {verifier!r}"
         )
-    spec = _identity_spec(pipe)
     conditioning = pipe.identity_analyzer
-    cond_ids = {*spec.encoder_ids, *([_encoder_id(conditioning)] if conditioning else [])}
+    cond_ids = {*pipe.identity_spec.encoder_ids, _encoder_id(conditioning)} - {None}
     if verifier is conditioning or ver_id in cond_ids:
         raise ValueError(
             "`verifier` must use an encoder independent of the conditioning one "
             f"({', '.join(sorted(i for i in cond_ids if i))}), got {ver_id!r}"
         )
-    thr = float(verifier.encoder.same_person_threshold) if threshold is None else threshold
-    if isinstance(thr, bool) or not (isinstance(thr, (int, float)) and -1 < thr <= 1):
-        raise ValueError(f"`threshold` must be a number in (-1, 1], got {threshold!r}")
-    for name, v in (("identity_threshold", identity_threshold), ("min_coverage", min_coverage)):
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1):
-            raise ValueError(f"`{name}` must be a number in [0, 1], got {v!r}")
-    if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
-        raise ValueError(f"`max_tries` must be an integer >= 1, got {max_tries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    if threshold is None:
+        threshold = float(verifier.encoder.same_person_threshold)  # type: ignore[union-attr]
     if identity_fn is not None and not callable(identity_fn):
         raise ValueError(f"`identity_fn` must be callable, got {type(identity_fn).__name__}")
-    unknown = sorted(set(edit_options) - set(EDIT_OPTIONS))
-    if unknown:
-        raise ValueError(f"`edit_options` must be among {', '.join(EDIT_OPTIONS)}, got {unknown}")
-    cond_ok = conditioning is not None and _encoder_id(conditioning) in spec.encoder_ids
-
-    def new_identity(original: IdentityEmbedding | None, s: int) -> IdentityEmbedding:
-        if identity_fn is not None:
-            ident = identity_fn(original, s)
-            if not isinstance(ident, IdentityEmbedding):
-                raise ValueError(
-                    f"`identity_fn` must return an IdentityEmbedding, got {type(ident).__name__}"
-                )
-            return ident
-        from facegen.pipelines.identities import sample_identities
-
-        bank = None if original is None else original.normalize().vector[None]
-        return sample_identities(
-            1,
-            dim=spec.dim,
-            sampler=sampler,
-            seed=s,
-            leakage_bank=bank,
-            leakage_threshold=identity_threshold,
-            encoder_id=spec.encoder_ids[0],
-            batch_size=16,
-        ).embeddings()[0]
-
-    def replace_face(image: np.ndarray, face: Face, mask: np.ndarray) -> GeneratedFace:
-        key = _derive_seed(seed, _face_key(image, face))
-        original = embed_at(conditioning, image, [face])[0] if cond_ok else None
-        before = embed_at(verifier, image, [face])[0]
-        reasons: list[str] = []
-        best: tuple[float, np.ndarray] | None = None
-        for k in range(max_tries):
-            s = _derive_seed(key, k)
-            ident = new_identity(original, s)
-            sim_id = _sim(ident, original)
-            if sim_id is not None and sim_id >= identity_threshold:
-                reasons.append(
-                    f"try {k + 1} (seed {s}): the new identity's similarity {sim_id:.3f} to the "
-                    f"original is not below {identity_threshold}"
-                )
-                continue
-            edit = edit_faces(image, [face], [ident], pipe, masks=[mask], seeds=[s], **edit_options)
-            record = edit.faces[0]
-            if record.skipped or record.coverage < min_coverage:
-                return GeneratedFace(
-                    image,
-                    False,
-                    None,
-                    ver_id,
-                    reason=f"the generation crop covers {record.coverage:.0%} of the face's mask "
-                    f"(< {min_coverage:.0%}); uncovered pixels would keep the original",
-                )
-            sim = float(embed_at(verifier, edit.image, [face])[0].similarity(before))
-            if best is None or sim < best[0]:
-                best = (sim, edit.image)
-            if check_face and not _face_present(verifier.detector, edit.image, face):
-                reasons.append(f"try {k + 1} (seed {s}): no face detected in the result")
-                continue
-            if sim < thr:
-                logger.debug("replacement accepted at try %d (similarity %.3f)", k + 1, sim)
-                return GeneratedFace(edit.image, True, sim, ver_id)
-            reasons.append(
-                f"try {k + 1} (seed {s}): similarity {sim:.3f} to the original under "
-                f"{ver_id} is not below {thr:g}"
-            )
-        reason = f"no replacement passed in {max_tries} tries: " + "; ".join(reasons)
-        if best is None:
-            return GeneratedFace(image, False, None, ver_id, reason=reason)
-        return GeneratedFace(best[1], False, round(best[0], 6), ver_id, reason=reason)
-
-    return replace_face
+    return _FaceReplacer(
+        pipe,
+        verifier,
+        options or EditOptions(),
+        threshold=check_number(threshold, "threshold", minimum=-1, maximum=1, min_open=True),
+        max_tries=check_int(max_tries, "max_tries", minimum=1),
+        identity_fn=identity_fn,
+        identity_threshold=check_number(
+            identity_threshold, "identity_threshold", minimum=0, maximum=1
+        ),
+        sampler=sampler,
+        check_face=bool(check_face),
+        min_coverage=check_number(min_coverage, "min_coverage", minimum=0, maximum=1),
+    )

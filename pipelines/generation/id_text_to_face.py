@@ -15,14 +15,24 @@ pass their own, with ``", blurry"`` appended).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-from facegen.adapters.arc2face import Unconditional
-from facegen.adapters.base import IdentityInput
+from facegen.adapters.base import IdentityInput, IdentitySpec
 from facegen.errors import FacegenError
-from facegen.pipelines.generation.id_to_face import IDGenerationMixin
+from facegen.pipelines.generation.id_to_face import (
+    CallExtras,
+    GenerationContext,
+    IDGenerationMixin,
+)
+from facegen.types import AlignedFace, IdentityEmbedding
+from facegen.validate import check_int
+
+if TYPE_CHECKING:
+    from facegen.adapters.ip_adapter_faceid import IPAdapterFaceID
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -43,30 +53,43 @@ class FaceIDTextMixin(IDGenerationMixin):
     default_steps = 30
     default_guidance = 7.5
     #: The IPAdapterFaceID that turns identities into ``ip_adapter_image_embeds``.
-    faceid: Any = None
+    faceid: IPAdapterFaceID | None = None
     #: PlusV2 only: weight of the face-structure (CLIP) branch, the published ``s_scale``.
     shortcut_scale: float = 1.0
 
-    def __call__(self, *args: Any, face_crops: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+    def __call__(  # type: ignore[override]
+        self, *args: Any, face_crops: Sequence[Any] | None = None, **kwargs: Any
+    ) -> Any:
         """See :class:`IDGenerationMixin`. PlusV2 also needs a face crop per identity:
         ``face_crops`` (one crop, or a list of crops of that person, per identity: 224×224
         ArcFace-template crops, :func:`facegen.align.align_face` ``size=224``), made
         automatically when the identities come from photos (``images=``)."""
-        self._face_crops = list(face_crops) if face_crops is not None else None
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            self._face_crops = None
+        extras = kwargs.pop("extras", None) or CallExtras()
+        if face_crops is not None:
+            extras = replace(extras, face_crops=list(face_crops))
+        return super().__call__(*args, extras=extras, **kwargs)
+
+    @property
+    def needs_face_crops(self) -> bool:
+        """PlusV2 (its face-structure branch) needs a face crop per identity."""
+        return self.faceid is not None and self.faceid.variant == "plusv2"
 
     def identities_from_images(
-        self, images: Any, *, select: str | int = "largest", require_single: bool = True
-    ) -> list[Any]:
-        """As :meth:`IDGenerationMixin.identities_from_images`; for PlusV2 also keeps each
-        photo's aligned 224 face crop for the structure branch."""
-        if self.faceid is None or self.faceid.variant != "plusv2" or self.identity_analyzer is None:
-            return super().identities_from_images(
+        self, images: Sequence[Any], *, select: str | int = "largest", require_single: bool = True
+    ) -> list[IdentityEmbedding]:
+        """As :meth:`IDGenerationMixin.identities_from_images` (PlusV2 calls also take each
+        photo's aligned 224 face crop for the structure branch, see :meth:`_call_identities`)."""
+        return self._faces_from_images(images, select, require_single)[0]
+
+    def _faces_from_images(
+        self, images: Sequence[Any], select: str | int, require_single: bool
+    ) -> tuple[list[IdentityEmbedding], list[AlignedFace] | None]:
+        """Each photo's identity and, for PlusV2, its aligned 224 face crop."""
+        if not self.needs_face_crops or self.identity_analyzer is None:
+            embs = super().identities_from_images(
                 images, select=select, require_single=require_single
             )
+            return embs, None
         from facegen.align import align_face
         from facegen.image_io import load_image
 
@@ -79,18 +102,26 @@ class FaceIDTextMixin(IDGenerationMixin):
             )[0]
             embs.append(face.embedding)
             crops.append(align_face(arr, face, size=224))
-        if getattr(self, "_face_crops", None) is None:
-            self._face_crops = crops
-        return embs
+        return embs, crops
+
+    def _call_identities(
+        self, id_embeds: IdentityInput | None, images: Sequence[Any] | None, extras: CallExtras
+    ) -> tuple[IdentityInput, CallExtras]:
+        if images is None:
+            return super()._call_identities(id_embeds, images, extras)
+        embs, crops = self._faces_from_images(images, "largest", True)
+        if crops is not None and extras.face_crops is None:
+            extras = replace(extras, face_crops=crops)
+        return embs, extras
 
     @property
-    def identity_spec(self) -> Any:
+    def identity_spec(self) -> IdentitySpec:
         """The identity vectors the loaded FaceID adapter accepts."""
         if self.faceid is None:
             raise FacegenError("no FaceID adapter is loaded; call `load_faceid` first")
         return self.faceid.identity
 
-    def load_faceid(self, *args: Any, **kwargs: Any) -> Any:
+    def load_faceid(self, *args: Any, **kwargs: Any) -> IPAdapterFaceID:
         """:func:`facegen.adapters.ip_adapter_faceid.load_faceid` into this pipeline."""
         from facegen.adapters.ip_adapter_faceid import load_faceid
 
@@ -138,32 +169,25 @@ class FaceIDTextMixin(IDGenerationMixin):
         if self.faceid is None:
             raise ValueError("no FaceID adapter is loaded: call `pipe.load_faceid(...)` first")
 
-    def _encode_conditioning(
-        self,
-        identities: IdentityInput,
-        m: int,
-        unconditional: Unconditional,
-        prompt: str | None,
-        negative_prompt: str | None,
-    ) -> dict[str, Any]:
+    def _encode_conditioning(self, ctx: GenerationContext) -> dict[str, Any]:
         import torch
 
-        if m < 1:
-            raise ValueError(f"`num_images_per_identity` must be >= 1, got {m}")
-        if unconditional != "empty-prompt":
+        m = check_int(ctx.num_images_per_identity, "num_images_per_identity", minimum=1)
+        if ctx.unconditional != "empty-prompt":
             raise ValueError("`unconditional` applies to Arc2Face; use `negative_prompt` here")
-        vecs = self.faceid.identity.prepare(identities, adapter="IP-Adapter-FaceID")
+        assert self.faceid is not None  # checked by _check_prompt
+        vecs = self.faceid.identity.prepare(ctx.identities, adapter="IP-Adapter-FaceID")
         pos = vecs.repeat_interleave(m, dim=0)[:, None]  # (T, 1, 512)
-        neg_text = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
-        pe, ne = self.encode_prompt(prompt, self.device, 1, True, neg_text)
+        neg = DEFAULT_NEGATIVE_PROMPT if ctx.negative_prompt is None else ctx.negative_prompt
+        pe, ne = self.encode_prompt(ctx.prompt, self.device, 1, True, neg)
         total = pos.shape[0]
         out = {
             "prompt_embeds": pe.repeat(total, 1, 1),
             "negative_prompt_embeds": ne.repeat(total, 1, 1),
             "faceid": pos,
         }
-        if self.faceid.variant == "plusv2":
-            crops = getattr(self, "_face_crops", None)
+        if self.needs_face_crops:
+            crops = ctx.extras.face_crops
             if crops is None or len(crops) != len(vecs):
                 raise ValueError(
                     "IP-Adapter-FaceID PlusV2 needs one face crop per identity: pass "
@@ -176,17 +200,20 @@ class FaceIDTextMixin(IDGenerationMixin):
         return out
 
     def _chunk_call_kwargs(
-        self, per_image: dict[str, Any], sl: slice, guidance_scale: float
+        self, ctx: GenerationContext, per_image: dict[str, Any], sl: slice
     ) -> dict[str, Any]:
         import torch
 
         dtype = self.unet.dtype
+        guided = ctx.guidance_scale > 1
         pos = per_image["faceid"][sl].to(self.device, dtype)
-        ip = torch.cat([torch.zeros_like(pos), pos]) if guidance_scale > 1 else pos
+        ip = torch.cat([torch.zeros_like(pos), pos]) if guided else pos
         if "clip_pos" in per_image:
+            assert self.faceid is not None
             clip = per_image["clip_pos"][sl]
-            if guidance_scale > 1:
+            if guided:
                 clip = torch.cat([per_image["clip_neg"][sl], clip])
+            # the structure branch's features ride on the attention processors for this chunk
             self.faceid.set_clip_embeds(self, clip, shortcut_scale=self.shortcut_scale)
         return {
             "prompt_embeds": per_image["prompt_embeds"][sl].to(self.device, dtype),

@@ -33,8 +33,8 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
@@ -42,7 +42,13 @@ from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionI
 from facegen.adapters.base import IdentityInput
 from facegen.masks import blend
 from facegen.pipelines.generation.id_text_to_face import FaceIDTextMixin
-from facegen.pipelines.generation.id_to_face import MAX_SEED, IDGenerationMixin
+from facegen.pipelines.generation.id_to_face import (
+    MAX_SEED,
+    CallExtras,
+    GenerationContext,
+    IDGenerationMixin,
+)
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "FaceIDInpaintMixin",
@@ -53,6 +59,10 @@ __all__ = [
     "latent_mask",
     "masked_generate",
 ]
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import SchedulerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +85,14 @@ class RePaintBlend:
 
     tensor_inputs = ("latents",)
 
-    def __init__(self, image_latents: Any, noise: Any, mask: Any, *, then: Any = None) -> None:
+    def __init__(
+        self,
+        image_latents: torch.Tensor,
+        noise: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        then: StepCallback | None = None,
+    ) -> None:
         if image_latents.shape != noise.shape:
             raise ValueError(
                 f"`noise` must have the shape of `image_latents` {tuple(image_latents.shape)}, "
@@ -92,13 +109,13 @@ class RePaintBlend:
         self.then = then
 
     @staticmethod
-    def loop_timesteps(pipe: Any) -> Any:
+    def loop_timesteps(pipe: IDGenerationMixin) -> torch.Tensor:
         """The timesteps of the running loop (the tail of ``scheduler.timesteps``)."""
         ts = pipe.scheduler.timesteps
         n = getattr(pipe, "_num_timesteps", None) or len(ts)
         return ts[len(ts) - n :]
 
-    def known(self, pipe: Any, i: int) -> Any:
+    def known(self, pipe: IDGenerationMixin, i: int) -> torch.Tensor:
         """The original's latents at the noise level the loop reaches after step ``i``."""
         ts = self.loop_timesteps(pipe)
         if i + 1 >= len(ts):
@@ -106,7 +123,9 @@ class RePaintBlend:
         t_next = ts[i + 1 : i + 2].repeat(self.image_latents.shape[0])
         return pipe.scheduler.add_noise(self.image_latents, self.noise, t_next)
 
-    def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, pipe: IDGenerationMixin, i: int, t: torch.Tensor, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         import torch
 
         latents = kwargs["latents"]
@@ -122,7 +141,7 @@ class RePaintBlend:
         return kwargs
 
 
-def latent_mask(mask: Any, factor: int) -> Any:
+def latent_mask(mask: np.ndarray, factor: int) -> torch.Tensor:
     """Pixel masks float ``(B, S, S)`` in [0, 1] → bool ``(B, 1, S/f, S/f)`` latent masks.
 
     A latent cell is true when any pixel of its ``factor×factor`` block has mask > 0.
@@ -181,7 +200,6 @@ class FaceIDInpaintMixin(FaceIDTextMixin, _DiffusersInpaintArgs):
     """
 
     inpainting = True
-    _inpaint: tuple[Any, Any] | None = None
 
     def __call__(  # type: ignore[override]
         self, *args: Any, image: Any = None, mask_image: Any = None, **kwargs: Any
@@ -193,21 +211,17 @@ class FaceIDInpaintMixin(FaceIDTextMixin, _DiffusersInpaintArgs):
                 "`image` and `mask_image` must be given to an inpainting pipeline, got "
                 f"image={type(image).__name__}, mask_image={type(mask_image).__name__}"
             )
-        self._inpaint = (image, mask_image)
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            self._inpaint = None
+        extras = kwargs.pop("extras", None) or CallExtras()
+        extras = replace(extras, inpaint_image=image, inpaint_mask=mask_image)
+        return super().__call__(*args, extras=extras, **kwargs)
 
     def _chunk_call_kwargs(
-        self, per_image: dict[str, Any], sl: slice, guidance_scale: float
+        self, ctx: GenerationContext, per_image: dict[str, Any], sl: slice
     ) -> dict[str, Any]:
-        out = super()._chunk_call_kwargs(per_image, sl, guidance_scale)
-        assert self._inpaint is not None  # set by __call__
+        out = super()._chunk_call_kwargs(ctx, per_image, sl)
         total = int(per_image["prompt_embeds"].shape[0])
-        images, masks = self._inpaint
-        out["inpaint_image"] = _rows(images, total, "image")[sl]
-        out["inpaint_mask"] = _rows(masks, total, "mask_image")[sl]
+        out["inpaint_image"] = _rows(ctx.extras.inpaint_image, total, "image")[sl]
+        out["inpaint_mask"] = _rows(ctx.extras.inpaint_mask, total, "mask_image")[sl]
         return out
 
 
@@ -247,9 +261,9 @@ class MaskedGenerationOutput:
     images: np.ndarray
     raw: np.ndarray
     metadata: list[dict[str, Any]] = field(default_factory=list)
-    image_latents: Any = None
-    noise: Any = None
-    latent_mask: Any = None
+    image_latents: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    latent_mask: torch.Tensor | None = None
 
 
 def _check_crops(image: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -279,17 +293,16 @@ def _check_seeds(seeds: Sequence[int] | None, b: int) -> list[int]:
     seeds = list(seeds)
     if len(seeds) != b:
         raise ValueError(f"`seeds` must have one seed per crop ({b}), got {len(seeds)}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"`seeds` must be integers in [0, {MAX_SEED}], got {s!r}")
-    return [int(s) for s in seeds]
+    return [check_int(s, "seeds", minimum=0, maximum=MAX_SEED) for s in seeds]
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _strength_timesteps(scheduler: Any, steps: int, strength: float, device: Any) -> list[int]:
+def _strength_timesteps(
+    scheduler: SchedulerMixin, steps: int, strength: float, device: torch.device
+) -> list[int]:
     """The tail of ``steps`` timesteps that a ``strength`` run denoises (diffusers' img2img rule)."""
     import inspect
 
@@ -310,7 +323,7 @@ def _strength_timesteps(scheduler: Any, steps: int, strength: float, device: Any
 
 
 def masked_generate(
-    pipe: Any,
+    pipe: IDGenerationMixin,
     image: Any,
     mask: Any,
     identities: IdentityInput,
@@ -336,31 +349,24 @@ def masked_generate(
     (one map per crop or one for all). ``prompt``: text pipelines only. ``callback_on_step_end``
     runs after the blending. Other keyword arguments go to the pipeline. See the module doc.
     """
-    import torch
-
+    # 1. check inputs
     if not isinstance(pipe, IDGenerationMixin):
         raise ValueError(
             f"`pipe` must be a facegen identity pipeline (IDToFacePipeline, "
             f"IDTextToFaceInpaintPipeline, …), got {type(pipe).__name__}"
         )
     crops, masks = _check_crops(image, mask)
-    b, s = crops.shape[0], crops.shape[1]
-    if isinstance(strength, bool) or not (
-        isinstance(strength, (int, float)) and 0 < float(strength) <= 1
-    ):
-        raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}")
-    seeds = _check_seeds(seeds, b)
+    strength = check_number(strength, "strength", minimum=0, maximum=1, min_open=True)
     steps = pipe.default_steps if num_inference_steps is None else num_inference_steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {steps!r}")
+    steps = check_int(steps, "num_inference_steps", minimum=1)
     if "latents" in kwargs or "timesteps" in kwargs:
         raise ValueError("`latents`/`timesteps` are set by masked generation; do not pass them")
     call: dict[str, Any] = {
-        "seeds": seeds,
-        "num_inference_steps": int(steps),
+        "seeds": _check_seeds(seeds, crops.shape[0]),
+        "num_inference_steps": steps,
         "guidance_scale": guidance_scale,
-        "height": s,
-        "width": s,
+        "height": crops.shape[1],
+        "width": crops.shape[1],
         "output_type": "np",
         **kwargs,
     }
@@ -368,72 +374,108 @@ def masked_generate(
         call["control_image"] = control_image
     if prompt is not None or negative_prompt is not None:
         call.update(prompt=prompt, negative_prompt=negative_prompt)
+    # 2. generate: the inpainting UNet takes the crops and masks, a 4-channel one blends latents
     in_channels = pipe.unet.config.in_channels
-    extra: dict[str, Any] = {}
+    inputs = tuple(callback_on_step_end_tensor_inputs)
     if in_channels == 9:
-        if not pipe.inpainting:
-            raise ValueError(
-                f"`pipe` has a 9-channel inpainting UNet but is a {type(pipe).__name__}; use "
-                f"IDTextToFaceInpaintPipeline (or its ControlNet variant)"
-            )
-        from PIL import Image
-
-        out = pipe(
-            identities,
-            image=[Image.fromarray(c) for c in crops],
-            mask_image=[Image.fromarray(((m > 0) * 255).astype(np.uint8)) for m in masks],
-            strength=float(strength),
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
-            **call,
-        )
-        method = "inpaint"
+        out = _inpaint(pipe, crops, masks, identities, strength, call, callback_on_step_end, inputs)
+        method, extra = "inpaint", {}
     elif in_channels == 4:
-        device, vae = pipe._execution_device, pipe.vae
-        with torch.no_grad():
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            dist = vae.encode(x.to(device, vae.dtype)).latent_dist
-            image_latents = dist.mode() * vae.config.scaling_factor
-        dtype = pipe.unet.dtype
-        image_latents = image_latents.to(dtype)
-        from diffusers.utils.torch_utils import randn_tensor
-
-        gen_device = "cpu" if device.type == "mps" else device
-        gens = [torch.Generator(gen_device).manual_seed(sd) for sd in seeds]
-        noise = randn_tensor(tuple(image_latents.shape), generator=gens, device=device, dtype=dtype)
-        sched = pipe.scheduler
-        if strength < 1:
-            tail = _strength_timesteps(sched, int(steps), float(strength), device)
-            sched.set_timesteps(timesteps=tail, device=device)
-            t0 = torch.tensor(tail[:1] * b, device=device)
-            start = sched.add_noise(image_latents, noise, t0)
-            call["timesteps"] = tail
-        else:
-            sched.set_timesteps(int(steps), device=device)
-            start = noise * sched.init_noise_sigma
-        # the pipeline multiplies given latents by init_noise_sigma
-        call["latents"] = start / sched.init_noise_sigma
-        lmask = latent_mask(masks, pipe.vae_scale_factor).to(device)
-        blend_cb = RePaintBlend(image_latents, noise, lmask, then=callback_on_step_end)
-        inputs = ("latents", *(k for k in callback_on_step_end_tensor_inputs if k != "latents"))
-        out = pipe(
-            identities,
-            callback_on_step_end=blend_cb,
-            callback_on_step_end_tensor_inputs=inputs,
-            **call,
+        out, extra = _repaint(
+            pipe, crops, masks, identities, strength, call, callback_on_step_end, inputs
         )
         method = "repaint"
-        extra = {"image_latents": image_latents, "noise": noise, "latent_mask": lmask}
     else:
         raise ValueError(
             f"`pipe.unet` must take 4 (latent blending) or 9 (inpainting) input channels, "
             f"got {in_channels}"
         )
+    # 3. composite with the originals through the pixel masks
     raw = _to_uint8(out.images)
     if raw.shape != crops.shape:
         raise ValueError(
-            f"`identities` must give one image per crop ({b}), got {raw.shape[0]} images"
+            f"`identities` must give one image per crop ({len(crops)}), got {raw.shape[0]} images"
         )
     images = np.stack([blend(c, r, m) for c, r, m in zip(crops, raw, masks)])
-    metadata = [{**md, "strength": float(strength), "method": method} for md in out.metadata]
+    metadata = [{**md, "strength": strength, "method": method} for md in out.metadata]
     return MaskedGenerationOutput(images, raw, metadata, **extra)
+
+
+def _inpaint(
+    pipe: IDGenerationMixin,
+    crops: np.ndarray,
+    masks: np.ndarray,
+    identities: IdentityInput,
+    strength: float,
+    call: dict[str, Any],
+    callback: StepCallback | None,
+    tensor_inputs: tuple[str, ...],
+) -> Any:
+    """The inpainting UNet: the crops and their masks (``mask > 0``) go to diffusers."""
+    from PIL import Image
+
+    if not pipe.inpainting:
+        raise ValueError(
+            f"`pipe` has a 9-channel inpainting UNet but is a {type(pipe).__name__}; use "
+            f"IDTextToFaceInpaintPipeline (or its ControlNet variant)"
+        )
+    return pipe(
+        identities,
+        image=[Image.fromarray(c) for c in crops],
+        mask_image=[Image.fromarray(((m > 0) * 255).astype(np.uint8)) for m in masks],
+        strength=strength,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=tensor_inputs,
+        **call,
+    )
+
+
+def _repaint(
+    pipe: IDGenerationMixin,
+    crops: np.ndarray,
+    masks: np.ndarray,
+    identities: IdentityInput,
+    strength: float,
+    call: dict[str, Any],
+    callback: StepCallback | None,
+    tensor_inputs: tuple[str, ...],
+) -> tuple[Any, dict[str, Any]]:
+    """Latent blending (see the module doc): encode the crops, start from the seeds' noise
+    (or the originals noised to ``strength``), and keep the unmasked latents on the
+    original's path after every step. Returns the pipeline output and the latents used."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, vae, b = pipe._execution_device, pipe.vae, len(crops)
+    with torch.no_grad():
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        dist = vae.encode(x.to(device, vae.dtype)).latent_dist
+        image_latents = (dist.mode() * vae.config.scaling_factor).to(pipe.unet.dtype)
+    gen_device = "cpu" if device.type == "mps" else device
+    gens = [torch.Generator(gen_device).manual_seed(sd) for sd in call["seeds"]]
+    noise = randn_tensor(
+        tuple(image_latents.shape), generator=gens, device=device, dtype=pipe.unet.dtype
+    )
+    sched, steps = pipe.scheduler, call["num_inference_steps"]
+    if strength < 1:
+        tail = _strength_timesteps(sched, steps, strength, device)
+        sched.set_timesteps(timesteps=tail, device=device)
+        start = sched.add_noise(image_latents, noise, torch.tensor(tail[:1] * b, device=device))
+        call = {**call, "timesteps": tail}
+    else:
+        sched.set_timesteps(steps, device=device)
+        start = noise * sched.init_noise_sigma
+    # the pipeline multiplies given latents by init_noise_sigma
+    call = {**call, "latents": start / sched.init_noise_sigma}
+    lmask = latent_mask(masks, pipe.vae_scale_factor).to(device)
+    blend_cb = RePaintBlend(image_latents, noise, lmask, then=callback)
+    out = pipe(
+        identities,
+        callback_on_step_end=blend_cb,
+        callback_on_step_end_tensor_inputs=(
+            "latents",
+            *(k for k in tensor_inputs if k != "latents"),
+        ),
+        **call,
+    )
+    return out, {"image_latents": image_latents, "noise": noise, "latent_mask": lmask}

@@ -8,7 +8,10 @@ positions whose hidden size can hold a 512-D identity, a UNet conditioned on it,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, CLIPVisionModelWithProjection
 
 __all__ = [
     "TINY_IMAGE_SIZE",
@@ -35,7 +38,7 @@ def _byte_chars() -> list[str]:
     return [chr(c) for _, c in sorted(zip(order, codes))]
 
 
-def tiny_tokenizer(model_max_length: int = 77) -> Any:
+def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer over bytes plus a few whole words (``"id"`` is one token)."""
     from transformers import CLIPTokenizer
 
@@ -124,7 +127,7 @@ def tiny_components(seed: int = 0, *, hidden_size: int = 512) -> dict[str, Any]:
     }
 
 
-def tiny_image_encoder(seed: int = 0) -> Any:
+def tiny_image_encoder(seed: int = 0) -> CLIPVisionModelWithProjection:
     """A tiny random CLIP vision encoder (hidden size 48, 32×32 input) standing in for
     IP-Adapter PlusV2's ViT-H/14 in tests and demos (``clip_embeddings_dim=48``)."""
     import torch

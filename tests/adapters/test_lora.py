@@ -430,7 +430,9 @@ def test_enable_and_disable_lcm(isolated: Path, other_lora: Path, base_out: np.n
             ValueError, match=r"`num_inference_steps` must be an integer in \[2, 8\]"
         ):
             enable_lcm(pipe, num_inference_steps=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`guidance_scale` must be in \[0, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"`guidance_scale` must be a finite number in \[0.0, 2.0\], got 3.0"
+    ):
         enable_lcm(pipe, guidance_scale=3.0)
     assert list_loras(pipe) == {} and pipe.scheduler is original
 
@@ -493,9 +495,9 @@ def test_save_lora_without_metadata_support_refuses_what_would_load_wrong(
     """diffusers < 0.34 cannot store the LoraConfig; it then assumes alpha = rank."""
     from safetensors import safe_open
 
-    import facegen.adapters.lora as lora
+    import facegen.adapters.lora_save as lora_save
 
-    monkeypatch.setattr(lora, "_save_supports_metadata", lambda: False)
+    monkeypatch.setattr(lora_save, "_save_supports_metadata", lambda: False)
     pipe = make_pipe()
     add_random_lora(pipe.unet, "scaled", seed=7, rank=4, alpha=8)
     add_random_lora(pipe.unet, "plain", seed=8, rank=4, alpha=4)

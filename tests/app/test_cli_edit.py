@@ -69,7 +69,7 @@ def test_swap_and_reenact_with_tiny_models(
     out = tmp_path / "swap"
     args = ["swap", "--source", str(src), "--target", str(t1_path), "--preset", "tiny"]
     assert main([*args, "--steps", "2", "--faces", "1", "--no-watermark", "--out", str(out)]) == 0
-    assert "t1.jpg face 0: to source" in capsys.readouterr().out
+    assert "t1.jpg face 1: to source" in capsys.readouterr().out  # numbered as detected
     rep = json.loads((out / "swap_report.json").read_text())
     face = rep["images"][0]["faces"][0]
     assert face["target_similarity"]["dlib-resnet-v1"] < 1.0

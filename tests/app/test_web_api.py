@@ -82,9 +82,19 @@ def _error(client: Client, *args: Any, api_name: str) -> str:
 
 def _gen(client: Client, **kw: Any) -> tuple[Any, ...]:
     args = dict(
-        source="random", photo=None, face="largest", emb=None, emb_index=0, preset="tiny", n=2,
-        seed=123, rand=False, steps=STEPS, guidance=None, prompt="",
-    )  # fmt: skip
+        source="random",
+        photo=None,
+        face="largest",
+        emb=None,
+        emb_index=0,
+        preset="tiny",
+        n=2,
+        seed=123,
+        rand=False,
+        steps=STEPS,
+        guidance=None,
+        prompt="",
+    )
     args.update(kw)
     return client.predict(*args.values(), api_name="/generate")
 
@@ -155,7 +165,7 @@ def test_generate_random_identity_is_reproducible_and_labelled(app: Any) -> None
     assert info.params["seed"] == 123 and info.params["preset"] == "tiny"
     assert info.watermark is not None  # embedded (64 px is the smallest size that carries it)
     assert sorted(_zip_names(zip_path)) == sorted(
-        ["manifest.json", "generate_00_seed123.png", "generate_01_seed124.png"]
+        ["manifest.json", "id0000_img000_seed123.png", "id0000_img001_seed124.png"]
     )
     assert [im["seed"] for im in _manifest(zip_path)["images"]] == [123, 124]
     assert "**Provenance:** 2/2 file(s)" in notice and "trainedAlgorithmicMedia" in notice
@@ -173,9 +183,10 @@ def test_generate_from_a_chosen_face_of_a_group_photo(app: Any, t1_path: Path, d
     np.testing.assert_allclose(record["identity"]["bbox"], box, atol=0.1)
     assert set(record["identity_similarity"]) == {"conditioning", "dlib"}
     msg = _error(
-        app.client, *_args(source="photo", photo=handle_file(str(t1_path)), face="#9"),
+        app.client,
+        *_args(source="photo", photo=handle_file(str(t1_path)), face="#9"),
         api_name="/generate",
-    )  # fmt: skip
+    )
     assert "Face #9 does not exist: the photo has 6 face(s)" in msg
     msg = _error(app.client, *_args(source="photo"), api_name="/generate")
     assert "Please upload a photo of the person" in msg
@@ -183,9 +194,19 @@ def test_generate_from_a_chosen_face_of_a_group_photo(app: Any, t1_path: Path, d
 
 def _args(**kw: Any) -> list[Any]:
     args = dict(
-        source="random", photo=None, face="largest", emb=None, emb_index=0, preset="tiny", n=1,
-        seed=0, rand=False, steps=STEPS, guidance=None, prompt="",
-    )  # fmt: skip
+        source="random",
+        photo=None,
+        face="largest",
+        emb=None,
+        emb_index=0,
+        preset="tiny",
+        n=1,
+        seed=0,
+        rand=False,
+        steps=STEPS,
+        guidance=None,
+        prompt="",
+    )
     args.update(kw)
     return list(args.values())
 
@@ -272,9 +293,15 @@ def test_swap_replaces_the_chosen_face_only(
     assert info.startswith("6 faces found in t1.jpg")
     assert [c[1] for c in picker["choices"]] == ["all", "largest", "best", *map(str, range(6))]
     before, after, table, download, notice = app.client.predict(
-        handle_file(str(astronaut_path)), handle_file(str(t1_path)), "2", "tiny", 0, STEPS, 1.0,
+        handle_file(str(astronaut_path)),
+        handle_file(str(t1_path)),
+        "2",
+        "tiny",
+        0,
+        STEPS,
+        1.0,
         api_name="/swap",
-    )  # fmt: skip
+    )
     t1 = load_image(t1_path)
     result = load_image(after)
     assert result.shape == t1.shape and load_image(before).shape == t1.shape
@@ -287,9 +314,16 @@ def test_swap_replaces_the_chosen_face_only(
     assert info.operation == "swap" and info.kind == "edited" and info.params["target"] == "t1.jpg"
     assert "compositeWithTrainedAlgorithmicMedia" in notice
     msg = _error(
-        app.client, handle_file(str(astronaut_path)), handle_file(str(t1_path)), "7", "tiny", 0,
-        STEPS, 1.0, api_name="/swap",
-    )  # fmt: skip
+        app.client,
+        handle_file(str(astronaut_path)),
+        handle_file(str(t1_path)),
+        "7",
+        "tiny",
+        0,
+        STEPS,
+        1.0,
+        api_name="/swap",
+    )
     assert "face index must be in [-6, 5], got 7" in msg
 
 
@@ -336,9 +370,18 @@ def test_anonymize_reports_unreadable_files_and_processes_the_rest(
     assert [s.split(":")[0] for s in skipped] == ["broken.jpg", "empty.png"], skipped
     # alone, an unreadable file is still an error that names it
     msg = _error(
-        app.client, [handle_file(str(broken))], "blur", "all", 0.25, 8, "hull", "tiny", 0, 2,
+        app.client,
+        [handle_file(str(broken))],
+        "blur",
+        "all",
+        0.25,
+        8,
+        "hull",
+        "tiny",
+        0,
+        2,
         api_name="/anonymize",
-    )  # fmt: skip
+    )
     assert "broken.jpg" in msg
 
 
@@ -488,9 +531,14 @@ def test_missing_features_and_internal_errors_read_as_sentences(
         raise RuntimeError("secret internal detail at /srv/models")
 
     services = Services(
-        default_preset="tiny", presets=TINY_PRESETS, pipeline_factory=broken, analyzer=dlib,
-        output_root=tmp_path_factory.mktemp("bare"), swap=False, trainer=False,
-    )  # fmt: skip
+        default_preset="tiny",
+        presets=TINY_PRESETS,
+        pipeline_factory=broken,
+        analyzer=dlib,
+        output_root=tmp_path_factory.mktemp("bare"),
+        swap=False,
+        trainer=False,
+    )
     demo = launch_app(services, port=free_port(), block=False, quiet=True)
     try:
         c = Client(demo.local_url, verbose=False)
@@ -532,7 +580,7 @@ def test_session_workspaces_are_removed(tmp_path: Path, dlib: FaceAnalyzer) -> N
 def test_features_whose_modules_are_missing_say_so(
     monkeypatch: pytest.MonkeyPatch, dlib: FaceAnalyzer, tmp_path: Path
 ) -> None:
-    from facegen.app import web_services
+    from facegen.app.web import services as web_services
 
     monkeypatch.setattr(web_services, "_module_present", lambda name: False)
     services = Services(
@@ -550,7 +598,7 @@ def test_app_command_defaults_to_this_machine_only() -> None:
     from facegen.app.cli.serve import add_app_parser
 
     parser = argparse.ArgumentParser()
-    add_app_parser(parser.add_subparsers(dest="command"), argparse.ArgumentParser(add_help=False))
+    add_app_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["app"])
     assert (args.host, args.port, args.share, args.preset) == ("127.0.0.1", 7860, False, "arc2face")
     with pytest.raises(SystemExit):

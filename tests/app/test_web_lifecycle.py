@@ -58,9 +58,17 @@ def _anonymize(port: int, photo: Path) -> Any:
 
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     return client.predict(
-        [handle_file(str(photo))], "blur", "all", 0.25, 8, "hull", "tiny", 0, 2,
+        [handle_file(str(photo))],
+        "blur",
+        "all",
+        0.25,
+        8,
+        "hull",
+        "tiny",
+        0,
+        2,
         api_name="/anonymize",
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])

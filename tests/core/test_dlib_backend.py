@@ -222,12 +222,12 @@ def test_registry_builds_dlib_backends() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"model": "mtcnn"}, "`model` must be one of hog, cnn, got 'mtcnn'"),
-        ({"max_faces": -1}, "`max_faces` must be >= 0, got -1"),
-        ({"upsample": 9}, r"`upsample` must be in \[0, 4\], got 9"),
-        ({"upsample": True}, "`upsample` must be an int"),
-        ({"score_threshold": float("nan")}, "`score_threshold` must be finite"),
-        ({"score_threshold": "high"}, "`score_threshold` must be a float"),
+        ({"model": "mtcnn"}, "`model` must be one of 'hog', 'cnn', got 'mtcnn'"),
+        ({"max_faces": -1}, "`max_faces` must be an integer >= 0, got -1"),
+        ({"upsample": 9}, r"`upsample` must be an integer in \[0, 4\], got 9"),
+        ({"upsample": True}, r"`upsample` must be an integer in \[0, 4\], got True"),
+        ({"score_threshold": float("nan")}, "`score_threshold` must be a finite number, got nan"),
+        ({"score_threshold": "high"}, "`score_threshold` must be a number, got 'high'"),
     ],
 )
 def test_detector_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
@@ -241,7 +241,7 @@ def test_device_and_model_path_are_checked(tmp_path: Path) -> None:
             DlibDetector(device="cuda")
     with pytest.raises(ModelNotAvailableError, match=r"shape_predictor_68_face_landmarks\.dat"):
         DlibDetector(model_path=tmp_path)
-    with pytest.raises(ValueError, match="`num_jitters` must be >= 0"):
+    with pytest.raises(ValueError, match="`num_jitters` must be an integer >= 0, got -1"):
         DlibEncoder(num_jitters=-1)
 
 

@@ -144,9 +144,9 @@ def test_encoder_backends_give_the_same_vectors(
 
 
 def test_encoder_checks_backend_device_and_dtype() -> None:
-    with pytest.raises(ValueError, match="`backend` must be one of torch, dlib, got 'onnx'"):
+    with pytest.raises(ValueError, match="`backend` must be one of 'torch', 'dlib', got 'onnx'"):
         DlibEncoder(backend="onnx")
-    with pytest.raises(ValueError, match="`dtype` must be one of float32, float16, got 'int8'"):
+    with pytest.raises(ValueError, match="`dtype` must be one of 'float32', 'float16', got 'int8'"):
         DlibEncoder(dtype="int8")
     with pytest.raises(ValueError, match="`dtype` 'float16' needs a CUDA `device`"):
         DlibEncoder(dtype="float16")

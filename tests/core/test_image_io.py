@@ -190,7 +190,7 @@ def test_bad_pixel_limit_in_environment(
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, True])
 def test_bad_max_pixels_argument(value: object) -> None:
-    with pytest.raises(ValueError, match="`max_pixels` must be a positive integer"):
+    with pytest.raises(ValueError, match="`max_pixels` must be an integer >= 1, got"):
         load_image(np.zeros((2, 2, 3), np.uint8), max_pixels=value)  # type: ignore[arg-type]
 
 

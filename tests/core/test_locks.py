@@ -159,7 +159,7 @@ def test_without_fcntl_a_live_holder_is_refused_and_a_dead_one_taken_over(
 def test_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"`part` must be letters, digits.*got '\.\./x'"):
         lock_path(tmp_path, "../x")
-    with pytest.raises(ValueError, match="`timeout` must be None or a number >= 0, got -1"):
+    with pytest.raises(ValueError, match="`timeout` must be a finite number >= 0, got -1"):
         _take(tmp_path, timeout=-1)
     with pytest.raises(ValueError, match="`what` must be a non-empty one-line string"):
         _take(tmp_path, "two\nlines")

@@ -281,7 +281,7 @@ def test_real_landmarks_on_t1(dlib_analyzer, t1_image: np.ndarray) -> None:
     ("kwargs", "message"),
     [
         ({"shape": "circle"}, "`shape` must be one of hull, ellipse, box"),
-        ({"forehead": 3.0}, "`forehead` must be a number in [0, 2]"),
+        ({"forehead": 3.0}, "`forehead` must be a finite number in [0, 2], got 3.0"),
         ({"forehead": True}, "`forehead` must be a number"),
         ({"dilate": -1.0}, "`dilate` must be a number >= 0"),
         ({"dilate": "3cm"}, "`dilate` must be a number >= 0"),

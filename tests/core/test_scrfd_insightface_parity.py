@@ -263,7 +263,7 @@ def test_max_faces_ranking_values_in_closed_form() -> None:
     np.testing.assert_array_equal(
         max_faces_ranking(boxes, RANKING_IMAGE_HW, "max"), np.array([14400.0, 6400.0])
     )
-    with pytest.raises(ValueError, match="`metric` must be one of default, max, got 'area'"):
+    with pytest.raises(ValueError, match="`metric` must be one of 'default', 'max', got 'area'"):
         max_faces_ranking(boxes, RANKING_IMAGE_HW, "area")  # type: ignore[arg-type]
 
 
@@ -335,6 +335,6 @@ def test_detect_equals_insightface_scrfd(k: int, metric: str) -> None:
 
 def test_max_faces_metric_is_validated() -> None:
     session = CannedSCRFD(seed=0, img_hw=(64, 64), n_pos=1)
-    with pytest.raises(ValueError, match="`max_faces_metric` must be one of default, max"):
+    with pytest.raises(ValueError, match="`max_faces_metric` must be one of 'default', 'max'"):
         SCRFDDetector(session, max_faces_metric="largest")  # type: ignore[arg-type]
     assert SCRFDDetector(session).max_faces_metric == "default"

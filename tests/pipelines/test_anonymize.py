@@ -29,11 +29,13 @@ from facegen.pipelines.editing.anonymize import (
     GeneratedFace,
     anonymize_image,
 )
+from facegen.pipelines.editing.anonymize import AnonymizeOptions as Opts
 from facegen.pipelines.editing.anonymize_folder import REPORT_NAME, anonymize_folder, read_report
 from facegen.samples import sample_path
 from facegen.types import Face
 
 SAME_PERSON = DlibEncoder.same_person_threshold
+GENERATE = Opts(mode="generate")
 
 
 class StubAnalyzer:
@@ -67,7 +69,7 @@ def t1_faces(dlib_analyzer: Any, t1: np.ndarray) -> list[Face]:
 
 @pytest.fixture(scope="module")
 def results(dlib_analyzer: Any, t1: np.ndarray) -> dict[str, AnonymizeResult]:
-    return {mode: anonymize_image(t1, dlib_analyzer, mode=mode) for mode in CLASSICAL_MODES}
+    return {mode: anonymize_image(t1, dlib_analyzer, Opts(mode=mode)) for mode in CLASSICAL_MODES}
 
 
 def core_region(face: Face, shape: tuple[int, ...]) -> np.ndarray:
@@ -132,7 +134,7 @@ def test_t1_identities_no_longer_match(
 def test_a_too_weak_blur_would_fail_the_identity_check(
     dlib_analyzer: Any, t1: np.ndarray, t1_faces: list[Face]
 ) -> None:
-    weak = anonymize_image(t1, StubAnalyzer(t1_faces), blur_sigma=0.01).image  # type: ignore[arg-type]
+    weak = anonymize_image(t1, StubAnalyzer(t1_faces), Opts(blur_sigma=0.01)).image  # type: ignore[arg-type]
     sims = [
         f.embedding.similarity(e) for f, e in zip(t1_faces, embed_at(dlib_analyzer, weak, t1_faces))
     ]
@@ -166,42 +168,36 @@ def test_effects_scale_with_face_size(
     big = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
     small_face, big_face = shifted(t1_faces[5], (-200, -100)), shifted(t1_faces[5], (-200, -100), 2)
     for mode, key in (("blur", "sigma_px"), ("pixelate", "block_px")):
-        (r1,) = anonymize_image(crop, StubAnalyzer([small_face]), mode=mode).faces  # type: ignore[arg-type]
-        (r2,) = anonymize_image(big, StubAnalyzer([big_face]), mode=mode).faces  # type: ignore[arg-type]
+        (r1,) = anonymize_image(crop, StubAnalyzer([small_face]), Opts(mode=mode)).faces  # type: ignore[arg-type]
+        (r2,) = anonymize_image(big, StubAnalyzer([big_face]), Opts(mode=mode)).faces  # type: ignore[arg-type]
         assert abs(r2.params[key] - 2 * r1.params[key]) <= 1.0, (mode, r1.params, r2.params)
 
 
 def test_mask_mode_fills_with_the_colour(t1: np.ndarray, t1_faces: list[Face]) -> None:
-    res = anonymize_image(
-        t1,
-        StubAnalyzer(t1_faces),
-        mode="mask",
-        fill=(0, 200, 50),
-        shape="box",
-        feather=0.0,  # type: ignore[arg-type]
-    )
+    opts = Opts(mode="mask", fill=(0, 200, 50), shape="box", feather=0.0)
+    res = anonymize_image(t1, StubAnalyzer(t1_faces), opts)  # type: ignore[arg-type]
     assert np.all(res.image[res.mask == 1] == [0, 200, 50])
     assert np.array_equal(res.image[res.mask == 0], t1[res.mask == 0])
 
 
 def test_selecting_one_face_leaves_the_others(t1: np.ndarray, t1_faces: list[Face]) -> None:
     stub = StubAnalyzer(t1_faces)
-    res = anonymize_image(t1, stub, faces="largest")  # type: ignore[arg-type]
+    res = anonymize_image(t1, stub, Opts(faces="largest"))  # type: ignore[arg-type]
     largest = max(range(6), key=lambda i: t1_faces[i].area)
     assert [r.index for r in res.faces] == [largest]
     for i, face in enumerate(t1_faces):
         region = core_region(face, t1.shape)
         same = np.array_equal(res.image[region], t1[region])
         assert same == (i != largest)
-    assert [r.index for r in anonymize_image(t1, stub, faces=-1).faces] == [5]  # type: ignore[arg-type]
+    assert [r.index for r in anonymize_image(t1, stub, Opts(faces=-1)).faces] == [5]  # type: ignore[arg-type]
     with pytest.raises(FaceIndexError, match="face index must be in"):
-        anonymize_image(t1, stub, faces=6)  # type: ignore[arg-type]
+        anonymize_image(t1, stub, Opts(faces=6))  # type: ignore[arg-type]
 
 
 def test_overlapping_faces_are_both_anonymized(t1: np.ndarray, t1_faces: list[Face]) -> None:
     face = t1_faces[0]
     other = shifted(face, (45.0, 10.0))
-    res = anonymize_image(t1, StubAnalyzer([face, other]), mode="pixelate")  # type: ignore[arg-type]
+    res = anonymize_image(t1, StubAnalyzer([face, other]), Opts(mode="pixelate"))  # type: ignore[arg-type]
     masks = [face_mask(f, t1.shape[:2], AnonymizeOptions().mask_spec()) for f in (face, other)]
     assert np.logical_and(masks[0] > 0, masks[1] > 0).sum() > 1000
     assert np.array_equal(res.mask, np.maximum(*masks))
@@ -214,7 +210,7 @@ def test_overlapping_faces_are_both_anonymized(t1: np.ndarray, t1_faces: list[Fa
 
 def test_face_cut_by_the_border(dlib_analyzer: Any, t1: np.ndarray) -> None:
     crop = np.ascontiguousarray(t1[:, 100:])
-    res = anonymize_image(crop, dlib_analyzer, mode="blur", shape="ellipse")
+    res = anonymize_image(crop, dlib_analyzer, Opts(mode="blur", shape="ellipse"))
     assert len(res.faces) == 6
     cut = [r for r in res.faces if r.bbox[0] <= 0.5]
     assert len(cut) == 1
@@ -254,12 +250,12 @@ def test_generate_needs_a_hook(t1: np.ndarray, t1_faces: list[Face]) -> None:
         ValueError,
         match=r"`replace_face` must be given for mode 'generate' \(it needs a generation pipeline",
     ):
-        anonymize_image(t1, StubAnalyzer(t1_faces), mode="generate")  # type: ignore[arg-type]
+        anonymize_image(t1, StubAnalyzer(t1_faces), Opts(mode="generate"))  # type: ignore[arg-type]
 
 
 def test_generate_hook_accepted(t1: np.ndarray, t1_faces: list[Face]) -> None:
     hook = inverting_hook(True, 0.12)
-    res = anonymize_image(t1, StubAnalyzer(t1_faces), mode="generate", replace_face=hook)  # type: ignore[arg-type]
+    res = anonymize_image(t1, StubAnalyzer(t1_faces), GENERATE, replace_face=hook)  # type: ignore[arg-type]
     assert len(hook.calls) == 6
     for r in res.faces:
         assert (r.requested_mode, r.mode, r.fallback, r.similarity, r.verifier) == (
@@ -276,13 +272,8 @@ def test_generate_hook_accepted(t1: np.ndarray, t1_faces: list[Face]) -> None:
 
 def test_generate_hook_rejected_falls_back(t1: np.ndarray, t1_faces: list[Face]) -> None:
     hook = inverting_hook(False, 0.97, "too similar to the original")
-    res = anonymize_image(
-        t1,
-        StubAnalyzer(t1_faces[:2]),
-        mode="generate",
-        replace_face=hook,
-        fallback_mode="pixelate",  # type: ignore[arg-type]
-    )
+    opts = Opts(mode="generate", fallback_mode="pixelate")
+    res = anonymize_image(t1, StubAnalyzer(t1_faces[:2]), opts, replace_face=hook)  # type: ignore[arg-type]
     for r in res.faces:
         assert (r.mode, r.fallback, r.fallback_reason, r.similarity) == (
             "pixelate",
@@ -302,7 +293,7 @@ def test_generate_hook_failure_falls_back(t1: np.ndarray, t1_faces: list[Face]) 
     def failing(image: np.ndarray, face: Face, mask: np.ndarray) -> GeneratedFace:
         raise FacegenError("generator out of memory")
 
-    res = anonymize_image(t1, StubAnalyzer(t1_faces[:1]), mode="generate", replace_face=failing)  # type: ignore[arg-type]
+    res = anonymize_image(t1, StubAnalyzer(t1_faces[:1]), GENERATE, replace_face=failing)  # type: ignore[arg-type]
     (r,) = res.faces
     assert (r.mode, r.fallback, r.fallback_reason, r.similarity) == (
         "blur",
@@ -315,28 +306,37 @@ def test_generate_hook_failure_falls_back(t1: np.ndarray, t1_faces: list[Face]) 
         return GeneratedFace(image[:10], True)
 
     with pytest.raises(ValueError, match="`replace_face` must return an RGB uint8 image"):
-        anonymize_image(t1, StubAnalyzer(t1_faces[:1]), mode="generate", replace_face=wrong)  # type: ignore[arg-type]
+        anonymize_image(t1, StubAnalyzer(t1_faces[:1]), GENERATE, replace_face=wrong)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"mode": "swap"}, "`mode` must be one of blur, pixelate, mask, generate, got 'swap'"),
+        (
+            {"mode": "swap"},
+            "`mode` must be one of 'blur', 'pixelate', 'mask', 'generate', got 'swap'",
+        ),
         ({"shape": "star"}, "`shape` must be one of hull, ellipse, box"),
         ({"margin": "5cm"}, "`margin` must be a number >= 0"),
         ({"feather": -0.1}, "`feather` must be a number >= 0"),
-        ({"fill": (0, 0)}, "`fill` must be three ints in [0, 255]"),
-        ({"fill": (0, 0, 300)}, "`fill` must be three ints in [0, 255]"),
+        ({"fill": (0, 0)}, "`fill` must be three integers in [0, 255] (RGB)"),
+        ({"fill": (0, 0, 300)}, "`fill` must be an integer in [0, 255], got 300"),
+        ({"fill": (0, 0, 1.5)}, "`fill` must be an integer in [0, 255], got 1.5"),
         ({"faces": "biggest"}, "`faces` must be one of all, largest, best or a face index"),
         ({"faces": True}, "`faces` must be one of"),
-        ({"pixel_blocks": 0}, "`pixel_blocks` must be an int in [1, 256]"),
-        ({"blur_sigma": 0.0}, "`blur_sigma` must be a number in (0, 5]"),
-        ({"fallback_mode": "generate"}, "`fallback_mode` must be one of blur, pixelate, mask"),
+        ({"pixel_blocks": 0}, "`pixel_blocks` must be an integer in [1, 256], got 0"),
+        ({"pixel_blocks": 8.0}, "`pixel_blocks` must be an integer in [1, 256], got 8.0"),
+        ({"blur_sigma": 0.0}, "`blur_sigma` must be a finite number in (0, 5], got 0.0"),
+        ({"blur_sigma": True}, "`blur_sigma` must be a number in (0, 5], got True"),
+        (
+            {"fallback_mode": "generate"},
+            "`fallback_mode` must be one of 'blur', 'pixelate', 'mask', got 'generate'",
+        ),
     ],
 )
 def test_invalid_options(kwargs: dict[str, Any], message: str, t1: np.ndarray) -> None:
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        anonymize_image(t1, StubAnalyzer([]), **kwargs)  # type: ignore[arg-type]
+        anonymize_image(t1, StubAnalyzer([]), Opts(**kwargs))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- folders
@@ -430,7 +430,7 @@ def test_folder_rerun_skips_finished_files(tree: Path, tmp_path: Path, dlib_anal
     outputs[1].unlink()
     rep = anonymize_folder(tree, out, dlib_analyzer)
     assert (rep.done, rep.skipped) == (1, 1) and outputs[1].is_file()
-    rep = anonymize_folder(tree, out, dlib_analyzer, mode="pixelate")
+    rep = anonymize_folder(tree, out, dlib_analyzer, Opts(mode="pixelate"))
     assert (rep.done, rep.skipped) == (2, 0)
     assert {f["mode"] for r in rep.records if r["status"] == "done" for f in r["faces"]} == {
         "pixelate"
@@ -441,12 +441,12 @@ def test_folder_survives_a_torn_journal_and_drops_stale_outputs(
     tree: Path, tmp_path: Path, dlib_analyzer: Any
 ) -> None:
     out = tmp_path / "out"
-    anonymize_folder(tree, out, dlib_analyzer, mode="mask")
+    anonymize_folder(tree, out, dlib_analyzer, Opts(mode="mask"))
     with open(out / REPORT_NAME, "a", encoding="utf-8") as f:
         f.write('{"input": "group/t1.jpg", "sta')  # a crash mid-line
     # the group photo becomes unreadable: its old output must not survive as if it were current
     (tree / "group" / "t1.jpg").write_bytes(b"garbage")
-    rep = anonymize_folder(tree, out, dlib_analyzer, mode="mask")
+    rep = anonymize_folder(tree, out, dlib_analyzer, Opts(mode="mask"))
     assert (rep.done, rep.skipped, rep.errors) == (0, 1, 2)
     assert not (out / "group" / "t1.jpg").exists()
     lines = (out / REPORT_NAME).read_text(encoding="utf-8").splitlines()
@@ -471,5 +471,7 @@ def test_folder_output_inside_input_and_bad_folders(
         anonymize_folder(tree, tree, dlib_analyzer)
     with pytest.raises(InvalidImageError, match="`input_dir` must be an existing folder"):
         anonymize_folder(tree / "scenery.png", tmp_path / "o", dlib_analyzer)
-    with pytest.raises(ValueError, match="`output_format` must be None or one of png, jpg, webp"):
+    with pytest.raises(
+        ValueError, match="`output_format` must be one of None, 'png', 'jpg', 'webp', got 'gif'"
+    ):
         anonymize_folder(tree, tmp_path / "o", dlib_analyzer, output_format="gif")

@@ -13,10 +13,10 @@ from facegen.image_io import load_image
 from facegen.pipelines.dataset.build import (
     DatasetSpec,
     build_dataset,
-    export,
     image_seed,
     read_journal,
 )
+from facegen.pipelines.dataset.export import export
 
 
 @pytest.fixture(scope="module")

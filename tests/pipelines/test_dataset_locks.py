@@ -22,9 +22,9 @@ from facegen.pipelines.dataset.build import (
     DatasetSpec,
     build_dataset,
     committed_identities,
-    export,
     shard_lock,
 )
+from facegen.pipelines.dataset.export import export
 from facegen.pipelines.dataset.run import DatasetConfig, Worker, merge, run_shard
 
 SPEC = DatasetSpec(images_per_identity=1, max_attempts=1, batch_size=1)

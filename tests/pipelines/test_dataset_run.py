@@ -19,10 +19,10 @@ from facegen.errors import FacegenError
 from facegen.image_io import load_image, save_image
 from facegen.pipelines.dataset.build import (
     committed_identities,
-    export,
     full_image_path,
     iter_records,
 )
+from facegen.pipelines.dataset.export import export
 from facegen.pipelines.dataset.poses import BANK_SIZE, PoseBank
 from facegen.pipelines.dataset.run import DatasetConfig, Worker, load_config, merge, run_shard
 

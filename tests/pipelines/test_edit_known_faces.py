@@ -10,7 +10,7 @@ import facegen.pipelines.editing.swap as swap_module
 from facegen.align import align_face, paste_back
 from facegen.masks import blend, face_mask
 from facegen.pipelines.editing.anonymize import AnonymizeOptions, anonymize_image
-from facegen.pipelines.editing.face_edit import EditResult, FaceEdit
+from facegen.pipelines.editing.face_edit import EditOptions, EditResult, FaceEdit
 from facegen.pipelines.editing.swap import embed_at, make_replace_face
 
 
@@ -44,7 +44,7 @@ def test_paste_back_of_the_unmodified_crop_reproduces_the_photo(t1_image, faces,
 def _donor_edit(donor_image, donor_face):
     """An ``edit_faces`` stand-in that puts another real person's face under the mask."""
 
-    def edit_faces(image, targets, identities, pipe, *, masks, seeds, **_):
+    def edit_faces(image, targets, identities, pipe, options=None, *, masks, seeds, **_):
         face = targets[0]
         donor = align_face(donor_image, donor_face, size=256).image
         target = align_face(image, face, size=256)
@@ -65,7 +65,7 @@ def _donor_edit(donor_image, donor_face):
     return edit_faces
 
 
-def _same_face_edit(image, targets, identities, pipe, *, masks, seeds, **_):
+def _same_face_edit(image, targets, identities, pipe, options=None, *, masks, seeds, **_):
     """A generator that gives the original person back (what anonymization must refuse)."""
     face = targets[0]
     rec = FaceEdit(
@@ -79,8 +79,9 @@ def test_independent_check_accepts_another_person_and_refuses_the_original(
 ) -> None:
     target, donor = 3, 0
     monkeypatch.setattr(swap_module, "edit_faces", _donor_edit(t1_image, faces[donor]))
-    hook = make_replace_face(tiny_pipe, dlib_analyzer, max_tries=2, seed=1)
-    res = anonymize_image(t1_image, dlib_analyzer, mode="generate", faces=target, replace_face=hook)
+    hook = make_replace_face(tiny_pipe, dlib_analyzer, EditOptions(seed=1), max_tries=2)
+    opts = AnonymizeOptions(mode="generate", faces=target)
+    res = anonymize_image(t1_image, dlib_analyzer, opts, replace_face=hook)
     rec = res.faces[0]
     assert rec.mode == "generate" and not rec.fallback
     # the verifier measured a different person: below dlib's same-person threshold
@@ -91,15 +92,9 @@ def test_independent_check_accepts_another_person_and_refuses_the_original(
     np.testing.assert_array_equal(res.image[res.mask == 0], t1_image[res.mask == 0])
 
     monkeypatch.setattr(swap_module, "edit_faces", _same_face_edit)
-    hook = make_replace_face(tiny_pipe, dlib_analyzer, max_tries=2, seed=1)
-    res = anonymize_image(
-        t1_image,
-        dlib_analyzer,
-        mode="generate",
-        faces=target,
-        replace_face=hook,
-        fallback_mode="pixelate",
-    )
+    hook = make_replace_face(tiny_pipe, dlib_analyzer, EditOptions(seed=1), max_tries=2)
+    opts = AnonymizeOptions(mode="generate", faces=target, fallback_mode="pixelate")
+    res = anonymize_image(t1_image, dlib_analyzer, opts, replace_face=hook)
     rec = res.faces[0]
     assert rec.fallback and rec.mode == "pixelate"
     assert "no replacement passed in 2 tries" in rec.fallback_reason

@@ -15,7 +15,7 @@ from facegen.errors import FacegenError
 from facegen.image_io import load_image
 from facegen.masks import face_mask, faces_mask
 from facegen.pipelines.editing.anonymize import AnonymizeOptions, anonymize_image
-from facegen.pipelines.editing.face_edit import DEFAULT_MASK, edit_faces, reenact
+from facegen.pipelines.editing.face_edit import DEFAULT_MASK, EditOptions, edit_faces, reenact
 from facegen.pipelines.editing.swap import embed_at, make_replace_face, swap
 from facegen.pipelines.generation.inpaint import (
     IDTextToFaceControlNetInpaintPipeline,
@@ -27,6 +27,8 @@ from facegen.samples import sample_path
 from facegen.types import AlignedFace, IdentityEmbedding
 
 STEPS = 2
+FAST = EditOptions(num_inference_steps=STEPS)
+ONE = EditOptions(num_inference_steps=1)
 
 
 class ProjectionEncoder(IdentityEncoder):
@@ -100,7 +102,7 @@ def _ids(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_pixels_outside_every_mask_keep_their_bytes(pipe, t1, t1_faces) -> None:
-    res = edit_faces(t1, t1_faces, _ids(6), pipe, seeds=0, num_inference_steps=STEPS)
+    res = edit_faces(t1, t1_faces, _ids(6), pipe, EditOptions(seed=0, num_inference_steps=STEPS))
     outside = res.mask == 0
     np.testing.assert_array_equal(res.image[outside], t1[outside])
     # the applied masks lie within the requested ones (cut at the crop border, never grown)
@@ -128,12 +130,12 @@ def test_faces_at_the_border_and_overlapping_faces(pipe, t1, t1_faces) -> None:
         kps5=face.kps5 - [x_cut, 0],
         landmarks=face.landmarks - [x_cut, 0],
     )
-    res = edit_faces(cut, [moved], _ids(1), pipe, seeds=[1], num_inference_steps=STEPS)
+    res = edit_faces(cut, [moved], _ids(1), pipe, FAST, seeds=[1])
     assert res.image.shape == cut.shape and res.faces[0].skipped is None
     np.testing.assert_array_equal(res.image[res.mask == 0], cut[res.mask == 0])
     # the same face twice: the second edit sees the first and wins where the masks overlap
-    twice = edit_faces(t1, [face, face], _ids(2), pipe, seeds=[1, 2], num_inference_steps=STEPS)
-    second = edit_faces(t1, [face], _ids(2)[1:], pipe, seeds=[2], num_inference_steps=STEPS)
+    twice = edit_faces(t1, [face, face], _ids(2), pipe, FAST, seeds=[1, 2])
+    second = edit_faces(t1, [face], _ids(2)[1:], pipe, FAST, seeds=[2])
     full = twice.mask >= 0.99
     assert np.abs(twice.image[full].astype(int) - second.image[full]).mean() > 0  # saw edit 1
     np.testing.assert_array_equal(twice.image[twice.mask == 0], t1[twice.mask == 0])
@@ -141,19 +143,18 @@ def test_faces_at_the_border_and_overlapping_faces(pipe, t1, t1_faces) -> None:
 
 def test_per_face_seeds_are_reproducible(pipe, t1, t1_faces) -> None:
     faces = [t1_faces[0], t1_faces[1]]  # far apart: neither crop reaches the other face
-    kw = {"num_inference_steps": STEPS}
-    a = edit_faces(t1, faces, _ids(2), pipe, seeds=[5, 6], **kw)
-    b = edit_faces(t1, faces, _ids(2), pipe, seeds=[5, 6], **kw)
+    a = edit_faces(t1, faces, _ids(2), pipe, FAST, seeds=[5, 6])
+    b = edit_faces(t1, faces, _ids(2), pipe, EditOptions(seed=5, num_inference_steps=STEPS))
     np.testing.assert_array_equal(a.image, b.image)
     # face 1 alone with its seed gives the same pixels as in the two-face run
-    alone = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, seeds=[6], **kw)
+    alone = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, FAST, seeds=[6])
     region = alone.mask > 0
     np.testing.assert_array_equal(a.image[region], alone.image[region])
-    other = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, seeds=[7], **kw)
+    other = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, FAST, seeds=[7])
     assert np.abs(other.image[region].astype(int) - alone.image[region]).mean() > 1
     # no seeds: drawn, recorded, and they regenerate the result
-    drawn = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, **kw)
-    again = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, seeds=[drawn.faces[0].seed], **kw)
+    drawn = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, FAST)
+    again = edit_faces(t1, [faces[1]], _ids(2)[1:], pipe, FAST, seeds=[drawn.faces[0].seed])
     np.testing.assert_array_equal(drawn.image, again.image)
 
 
@@ -212,7 +213,7 @@ def test_controlnet_variant_gets_the_target_landmark_map(cn_pipe, t1, t1_faces) 
     face = t1_faces[2]
     handle = cn_pipe.controlnet.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        res = edit_faces(t1, [face], _ids(1), cn_pipe, seeds=[0], num_inference_steps=STEPS)
+        res = edit_faces(t1, [face], _ids(1), cn_pipe, FAST, seeds=[0])
     finally:
         handle.remove()
     rec = res.faces[0]
@@ -224,10 +225,10 @@ def test_controlnet_variant_gets_the_target_landmark_map(cn_pipe, t1, t1_faces) 
     np.testing.assert_allclose(got, expected / 255.0, atol=1e-6)
     np.testing.assert_array_equal(res.image[res.mask == 0], t1[res.mask == 0])
     with pytest.raises(ValueError, match="`control` must be 'landmarks'"):
-        edit_faces(t1, [face], _ids(1), cn_pipe, control=None, num_inference_steps=1)
+        edit_faces(t1, [face], _ids(1), cn_pipe, EditOptions(control=None, num_inference_steps=1))
     no_lm = face.replace(landmarks=None, landmark_scheme=None)
     with pytest.raises(ValueError, match="68 iBUG landmarks"):
-        edit_faces(t1, [no_lm], _ids(1), cn_pipe, num_inference_steps=1)
+        edit_faces(t1, [no_lm], _ids(1), cn_pipe, EditOptions(num_inference_steps=1))
 
 
 def test_inpainting_pipelines_with_a_9_channel_unet(inpaint_pipe, t1, t1_faces) -> None:
@@ -236,13 +237,13 @@ def test_inpainting_pipelines_with_a_9_channel_unet(inpaint_pipe, t1, t1_faces) 
     ids = _ids(2)
     ids /= np.linalg.norm(ids, axis=1, keepdims=True)
     faces = t1_faces[:2]
-    res = edit_faces(t1, faces, ids, inpaint_pipe, seeds=[1, 2], num_inference_steps=STEPS)
+    res = edit_faces(t1, faces, ids, inpaint_pipe, FAST, seeds=[1, 2])
     np.testing.assert_array_equal(res.image[res.mask == 0], t1[res.mask == 0])
     md = res.faces[0].metadata
     assert md["method"] == "inpaint" and md["template"] == "ffhq" and md["prompt"]
     assert md["pipeline"] == "IDTextToFaceInpaintPipeline" and md["preset"] == "tiny-inpaint"
     assert min(f.coverage for f in res.faces) > 0.9  # the FFHQ crop holds the whole mask
-    again = edit_faces(t1, faces, ids, inpaint_pipe, seeds=[1, 2], num_inference_steps=STEPS)
+    again = edit_faces(t1, faces, ids, inpaint_pipe, FAST, seeds=[1, 2])
     np.testing.assert_array_equal(res.image, again.image)
     # strength < 1 runs fewer steps (diffusers' own rule)
     steps: list[int] = []
@@ -251,9 +252,8 @@ def test_inpainting_pipelines_with_a_9_channel_unet(inpaint_pipe, t1, t1_faces) 
         faces[:1],
         ids[:1],
         inpaint_pipe,
+        EditOptions(num_inference_steps=4, strength=0.5),
         seeds=[1],
-        num_inference_steps=4,
-        strength=0.5,
         callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw,
     )
     assert steps == [0, 1]
@@ -265,7 +265,7 @@ def test_inpainting_pipelines_with_a_9_channel_unet(inpaint_pipe, t1, t1_faces) 
         lambda m, a, kw: conds.append(kw["controlnet_cond"].clone()), with_kwargs=True
     )
     try:
-        out = edit_faces(t1, faces[:1], ids[:1], cn, seeds=[3], num_inference_steps=STEPS)
+        out = edit_faces(t1, faces[:1], ids[:1], cn, FAST, seeds=[3])
     finally:
         handle.remove()
     got = conds[0][-1].permute(1, 2, 0).numpy()
@@ -277,10 +277,18 @@ def test_edit_inputs_are_checked(pipe, t1, t1_faces) -> None:
     face = t1_faces[0]
     with pytest.raises(ValueError, match="`seeds` must be one seed or one per face"):
         edit_faces(t1, [face], _ids(1), pipe, seeds=[1, 2])
-    with pytest.raises(ValueError, match="`strength` must be a number in"):
-        edit_faces(t1, [face], _ids(1), pipe, strength=0.0)
+    with pytest.raises(
+        ValueError, match=r"`strength` must be a finite number in \(0, 1\], got 0.0"
+    ):
+        EditOptions(strength=0.0)
+    with pytest.raises(ValueError, match=r"`crop_size` must be a multiple of 8, >= 16, got 20"):
+        EditOptions(crop_size=20)
+    with pytest.raises(ValueError, match="`template` must be one of None, 'arcface', 'ffhq'"):
+        EditOptions(template="dlib")
+    with pytest.raises(ValueError, match="`seed` must be an integer >= 0, got -1"):
+        EditOptions(seed=-1)
     with pytest.raises(ValueError, match="needs a ControlNet pipeline"):
-        edit_faces(t1, [face], _ids(1), pipe, control="landmarks")
+        edit_faces(t1, [face], _ids(1), pipe, EditOptions(control="landmarks"))
     with pytest.raises(ValueError, match="`faces` must be a non-empty list"):
         edit_faces(t1, [], _ids(1), pipe)
     with pytest.raises(ValueError, match="`identities` must be one or one per face"):
@@ -288,7 +296,7 @@ def test_edit_inputs_are_checked(pipe, t1, t1_faces) -> None:
     with pytest.raises(ValueError, match="`masks` must be"):
         edit_faces(t1, [face], _ids(1), pipe, masks=[np.zeros((8, 8), np.float32)])
     with pytest.raises(ValueError, match="Arc2Face is identity-only"):
-        edit_faces(t1, [face], _ids(1), pipe, prompt="a face", num_inference_steps=1)
+        edit_faces(t1, [face], _ids(1), pipe, EditOptions(prompt="a face", num_inference_steps=1))
     with pytest.raises(ValueError, match="`pipe` must be a facegen identity pipeline"):
         edit_faces(t1, [face], _ids(1), object())
     # a given mask outside the face's crop: skipped, and said so
@@ -312,9 +320,8 @@ def test_swap_reports_similarities_to_source_and_target(
             pipe,
             dlib_analyzer,
             "largest",
+            EditOptions(seed=4, num_inference_steps=STEPS),
             independent_analyzer=dlib_analyzer,
-            seeds=[4],
-            num_inference_steps=STEPS,
         )
         by_ref = swap(
             t1,
@@ -322,14 +329,15 @@ def test_swap_reports_similarities_to_source_and_target(
             pipe,
             dlib_analyzer,
             ("reference", embed_at(dlib_analyzer, t1, [t1_faces[3]])[0], 0.99),
+            EditOptions(seed=4, num_inference_steps=STEPS),
             independent_analyzer=dlib_analyzer,
-            seeds=[4],
-            num_inference_steps=STEPS,
         )
     finally:
         pipe.identity_analyzer = None
-    assert res.num_detected == 6 and len(res.faces) == 1
+    assert res.num_detected == 6 and len(res.faces) == 1 and len(res.detected) == 6
     largest = max(t1_faces, key=lambda f: f.area)
+    assert res.faces[0].detector_index == t1_faces.index(largest)
+    assert res.faces[0].to_dict()["face"] == t1_faces.index(largest)
     assert tuple(res.faces[0].edit.bbox) == tuple(float(v) for v in largest.bbox)
     np.testing.assert_array_equal(res.image[res.mask == 0], t1[res.mask == 0])
     src, tgt = res.faces[0].source_similarity, res.faces[0].target_similarity
@@ -357,11 +365,11 @@ def test_swap_errors(pipe, t1, t1_faces, dlib_analyzer) -> None:
     v = np.random.default_rng(1).normal(size=128).astype(np.float32)
     stranger = IdentityEmbedding(v / np.linalg.norm(v), "dlib-resnet-v1")
     with pytest.raises(FacegenError, match="no face of the target matches"):
-        swap(t1, emb, pipe, dlib_analyzer, ("reference", stranger, 0.9), num_inference_steps=1)
+        swap(t1, emb, pipe, dlib_analyzer, ("reference", stranger, 0.9), ONE)
     with pytest.raises(ValueError, match="must be one of the analyzers' encoders"):
-        swap(t1, emb, pipe, dlib_analyzer, ("reference", emb, 0.5), num_inference_steps=1)
+        swap(t1, emb, pipe, dlib_analyzer, ("reference", emb, 0.5), ONE)
     with pytest.raises(FacegenError, match="no identity analyzer"):
-        swap(t1, t1, pipe, dlib_analyzer, num_inference_steps=1)
+        swap(t1, t1, pipe, dlib_analyzer, "all", ONE)
 
 
 def test_reenact_puts_the_driving_pose_on_the_source(
@@ -372,9 +380,8 @@ def test_reenact_puts_the_driving_pose_on_the_source(
         t1,
         cn_pipe,
         dlib_analyzer,
+        EditOptions(seed=2, num_inference_steps=STEPS),
         source_identity=_ids(1)[0],
-        seed=2,
-        num_inference_steps=STEPS,
     )
     assert res.image.shape == astronaut.shape and len(res.faces) == 1
     np.testing.assert_array_equal(res.image[res.mask == 0], astronaut[res.mask == 0])
@@ -414,12 +421,12 @@ def test_anonymize_hook_retries_then_gives_up_with_a_reason(
         hook = make_replace_face(
             pipe,
             dlib_analyzer,
+            FAST,
             threshold=-0.99,
             max_tries=2,
             identity_fn=pseudonym,
             identity_threshold=1.0,
             check_face=False,
-            num_inference_steps=STEPS,
         )
         face = t1_faces[3]
         # the mask the anonymizer draws with its defaults
@@ -432,38 +439,32 @@ def test_anonymize_hook_retries_then_gives_up_with_a_reason(
         assert gen.similarity is not None and gen.image.shape == t1.shape
         # through the anonymizer: the same face gets the same tries again (seeds come from
         # the face, not from a counter), then falls back to blur with the hook's reason
-        res = anonymize_image(
-            t1, dlib_analyzer, mode="generate", faces=3, replace_face=hook, fallback_mode="blur"
-        )
+        opts = AnonymizeOptions(mode="generate", faces=3, fallback_mode="blur")
+        res = anonymize_image(t1, dlib_analyzer, opts, replace_face=hook)
         assert calls[2:] == calls[:2]
         rec = res.faces[0]
         assert rec.fallback and rec.mode == "blur" and rec.fallback_reason == gen.reason
         # an accepting verifier threshold: the generated face is used
         ok = make_replace_face(
-            pipe,
-            dlib_analyzer,
-            threshold=1.0,
-            max_tries=2,
-            check_face=False,
-            num_inference_steps=STEPS,
+            pipe, dlib_analyzer, FAST, threshold=1.0, max_tries=2, check_face=False
         )
-        res = anonymize_image(t1, dlib_analyzer, mode="generate", faces=3, replace_face=ok)
+        res = anonymize_image(t1, dlib_analyzer, opts, replace_face=ok)
         rec = res.faces[0]
         assert rec.mode == "generate" and not rec.fallback and rec.verifier == "dlib-resnet-v1"
         assert rec.similarity is not None and rec.similarity < 1.0
         np.testing.assert_array_equal(res.image[res.mask == 0], t1[res.mask == 0])
         # a result the verifier's detector cannot find is refused (noise from the tiny model)
-        strict = make_replace_face(
-            pipe, dlib_analyzer, threshold=1.0, max_tries=1, num_inference_steps=STEPS
-        )
+        strict = make_replace_face(pipe, dlib_analyzer, FAST, threshold=1.0, max_tries=1)
         gen = strict(t1, face, mask)
         assert not gen.accepted and "no face detected in the result" in gen.reason
         with pytest.raises(ValueError, match="independent of the conditioning"):
             make_replace_face(pipe, conditioning)
     finally:
         pipe.identity_analyzer = None
-    with pytest.raises(ValueError, match="`edit_options` must be among"):
-        make_replace_face(pipe, dlib_analyzer, steps=3)
+    with pytest.raises(ValueError, match="`max_tries` must be an integer >= 1, got 0"):
+        make_replace_face(pipe, dlib_analyzer, max_tries=0)
+    with pytest.raises(ValueError, match=r"`threshold` must be a finite number in \(-1, 1\]"):
+        make_replace_face(pipe, dlib_analyzer, threshold=-1)
 
 
 def test_anonymize_hook_samples_identities_far_from_the_original(
@@ -484,11 +485,11 @@ def test_anonymize_hook_samples_identities_far_from_the_original(
     hook = make_replace_face(
         pipe,
         dlib_analyzer,
+        ONE,
         threshold=1.0,
         max_tries=1,
         check_face=False,
         identity_threshold=0.05,
-        num_inference_steps=1,
     )
     face = t1_faces[0]
     gen = hook(t1, face, face_mask(face, t1.shape[:2]))

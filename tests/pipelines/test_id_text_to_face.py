@@ -164,6 +164,8 @@ def test_plusv2_per_image_identities_and_structure(tmp_path, t1_image, dlib_anal
         np.testing.assert_allclose(both[k], one, atol=2e-3)
     swapped = pipe(ids[:1], face_crops=[crops[1]], seeds=[1], **kw).images[0]
     assert np.abs(swapped - both[0]).mean() > 1e-4  # the crop (face structure) matters
+    # the crops travel with each call, never on the pipeline: the next call has none
+    assert pipe.needs_face_crops and "_face_crops" not in vars(pipe)
     with pytest.raises(ValueError, match="needs one face crop per identity"):
         pipe(ids, seeds=[1, 2], **kw)
 

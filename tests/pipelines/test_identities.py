@@ -95,7 +95,7 @@ def test_impossible_request_is_a_clear_error() -> None:
         sample_identities(50, dim=2, max_similarity=0.1, max_candidates=2000)
     with pytest.raises(UnknownNameError, match="uniform"):
         sample_identities(5, sampler="sphere")
-    with pytest.raises(ValueError, match="`n` must be >= 1"):
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
         sample_identities(0)
 
 
@@ -142,7 +142,7 @@ def test_verify_separation_sampled_estimate() -> None:
     # all rows sampled: every pair is seen once, the count is exact
     full = verify_separation(x, 0.55, sample=2000, block=512)
     assert full.violations == exact.violations and full.pairs_checked == full.pairs_total
-    with pytest.raises(ValueError, match=r"`sample` must be in \[1, 2000\]"):
+    with pytest.raises(ValueError, match=r"`sample` must be an integer in \[1, 2000\]"):
         verify_separation(x, 0.5, sample=0)
 
 
@@ -257,5 +257,5 @@ def test_index_arguments_are_checked() -> None:
         sample_identities(5, nprobe=4)
     with pytest.raises(ValueError, match=r"`nprobe` must be <= `nlist` \(4\), got 8"):
         sample_identities(5, index="faiss", nlist=4, nprobe=8)
-    with pytest.raises(ValueError, match="`nprobe` must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="`nprobe` must be an integer >= 1, got 0"):
         sample_identities(5, index="faiss", nprobe=0)

@@ -31,6 +31,7 @@ import torch
 from facegen.errors import FacegenError, InvalidArgumentError
 from facegen.pipelines.generation.tiny import tiny_components
 from facegen.training import checkpoint
+from facegen.training.checkpoint import TrainingState
 
 SIZE = 32
 #: Accelerate's pickle files; none may ever be read from a facegen checkpoint.
@@ -425,7 +426,11 @@ def test_round_trip_restores_every_state_exactly(tmp_path: Path) -> None:
     train_a_bit(a, 3)
     acc.step = 2
     folder = checkpoint.save_checkpoint(
-        tmp_path / "checkpoints" / "c-3", acc, loop="t", counters={"global_step": 3}, **a
+        tmp_path / "checkpoints" / "c-3",
+        acc,
+        TrainingState(**a),
+        loop="t",
+        counters={"global_step": 3},
     )
     expected = draws(a)
     assert (folder / "scaler.json").is_file()
@@ -433,7 +438,7 @@ def test_round_trip_restores_every_state_exactly(tmp_path: Path) -> None:
     random.seed(5)
     acc.step = 0
     acc.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    counters = checkpoint.load_checkpoint(folder, acc, loop="t", **b)
+    counters = checkpoint.load_checkpoint(folder, acc, TrainingState(**b), loop="t")
     assert counters == {"global_step": 3} and acc.step == 2
     assert acc.scaler.state_dict()["scale"] == 256.0
     assert draws(b) == expected
@@ -462,15 +467,17 @@ def test_a_save_cut_short_leaves_no_checkpoint_that_looks_complete(
     acc = OneProcess()
     state = tiny_state(0)
     root = tmp_path / "checkpoints"
-    checkpoint.save_checkpoint(root / "c-1", acc, loop="t", counters={"global_step": 1}, **state)
+    checkpoint.save_checkpoint(
+        root / "c-1", acc, TrainingState(**state), loop="t", counters={"global_step": 1}
+    )
 
     def killed(path: Path) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "_digest", killed)
+    monkeypatch.setattr(checkpoint, "digest", killed)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(
-            root / "c-2", acc, loop="t", counters={"global_step": 2}, **state
+            root / "c-2", acc, TrainingState(**state), loop="t", counters={"global_step": 2}
         )
     monkeypatch.undo()
     assert (root / "c-2.tmp").is_dir() and not (root / "c-2").exists()
@@ -480,12 +487,14 @@ def test_a_save_cut_short_leaves_no_checkpoint_that_looks_complete(
     (root / "c-7" / "optimizer.bin").write_bytes(b"x")
     assert checkpoint.latest_checkpoint(tmp_path, "c-") == root / "c-1"
     with pytest.raises(InvalidArgumentError, match=r"optimizer\.bin is a pickle file"):
-        checkpoint.load_checkpoint(root / "c-7", acc, loop="t", **state)
+        checkpoint.load_checkpoint(root / "c-7", acc, TrainingState(**state), loop="t")
     (root / "c-7" / "optimizer.bin").unlink()
     with pytest.raises(InvalidArgumentError, match=r"state\.json is missing"):
-        checkpoint.load_checkpoint(root / "c-7", acc, loop="t", **state)
+        checkpoint.load_checkpoint(root / "c-7", acc, TrainingState(**state), loop="t")
     # pruning keeps the newest complete ones and clears the leftovers
-    checkpoint.save_checkpoint(root / "c-3", acc, loop="t", counters={"global_step": 3}, **state)
+    checkpoint.save_checkpoint(
+        root / "c-3", acc, TrainingState(**state), loop="t", counters={"global_step": 3}
+    )
     checkpoint.prune_checkpoints(tmp_path, "c-", 1)
     assert sorted(p.name for p in root.iterdir()) == ["c-3", "c-7"]
 
@@ -495,21 +504,21 @@ def test_other_runs_and_loops_are_refused_in_one_line(tmp_path: Path) -> None:
     state = tiny_state(0)
     train_a_bit(state, 1)
     folder = checkpoint.save_checkpoint(
-        tmp_path / "c-1", acc, loop="t", counters={"global_step": 1}, **state
+        tmp_path / "c-1", acc, TrainingState(**state), loop="t", counters={"global_step": 1}
     )
     with pytest.raises(InvalidArgumentError, match="does not describe a u checkpoint"):
-        checkpoint.load_checkpoint(folder, acc, loop="u", **state)
+        checkpoint.load_checkpoint(folder, acc, TrainingState(**state), loop="u")
     other = tiny_state(0)
     other["models"]["net"][0] = torch.nn.Linear(4, 3, bias=False)
     other["optimizer"] = torch.optim.AdamW(other["models"]["net"].parameters())
     with pytest.raises(InvalidArgumentError, match=r"net\.safetensors does not match") as info:
-        checkpoint.load_checkpoint(folder, acc, loop="t", **other)
+        checkpoint.load_checkpoint(folder, acc, TrainingState(**other), loop="t")
     assert "\n" not in str(info.value)
     sgd = tiny_state(0)
     sgd["optimizer"] = torch.optim.SGD(sgd["models"]["net"].parameters(), lr=0.1)
     sgd["scheduler"] = torch.optim.lr_scheduler.LambdaLR(sgd["optimizer"], lambda s: 1.0)
     with pytest.raises(InvalidArgumentError, match=r"optimizer\.json does not fit this run"):
-        checkpoint.load_checkpoint(folder, acc, loop="t", **sgd)
+        checkpoint.load_checkpoint(folder, acc, TrainingState(**sgd), loop="t")
 
 
 def rewrite(folder: Path, name: str, edit: Callable[[Any], Any]) -> None:
@@ -549,7 +558,7 @@ def test_altered_json_is_refused_in_one_line(
     state = tiny_state(0)
     train_a_bit(state, 1)
     folder = checkpoint.save_checkpoint(
-        tmp_path / "c-1", acc, loop="t", counters={"global_step": 1}, **state
+        tmp_path / "c-1", acc, TrainingState(**state), loop="t", counters={"global_step": 1}
     )
     if name == "state.json":
         path = folder / name
@@ -557,7 +566,7 @@ def test_altered_json_is_refused_in_one_line(
     else:
         rewrite(folder, name, edit)
     with pytest.raises(InvalidArgumentError, match=why) as info:
-        checkpoint.load_checkpoint(folder, acc, loop="t", **tiny_state(1))
+        checkpoint.load_checkpoint(folder, acc, TrainingState(**tiny_state(1)), loop="t")
     message = str(info.value)
     assert "\n" not in message and name in message and str(folder) in message
 

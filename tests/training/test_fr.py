@@ -294,7 +294,7 @@ def test_grey_resize_flip_and_erasing(tmp_path: Path) -> None:
     erased = ImageFolderDataset(tmp_path, FRTransform(112, flip_prob=0.0, erase_prob=1.0))[0][0]
     hole = (erased == 0).all(0) & (x != 0).all(0)
     assert 0.02 * 112 * 112 * 0.5 <= int(hole.sum()) <= 0.33 * 112 * 112
-    with pytest.raises(ValueError, match="`erase_prob` must be in"):
+    with pytest.raises(ValueError, match="`erase_prob` must be a finite number in"):
         FRTransform(erase_prob=2.0)
 
 
@@ -392,7 +392,7 @@ def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Pat
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="`lr_milestones` must list epochs"):
         _config(tmp_path, "x", schedule="step")
-    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1"):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
         _config(tmp_path, "x", batch_size=0)
     with pytest.raises(UnknownNameError, match="arcface"):
         _config(tmp_path, "x", head="softmax")

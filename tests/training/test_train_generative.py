@@ -29,14 +29,11 @@ from facegen.base import IdentityEncoder
 from facegen.errors import IncompatibleEmbeddingError, InvalidArgumentError, UnknownNameError
 from facegen.pipelines.generation.tiny import tiny_components
 from facegen.training.diffusion.adapter import AdapterTrainConfig, train_adapter
+from facegen.training.diffusion.components import accelerator_for
 from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
-from facegen.training.diffusion.face_cache import (
-    CacheDataset,
-    FaceCache,
-    build_face_cache,
-    sample_latents,
-)
-from facegen.training.diffusion.loop import latest_checkpoint, make_accelerator
+from facegen.training.diffusion.face_cache import CacheDataset, FaceCache, sample_latents
+from facegen.training.diffusion.face_cache_build import build_face_cache
+from facegen.training.diffusion.loop import latest_checkpoint
 from facegen.training.diffusion.lora import LoraTrainConfig, train_lora
 from facegen.types import IdentityEmbedding
 
@@ -629,7 +626,7 @@ def test_runs_in_one_process_may_change_precision(tmp_path: Path) -> None:
         cfg = AdapterTrainConfig(
             output_dir=str(tmp_path), data_dir=str(tmp_path), mixed_precision=mp
         )
-        assert make_accelerator(cfg).mixed_precision == mp
+        assert accelerator_for(cfg).mixed_precision == mp
 
 
 def test_tiny_base_gets_settings_that_fit_it(tmp_path: Path) -> None:

@@ -31,29 +31,28 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.errors import InvalidArgumentError
+from facegen.training.diffusion.components import TrainingRun, check_config, prepare_run
+from facegen.training.diffusion.config import ProgressCallback, TrainConfig, TrainResult
 from facegen.training.diffusion.face_cache import CacheDataset, sample_latents
-from facegen.training.diffusion.loop import (
-    ProgressCallback,
-    PromptEncoder,
-    TrainConfig,
-    TrainResult,
-    build_analyzer,
-    check_components,
-    diffusion_loss,
-    inference_precision,
-    load_components,
-    make_accelerator,
-    noisy_latents,
-    prepare_face_cache,
-    run_training,
-    weight_dtype,
-)
+from facegen.training.diffusion.objective import diffusion_loss, noisy_latents
 from facegen.training.resume import holds_output_folder
+from facegen.validate import check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+    from PIL import Image
+
+    from facegen.adapters.ip_adapter_faceid import IPAdapterFaceID
+    from facegen.training.diffusion.loop import LoopOutcome
 
 __all__ = [
     "AdapterTrainConfig",
@@ -71,7 +70,7 @@ _LORA_PROJ = ("to_q", "to_k", "to_v", "to_out")
 
 @dataclass(kw_only=True)
 class AdapterTrainConfig(TrainConfig):
-    """:class:`~facegen.training.diffusion.loop.TrainConfig` plus the adapter's own settings.
+    """:class:`~facegen.training.diffusion.config.TrainConfig` plus the adapter's own settings.
 
     ``encoder`` (default ``"dlib"``) / ``encoder_options``: the identity encoder the adapter
     is for. ``num_tokens`` (``K``, FaceID: 4), ``lora_rank`` (None = no LoRA; FaceID: 128).
@@ -94,22 +93,11 @@ class AdapterTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int):
-            raise InvalidArgumentError(f"`num_tokens` must be an integer, got {self.num_tokens!r}")
-        if self.num_tokens < 1:
-            raise InvalidArgumentError(f"`num_tokens` must be >= 1, got {self.num_tokens}")
-        if self.lora_rank is not None and (
-            isinstance(self.lora_rank, bool)
-            or not isinstance(self.lora_rank, int)
-            or self.lora_rank < 1
-        ):
-            raise InvalidArgumentError(
-                f"`lora_rank` must be a positive integer or None, got {self.lora_rank!r}"
-            )
+        check_int(self.num_tokens, "num_tokens", minimum=1)
+        if self.lora_rank is not None:
+            check_int(self.lora_rank, "lora_rank", minimum=1)
         for name in ("id_drop_prob", "text_drop_prob"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise InvalidArgumentError(f"`{name}` must be in [0, 1), got {v!r}")
+            check_number(getattr(self, name), name, minimum=0, maximum=1, max_open=True)
         if self.weight_name is not None and (
             Path(self.weight_name).name != self.weight_name
             or not self.weight_name.endswith(".safetensors")
@@ -118,22 +106,18 @@ class AdapterTrainConfig(TrainConfig):
                 f"`weight_name` must be a file name ending in .safetensors, got {self.weight_name!r}"
             )
 
-    @property
-    def template(self) -> str:
-        return self.crop_template or "ffhq"
-
 
 def _slug(encoder_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", encoder_id).strip("-").lower() or "encoder"
 
 
-def _module_of(unet: Any, processor_name: str) -> Any:
+def _module_of(unet: UNet2DConditionModel, processor_name: str) -> Attention:
     return unet.get_submodule(processor_name.removesuffix(".processor"))
 
 
 def init_faceid_state_dict(
-    unet: Any, id_dim: int, *, num_tokens: int = 4, lora_rank: int | None = None
-) -> dict[str, dict[str, Any]]:
+    unet: UNet2DConditionModel, id_dim: int, *, num_tokens: int = 4, lora_rank: int | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     """A fresh FaceID checkpoint for ``unet`` in the published layout (float32, CPU).
 
     Projection: PyTorch's default ``nn.Linear`` init, LayerNorm (1, 0). ``to_k_ip`` /
@@ -156,7 +140,7 @@ def init_faceid_state_dict(
         "norm.weight": torch.ones(c),
         "norm.bias": torch.zeros(c),
     }
-    ip: dict[str, Any] = {}
+    ip: dict[str, torch.Tensor] = {}
     layout = faceid_layout(unet, num_tokens=num_tokens, lora_rank=lora_rank, id_dim=id_dim)
     for layer in attention_layers(unet):
         attn = _module_of(unet, layer.name)
@@ -173,7 +157,7 @@ def init_faceid_state_dict(
     return {"image_proj": {k: v.clone().contiguous() for k, v in proj.items()}, "ip_adapter": ip}
 
 
-def _projection(unet: Any) -> Any:
+def _projection(unet: UNet2DConditionModel) -> IPAdapterFaceIDImageProjection:
     from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
 
     proj = getattr(unet, "encoder_hid_proj", None)
@@ -183,7 +167,7 @@ def _projection(unet: Any) -> Any:
     return layers[0]
 
 
-def _trainable(unet: Any) -> list[tuple[str, Any]]:
+def _trainable(unet: UNet2DConditionModel) -> list[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) of the adapter inside ``unet``: projection, to_k_ip/to_v_ip, LoRA."""
     names = {id(p) for p in _projection(unet).parameters()}
     for proc in unet.attn_processors.values():
@@ -197,7 +181,7 @@ def _trainable(unet: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def export_faceid_state_dict(unet: Any) -> dict[str, dict[str, Any]]:
+def export_faceid_state_dict(unet: UNet2DConditionModel) -> dict[str, dict[str, torch.Tensor]]:
     """The adapter inside ``unet`` in IP-Adapter-FaceID's published layout (float32, CPU).
 
     The inverse of diffusers' conversion: ``ff.net.0.proj`` → ``proj.0``, ``ff.net.2`` →
@@ -206,15 +190,15 @@ def export_faceid_state_dict(unet: Any) -> dict[str, dict[str, Any]]:
     """
     from facegen.adapters.faceid_format import attention_layers
 
-    def t(x: Any) -> Any:
+    def t(x: torch.Tensor) -> torch.Tensor:
         return x.detach().float().cpu().contiguous().clone()
 
-    proj: dict[str, Any] = {}
+    proj: dict[str, torch.Tensor] = {}
     for k, v in _projection(unet).state_dict().items():
         key = k.replace("ff.net.0.proj.", "proj.0.").replace("ff.net.2.", "proj.2.")
         proj[key] = t(v)
     processors = unet.attn_processors
-    ip: dict[str, Any] = {}
+    ip: dict[str, torch.Tensor] = {}
     for layer in attention_layers(unet):
         i, proc = layer.index, processors[layer.name]
         if layer.is_cross:
@@ -232,87 +216,50 @@ def export_faceid_state_dict(unet: Any) -> dict[str, dict[str, Any]]:
     return {"image_proj": proj, "ip_adapter": ip}
 
 
-@holds_output_folder("adapter")
-def train_adapter(
-    config: AdapterTrainConfig,
-    *,
-    components: dict[str, Any] | None = None,
-    progress: bool | ProgressCallback | None = None,
-) -> TrainResult:
-    """Train an identity adapter for ``config.encoder``; see the module docstring.
-
-    ``components``: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (and
-    optionally ``analyzer``) instead of loading ``config.base_model``. They are changed in place
-    (moved to the device, frozen, half precision under mixed precision, the trained modules
-    added); pass copies to keep the originals. ``progress``: as in
-    :func:`facegen.training.diffusion.loop.run_training`. ``weights`` of the result is the
-    ``.safetensors`` file; ``metadata`` the adapter's ``config.json``.
-    """
-    import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-    from facegen.adapters.base import write_adapter_config
-    from facegen.adapters.faceid_format import save_faceid_weights
+def _adapter_object(run: TrainingRun[AdapterTrainConfig]) -> IPAdapterFaceID:
+    """The adapter as facegen loads it: for the cache's encoder, dimension and normalisation."""
     from facegen.adapters.ip_adapter_faceid import IPAdapterFaceID
 
-    cfg = config
-    if not isinstance(cfg, AdapterTrainConfig):
-        raise InvalidArgumentError(
-            f"`config` must be an AdapterTrainConfig, got {type(cfg).__name__}"
-        )
-    accelerator = make_accelerator(cfg)
-    parts = (
-        check_components(components)
-        if components is not None
-        else load_components(
-            cfg.base_model, revision=cfg.revision, local_files_only=cfg.local_files_only
-        )
+    cache = run.cache
+    return IPAdapterFaceID(
+        encoder_ids=(str(cache.encoder_id),),
+        identity_dim=int(cache.dim or 0),
+        normalized=cache.normalized,
+        device=run.device,
+        dtype=run.dtype,
     )
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    device, dtype = accelerator.device, weight_dtype(accelerator)
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False)
-        m.to(device)
-    analyzer = parts.get("analyzer") or build_analyzer(
-        cfg, detector=("dlib", {}), encoder=("dlib", {})
-    )
-    cache = prepare_face_cache(
-        cfg, accelerator, analyzer=analyzer, vae=vae, template=cfg.template, flip=cfg.random_flip
-    )
-    cache.require("embeddings")
-    encoder_id, dim = str(cache.encoder_id), int(cache.dim or 0)
-    if dtype != torch.float32:
-        unet.to(dtype=dtype)
-        text_encoder.to(dtype=dtype)
 
-    # the adapter, installed by diffusers' own loader (same modules as at inference)
-    state = init_faceid_state_dict(unet, dim, num_tokens=cfg.num_tokens, lora_rank=cfg.lora_rank)
-    holder = StableDiffusionPipeline(
-        **{k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+
+def _install_adapter(run: TrainingRun[AdapterTrainConfig]) -> list[torch.nn.Parameter]:
+    """A fresh adapter installed in the UNet by diffusers' own loader (the same modules as at
+    inference); its parameters, float32 and the only ones that train."""
+    cfg, unet = run.cfg, run.unet
+    state = init_faceid_state_dict(
+        unet, int(run.cache.dim or 0), num_tokens=cfg.num_tokens, lora_rank=cfg.lora_rank
     )
-    holder.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None)
+    run.pipeline().load_ip_adapter(
+        state, subfolder=None, weight_name=None, image_encoder_folder=None
+    )
     unet.requires_grad_(False)
     named = _trainable(unet)
     for _, p in named:
         p.data = p.data.float()
         p.requires_grad_(True)
-    params = [p for _, p in named]
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    return [p for _, p in named]
 
-    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
-    prompts = PromptEncoder(text_encoder, parts["tokenizer"])
-    data = CacheDataset(
-        cache,
-        ("latents", "embedding", "caption"),
-        random_flip=cfg.random_flip,
-        default_caption=cfg.prompt,
-    )
 
-    def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
+def _loss_fn(
+    run: TrainingRun[AdapterTrainConfig],
+) -> Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]:
+    """The denoising loss with the identity (dropped to zero with ``id_drop_prob``) as the
+    adapter's input and the caption or prompt (empty with ``text_drop_prob``) as the text."""
+    import torch
+
+    cfg, device, dtype = run.cfg, run.device, run.dtype
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         latents = sample_latents(batch, random_flip=cfg.random_flip).to(device, dtype)
         ids = batch["embedding"].to(device, torch.float32)
         n = ids.shape[0]
@@ -321,32 +268,32 @@ def train_adapter(
         texts = list(batch["caption"]) if cfg.use_captions else [cfg.prompt] * n
         drop_text = (torch.rand(n) < cfg.text_drop_prob).tolist()
         texts = ["" if d else s for s, d in zip(texts, drop_text)]
-        cond = prompts(texts, device, dtype)
-        noisy, t, target = noisy_latents(noise_scheduler, latents, cfg.noise_offset)
+        cond = run.prompts(texts, device, dtype)
+        scheduler = run.noise_scheduler
+        noisy, t, target = noisy_latents(scheduler, latents, cfg.noise_offset)
         pred = model(
             noisy, t, cond, added_cond_kwargs={"image_embeds": [ids[:, None].to(dtype)]}
         ).sample
-        return diffusion_loss(pred, target, t, noise_scheduler, cfg.snr_gamma).mean()
+        return diffusion_loss(pred, target, t, scheduler, cfg.snr_gamma).mean()
 
-    def adapter_object() -> Any:
-        return IPAdapterFaceID(
-            encoder_ids=(encoder_id,),
-            identity_dim=dim,
-            normalized=cache.normalized,
-            device=device,
-            dtype=dtype,
-        )
+    return loss_fn
 
-    def validate(step: int) -> list[Any]:
+
+def _validator(run: TrainingRun[AdapterTrainConfig]) -> Callable[[int], list[Image.Image]]:
+    """``validate(step)``: the first photos' identities with ``validation_prompt``."""
+    cfg = run.cfg
+
+    def validate(step: int) -> list[Image.Image]:
+        import torch
+
         from facegen.pipelines.generation.id_text_to_face import IDTextToFacePipeline
 
-        model = accelerator.unwrap_model(unet)
+        model = run.accelerator.unwrap_model(run.unet)
         model.eval()
-        pipe = IDTextToFacePipeline(**{**holder.components, "unet": model})
-        pipe.set_progress_bar_config(disable=True)
-        pipe.faceid = adapter_object()
-        ids = cache.identity_embeddings()[: cfg.num_validation_images]
-        with torch.no_grad(), inference_precision(accelerator, unet, text_encoder):
+        pipe = run.pipeline(IDTextToFacePipeline, unet=model)
+        pipe.faceid = _adapter_object(run)
+        ids = run.cache.identity_embeddings()[: cfg.num_validation_images]
+        with torch.no_grad(), run.precision():
             return pipe(
                 ids,
                 prompt=cfg.validation_prompt,
@@ -356,53 +303,77 @@ def train_adapter(
                 width=cfg.resolution,
             ).images
 
-    outcome = run_training(
-        cfg,
-        accelerator,
-        model=unet,
-        params=params,
-        dataset=data,
-        loss_fn=loss_fn,
-        validate=validate,
-        progress=progress,
-        name="adapter",
-    )
+    return validate
 
-    out = Path(cfg.output_dir)
+
+def _finish(run: TrainingRun[AdapterTrainConfig], outcome: LoopOutcome) -> TrainResult:
+    """Write the weights in FaceID's layout and facegen's adapter ``config.json``."""
+    from facegen.adapters.base import ADAPTER_CONFIG_NAME, write_adapter_config
+    from facegen.adapters.faceid_format import save_faceid_weights
+
+    cfg, out, cache = run.cfg, run.output_dir, run.cache
+    encoder_id = str(cache.encoder_id)
     weight_name = cfg.weight_name or f"ip-adapter-faceid_{_slug(encoder_id)}.safetensors"
     weights = out / weight_name
-    meta_path = out / "config.json"
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(unet)
+
+    def save() -> None:
+        final = run.accelerator.unwrap_model(run.unet)
         save_faceid_weights(export_faceid_state_dict(final), weights)
         write_adapter_config(
             out,
-            adapter_object(),
+            _adapter_object(run),
             variant="faceid",
             weights=weight_name,
             num_tokens=cfg.num_tokens,
             lora=cfg.lora_rank is not None,
             lora_rank=cfg.lora_rank,
-            base_model=cfg.base_model,
             encoder={
                 "name": cfg.encoder or "dlib",
                 "options": cfg.encoder_options,
                 "encoder_id": encoder_id,
             },
-            crop_template=cfg.template,
-            resolution=cfg.resolution,
-            steps=outcome.steps,
-            training=cfg.to_dict(),
+            **run.record(outcome.steps),
         )
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        output_dir=out,
+
+    return run.finish(
+        outcome,
         weights=weights,
-        metadata=meta_path,
-        start_step=outcome.start_step,
-        steps=outcome.steps,
-        losses=outcome.losses,
-        checkpoints=outcome.checkpoints,
-        validation_images=outcome.validation_images,
-        extras={"encoder_id": encoder_id, "identity_dim": dim},
+        metadata=out / ADAPTER_CONFIG_NAME,
+        save=save,
+        extras={"encoder_id": encoder_id, "identity_dim": int(cache.dim or 0)},
     )
+
+
+@holds_output_folder("adapter")
+def train_adapter(
+    config: AdapterTrainConfig,
+    *,
+    components: dict[str, Any] | None = None,
+    progress: bool | ProgressCallback | None = None,
+) -> TrainResult:
+    """Train an identity adapter for ``config.encoder``; see the module docstring.
+
+    ``components`` (injected base-model components, changed in place: pass copies to keep
+    the originals) and ``progress``: see :func:`.components.prepare_run` and
+    :func:`.loop.run_training`. ``weights`` of the result is the ``.safetensors`` file;
+    ``metadata`` the adapter's ``config.json``.
+    """
+    cfg = check_config(config, AdapterTrainConfig)
+    run = prepare_run(cfg, components, flip=cfg.random_flip, require=("embeddings",))
+    params = _install_adapter(run)
+    data = CacheDataset(
+        run.cache,
+        ("latents", "embedding", "caption"),
+        random_flip=cfg.random_flip,
+        default_caption=cfg.prompt,
+    )
+    outcome = run.train(
+        "adapter",
+        model=run.unet,
+        params=params,
+        dataset=data,
+        loss_fn=_loss_fn(run),
+        validate=_validator(run),
+        progress=progress,
+    )
+    return _finish(run, outcome)

@@ -3,7 +3,9 @@
 :class:`TrainConfig` holds the fields every loop has; each loop's config
 (:class:`~facegen.training.diffusion.lora.LoraTrainConfig`,
 :class:`~facegen.training.diffusion.adapter.AdapterTrainConfig`,
-:class:`~facegen.training.diffusion.controlnet.ControlNetTrainConfig`) adds its own. Configs are
+:class:`~facegen.training.diffusion.controlnet.ControlNetTrainConfig`) adds its own;
+:class:`ConditionedTrainConfig` adds the conditioning (prompts or Arc2Face identities) the
+LoRA and ControlNet loops share. Configs are
 validated on creation (errors name the field, what it must be and what it got) and convert
 to and from plain dicts (``from_dict`` / ``to_dict``) for the CLI, config files and the
 metadata written next to trained weights.
@@ -12,21 +14,25 @@ metadata written next to trained weights.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from facegen.errors import InvalidArgumentError, UnknownNameError
-from facegen.training.diffusion.face_cache import TEMPLATES
+from facegen.training.diffusion.face_cache import SELECTIONS, TEMPLATES
+from facegen.validate import check_choice, check_int, check_number
 
 __all__ = [
+    "ANALYZERS",
+    "CONDITIONINGS",
     "LR_SCHEDULERS",
     "MIXED_PRECISIONS",
+    "ConditionedTrainConfig",
     "ProgressCallback",
     "TrainConfig",
     "TrainResult",
+    "default_conditioning",
 ]
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -38,24 +44,55 @@ LR_SCHEDULERS = (
     "cosine_with_restarts",
     "polynomial",
 )
+C = TypeVar("C", bound="TrainConfig")
 #: ``progress(step, total_steps, logs)`` after every optimizer step (e.g. a GUI progress bar).
 ProgressCallback = Callable[[int, int, Mapping[str, float]], None]
 
 
-def _check_int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise InvalidArgumentError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+#: A registry name and its options (a detector's, an identity encoder's).
+NamedOptions = tuple[str, dict[str, Any]]
+#: How the LoRA and ControlNet loops condition the UNet: on text prompts (SD1.5-style bases)
+#: or on Arc2Face identities (the person's ArcFace embedding through Arc2Face's ID encoder).
+CONDITIONINGS = ("prompt", "arc2face")
+#: The face analysis each conditioning needs by default, ``(detector, identity encoder)``:
+#: Arc2Face's own ArcFace for ``"arc2face"`` (the encoder the model was trained on).
+ANALYZERS: dict[str, tuple[NamedOptions, NamedOptions]] = {
+    "prompt": (("dlib", {}), ("dlib", {})),
+    "arc2face": (
+        ("insightface", {"preset": "antelopev2"}),
+        ("arcface-onnx", {"preset": "arc2face-arcface"}),
+    ),
+}
 
 
-def _check_float(
-    name: str, v: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False
-) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok or v < lo or v > hi or (lo_open and v == lo):
-        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        rng = f"{bound}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
-        raise InvalidArgumentError(f"`{name}` must be a finite number {rng}, got {v!r}")
-
+#: The integer settings and their smallest values.
+_INT_MINIMUMS = (
+    ("batch_size", 1),
+    ("max_steps", 1),
+    ("lr_warmup_steps", 0),
+    ("grad_accum_steps", 1),
+    ("seed", 0),
+    ("checkpointing_steps", 0),
+    ("validation_steps", 0),
+    ("num_validation_images", 0),
+    ("validation_inference_steps", 1),
+    ("log_every", 1),
+    ("num_workers", 0),
+)
+#: The number settings and their bounds (:func:`facegen.validate.check_number`'s keywords).
+_NUMBER_BOUNDS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("learning_rate", {"minimum": 0, "min_open": True}),
+    ("crop_margin", {"minimum": 0, "maximum": 10, "min_open": True}),
+    ("adam_beta1", {"minimum": 0, "maximum": 1}),
+    ("adam_beta2", {"minimum": 0, "maximum": 1}),
+    ("adam_weight_decay", {"minimum": 0}),
+    ("adam_epsilon", {"minimum": 0, "min_open": True}),
+    ("noise_offset", {"minimum": 0, "maximum": 1}),
+    ("max_grad_norm", {"minimum": 0, "min_open": True}),
+    ("snr_gamma", {"minimum": 0, "min_open": True}),
+)
+#: The number settings that may be None (off).
+_OPTIONAL = ("max_grad_norm", "snr_gamma")
 
 #: Defaults of the settings that depend on the base model (``None``: every real base, SD1.5
 #: and Arc2Face).
@@ -145,60 +182,29 @@ class TrainConfig:
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.crop_template is not None and self.crop_template not in TEMPLATES:
-            raise InvalidArgumentError(
-                f"`crop_template` must be one of {', '.join(TEMPLATES)}, got {self.crop_template!r}"
-            )
-        if self.select not in ("largest", "best", "all"):
-            raise InvalidArgumentError(
-                f"`select` must be 'largest', 'best' or 'all', got {self.select!r}"
-            )
-        _check_int("resolution", self.resolution, 16)
-        if self.resolution % 8:
-            raise InvalidArgumentError(
-                f"`resolution` must be a multiple of 8, got {self.resolution}"
-            )
-        for name, lo in (
-            ("batch_size", 1),
-            ("max_steps", 1),
-            ("lr_warmup_steps", 0),
-            ("grad_accum_steps", 1),
-            ("seed", 0),
-            ("checkpointing_steps", 0),
-            ("validation_steps", 0),
-            ("num_validation_images", 0),
-            ("validation_inference_steps", 1),
-            ("log_every", 1),
-            ("num_workers", 0),
-        ):
-            _check_int(name, getattr(self, name), lo)
+        if self.crop_template is not None:
+            check_choice(self.crop_template, "crop_template", TEMPLATES)
+        check_choice(self.select, "select", SELECTIONS)
+        resolution = check_int(self.resolution, "resolution", minimum=16)
+        if resolution % 8:
+            raise InvalidArgumentError(f"`resolution` must be a multiple of 8, got {resolution}")
+        for name, lo in _INT_MINIMUMS:
+            check_int(getattr(self, name), name, minimum=lo)
         if self.checkpoints_total_limit is not None:
-            _check_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
-        _check_float("learning_rate", self.learning_rate, 0.0, lo_open=True)
-        _check_float("crop_margin", self.crop_margin, 0.0, 10.0, lo_open=True)
-        _check_float("adam_beta1", self.adam_beta1, 0.0, 1.0)
-        _check_float("adam_beta2", self.adam_beta2, 0.0, 1.0)
-        _check_float("adam_weight_decay", self.adam_weight_decay, 0.0)
-        _check_float("adam_epsilon", self.adam_epsilon, 0.0, lo_open=True)
-        _check_float("noise_offset", self.noise_offset, 0.0, 1.0)
-        if self.max_grad_norm is not None:
-            _check_float("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
-        if self.snr_gamma is not None:
-            _check_float("snr_gamma", self.snr_gamma, 0.0, lo_open=True)
+            check_int(self.checkpoints_total_limit, "checkpoints_total_limit", minimum=1)
+        for name, bounds in _NUMBER_BOUNDS:
+            if name not in _OPTIONAL or getattr(self, name) is not None:
+                check_number(getattr(self, name), name, **bounds)
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UnknownNameError("LR scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise InvalidArgumentError(
-                f"`mixed_precision` must be one of {', '.join(MIXED_PRECISIONS)}, "
-                f"got {self.mixed_precision!r}"
-            )
+        check_choice(self.mixed_precision, "mixed_precision", MIXED_PRECISIONS)
         for name in ("detector_options", "landmarker_options", "encoder_options"):
             if not isinstance(getattr(self, name), dict):
                 raise InvalidArgumentError(f"`{name}` must be a dict, got {getattr(self, name)!r}")
 
     # -- (de)serialisation -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         """Build from a mapping (JSON/YAML); unknown keys are refused, lists become tuples."""
         if not isinstance(data, Mapping):
             raise InvalidArgumentError(
@@ -217,8 +223,60 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @property
+    def template(self) -> str:
+        """The crop template: ``crop_template``, else the loop's default (here ``"ffhq"``)."""
+        return self.crop_template or "ffhq"
+
+    @property
+    def analyzer_defaults(self) -> tuple[NamedOptions, NamedOptions]:
+        """The ``(detector, encoder)`` used where ``detector`` / ``encoder`` are None
+        (here dlib's: offline, and with 68 landmarks)."""
+        return ANALYZERS["prompt"]
+
+    @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "face_cache"
+
+
+def default_conditioning(base_model: str) -> str:
+    """``"arc2face"`` for the Arc2Face base, ``"prompt"`` for everything else."""
+    return "arc2face" if base_model == "arc2face" else "prompt"
+
+
+@dataclass(kw_only=True)
+class ConditionedTrainConfig(TrainConfig):
+    """:class:`TrainConfig` of a loop conditioned on prompts or on Arc2Face identities.
+
+    ``conditioning``: one of :data:`CONDITIONINGS` (None: ``"arc2face"`` for
+    ``base_model="arc2face"``, else ``"prompt"``); it picks the default crop template
+    (:attr:`template`) and face analysis (:attr:`analyzer_defaults`).
+    """
+
+    conditioning: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.conditioning is None:
+            self.conditioning = default_conditioning(self.base_model)
+        check_choice(self.conditioning, "conditioning", CONDITIONINGS)
+
+    @property
+    def arc2face(self) -> bool:
+        """Whether the UNet is conditioned on Arc2Face identities."""
+        return self.conditioning == "arc2face"
+
+    @property
+    def template(self) -> str:
+        """The crop template: ``crop_template``, else ``"arcface"`` for Arc2Face (the
+        alignment it was trained on), ``"ffhq"`` for prompts."""
+        if self.crop_template is not None:
+            return self.crop_template
+        return "arcface" if self.arc2face else "ffhq"
+
+    @property
+    def analyzer_defaults(self) -> tuple[NamedOptions, NamedOptions]:
+        """The ``(detector, encoder)`` used where ``detector`` / ``encoder`` are None."""
+        return ANALYZERS[self.conditioning or "prompt"]
 
 
 @dataclass

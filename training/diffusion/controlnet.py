@@ -25,31 +25,33 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegen.errors import InvalidArgumentError
-from facegen.training.diffusion.face_cache import CacheDataset, sample_latents
-from facegen.training.diffusion.loop import (
-    ProgressCallback,
-    PromptEncoder,
-    TrainConfig,
-    TrainResult,
-    build_analyzer,
-    check_components,
-    diffusion_loss,
-    inference_precision,
-    load_components,
-    make_accelerator,
-    noisy_latents,
-    prepare_face_cache,
-    run_training,
-    weight_dtype,
-    write_json,
+from facegen.training.diffusion.components import (
+    TrainingRun,
+    check_config,
+    prepare_run,
+    write_metadata,
 )
-from facegen.training.diffusion.lora import ANALYZERS, CONDITIONINGS, default_conditioning
+from facegen.training.diffusion.config import (
+    ConditionedTrainConfig,
+    ProgressCallback,
+    TrainResult,
+)
+from facegen.training.diffusion.face_cache import CacheDataset, sample_latents
+from facegen.training.diffusion.objective import diffusion_loss, noisy_latents
 from facegen.training.resume import holds_output_folder
+from facegen.validate import check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel
+    from PIL import Image
+
+    from facegen.training.diffusion.loop import LoopOutcome
 
 __all__ = [
     "CONTROLNET_METADATA_NAME",
@@ -65,7 +67,7 @@ CONTROLNET_METADATA_NAME = "facegen_controlnet.json"
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)
 
 
-def conditioning_channels_for(vae: Any) -> tuple[int, ...]:
+def conditioning_channels_for(vae: AutoencoderKL) -> tuple[int, ...]:
     """ControlNet conditioning-embedding widths that downsample like ``vae`` does.
 
     SD's VAE (8×) → diffusers' default ``(16, 32, 96, 256)``; a 2× VAE → ``(16, 32)``.
@@ -80,8 +82,9 @@ def conditioning_channels_for(vae: Any) -> tuple[int, ...]:
 
 
 @dataclass(kw_only=True)
-class ControlNetTrainConfig(TrainConfig):
-    """:class:`~facegen.training.diffusion.loop.TrainConfig` plus the ControlNet's own settings.
+class ControlNetTrainConfig(ConditionedTrainConfig):
+    """:class:`~facegen.training.diffusion.config.ConditionedTrainConfig` plus the ControlNet's
+    own settings.
 
     ``conditioning``: ``"arc2face"`` or ``"prompt"`` (None: ``"arc2face"`` for
     ``base_model="arc2face"``, else ``"prompt"``). ``prompt`` / ``use_captions`` (prompt
@@ -92,7 +95,6 @@ class ControlNetTrainConfig(TrainConfig):
     """
 
     base_model: str = "arc2face"
-    conditioning: str | None = None
     prompt: str = "a photo of a person"
     use_captions: bool = True
     proportion_empty_prompts: float = 0.0
@@ -103,132 +105,85 @@ class ControlNetTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.conditioning is None:
-            self.conditioning = default_conditioning(self.base_model)
-        if self.conditioning not in CONDITIONINGS:
-            raise InvalidArgumentError(
-                f"`conditioning` must be one of {', '.join(CONDITIONINGS)}, "
-                f"got {self.conditioning!r}"
-            )
-        p = self.proportion_empty_prompts
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise InvalidArgumentError(f"`proportion_empty_prompts` must be in [0, 1], got {p!r}")
+        check_number(
+            self.proportion_empty_prompts, "proportion_empty_prompts", minimum=0, maximum=1
+        )
         if self.conditioning_channels is not None:
             self.conditioning_channels = tuple(self.conditioning_channels)
-            if not self.conditioning_channels or not all(
-                isinstance(c, int) and not isinstance(c, bool) and c > 0
-                for c in self.conditioning_channels
-            ):
+            if not self.conditioning_channels:
                 raise InvalidArgumentError(
-                    "`conditioning_channels` must be positive integers, "
-                    f"got {self.conditioning_channels!r}"
+                    "`conditioning_channels` must be positive integers, got ()"
                 )
-
-    @property
-    def template(self) -> str:
-        if self.crop_template is not None:
-            return self.crop_template
-        return "arcface" if self.conditioning == "arc2face" else "ffhq"
+            for i, c in enumerate(self.conditioning_channels):
+                check_int(c, f"conditioning_channels[{i}]", minimum=1)
 
 
-def _build_controlnet(cfg: ControlNetTrainConfig, unet: Any, vae: Any) -> Any:
+def _build_controlnet(run: TrainingRun[ControlNetTrainConfig]) -> ControlNetModel:
+    """The injected ControlNet, ``controlnet_model``, or a copy of the (float32) UNet's
+    encoder; float32 on the device, in training mode."""
+    import torch
     from diffusers import ControlNetModel
 
-    if cfg.controlnet_model:
+    cfg = run.cfg
+    controlnet = run.parts.get("controlnet")
+    if controlnet is None and cfg.controlnet_model:
         from facegen.hub import load_pretrained
 
-        return load_pretrained(
+        controlnet = load_pretrained(
             ControlNetModel,
             cfg.controlnet_model,
             None,
             revision=cfg.revision,
             local_files_only=cfg.local_files_only,
         )
-    channels = cfg.conditioning_channels or conditioning_channels_for(vae)
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
-
-
-@holds_output_folder("controlnet")
-def train_controlnet(
-    config: ControlNetTrainConfig,
-    *,
-    components: dict[str, Any] | None = None,
-    progress: bool | ProgressCallback | None = None,
-) -> TrainResult:
-    """Train a landmark ControlNet; see the module docstring for what is written.
-
-    ``components``: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (and
-    optionally ``analyzer`` and a starting ``controlnet``) instead of loading
-    ``config.base_model``. They are changed in place (moved to the device, frozen, half
-    precision under mixed precision, the trained modules added); pass copies to keep the
-    originals. ``progress``: as in :func:`facegen.training.diffusion.loop.run_training`. ``weights`` of
-    the result is the ControlNet folder (``output_dir``).
-    """
-    import torch
-    from diffusers import DDPMScheduler
-
-    from facegen.adapters.arc2face import Arc2FaceIDEncoder
-
-    cfg = config
-    if not isinstance(cfg, ControlNetTrainConfig):
-        raise InvalidArgumentError(
-            f"`config` must be a ControlNetTrainConfig, got {type(cfg).__name__}"
+    if controlnet is None:
+        channels = cfg.conditioning_channels or conditioning_channels_for(run.vae)
+        controlnet = ControlNetModel.from_unet(
+            run.unet, conditioning_embedding_out_channels=channels
         )
-    accelerator = make_accelerator(cfg)
-    parts = (
-        check_components(components, extra=("controlnet",))
-        if components is not None
-        else load_components(
-            cfg.base_model, revision=cfg.revision, local_files_only=cfg.local_files_only
-        )
-    )
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    device, dtype = accelerator.device, weight_dtype(accelerator)
-    controlnet = parts.get("controlnet") or _build_controlnet(cfg, unet, vae)
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False)
-        m.to(device)
-    controlnet.to(device, dtype=torch.float32)
+    controlnet.to(run.device, dtype=torch.float32)
     controlnet.requires_grad_(True)
     controlnet.train()
-    arc = cfg.conditioning == "arc2face"
-    analyzer = parts.get("analyzer")
-    if analyzer is None:
-        det, enc = ANALYZERS[cfg.conditioning or "prompt"]
-        analyzer = build_analyzer(cfg, detector=det, encoder=enc, need_landmarks=True)
-    cache = prepare_face_cache(cfg, accelerator, analyzer=analyzer, vae=vae, template=cfg.template)
-    cache.require("control")
-    if dtype != torch.float32:
-        unet.to(dtype=dtype)
-        text_encoder.to(dtype=dtype)
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
+    return controlnet
 
-    fields: tuple[str, ...] = ("latents", "control", "caption", "index")
+
+def _loss_fn(
+    run: TrainingRun[ControlNetTrainConfig],
+) -> Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]:
+    """The denoising loss of the frozen UNet given the ControlNet's residuals for the
+    landmark maps; ``proportion_empty_prompts`` of the conditions are the unconditional one.
+
+    For Arc2Face the conditions are computed once here: each photo's identity through
+    Arc2Face's ID encoder, and the empty-prompt embedding.
+    """
+    import torch
+
+    cfg, unet, device, dtype = run.cfg, run.unet, run.device, run.dtype
     id_embeds = uncond = None
-    if arc:
-        cache.require("embeddings")
-        id_encoder = Arc2FaceIDEncoder(text_encoder, parts["tokenizer"])
-        id_embeds = id_encoder.encode(cache.identity_embeddings()).clone()
-        uncond = id_encoder.encode_unconditional(1).clone()
-    prompts = PromptEncoder(text_encoder, parts["tokenizer"])
-    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
-    data = CacheDataset(cache, fields, default_caption=cfg.prompt)
+    if cfg.arc2face:
+        from facegen.adapters.arc2face import Arc2FaceIDEncoder
 
-    def condition(batch: dict[str, Any]) -> Any:
+        run.cache.require("embeddings")
+        id_encoder = Arc2FaceIDEncoder(run.text_encoder, run.tokenizer)
+        id_embeds = id_encoder.encode(run.cache.identity_embeddings()).clone()
+        uncond = id_encoder.encode_unconditional(1).clone()
+
+    def condition(batch: dict[str, Any]) -> torch.Tensor:
         n = len(batch["index"])
         empty = (torch.rand(n) < cfg.proportion_empty_prompts).tolist()
-        if arc:
-            assert id_embeds is not None and uncond is not None
+        if id_embeds is not None and uncond is not None:
             rows = [uncond[0] if e else id_embeds[i] for i, e in zip(batch["index"], empty)]
             return torch.stack(rows).to(device, dtype)
         texts = list(batch["caption"]) if cfg.use_captions else [cfg.prompt] * n
-        return prompts(["" if e else s for s, e in zip(texts, empty)], device, dtype)
+        return run.prompts(["" if e else s for s, e in zip(texts, empty)], device, dtype)
 
-    def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        scheduler = run.noise_scheduler
         latents = sample_latents(batch).to(device, dtype)
         cond = condition(batch)
-        noisy, t, target = noisy_latents(noise_scheduler, latents, cfg.noise_offset)
+        noisy, t, target = noisy_latents(scheduler, latents, cfg.noise_offset)
         down, mid = model(
             noisy,
             t,
@@ -243,28 +198,34 @@ def train_controlnet(
             down_block_additional_residuals=[r.to(dtype) for r in down],
             mid_block_additional_residual=mid.to(dtype),
         ).sample
-        return diffusion_loss(pred, target, t, noise_scheduler, cfg.snr_gamma).mean()
+        return diffusion_loss(pred, target, t, scheduler, cfg.snr_gamma).mean()
 
-    def validate(step: int) -> list[Any]:
+    return loss_fn
+
+
+def _validator(
+    run: TrainingRun[ControlNetTrainConfig], controlnet: ControlNetModel
+) -> Callable[[int], list[Image.Image]]:
+    """``validate(step)``: the first photos' landmark maps, with their identities (Arc2Face)
+    or ``validation_prompt``."""
+    cfg, cache = run.cfg, run.cache
+
+    def validate(step: int) -> list[Image.Image]:
+        import torch
         from PIL import Image
 
         n = min(cfg.num_validation_images, len(cache))
-        model = accelerator.unwrap_model(controlnet)
+        model = run.accelerator.unwrap_model(controlnet)
         model.eval()
-        comps = {k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
         maps = [Image.fromarray(cache.row(i, ("control",))["control"]) for i in range(n)]
         seeds = [cfg.seed + i for i in range(n)]
         size = {"height": cfg.resolution, "width": cfg.resolution}
         steps = cfg.validation_inference_steps
-        common = {"safety_checker": None, "feature_extractor": None}
-        with torch.no_grad(), inference_precision(accelerator, unet, text_encoder):
-            if arc:
+        with torch.no_grad(), run.precision():
+            if cfg.arc2face:
                 from facegen.pipelines.generation.id_to_face import IDToFaceControlNetPipeline
 
-                pipe = IDToFaceControlNetPipeline(
-                    **comps, controlnet=model, **common, requires_safety_checker=False
-                )
-                pipe.set_progress_bar_config(disable=True)
+                pipe = run.pipeline(IDToFaceControlNetPipeline, controlnet=model)
                 return pipe(
                     cache.identity_embeddings()[:n],
                     control_image=maps,
@@ -274,10 +235,7 @@ def train_controlnet(
                 ).images
             from diffusers import StableDiffusionControlNetPipeline
 
-            pipe = StableDiffusionControlNetPipeline(
-                **comps, controlnet=model, **common, requires_safety_checker=False
-            )
-            pipe.set_progress_bar_config(disable=True)
+            pipe = run.pipeline(StableDiffusionControlNetPipeline, controlnet=model)
             prompt = cfg.validation_prompt or cfg.prompt
             return pipe(
                 [prompt] * n,
@@ -287,48 +245,70 @@ def train_controlnet(
                 **size,
             ).images
 
-    outcome = run_training(
-        cfg,
-        accelerator,
-        model=controlnet,
-        params=[p for p in controlnet.parameters() if p.requires_grad],
-        dataset=data,
-        loss_fn=loss_fn,
-        validate=validate,
-        progress=progress,
-        name="controlnet",
-    )
+    return validate
 
-    out = Path(cfg.output_dir)
-    meta_path = out / CONTROLNET_METADATA_NAME
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(controlnet)
-        final.save_pretrained(out, safe_serialization=True)
-        write_json(
-            meta_path,
+
+def _finish(
+    run: TrainingRun[ControlNetTrainConfig], controlnet: ControlNetModel, outcome: LoopOutcome
+) -> TrainResult:
+    """Write the ControlNet (``save_pretrained``) and its metadata."""
+    cfg, out = run.cfg, run.output_dir
+    metadata = out / CONTROLNET_METADATA_NAME
+
+    def save() -> None:
+        run.accelerator.unwrap_model(controlnet).save_pretrained(out, safe_serialization=True)
+        write_metadata(
+            metadata,
             {
+                **run.record(outcome.steps),
                 "format": "facegen-controlnet",
                 "control": "landmarks68",
                 "renderer": "facegen.control.render_landmarks68",
-                "crop_template": cfg.template,
                 "crop_margin": cfg.crop_margin,
-                "resolution": cfg.resolution,
                 "conditioning": cfg.conditioning,
-                "base_model": cfg.base_model,
-                "encoder_id": cache.encoder_id,
-                "steps": outcome.steps,
-                "num_faces": len(cache),
-                "training": cfg.to_dict(),
+                "encoder_id": run.cache.encoder_id,
+                "num_faces": len(run.cache),
             },
         )
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        output_dir=out,
-        weights=out,
-        metadata=meta_path,
-        start_step=outcome.start_step,
-        steps=outcome.steps,
-        losses=outcome.losses,
-        checkpoints=outcome.checkpoints,
-        validation_images=outcome.validation_images,
+
+    return run.finish(outcome, weights=out, metadata=metadata, save=save)
+
+
+@holds_output_folder("controlnet")
+def train_controlnet(
+    config: ControlNetTrainConfig,
+    *,
+    components: dict[str, Any] | None = None,
+    progress: bool | ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a landmark ControlNet; see the module docstring for what is written.
+
+    ``components`` (injected base-model components, changed in place: pass copies to keep
+    the originals; may hold a starting ``controlnet``) and ``progress``: see
+    :func:`.components.prepare_run` and :func:`.loop.run_training`. ``weights`` of the
+    result is the ControlNet folder (``output_dir``).
+    """
+    cfg = check_config(config, ControlNetTrainConfig)
+    run = prepare_run(
+        cfg,
+        components,
+        need_landmarks=True,
+        extra_components=("controlnet",),
+        require=("control",),
+        cast_frozen=False,  # the ControlNet starts as a float32 copy of the UNet
     )
+    controlnet = _build_controlnet(run)
+    run.cast_frozen()
+    data = CacheDataset(
+        run.cache, ("latents", "control", "caption", "index"), default_caption=cfg.prompt
+    )
+    outcome = run.train(
+        "controlnet",
+        model=controlnet,
+        params=[p for p in controlnet.parameters() if p.requires_grad],
+        dataset=data,
+        loss_fn=_loss_fn(run),
+        validate=_validator(run, controlnet),
+        progress=progress,
+    )
+    return _finish(run, controlnet, outcome)

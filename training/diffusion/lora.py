@@ -17,7 +17,7 @@ Two conditionings:
 Prior preservation (``with_prior_preservation``) adds a class loss on other people: class
 images from ``class_data_dir``, topped up to ``num_class_images`` by the base model itself
 (``class_prompt``; for Arc2Face, random identities, stored with the images as
-``identities.safetensors``).
+``identities.safetensors``; see :mod:`facegen.training.diffusion.class_images`).
 
 Output (``output_dir``): ``pytorch_lora_weights.safetensors`` in diffusers' LoRA format
 (peft keys, the ``LoraConfig`` in the file's metadata), so ``pipe.load_lora_weights(output_dir)``
@@ -25,7 +25,8 @@ and :func:`facegen.adapters.lora.load_lora` read it; ``facegen_lora.json`` (base
 conditioning, rank, alpha, target modules, trigger, steps, identity encoder, the training
 config); ``identity.safetensors`` (the person's mean embedding, when the photos were embedded);
 plus checkpoints, the face cache, validation images and logs (see
-:mod:`facegen.training.diffusion.loop`).
+:mod:`facegen.training.diffusion.loop`). :data:`LORA_RESULT_FILES` names the files a user
+keeps.
 """
 
 from __future__ import annotations
@@ -34,35 +35,49 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facegen.adapters.lora import DEFAULT_LORA_WEIGHT_NAME
 from facegen.errors import InvalidArgumentError
-from facegen.training.diffusion.face_cache import CacheDataset, FaceCache, sample_latents
-from facegen.training.diffusion.loop import (
-    ProgressCallback,
-    PromptEncoder,
-    TrainConfig,
-    TrainResult,
-    build_analyzer,
-    check_components,
-    diffusion_loss,
-    inference_precision,
-    load_components,
-    make_accelerator,
-    noisy_latents,
-    prepare_face_cache,
-    run_training,
-    weight_dtype,
-    write_json,
+from facegen.training.diffusion.class_images import (
+    ClassImages,
+    PairedDataset,
+    base_pipeline,
+    class_image_cache,
 )
-from facegen.training.diffusion.objective import PromptTokens
+from facegen.training.diffusion.components import (
+    TrainingRun,
+    check_config,
+    prepare_run,
+    write_metadata,
+)
+from facegen.training.diffusion.config import (
+    CONDITIONINGS,
+    ConditionedTrainConfig,
+    ProgressCallback,
+    TrainResult,
+)
+from facegen.training.diffusion.face_cache import CacheDataset, FaceCache, sample_latents
+from facegen.training.diffusion.objective import PromptTokens, diffusion_loss, noisy_latents
 from facegen.training.resume import holds_output_folder
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+    from PIL import Image
+    from transformers import CLIPTextModel
+
+    from facegen.training.diffusion.loop import LoopOutcome
+    from facegen.types import IdentityEmbedding
 
 __all__ = [
     "CONDITIONINGS",
     "LORA_METADATA_NAME",
+    "LORA_RESULT_FILES",
     "LORA_WEIGHTS_NAME",
     "LoraTrainConfig",
     "train_lora",
@@ -70,32 +85,30 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+#: The LoRA file, in diffusers' format (the name ``load_lora_weights`` looks for).
+LORA_WEIGHTS_NAME = DEFAULT_LORA_WEIGHT_NAME
+#: facegen's metadata next to it.
 LORA_METADATA_NAME = "facegen_lora.json"
+#: The person's mean identity embedding (when the photos were embedded).
 IDENTITY_NAME = "identity.safetensors"
-CLASS_IDENTITIES_NAME = "identities.safetensors"
-CONDITIONINGS = ("prompt", "arc2face")
+#: The files a LoRA run leaves for its users (the rest: checkpoints, caches, logs).
+LORA_RESULT_FILES = (LORA_WEIGHTS_NAME, LORA_METADATA_NAME, IDENTITY_NAME)
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 #: CLIP's attention projections, what diffusers' DreamBooth-LoRA script adapts.
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-#: Face analysis each conditioning needs (the encoder the model was trained on).
-ANALYZERS: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]] = {
-    "prompt": (("dlib", {}), ("dlib", {})),
-    "arc2face": (
-        ("insightface", {"preset": "antelopev2"}),
-        ("arcface-onnx", {"preset": "arc2face-arcface"}),
-    ),
-}
 
 
-def default_conditioning(base_model: str) -> str:
-    """``"arc2face"`` for the Arc2Face base, ``"prompt"`` for everything else."""
-    return "arc2face" if base_model == "arc2face" else "prompt"
+def _module_names(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    names = tuple(value)
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise InvalidArgumentError(f"`{name}` must be non-empty module names, got {names!r}")
+    return names
 
 
 @dataclass(kw_only=True)
-class LoraTrainConfig(TrainConfig):
-    """:class:`~facegen.training.diffusion.loop.TrainConfig` plus the LoRA's own settings.
+class LoraTrainConfig(ConditionedTrainConfig):
+    """:class:`~facegen.training.diffusion.config.ConditionedTrainConfig` plus the LoRA's own
+    settings.
 
     ``conditioning``: ``"prompt"`` or ``"arc2face"`` (None: ``"arc2face"`` for
     ``base_model="arc2face"``, else ``"prompt"``). ``instance_prompt`` (the trigger),
@@ -111,7 +124,6 @@ class LoraTrainConfig(TrainConfig):
     """
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    conditioning: str | None = None
     instance_prompt: str = "a photo of sks person"
     use_captions: bool = False
     identity: str = "mean"
@@ -132,35 +144,15 @@ class LoraTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.conditioning is None:
-            self.conditioning = default_conditioning(self.base_model)
-        if self.conditioning not in CONDITIONINGS:
-            raise InvalidArgumentError(
-                f"`conditioning` must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}"
-            )
-        if self.identity not in ("mean", "per_image"):
-            raise InvalidArgumentError(
-                f"`identity` must be 'mean' or 'per_image', got {self.identity!r}"
-            )
+        check_choice(self.identity, "identity", ("mean", "per_image"))
         for name in ("instance_prompt", "class_prompt"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
                 raise InvalidArgumentError(f"`{name}` must be a non-empty string, got {v!r}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise InvalidArgumentError(f"`rank` must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not self.alpha > 0
-        ):
-            raise InvalidArgumentError(f"`alpha` must be a number > 0 or None, got {self.alpha!r}")
-        self.target_modules = tuple(self.target_modules)
-        if not self.target_modules or not all(
-            isinstance(t, str) and t for t in self.target_modules
-        ):
-            raise InvalidArgumentError(
-                f"`target_modules` must be non-empty module names, got {self.target_modules!r}"
-            )
+        check_int(self.rank, "rank", minimum=1)
+        if self.alpha is not None:
+            check_number(self.alpha, "alpha", minimum=0, min_open=True)
+        self.target_modules = _module_names(self.target_modules, "target_modules")
         if not isinstance(self.train_text_encoder, bool):
             raise InvalidArgumentError(
                 f"`train_text_encoder` must be true or false, got {self.train_text_encoder!r}"
@@ -171,29 +163,16 @@ class LoraTrainConfig(TrainConfig):
                 f"{self.conditioning!r}: only prompt conditioning runs the text encoder while "
                 "training (Arc2Face's identity conditioning is computed once, frozen)"
             )
-        self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
-        if not self.text_encoder_target_modules or not all(
-            isinstance(t, str) and t for t in self.text_encoder_target_modules
-        ):
-            raise InvalidArgumentError(
-                "`text_encoder_target_modules` must be non-empty module names, got "
-                f"{self.text_encoder_target_modules!r}"
-            )
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise InvalidArgumentError(
-                f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}"
-            )
-        if not float(self.prior_loss_weight) >= 0:
-            raise InvalidArgumentError(
-                f"`prior_loss_weight` must be >= 0, got {self.prior_loss_weight!r}"
-            )
-        if isinstance(self.num_class_images, bool) or not isinstance(self.num_class_images, int):
-            raise InvalidArgumentError(
-                f"`num_class_images` must be an integer, got {self.num_class_images!r}"
-            )
+        self.text_encoder_target_modules = _module_names(
+            self.text_encoder_target_modules, "text_encoder_target_modules"
+        )
+        check_number(self.lora_dropout, "lora_dropout", minimum=0, maximum=1, max_open=True)
+        check_number(self.prior_loss_weight, "prior_loss_weight", minimum=0)
+        check_int(self.num_class_images, "num_class_images")
         if self.with_prior_preservation and self.num_class_images < 1:
             raise InvalidArgumentError(
-                f"`num_class_images` must be >= 1 with prior preservation, got {self.num_class_images}"
+                "`num_class_images` must be >= 1 with prior preservation, "
+                f"got {self.num_class_images}"
             )
 
     @property
@@ -201,32 +180,11 @@ class LoraTrainConfig(TrainConfig):
         return float(self.rank if self.alpha is None else self.alpha)
 
     @property
-    def template(self) -> str:
-        if self.crop_template is not None:
-            return self.crop_template
-        return "arcface" if self.conditioning == "arc2face" else "ffhq"
-
-    @property
     def class_path(self) -> Path:
         return Path(self.class_data_dir or Path(self.output_dir) / "class_images")
 
 
-class _Paired:
-    """Instance item ``i % n`` with class item ``i % m`` (keys ``class_*``), DreamBooth-style."""
-
-    def __init__(self, instance: CacheDataset, klass: CacheDataset) -> None:
-        self.instance, self.klass = instance, klass
-
-    def __len__(self) -> int:
-        return max(len(self.instance), len(self.klass))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        out = dict(self.instance[i % len(self.instance)])
-        out.update({f"class_{k}": v for k, v in self.klass[i % len(self.klass)].items()})
-        return out
-
-
-def _text_model(unet: Any, text_encoder: Any) -> Any:
+def _text_model(unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> torch.nn.Module:
     """One module holding the UNet and the text encoder, so that Accelerate prepares,
     checkpoints and (multi-GPU) synchronises both; ``forward(noisy, t, input_ids)`` encodes
     the tokens with gradients and runs the UNet."""
@@ -238,128 +196,13 @@ def _text_model(unet: Any, text_encoder: Any) -> Any:
             self.unet = unet
             self.text_encoder = text_encoder
 
-        def forward(self, noisy: Any, t: Any, input_ids: Any) -> Any:
+        def forward(
+            self, noisy: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor
+        ) -> UNet2DConditionOutput:
             cond = self.text_encoder(input_ids)[0].to(noisy.dtype)
             return self.unet(noisy, t, cond)
 
     return UNetWithTextEncoder()
-
-
-# --------------------------------------------------------------------------- class images
-
-
-def _sd_pipeline(parts: dict[str, Any], conditioning: str) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
-
-    cls = IDToFacePipeline if conditioning == "arc2face" else StableDiffusionPipeline
-    pipe = cls(
-        **{k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _generate_class_images(
-    cfg: LoraTrainConfig, parts: dict[str, Any], folder: Path, precision: Callable[[], Any]
-) -> None:
-    """Top ``folder`` up to ``num_class_images`` images made by the base model (each call
-    inside ``precision()``, a context manager)."""
-    import torch
-
-    from facegen.embedding_io import load_embeddings, save_embeddings
-    from facegen.image_io import find_images
-    from facegen.types import IdentityEmbedding
-
-    folder.mkdir(parents=True, exist_ok=True)
-    have = find_images([folder])
-    todo = cfg.num_class_images - len(have)
-    if todo <= 0:
-        return
-    arc = cfg.conditioning == "arc2face"
-    if arc and have and not (folder / CLASS_IDENTITIES_NAME).is_file():
-        raise InvalidArgumentError(
-            f"{folder} holds class images without {CLASS_IDENTITIES_NAME}; for Arc2Face, "
-            "generated class images need their identities: empty the folder or fill it yourself"
-        )
-    logger.info("generating %d class images in %s", todo, folder)
-    pipe = _sd_pipeline(parts, cfg.conditioning or "prompt")
-    embs: list[IdentityEmbedding] = []
-    names: list[str] = []
-    if arc and (folder / CLASS_IDENTITIES_NAME).is_file():
-        embs, names = load_embeddings(folder / CLASS_IDENTITIES_NAME)
-    rng = np.random.default_rng(cfg.seed + 1)
-    start = len(have)
-    for k in range(todo):
-        i = start + k
-        gen = torch.Generator().manual_seed(cfg.seed + 1000 + i)
-        size = {"height": cfg.resolution, "width": cfg.resolution}
-        steps = cfg.validation_inference_steps
-        if arc:
-            v = rng.standard_normal(512).astype(np.float32)
-            emb = IdentityEmbedding(v / np.linalg.norm(v), "arcface-onnx/arc2face")
-            with precision():
-                out = pipe(id_embeds=[emb], generator=gen, num_inference_steps=steps, **size)
-            embs.append(emb)
-        else:
-            with precision():
-                out = pipe(cfg.class_prompt, generator=gen, num_inference_steps=steps, **size)
-        image = out.images[0]
-        name = f"class-{i:05d}.png"
-        image.save(folder / name)
-        names.append(name)
-    if arc:
-        save_embeddings(folder / CLASS_IDENTITIES_NAME, embs, names=names)
-
-
-def _class_cache(
-    cfg: LoraTrainConfig, parts: dict[str, Any], analyzer: Any, precision: Callable[[], Any]
-) -> FaceCache:
-    import torch
-
-    from facegen.embedding_io import load_embeddings
-    from facegen.training.diffusion.face_cache import (
-        build_face_cache,
-        build_image_cache,
-        list_photos,
-    )
-
-    folder = cfg.class_path
-    with torch.no_grad():
-        _generate_class_images(cfg, parts, folder, precision)
-    cache_dir = Path(cfg.output_dir) / "class_cache"
-    if cfg.conditioning != "arc2face":
-        return build_image_cache(folder, cache_dir, size=cfg.resolution, vae=parts["vae"])
-    ids = folder / CLASS_IDENTITIES_NAME
-    if not ids.is_file():  # class photos of real people: analyse them like the instance photos
-        return build_face_cache(
-            folder,
-            cache_dir,
-            analyzer=analyzer,
-            size=cfg.resolution,
-            template=cfg.template,  # type: ignore[arg-type]
-            margin=cfg.crop_margin,
-            vae=parts["vae"],
-        )
-    embs, names = load_embeddings(ids)
-    by_name = dict(zip(names, embs))
-    paths = list_photos(folder)
-    missing = [p.name for p in paths if p.name not in by_name]
-    if missing:
-        raise InvalidArgumentError(
-            f"{ids} must name every class image, got none for {', '.join(missing[:3])}"
-        )
-    return build_image_cache(
-        paths,
-        cache_dir,
-        size=cfg.resolution,
-        vae=parts["vae"],
-        embeddings=[by_name[p.name] for p in paths],
-    )
 
 
 def _identity_outliers(cache: FaceCache, threshold: float | None) -> list[dict[str, Any]]:
@@ -391,105 +234,33 @@ def _identity_outliers(cache: FaceCache, threshold: float | None) -> list[dict[s
 # --------------------------------------------------------------------------- training
 
 
-@holds_output_folder("lora")
-def train_lora(
-    config: LoraTrainConfig,
-    *,
-    components: dict[str, Any] | None = None,
-    progress: bool | ProgressCallback | None = None,
-) -> TrainResult:
-    """Train a personalisation LoRA; see the module docstring for what is written.
-
-    ``components``: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (and
-    optionally ``analyzer``, a :class:`~facegen.analyzer.FaceAnalyzer`) to use instead of
-    loading ``config.base_model``. They are changed in place (moved to the device, frozen, half
-    precision under mixed precision, the trained modules added); pass copies to keep the
-    originals. ``progress``: None/True = tqdm bar, False = quiet, or a ``progress(step, total,
-    logs)`` callback. Returns a :class:`TrainResult` whose ``weights`` is the LoRA file and
-    ``extras["identity"]`` the person's mean embedding.
-    """
+def _add_loras(
+    run: TrainingRun[LoraTrainConfig],
+) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """Put the LoRA on the UNet (and on the text encoder with ``train_text_encoder``); the
+    model to train and its trainable parameters (float32 under mixed precision)."""
     import torch
-    from diffusers import DDPMScheduler
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    from facegen.adapters.arc2face import Arc2FaceIDEncoder
-    from facegen.adapters.lora import save_lora
     from facegen.adapters.peft_compat import add_lora_adapter
-    from facegen.embedding_io import save_embeddings
 
-    cfg = config
-    if not isinstance(cfg, LoraTrainConfig):
-        raise InvalidArgumentError(f"`config` must be a LoraTrainConfig, got {type(cfg).__name__}")
-    accelerator = make_accelerator(cfg)
-    parts = (
-        check_components(components)
-        if components is not None
-        else load_components(
-            cfg.base_model, revision=cfg.revision, local_files_only=cfg.local_files_only
-        )
-    )
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    device, dtype = accelerator.device, weight_dtype(accelerator)
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False)
-        m.to(device)
-    if dtype != torch.float32:  # frozen weights in half precision; the VAE only caches
-        unet.to(dtype=dtype)
-        text_encoder.to(dtype=dtype)
-    analyzer = parts.get("analyzer")
-    if analyzer is None:
-        det, enc = ANALYZERS[cfg.conditioning or "prompt"]
-        analyzer = build_analyzer(cfg, detector=det, encoder=enc)
-    cache = prepare_face_cache(
-        cfg, accelerator, analyzer=analyzer, vae=vae, template=cfg.template, flip=cfg.random_flip
-    )
-    identity = cache.mean_identity() if cache.has("embeddings") else None
-    outliers = _identity_outliers(cache, getattr(analyzer.encoder, "same_person_threshold", None))
-    arc = cfg.conditioning == "arc2face"
-    # the conditioning of every example, computed once (the text encoder is frozen); Arc2Face
-    # refuses embeddings of another encoder here, before any class image is made
-    prompts = PromptEncoder(text_encoder, parts["tokenizer"])
-    id_encoder = inst_embeds = cls_embeds = None
-    if arc:
-        cache.require("embeddings")
-        id_encoder = Arc2FaceIDEncoder(text_encoder, parts["tokenizer"])
-        ids = [identity] if cfg.identity == "mean" else cache.identity_embeddings()
-        inst_embeds = id_encoder.encode(ids).clone()
-    klass: FaceCache | None = None
-    if cfg.with_prior_preservation:
-        if accelerator.is_main_process:
-            klass = _class_cache(
-                cfg, parts, analyzer, lambda: inference_precision(accelerator, unet, text_encoder)
-            )
-        accelerator.wait_for_everyone()
-        klass = FaceCache(Path(cfg.output_dir) / "class_cache")
+    cfg, unet, text_encoder = run.cfg, run.unet, run.text_encoder
 
-    if id_encoder is not None and klass is not None:
-        cls_embeds = id_encoder.encode(klass.identity_embeddings()).clone()
-
-    unet.add_adapter(
-        LoraConfig(
+    def lora(targets: tuple[str, ...]) -> LoraConfig:
+        return LoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             init_lora_weights="gaussian",
-            target_modules=list(cfg.target_modules),
+            target_modules=list(targets),
         )
-    )
-    trained = [unet]
+
+    unet.add_adapter(lora(cfg.target_modules))
+    trained: list[torch.nn.Module] = [unet]
     if cfg.train_text_encoder:
         # peft's own API: transformers' add_adapter refuses some released peft versions
-        add_lora_adapter(
-            text_encoder,
-            LoraConfig(
-                r=cfg.rank,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                init_lora_weights="gaussian",
-                target_modules=list(cfg.text_encoder_target_modules),
-            ),
-        )
+        add_lora_adapter(text_encoder, lora(cfg.text_encoder_target_modules))
         trained.append(text_encoder)
     if cfg.mixed_precision != "no":
         cast_training_params(trained, dtype=torch.float32)
@@ -508,26 +279,55 @@ def train_lora(
             f"`text_encoder_target_modules` {list(cfg.text_encoder_target_modules)} matched "
             "no layer of the text encoder"
         )
-    params += te_params
-    tokens = PromptTokens(parts["tokenizer"])
     model = _text_model(unet, text_encoder) if cfg.train_text_encoder else unet
-    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
-    fields = ("latents", "caption", "index")
-    data: Any = CacheDataset(
-        cache, fields, random_flip=cfg.random_flip, default_caption=cfg.instance_prompt
-    )
-    if klass is not None:
-        data = _Paired(data, CacheDataset(klass, fields, default_caption=cfg.class_prompt))
+    return model, params + te_params
 
-    def condition(batch: dict[str, Any], prefix: str) -> Any:
+
+class _Objective:
+    """DreamBooth's loss on the photos, plus ``prior_loss_weight`` times the loss on the class
+    images (:meth:`add_classes`).
+
+    The UNet's condition: for Arc2Face, ``prompt_embeds`` computed once from the identities
+    (the text encoder is frozen; this also refuses embeddings of another encoder before any
+    class image is made); for prompts, their embeddings, or their ``input_ids`` when the
+    text encoder trains (the model encodes them).
+    """
+
+    def __init__(
+        self, run: TrainingRun[LoraTrainConfig], identity: IdentityEmbedding | None
+    ) -> None:
+        self.run, self.cfg = run, run.cfg
+        self.device, self.dtype = run.device, run.dtype
+        self.tokens = PromptTokens(run.tokenizer)
+        self.tables: dict[str, torch.Tensor] = {}  # "" / "class_" → Arc2Face prompt_embeds
+        self.with_classes = False
+        self.id_encoder = None
+        if self.cfg.arc2face:
+            from facegen.adapters.arc2face import Arc2FaceIDEncoder
+
+            run.cache.require("embeddings")
+            self.id_encoder = Arc2FaceIDEncoder(run.text_encoder, run.tokenizer)
+            ids = [identity] if self.cfg.identity == "mean" else run.cache.identity_embeddings()
+            self.tables[""] = self.id_encoder.encode(ids).clone()
+
+    def add_classes(self, klass: FaceCache) -> None:
+        """Train on (photo, class image) pairs from now on."""
+        self.with_classes = True
+        if self.id_encoder is not None:
+            self.tables["class_"] = self.id_encoder.encode(klass.identity_embeddings()).clone()
+
+    def condition(self, batch: dict[str, Any], prefix: str) -> torch.Tensor:
         """``prompt_embeds`` (B, 77, C), or the prompts' ``input_ids`` (B, 77) when the
-        text encoder trains (the model encodes them)."""
+        text encoder trains; ``prefix`` ``"class_"`` for the class half of the batch."""
+        import torch
+
+        cfg = self.cfg
         n = len(batch[f"{prefix}index"])
-        if arc:
-            table = inst_embeds if not prefix else cls_embeds
+        if cfg.arc2face:
+            table = self.tables[prefix]
             if table.shape[0] == 1:
-                return table.expand(n, -1, -1).to(device, dtype)
-            return table[torch.as_tensor(batch[f"{prefix}index"])].to(device, dtype)
+                return table.expand(n, -1, -1).to(self.device, self.dtype)
+            return table[torch.as_tensor(batch[f"{prefix}index"])].to(self.device, self.dtype)
         if prefix:
             texts = [cfg.class_prompt] * n
         elif cfg.use_captions:
@@ -535,32 +335,44 @@ def train_lora(
         else:
             texts = [cfg.instance_prompt] * n
         if cfg.train_text_encoder:
-            return tokens(texts, device)
-        return prompts(texts, device, dtype)
+            return self.tokens(texts, self.device)
+        return self.run.prompts(texts, self.device, self.dtype)
 
-    def loss_fn(model: Any, batch: dict[str, Any]) -> Any:
-        latents = sample_latents(batch, random_flip=cfg.random_flip).to(device, dtype)
-        cond = condition(batch, "")
-        if klass is not None:
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        import torch
+
+        cfg, scheduler = self.cfg, self.run.noise_scheduler
+        latents = sample_latents(batch, random_flip=cfg.random_flip).to(self.device, self.dtype)
+        cond = self.condition(batch, "")
+        if self.with_classes:
             klat = sample_latents({k[6:]: v for k, v in batch.items() if k.startswith("class_")})
-            latents = torch.cat([latents, klat.to(device, dtype)])
-            cond = torch.cat([cond, condition(batch, "class_")])
-        noisy, t, target = noisy_latents(noise_scheduler, latents, cfg.noise_offset)
+            latents = torch.cat([latents, klat.to(self.device, self.dtype)])
+            cond = torch.cat([cond, self.condition(batch, "class_")])
+        noisy, t, target = noisy_latents(scheduler, latents, cfg.noise_offset)
         pred = model(noisy, t, cond).sample
-        per = diffusion_loss(pred, target, t, noise_scheduler, cfg.snr_gamma)
-        if klass is None:
+        per = diffusion_loss(pred, target, t, scheduler, cfg.snr_gamma)
+        if not self.with_classes:
             return per.mean()
         half = per.shape[0] // 2
         return per[:half].mean() + cfg.prior_loss_weight * per[half:].mean()
 
-    def validate(step: int) -> list[Any]:
-        accelerator.unwrap_model(model).eval()
-        pipe = _sd_pipeline(parts, cfg.conditioning or "prompt")
+
+def _validator(
+    run: TrainingRun[LoraTrainConfig], model: torch.nn.Module, identity: IdentityEmbedding | None
+) -> Callable[[int], list[Image.Image]]:
+    """``validate(step)``: the person (Arc2Face) or the validation prompt, one seed each."""
+    cfg = run.cfg
+
+    def validate(step: int) -> list[Image.Image]:
+        import torch
+
+        run.accelerator.unwrap_model(model).eval()
+        pipe = base_pipeline(run)
         seeds = [cfg.seed + i for i in range(cfg.num_validation_images)]
         size = {"height": cfg.resolution, "width": cfg.resolution}
         steps = cfg.validation_inference_steps
-        with torch.no_grad(), inference_precision(accelerator, unet, text_encoder):
-            if arc:
+        with torch.no_grad(), run.precision():
+            if cfg.arc2face:
                 return pipe(
                     id_embeds=[identity],
                     num_images_per_identity=len(seeds),
@@ -574,36 +386,33 @@ def train_lora(
                 [prompt] * len(seeds), generator=gens, num_inference_steps=steps, **size
             ).images
 
-    outcome = run_training(
-        cfg,
-        accelerator,
-        model=model,
-        params=params,
-        dataset=data,
-        loss_fn=loss_fn,
-        validate=validate,
-        progress=progress,
-        name="lora",
-    )
+    return validate
 
-    out = Path(cfg.output_dir)
-    weights = out / LORA_WEIGHTS_NAME
-    meta_path = out / "facegen_lora.json"
-    if accelerator.is_main_process:
-        save_lora(
-            unet,
-            out,
-            weight_name=LORA_WEIGHTS_NAME,
-            text_encoder=text_encoder if cfg.train_text_encoder else None,
-        )
+
+def _finish(
+    run: TrainingRun[LoraTrainConfig],
+    outcome: LoopOutcome,
+    identity: IdentityEmbedding | None,
+    outliers: list[dict[str, Any]],
+) -> TrainResult:
+    """Write the LoRA, the identity and the metadata (see the module docstring)."""
+    from facegen.adapters.lora import save_lora
+    from facegen.embedding_io import save_embeddings
+
+    cfg, out, cache = run.cfg, run.output_dir, run.cache
+    metadata = out / LORA_METADATA_NAME
+
+    def save() -> None:
+        text_encoder = run.text_encoder if cfg.train_text_encoder else None
+        save_lora(run.unet, out, weight_name=LORA_WEIGHTS_NAME, text_encoder=text_encoder)
         if identity is not None:
             save_embeddings(out / IDENTITY_NAME, [identity], names=["instance"])
-        write_json(
-            meta_path,
+        write_metadata(
+            metadata,
             {
+                **run.record(outcome.steps),
                 "format": "facegen-lora",
                 "weights": LORA_WEIGHTS_NAME,
-                "base_model": cfg.base_model,
                 "conditioning": cfg.conditioning,
                 "rank": cfg.rank,
                 "alpha": cfg.lora_alpha,
@@ -611,12 +420,9 @@ def train_lora(
                 "text_encoder_target_modules": (
                     list(cfg.text_encoder_target_modules) if cfg.train_text_encoder else None
                 ),
-                "trigger": cfg.instance_prompt if not arc else None,
+                "trigger": cfg.instance_prompt if not cfg.arc2face else None,
                 "class_prompt": cfg.class_prompt if cfg.with_prior_preservation else None,
                 "prior_preservation": cfg.with_prior_preservation,
-                "steps": outcome.steps,
-                "resolution": cfg.resolution,
-                "crop_template": cfg.template,
                 "num_faces": len(cache),
                 "identity_encoder": {
                     "encoder_id": cache.encoder_id,
@@ -626,18 +432,57 @@ def train_lora(
                 "identity": IDENTITY_NAME if identity is not None else None,
                 "identity_outliers": outliers,
                 "seed": cfg.seed,
-                "training": cfg.to_dict(),
             },
         )
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        output_dir=out,
-        weights=weights,
-        metadata=meta_path,
-        start_step=outcome.start_step,
-        steps=outcome.steps,
-        losses=outcome.losses,
-        checkpoints=outcome.checkpoints,
-        validation_images=outcome.validation_images,
+
+    return run.finish(
+        outcome,
+        weights=out / LORA_WEIGHTS_NAME,
+        metadata=metadata,
+        save=save,
         extras={"identity": identity},
     )
+
+
+@holds_output_folder("lora")
+def train_lora(
+    config: LoraTrainConfig,
+    *,
+    components: dict[str, Any] | None = None,
+    progress: bool | ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a personalisation LoRA; see the module docstring for what is written.
+
+    ``components`` (injected base-model components, changed in place: pass copies to keep
+    the originals) and ``progress``: see :func:`.components.prepare_run` and
+    :func:`.loop.run_training`. Returns a :class:`TrainResult` whose ``weights`` is the LoRA
+    file and ``extras["identity"]`` the person's mean embedding.
+    """
+    cfg = check_config(config, LoraTrainConfig)
+    run = prepare_run(cfg, components, flip=cfg.random_flip)
+    cache = run.cache
+    identity = cache.mean_identity() if cache.has("embeddings") else None
+    threshold = getattr(run.analyzer.encoder, "same_person_threshold", None)
+    outliers = _identity_outliers(cache, threshold)
+    objective = _Objective(run, identity)
+    classes = ClassImages(cfg.class_path, cfg.num_class_images, cfg.class_prompt)
+    klass = class_image_cache(run, classes) if cfg.with_prior_preservation else None
+    if klass is not None:
+        objective.add_classes(klass)
+    model, params = _add_loras(run)
+    fields = ("latents", "caption", "index")
+    data: CacheDataset | PairedDataset = CacheDataset(
+        cache, fields, random_flip=cfg.random_flip, default_caption=cfg.instance_prompt
+    )
+    if klass is not None:
+        data = PairedDataset(data, CacheDataset(klass, fields, default_caption=cfg.class_prompt))
+    outcome = run.train(
+        "lora",
+        model=model,
+        params=params,
+        dataset=data,
+        loss_fn=objective.loss,
+        validate=_validator(run, model, identity),
+        progress=progress,
+    )
+    return _finish(run, outcome, identity, outliers)

@@ -10,21 +10,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from facegen.errors import InvalidArgumentError
 
-__all__ = ["PromptEncoder", "diffusion_loss", "noisy_latents"]
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
+__all__ = ["PromptEncoder", "PromptTokens", "diffusion_loss", "noisy_latents"]
 
 
 class PromptTokens:
     """Prompts → CLIP ``input_ids`` ``(B, 77)`` (int64), each prompt tokenised once."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, torch.Tensor] = {}
 
-    def __call__(self, prompts: Sequence[str], device: Any = None) -> Any:
+    def __call__(
+        self, prompts: Sequence[str], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         import torch
 
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -43,13 +50,15 @@ class PromptTokens:
 class PromptEncoder:
     """Prompts → frozen CLIP ``prompt_embeds`` ``(B, 77, C)``, each prompt encoded once."""
 
-    def __init__(self, text_encoder: Any, tokenizer: Any) -> None:
+    def __init__(self, text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self._tokens = PromptTokens(tokenizer)
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, torch.Tensor] = {}
 
-    def __call__(self, prompts: Sequence[str], device: Any, dtype: Any) -> Any:
+    def __call__(
+        self, prompts: Sequence[str], device: torch.device | str, dtype: torch.dtype
+    ) -> torch.Tensor:
         import torch
 
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -62,7 +71,9 @@ class PromptEncoder:
         return torch.stack([self._cache[p] for p in prompts]).to(device, dtype)
 
 
-def noisy_latents(noise_scheduler: Any, latents: Any, noise_offset: float = 0.0) -> tuple[Any, ...]:
+def noisy_latents(
+    noise_scheduler: DDPMScheduler, latents: torch.Tensor, noise_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(noisy, timesteps, target)`` for a batch of clean ``latents`` ``(B, C, h, w)``.
 
     Timesteps uniform over the scheduler's training steps; ``target`` is the noise
@@ -94,8 +105,12 @@ def noisy_latents(noise_scheduler: Any, latents: Any, noise_offset: float = 0.0)
 
 
 def diffusion_loss(
-    pred: Any, target: Any, timesteps: Any, noise_scheduler: Any, snr_gamma: float | None
-) -> Any:
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_scheduler: DDPMScheduler,
+    snr_gamma: float | None,
+) -> torch.Tensor:
     """Per-sample MSE ``(B,)`` in float32, min-SNR-γ weighted when ``snr_gamma`` is set."""
     import torch
     import torch.nn.functional as F

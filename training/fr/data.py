@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from facegen.errors import FacegenError, InvalidArgumentError, UnknownNameError
 from facegen.image_io import IMAGE_EXTENSIONS, load_image
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "DATA_FORMATS",
@@ -99,16 +100,9 @@ class FRTransform:
     erase_ratio: tuple[float, float] = (0.3, 3.3)
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
-            raise InvalidArgumentError(
-                f"`image_size` must be an int >= 16, got {self.image_size!r}"
-            )
-        if self.image_size < 16:
-            raise InvalidArgumentError(f"`image_size` must be an int >= 16, got {self.image_size}")
+        check_int(self.image_size, "image_size", minimum=16)
         for name in ("flip_prob", "erase_prob"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise InvalidArgumentError(f"`{name}` must be in [0, 1], got {v}")
+            check_number(getattr(self, name), name, minimum=0, maximum=1)
         lo, hi = self.erase_scale
         if not 0 < lo <= hi < 1:
             raise InvalidArgumentError(

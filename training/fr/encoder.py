@@ -34,6 +34,7 @@ from facegen.base import IdentityEncoder
 from facegen.errors import InvalidArgumentError, InvalidModelError
 from facegen.training.fr.models import IResNet, load_backbone, read_config
 from facegen.types import AlignedFace, Face
+from facegen.validate import check_choice
 
 __all__ = [
     "ONNX_NAME",
@@ -146,6 +147,7 @@ def load_trained_encoder(
     (facegen's ``ArcFaceOnnxEncoder`` on ``model.onnx``) or ``"torch"`` (``model.safetensors``).
     Extra keyword arguments (``offline``, …, passed by ``FaceAnalyzer.from_names``) are ignored.
     """
+    check_choice(backend, "backend", ("onnx", "torch"))
     p = Path(folder)
     cfg = read_config(p)
     encoder_id = ENCODER_PREFIX + (name or cfg.get("name") or p.resolve().name)
@@ -171,17 +173,15 @@ def load_trained_encoder(
         if thr is not None:
             enc.same_person_threshold = float(thr)
         return enc
-    if backend == "torch":
-        model: IResNet = load_backbone(p)
-        return TorchFREncoder(
-            model,
-            encoder_id=encoder_id,
-            device=device or "cpu",
-            flip=flip,
-            batch_size=batch_size,
-            same_person_threshold=thr,
-        )
-    raise InvalidArgumentError(f"`backend` must be 'onnx' or 'torch', got {backend!r}")
+    model: IResNet = load_backbone(p)
+    return TorchFREncoder(
+        model,
+        encoder_id=encoder_id,
+        device=device or "cpu",
+        flip=flip,
+        batch_size=batch_size,
+        same_person_threshold=thr,
+    )
 
 
 def register_trained_encoder(

@@ -43,6 +43,7 @@ from facegen.base import IdentityEncoder
 from facegen.errors import InvalidArgumentError
 from facegen.identity import eer, roc_auc
 from facegen.image_io import load_image
+from facegen.validate import check_int
 
 __all__ = [
     "ACC_THRESHOLDS",
@@ -227,8 +228,7 @@ def make_verification_pairs(
     gen = np.stack([ii[same], jj[same]], 1)
     imp_all = np.stack([ii[~same], jj[~same]], 1)
     k = len(gen) if num_impostor is None else num_impostor
-    if not 0 <= k <= len(imp_all):
-        raise InvalidArgumentError(f"`num_impostor` must be in [0, {len(imp_all)}], got {k}")
+    check_int(k, "num_impostor", minimum=0, maximum=len(imp_all))
     gen = gen[rng.permutation(len(gen))]
     imp = imp_all[rng.choice(len(imp_all), size=k, replace=False)]
     out: list[tuple[int, int, bool]] = []
@@ -268,8 +268,7 @@ def embed_flip_sum(
     its training flag restored afterwards) or an :class:`IdentityEncoder` (its raw
     ``_forward``). Also returns insightface's ``xnorm``: the mean norm of all raw features.
     """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"`batch_size` must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", minimum=1)
     from facegen.training.fr.data import resize_square, to_input_tensor
 
     size = _input_size(model, image_size)

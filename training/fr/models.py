@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegen.errors import InvalidArgumentError, InvalidModelError, UnknownNameError
+from facegen.fileio import write_json
+from facegen.validate import check_int, check_number
 
 __all__ = [
     "ARCHITECTURES",
@@ -118,17 +120,9 @@ class IResNetConfig:
             raise InvalidArgumentError(f"`layers` must be 4 block counts >= 1, got {self.layers!r}")
         object.__setattr__(self, "layers", layers)
         for name in ("num_features", "width"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidArgumentError(f"`{name}` must be an int >= 1, got {v!r}")
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int):
-            raise InvalidArgumentError(
-                f"`input_size` must be an int >= 16, got {self.input_size!r}"
-            )
-        if self.input_size < 16:
-            raise InvalidArgumentError(f"`input_size` must be an int >= 16, got {self.input_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise InvalidArgumentError(f"`dropout` must be in [0, 1), got {self.dropout}")
+            check_int(getattr(self, name), name, minimum=1)
+        check_int(self.input_size, "input_size", minimum=16)
+        check_number(self.dropout, "dropout", minimum=0, maximum=1, max_open=True)
 
     @property
     def feature_map_size(self) -> int:
@@ -300,7 +294,7 @@ def save_backbone(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = {"backbone": model.config.to_dict(), **(extra or {})}
-    (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+    write_json(out / CONFIG_NAME, cfg, sort_keys=True)
     return out
 
 
@@ -387,12 +381,10 @@ class MarginHead(nn.Module):
 
     def __init__(self, embedding_size: int, num_classes: int, *, s: float, m: float) -> None:
         super().__init__()
-        for name, v in (("embedding_size", embedding_size), ("num_classes", num_classes)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidArgumentError(f"`{name}` must be an int >= 1, got {v!r}")
-        if not s > 0:
-            raise InvalidArgumentError(f"`s` must be > 0, got {s}")
-        if not 0 <= m < math.pi / 2:
+        check_int(embedding_size, "embedding_size", minimum=1)
+        check_int(num_classes, "num_classes", minimum=1)
+        check_number(s, "s", minimum=0, min_open=True)
+        if not 0 <= check_number(m, "m") < math.pi / 2:
             raise InvalidArgumentError(f"`m` must be in [0, π/2), got {m}")
         self.embedding_size, self.num_classes, self.s, self.m = embedding_size, num_classes, s, m
         self.weight = nn.Parameter(torch.normal(0, 0.01, (num_classes, embedding_size)))
@@ -483,10 +475,8 @@ class AdaFaceHead(MarginHead):
         t_alpha: float = 0.01,
     ) -> None:
         super().__init__(embedding_size, num_classes, s=s, m=m)
-        if not 0 < t_alpha <= 1:
-            raise InvalidArgumentError(f"`t_alpha` must be in (0, 1], got {t_alpha}")
-        if not h > 0:
-            raise InvalidArgumentError(f"`h` must be > 0, got {h}")
+        check_number(t_alpha, "t_alpha", minimum=0, maximum=1, min_open=True)
+        check_number(h, "h", minimum=0, min_open=True)
         self.h, self.t_alpha = h, t_alpha
         self.register_buffer("batch_mean", torch.full((1,), 20.0))
         self.register_buffer("batch_std", torch.full((1,), 100.0))

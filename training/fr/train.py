@@ -31,22 +31,21 @@ encoder with :func:`facegen.training.fr.encoder.load_trained_encoder`.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 from facegen.errors import InvalidArgumentError, UnknownNameError
 from facegen.training import checkpoint
+from facegen.training.checkpoint import TrainingState
 from facegen.training.fr.data import DATA_FORMATS, FRTransform, open_fr_dataset
 from facegen.training.fr.eval import (
     VerificationResult,
@@ -55,7 +54,20 @@ from facegen.training.fr.eval import (
     load_verification_set,
 )
 from facegen.training.fr.models import ARCHITECTURES, HEADS, IResNet, build_backbone, build_head
-from facegen.training.resume import holds_output_folder, resolve_resume
+from facegen.training.resume import CheckpointSeries, holds_output_folder
+from facegen.training.run import (
+    MetricsLog,
+    make_accelerator,
+    run_steps,
+    shuffled_loader,
+    steps_per_epoch,
+)
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from tqdm import tqdm
 
 __all__ = ["SCHEDULES", "FRTrainConfig", "FRTrainResult", "latest_checkpoint", "train_fr"]
 
@@ -66,9 +78,23 @@ PRECISIONS = ("no", "fp16", "bf16")
 CHECKPOINT_PREFIX = "step-"
 
 
-def _int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise InvalidArgumentError(f"`{name}` must be an int >= {lo}, got {v!r}")
+#: The integer settings and their smallest values.
+_INT_MINIMUMS = (
+    ("width", 1),
+    ("input_size", 16),
+    ("embedding_size", 1),
+    ("batch_size", 1),
+    ("epochs", 1),
+    ("warmup_steps", 0),
+    ("grad_accum_steps", 1),
+    ("num_workers", 0),
+    ("save_every", 0),
+    ("keep_checkpoints", 1),
+    ("eval_every", 0),
+    ("val_batch_size", 1),
+    ("log_every", 1),
+    ("seed", 0),
+)
 
 
 @dataclass
@@ -139,43 +165,17 @@ class FRTrainConfig:
             raise UnknownNameError("backbone", self.backbone, ARCHITECTURES)
         if self.head not in HEADS:
             raise UnknownNameError("margin head", self.head, HEADS)
-        if self.schedule not in SCHEDULES:
-            raise InvalidArgumentError(
-                f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}"
-            )
-        if self.mixed_precision not in PRECISIONS:
-            raise InvalidArgumentError(
-                f"`mixed_precision` must be one of {PRECISIONS}, got {self.mixed_precision!r}"
-            )
-        for name, lo in (
-            ("width", 1),
-            ("input_size", 16),
-            ("embedding_size", 1),
-            ("batch_size", 1),
-            ("epochs", 1),
-            ("warmup_steps", 0),
-            ("grad_accum_steps", 1),
-            ("num_workers", 0),
-            ("save_every", 0),
-            ("keep_checkpoints", 1),
-            ("eval_every", 0),
-            ("val_batch_size", 1),
-            ("log_every", 1),
-            ("seed", 0),
-        ):
-            _int(name, getattr(self, name), lo)
+        check_choice(self.schedule, "schedule", SCHEDULES)
+        check_choice(self.mixed_precision, "mixed_precision", PRECISIONS)
+        for name, lo in _INT_MINIMUMS:
+            check_int(getattr(self, name), name, minimum=lo)
         if self.max_steps is not None:
-            _int("max_steps", self.max_steps, 1)
+            check_int(self.max_steps, "max_steps", minimum=1)
         for name in ("lr", "scale", "poly_power"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise InvalidArgumentError(f"`{name}` must be a finite number > 0, got {v!r}")
+            check_number(getattr(self, name), name, minimum=0, min_open=True)
         for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 <= v < 1):
-                raise InvalidArgumentError(f"`{name}` must be in [0, 1), got {v!r}")
-        if not 0 < self.lr_gamma <= 1:
-            raise InvalidArgumentError(f"`lr_gamma` must be in (0, 1], got {self.lr_gamma}")
+            check_number(getattr(self, name), name, minimum=0, maximum=1, max_open=True)
+        check_number(self.lr_gamma, "lr_gamma", minimum=0, maximum=1, min_open=True)
         self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
         if self.schedule == "step" and not self.lr_milestones:
             raise InvalidArgumentError(
@@ -187,9 +187,9 @@ class FRTrainConfig:
             raise InvalidArgumentError(
                 f"`lr_milestones` must be increasing epochs > 0, got {self.lr_milestones}"
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise InvalidArgumentError(f"`grad_clip` must be > 0 or None, got {self.grad_clip}")
-        if self.margin is not None and not 0 <= self.margin < math.pi / 2:
+        if self.grad_clip is not None:
+            check_number(self.grad_clip, "grad_clip", minimum=0, min_open=True)
+        if self.margin is not None and not 0 <= check_number(self.margin, "margin") < math.pi / 2:
             raise InvalidArgumentError(f"`margin` must be in [0, π/2), got {self.margin}")
         self.val_sets = tuple(str(v) for v in self.val_sets)
         if self.resume is not None:
@@ -228,7 +228,7 @@ class FRTrainResult:
         return self.validation[-1][1] if self.validation else []
 
 
-def _lr_lambda(cfg: FRTrainConfig, total: int, steps_per_epoch: int) -> Any:
+def _lr_lambda(cfg: FRTrainConfig, total: int, steps_per_epoch: int) -> Callable[[int], float]:
     warm = min(cfg.warmup_steps, total)
     milestones = [round(m * steps_per_epoch) for m in cfg.lr_milestones]
 
@@ -247,61 +247,27 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return checkpoint.latest_checkpoint(output_dir, CHECKPOINT_PREFIX)
 
 
-def _trackers(cfg: FRTrainConfig) -> list[str] | None:
-    if cfg.tensorboard and (
-        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
-    ):
-        return ["tensorboard"]
-    if cfg.tensorboard:
-        logger.info("tensorboard is not installed; logging to metrics.jsonl only")
-    return None
-
-
-@holds_output_folder("fr")
-def train_fr(
-    config: FRTrainConfig,
-    *,
-    dataset: Dataset | None = None,
-    backbone: IResNet | None = None,
-    val_sets: Sequence[VerificationSet] = (),
-    progress: bool = True,
-) -> FRTrainResult:
-    """Train a face-recognition backbone; see the module docstring for what is written.
-
-    ``dataset`` (with ``num_classes``) and ``backbone`` may be injected instead of being built
-    from ``config``; ``val_sets`` adds preloaded verification sets to ``config.val_sets``.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
-
-    cfg = config
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trackers = _trackers(cfg)
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        cpu=cfg.cpu,
-        log_with=trackers,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        step_scheduler_with_optimizer=False,
-    )
-    set_seed(cfg.seed)
-    main = accelerator.is_main_process
-
+def _training_set(cfg: FRTrainConfig, dataset: Dataset[Any] | None) -> tuple[Dataset[Any], int]:
+    """The injected or configured training set and its number of classes (checked)."""
     if dataset is None:
         transform = FRTransform(cfg.input_size, cfg.flip_prob, cfg.erase_prob)
         dataset = open_fr_dataset(cfg.data, fmt=cfg.data_format, transform=transform, seed=cfg.seed)
     num_classes = int(getattr(dataset, "num_classes", 0))
     if num_classes < 2:
         raise InvalidArgumentError(f"the training set must have >= 2 classes, got {num_classes}")
-    if len(dataset) < cfg.batch_size:  # type: ignore[arg-type]
+    size = len(dataset)  # type: ignore[arg-type]
+    if size < cfg.batch_size:
         raise InvalidArgumentError(
-            f"`batch_size` must be <= the number of training images ({len(dataset)}), "  # type: ignore[arg-type]
+            f"`batch_size` must be <= the number of training images ({size}), "
             f"got {cfg.batch_size} (batches are drop_last)"
         )
+    return dataset, num_classes
+
+
+def _models(
+    cfg: FRTrainConfig, backbone: IResNet | None, num_classes: int
+) -> tuple[IResNet, torch.nn.Module]:
+    """The injected or configured backbone, and a fresh margin head for ``num_classes``."""
     if backbone is None:
         backbone = build_backbone(
             cfg.backbone,
@@ -311,8 +277,13 @@ def train_fr(
             dropout=cfg.dropout,
         )
     head = build_head(cfg.head, backbone.num_features, num_classes, s=cfg.scale, m=cfg.margin)
-    vsets = list(val_sets) + [load_verification_set(p) for p in cfg.val_sets]
+    return backbone, head
 
+
+def _optimization(
+    cfg: FRTrainConfig, backbone: IResNet, head: torch.nn.Module, dataset: Dataset[Any]
+) -> tuple[torch.optim.Optimizer, DataLoader[Any]]:
+    """SGD over backbone and head, and the shuffling ``drop_last`` data loader."""
     params = [p for p in backbone.parameters() if p.requires_grad]  # features.weight is frozen
     optimizer = torch.optim.SGD(
         [{"params": params}, {"params": head.parameters()}],
@@ -320,158 +291,187 @@ def train_fr(
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        persistent_workers=False,  # workers must see dataset.set_epoch
-        # its own generator: making an iterator (a resume makes one more) must not draw from
-        # the global RNG, or dropout after a mid-epoch resume would differ from an unbroken run
-        generator=torch.Generator().manual_seed(cfg.seed),
+    loader = shuffled_loader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed
     )
-    backbone, head, optimizer, loader = accelerator.prepare(backbone, head, optimizer, loader)
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum_steps))
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer, _lr_lambda(cfg, total, steps_per_epoch)
+    return optimizer, loader
+
+
+def _continue_schedule(optimizer: AcceleratedOptimizer, scheduler: LambdaLR, factor: float) -> None:
+    """After a resume: the learning rate of *this* config's schedule (e.g. a longer
+    ``max_steps``) at the restored step, ``factor`` times the base rate."""
+    for group, base in zip(optimizer.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
+    scheduler._last_lr = [g["lr"] for g in optimizer.optimizer.param_groups]
+
+
+@dataclass
+class _Steps:
+    """One :func:`train_fr` call's work per micro-batch and per optimizer step."""
+
+    cfg: FRTrainConfig
+    accelerator: Accelerator
+    backbone: torch.nn.Module
+    head: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    vsets: list[VerificationSet]
+    total: int
+    result: FRTrainResult
+    metrics: MetricsLog
+    checkpoints: CheckpointSeries
+    bar: tqdm[Any]
+
+    def micro_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Margin-head cross-entropy (float32 logits), backward, backbone gradients clipped,
+        the optimizer's step; the batch's loss on this process."""
+        acc, cfg = self.accelerator, self.cfg
+        images, labels = batch
+        feats = self.backbone(images)
+        logits = self.head(feats.float(), labels)
+        loss = F.cross_entropy(logits, labels)
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.grad_clip is not None:
+            acc.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def after_step(self, step: int, epoch: int, loss: float) -> None:
+        """The LR schedule's step; record, log, evaluate and checkpoint step ``step``."""
+        cfg = self.cfg
+        self.scheduler.step()
+        self.result.losses.append(loss)
+        self.metrics.add_loss(loss)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch)
+        if step % cfg.log_every == 0 or step == self.total:
+            mean, rate = self.metrics.take_window()
+            batch = cfg.batch_size * cfg.grad_accum_steps * self.accelerator.num_processes
+            rec = {
+                "step": step,
+                "epoch": epoch,
+                "loss": mean,
+                "lr": self.scheduler.get_last_lr()[0],
+                "samples_per_s": rate * batch,
+            }
+            self.metrics.log(rec)
+        if self.vsets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == self.total):
+            self._evaluate(step)
+        self.checkpoints.after_step(step)
+
+    def _evaluate(self, step: int) -> None:
+        res = _validate(self.accelerator, self.backbone, self.vsets, self.cfg)
+        if not res:
+            return
+        self.result.validation.append((step, res))
+        rec: dict[str, Any] = {"step": step}
+        for r in res:
+            rec |= {
+                f"val/{r.name}/accuracy": r.accuracy,
+                f"val/{r.name}/accuracy_std": r.accuracy_std,
+                f"val/{r.name}/tar_at_far": r.tar_at_far,
+                f"val/{r.name}/auc": r.auc,
+                f"val/{r.name}/eer": r.eer,
+            }
+        self.metrics.log(rec)
+
+
+@holds_output_folder("fr")
+def train_fr(
+    config: FRTrainConfig,
+    *,
+    dataset: Dataset[Any] | None = None,
+    backbone: IResNet | None = None,
+    val_sets: Sequence[VerificationSet] = (),
+    progress: bool = True,
+) -> FRTrainResult:
+    """Train a face-recognition backbone; see the module docstring for what is written.
+
+    ``dataset`` (with ``num_classes``) and ``backbone`` may be injected instead of being built
+    from ``config``; ``val_sets`` adds preloaded verification sets to ``config.val_sets``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(
+        out,
+        mixed_precision=cfg.mixed_precision,
+        grad_accum_steps=cfg.grad_accum_steps,
+        cpu=cfg.cpu,
+        seed=cfg.seed,
+        tensorboard=cfg.tensorboard,
+        step_scheduler_with_optimizer=False,
     )
+    dataset, num_classes = _training_set(cfg, dataset)
+    backbone, head = _models(cfg, backbone, num_classes)
+    vsets = list(val_sets) + [load_verification_set(p) for p in cfg.val_sets]
+    backbone, head, optimizer, loader = accelerator.prepare(
+        backbone, head, *_optimization(cfg, backbone, head, dataset)
+    )
+    per_epoch = steps_per_epoch(loader, cfg.grad_accum_steps)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    lr_at = _lr_lambda(cfg, total, per_epoch)
+    scheduler = LambdaLR(optimizer.optimizer, lr_at)
     # what a checkpoint holds (no pickle: see facegen.training.checkpoint)
-    parts = {
-        "models": {"backbone": backbone, "head": head},
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "loaders": [loader],
-    }
-    global_step = 0
-
-    ckpt = resolve_resume(
-        cfg.resume,
-        lambda: latest_checkpoint(cfg.output_dir),
-        field="resume",
-        output_dir=cfg.output_dir,
+    state = TrainingState({"backbone": backbone, "head": head}, optimizer, scheduler, [loader])
+    checkpoints = CheckpointSeries(
+        accelerator,
+        out,
+        state,
+        loop="fr",
+        prefix=CHECKPOINT_PREFIX,
+        every=cfg.save_every,
+        keep=cfg.keep_checkpoints,
+        digits=8,
     )
-    if ckpt is not None:
-        global_step = checkpoint.load_checkpoint(ckpt, accelerator, loop="fr", **parts)[
-            "global_step"
-        ]
-        # the schedule of *this* config (e.g. a longer max_steps) from the restored step on
-        lr_at = _lr_lambda(cfg, total, steps_per_epoch)(global_step)
-        for group, base in zip(optimizer.optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * lr_at
-        scheduler._last_lr = [g["lr"] for g in optimizer.optimizer.param_groups]
-        logger.info("resumed from %s at step %d", ckpt, global_step)
-    start_step = global_step
-    if trackers:
-        accelerator.init_trackers("fr", config=_flat_config(cfg))
-
-    result = FRTrainResult(out, start_step, start_step, 0, num_classes)
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None  # noqa: SIM115
-    bar = tqdm(total=total, initial=start_step, disable=not (progress and main), desc="FR training")
-    epoch = global_step // steps_per_epoch
-    skip = (global_step % steps_per_epoch) * cfg.grad_accum_steps
-    window: list[float] = []
-    step_losses: list[float] = []
-    t0 = time.perf_counter()
-    try:
-        while global_step < total:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)  # shuffling order of this epoch
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)  # augmentation draws of this epoch
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            skip = 0
-            for images, labels in batches:
-                with accelerator.accumulate(backbone, head):
-                    feats = backbone(images)
-                    logits = head(feats.float(), labels)
-                    loss = F.cross_entropy(logits, labels)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.grad_clip is not None:
-                        accelerator.clip_grad_norm_(backbone.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_losses.append(float(loss.detach()))
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                global_step += 1
-                step = global_step
-                result.losses.append(sum(step_losses) / len(step_losses))
-                window.append(result.losses[-1])
-                step_losses = []
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.losses[-1]:.3f}", epoch=epoch)
-                if step % cfg.log_every == 0 or step == total:
-                    rec = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": sum(window) / len(window),
-                        "lr": scheduler.get_last_lr()[0],
-                        "samples_per_s": len(window)
-                        * cfg.batch_size
-                        * cfg.grad_accum_steps
-                        * accelerator.num_processes
-                        / max(1e-9, time.perf_counter() - t0),
-                    }
-                    window, t0 = [], time.perf_counter()
-                    _log(accelerator, metrics, rec, trackers)
-                if vsets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-                    res = _validate(accelerator, backbone, vsets, cfg)
-                    if res:
-                        result.validation.append((step, res))
-                        rec = {"step": step}
-                        for r in res:
-                            rec |= {
-                                f"val/{r.name}/accuracy": r.accuracy,
-                                f"val/{r.name}/accuracy_std": r.accuracy_std,
-                                f"val/{r.name}/tar_at_far": r.tar_at_far,
-                                f"val/{r.name}/auc": r.auc,
-                                f"val/{r.name}/eer": r.eer,
-                            }
-                        _log(accelerator, metrics, rec, trackers)
-                if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                    _save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, parts)
-                if step >= total:
-                    break
-            epoch += 1
-        if cfg.save_every and global_step > start_step:
-            _save_checkpoint(accelerator, out, global_step, cfg.keep_checkpoints, parts)
+    start = checkpoints.resume(cfg.resume, field="resume")
+    if start:
+        _continue_schedule(optimizer, scheduler, lr_at(start))
+    result = FRTrainResult(out, start, start, 0, num_classes)
+    show = progress and accelerator.is_main_process
+    with (
+        MetricsLog(accelerator, out, "fr", cfg.to_dict()) as metrics,
+        tqdm(total=total, initial=start, disable=not show, desc="FR training") as bar,
+    ):
+        steps = _Steps(
+            cfg=cfg,
+            accelerator=accelerator,
+            backbone=backbone,
+            head=head,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            vsets=vsets,
+            total=total,
+            result=result,
+            metrics=metrics,
+            checkpoints=checkpoints,
+            bar=bar,
+        )
+        result.steps, result.epochs = run_steps(
+            accelerator,
+            loader,
+            [backbone, head],
+            start=start,
+            total=total,
+            grad_accum_steps=cfg.grad_accum_steps,
+            micro_step=steps.micro_step,
+            on_step=steps.after_step,
+            on_epoch=getattr(dataset, "set_epoch", None),  # augmentation draws of the epoch
+        )
+        checkpoints.finish(result.steps)
         accelerator.wait_for_everyone()
-        result.steps, result.epochs = global_step, epoch
-        if main:
+        if accelerator.is_main_process:
             result.onnx_path = _save_final(accelerator, backbone, cfg, out, num_classes, result)
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-        if trackers:
-            accelerator.end_training()
     return result
 
 
-def _flat_config(cfg: FRTrainConfig) -> dict[str, Any]:
-    return {
-        k: (v if isinstance(v, int | float | str | bool) else str(v))
-        for k, v in cfg.to_dict().items()
-    }
-
-
-def _log(accelerator: Any, metrics: Any, rec: dict[str, Any], trackers: list[str] | None) -> None:
-    if metrics is not None:
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
-    logger.info(
-        "%s",
-        " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
-    )
-    if trackers:
-        accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
-
-
 def _validate(
-    accelerator: Any, backbone: Any, vsets: Sequence[VerificationSet], cfg: FRTrainConfig
+    accelerator: Accelerator,
+    backbone: torch.nn.Module,
+    vsets: Sequence[VerificationSet],
+    cfg: FRTrainConfig,
 ) -> list[VerificationResult]:
     accelerator.wait_for_everyone()
     res: list[VerificationResult] = []
@@ -487,21 +487,9 @@ def _validate(
     return res
 
 
-def _save_checkpoint(
-    accelerator: Any, out: Path, step: int, keep: int, parts: dict[str, Any]
-) -> None:
-    path = out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
-    checkpoint.save_checkpoint(
-        path, accelerator, loop="fr", counters={"global_step": step}, **parts
-    )
-    if accelerator.is_main_process:
-        checkpoint.prune_checkpoints(out, CHECKPOINT_PREFIX, keep)
-    logger.info("saved checkpoint %s", path)
-
-
 def _save_final(
-    accelerator: Any,
-    backbone: Any,
+    accelerator: Accelerator,
+    backbone: torch.nn.Module,
     cfg: FRTrainConfig,
     out: Path,
     num_classes: int,

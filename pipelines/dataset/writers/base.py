@@ -16,9 +16,9 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from facegen.errors import FacegenError, OutputError
+from facegen.validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class DatasetSample:
 
     def __post_init__(self) -> None:
         for name in ("identity", "index"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
-                raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
+            check_int(getattr(self, name), name, minimum=0)
         img = self.image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3:
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
@@ -80,6 +78,8 @@ class DatasetSample:
 def encode_image(image: np.ndarray, fmt: str = "jpg", quality: int = JPEG_QUALITY) -> bytes:
     """Encode RGB uint8 ``(H, W, 3)`` ``image`` as JPEG (``fmt="jpg"``) or PNG bytes."""
     buf = io.BytesIO()
+    from PIL import Image  # lazily: the CLI lists the writers before any image exists
+
     pil = Image.fromarray(np.ascontiguousarray(image), "RGB")
     if fmt in ("jpg", "jpeg"):
         pil.save(buf, format="JPEG", quality=quality)

@@ -18,6 +18,7 @@ from facegen.pipelines.dataset.writers.base import (
     _metadata_json,
     encode_image,
 )
+from facegen.validate import check_int
 
 __all__ = ["ImageFolderWriter", "ParquetWriter", "WebDatasetWriter"]
 
@@ -28,8 +29,7 @@ class ImageFolderWriter(DatasetWriter):
     name = "imagefolder"
 
     def __init__(self, out_dir: str | Path, *, quality: int = JPEG_QUALITY) -> None:
-        if not 1 <= quality <= 100:
-            raise ValueError(f"`quality` must be in [1, 100], got {quality}")
+        check_int(quality, "quality", minimum=1, maximum=100)
         super().__init__(out_dir)
         self.quality = quality
         self._staged: list[tuple[Path, Path]] = []
@@ -61,10 +61,8 @@ class WebDatasetWriter(DatasetWriter):
     def __init__(
         self, out_dir: str | Path, *, max_samples: int = 10_000, quality: int = JPEG_QUALITY
     ) -> None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"`max_samples` must be an int >= 1, got {max_samples!r}")
-        if not 1 <= quality <= 100:
-            raise ValueError(f"`quality` must be in [1, 100], got {quality}")
+        check_int(max_samples, "max_samples", minimum=1)
+        check_int(quality, "quality", minimum=1, maximum=100)
         super().__init__(out_dir)
         self.max_samples = max_samples
         self.quality = quality

@@ -14,6 +14,7 @@ from facegen.pipelines.dataset.writers.base import (
     DatasetWriter,
     encode_image,
 )
+from facegen.validate import check_int
 
 __all__ = ["REC_MAGIC", "RecWriter"]
 
@@ -73,8 +74,7 @@ class RecWriter(DatasetWriter):
     name = "rec"
 
     def __init__(self, out_dir: str | Path, *, quality: int = JPEG_QUALITY) -> None:
-        if not 1 <= quality <= 100:
-            raise ValueError(f"`quality` must be in [1, 100], got {quality}")
+        check_int(quality, "quality", minimum=1, maximum=100)
         super().__init__(out_dir)
         self.quality = quality
         self._blob = open(self._staging / "images.bin", "wb")  # noqa: SIM115 - closed in _finish

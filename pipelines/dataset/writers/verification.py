@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from facegen.fileio import atomic_write
 from facegen.pipelines.dataset.writers.base import (
@@ -31,6 +30,8 @@ class VerificationBin:
 
     def pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Decoded pairs as RGB uint8 ``(H, W, 3)`` arrays."""
+        from PIL import Image
+
         imgs = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in self.bins]
         return list(zip(imgs[0::2], imgs[1::2]))
 

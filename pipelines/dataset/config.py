@@ -1,0 +1,209 @@
+"""The description of a dataset run: :class:`DatasetConfig`, from a YAML/TOML/JSON file
+(:func:`load_config`), command-line flags, a web form, or any mix of them.
+
+A run saves its config as ``config.json`` beside its output; the settings that decide what
+the dataset holds (:meth:`DatasetConfig.identity_dict`) must match when a run resumes, those
+that only decide how fast it goes (batch size, export formats, holdout) may change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facegen.errors import FacegenError, InvalidArgumentError
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    from facegen.pipelines.dataset.build import DatasetSpec
+
+__all__ = ["CONFIG_KEYS", "POSE_CHOICES", "DatasetConfig", "export_formats", "load_config"]
+
+POSE_CHOICES = ("none", "reference", "sampled")
+
+#: Settings that only change how fast a run goes, not what it makes: a resumed run may differ.
+_RUNTIME_KEYS = ("batch_size", "formats", "holdout")
+
+#: Upper bounds of one run's counts (10M identities is ~30 GB of vectors to sample).
+_MAXIMA = {
+    "identities": 10_000_000,
+    "images_per_identity": 100_000,
+    "attempts": 1_000,
+    "batch_size": 4_096,
+}
+
+
+def export_formats() -> list[str]:
+    """The export formats a run may name: the dataset writers' registry
+    (:data:`facegen.pipelines.dataset.writers.WRITERS`)."""
+    from facegen.pipelines.dataset.writers import WRITERS
+
+    return WRITERS.names()
+
+
+def _check_types(values: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
+    """Scalars of the wrong kind, named by key, before the dataclass sees them."""
+    for key, v in values.items():
+        kind = annotations.get(key, "")
+        if kind.startswith("int"):
+            check_int(v, key)
+        elif kind.startswith("float"):
+            check_number(v, key)
+        elif kind == "bool" and not isinstance(v, bool):
+            raise InvalidArgumentError(f"`{key}` must be true or false, got {v!r}")
+        elif kind.startswith("str") and not isinstance(v, str):
+            raise InvalidArgumentError(f"`{key}` must be a string, got {v!r}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Everything that defines a dataset run (all JSON/YAML/TOML scalars and lists)."""
+
+    identities: int
+    images_per_identity: int
+    preset: str = "arc2face"
+    seed: int = 0
+    sampler: str = "uniform"
+    identity_separation: float = 0.3
+    min_similarity: float = 0.5
+    max_similarity: float = 0.98
+    attempts: int = 3
+    perturbation: tuple[float, ...] = (0.0,)
+    steps: int | None = None
+    dtype: str = "float32"
+    prompts: tuple[str, ...] = ()
+    pose: str = "none"
+    pose_from: str | None = None
+    keep_full: bool = False
+    watermark: bool = True
+    batch_size: int = 8
+    formats: tuple[str, ...] = ()
+    holdout: int = 0
+
+    def __post_init__(self) -> None:
+        for name, maximum in _MAXIMA.items():
+            check_int(getattr(self, name), name, minimum=1, maximum=maximum)
+        check_int(self.seed, "seed", minimum=0, maximum=2**31 - 1)
+        check_number(
+            self.identity_separation, "identity_separation", minimum=-1, maximum=1, min_open=True
+        )
+        if self.steps is not None:
+            check_int(self.steps, "steps", minimum=1)
+        check_choice(self.pose, "pose", POSE_CHOICES)
+        if (self.pose == "none") != (self.pose_from is None):
+            raise InvalidArgumentError(
+                "`pose` 'reference'/'sampled' needs `pose_from` (a folder of reference photos), "
+                f"and `pose_from` needs one of them; got pose={self.pose!r}, "
+                f"pose_from={self.pose_from!r}"
+            )
+        for f in self.formats:
+            check_choice(f, "formats", export_formats())
+        check_int(self.holdout, "holdout", minimum=0)
+        if self.holdout == 1:
+            raise InvalidArgumentError(f"`holdout` must be 0 or >= 2, got {self.holdout}")
+        if self.holdout >= self.identities:
+            raise InvalidArgumentError(
+                f"`holdout` must be < `identities` ({self.identities}), got {self.holdout}"
+            )
+        self.spec()  # validates similarity bounds, perturbation levels
+
+    def spec(self) -> DatasetSpec:
+        """The :class:`~facegen.pipelines.dataset.build.DatasetSpec` of this run."""
+        from facegen.pipelines.dataset.build import DatasetSpec
+
+        return DatasetSpec(
+            images_per_identity=self.images_per_identity,
+            min_similarity=self.min_similarity,
+            max_similarity=self.max_similarity,
+            max_attempts=self.attempts,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            perturbation=tuple(self.perturbation),
+            keep_full=self.keep_full,
+            watermark=self.watermark,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> DatasetConfig:
+        """Build from a mapping; dashes in keys are accepted; unknown keys are refused."""
+        known = set(CONFIG_KEYS)
+        norm = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(norm) - known)
+        if unknown:
+            raise FacegenError(
+                f"{source}: unknown setting(s) {unknown}; valid: {', '.join(sorted(known))}"
+            )
+        missing = [k for k in ("identities", "images_per_identity") if norm.get(k) is None]
+        if missing:
+            raise FacegenError(f"{source}: `{'`, `'.join(missing)}` must be given")
+        for k in ("perturbation", "prompts", "formats"):
+            v = norm.get(k)
+            if isinstance(v, str):
+                norm[k] = [t for t in v.split(",") if t] if k != "prompts" else [v]
+            if norm.get(k) is not None:
+                norm[k] = tuple(norm[k])
+        if norm.get("perturbation") is not None:
+            try:
+                norm["perturbation"] = tuple(float(x) for x in norm["perturbation"])
+            except (TypeError, ValueError):
+                raise FacegenError(
+                    f"{source}: `perturbation` must be numbers (levels in [0, 1)), got "
+                    f"{data.get('perturbation')!r}"
+                ) from None
+        norm = {k: v for k, v in norm.items() if v is not None}
+        try:
+            _check_types(norm, {f.name: str(f.type) for f in fields(cls)})
+            return cls(**norm)
+        except (TypeError, ValueError) as e:
+            raise FacegenError(f"{source}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The settings that determine the dataset's content (what a resume must match)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_KEYS}
+
+
+#: Every setting of a run, in declaration order (a CLI flag or config key each).
+CONFIG_KEYS = tuple(f.name for f in fields(DatasetConfig))
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a run description: ``.yaml``/``.yml``, ``.toml`` or ``.json`` → a flat mapping.
+
+    A TOML file may put the settings under a ``[dataset]`` table; so may YAML/JSON under a
+    ``dataset:`` key.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FacegenError(f"config file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise FacegenError(f"config file {p} must end in .yaml, .yml, .toml or .json")
+    except FacegenError:
+        raise
+    except Exception as e:  # yaml/toml/json parse errors have no common base
+        raise FacegenError(f"config file {p} could not be parsed: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+        data = data["dataset"]
+    if not isinstance(data, dict):
+        raise FacegenError(f"config file {p} must hold a mapping of settings")
+    return data
