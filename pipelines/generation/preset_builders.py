@@ -8,6 +8,7 @@ downloads in a constructor: weights come through :func:`facegen.hub.load_pretrai
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from facegen.adapters.arc2face import ARC2FACE_ENCODER_IDS, ARC2FACE_REPO, SD15_REPO
@@ -36,23 +37,53 @@ if TYPE_CHECKING:
 
 __all__ = ["SD15_INPAINT_REPO"]
 
+#: Licence notes shown by `facegen models list` and the web app's Models panel.
+_ARC2FACE_LICENSE = (
+    "Arc2Face: research use (FoivosPar/Arc2Face model card); SD1.5 VAE: CreativeML OpenRAIL-M"
+)
+_FACEID_LICENSE = (
+    "IP-Adapter-FaceID: non-commercial research use; SD1.5: CreativeML OpenRAIL-M; "
+    "insightface buffalo_l: non-commercial"
+)
+_RANDOM_LICENSE = "none: random weights built locally"
+
+#: What the identity-only (Arc2Face) and the identity + text (IP-Adapter-FaceID) presets share;
+#: each preset below states only its name, description and what differs.
+_IDENTITY_ONLY = PresetInfo(
+    name="",
+    description="",
+    family="arc2face",
+    takes_prompt=False,
+    controlnet="none",
+    inpainting=False,
+    identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
+    default_steps=25,
+    default_guidance=3.0,
+    license=_ARC2FACE_LICENSE,
+)
+_FACEID = replace(
+    _IDENTITY_ONLY,
+    family="sd15",
+    takes_prompt=True,
+    identity=IdentitySpec(FACEID_ENCODER_IDS, dim=512, normalized=True),
+    default_steps=30,
+    default_guidance=7.5,
+    license=_FACEID_LICENSE,
+)
+#: randomly initialised stand-ins: plumbing and demos
+_RANDOM = {"family": "tiny", "license": _RANDOM_LICENSE, "test_double": True}
+
+
 #: The SD1.5 inpainting checkpoint (9-channel UNet) the inpainting preset builds on.
 SD15_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _IDENTITY_ONLY,
         name="tiny",
         description="random tiny SD1.5-shaped components (plumbing, demos)",
-        family="tiny",
-        takes_prompt=False,
-        controlnet="none",
-        inpainting=False,
-        identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=25,
-        default_guidance=3.0,
-        license="none: random weights built locally",
-        test_double=True,
+        **_RANDOM,
     )
 )
 def _tiny(
@@ -83,17 +114,10 @@ def _tiny(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _IDENTITY_ONLY,
         name="arc2face",
         description="Arc2Face (identity only), SD1.5 base",
-        family="arc2face",
-        takes_prompt=False,
-        controlnet="none",
-        inpainting=False,
-        identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=25,
-        default_guidance=3.0,
-        license="Arc2Face: research use (FoivosPar/Arc2Face model card); SD1.5 VAE: CreativeML OpenRAIL-M",
     )
 )
 def _arc2face(
@@ -152,17 +176,13 @@ def _arc2face(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _IDENTITY_ONLY,
         name="arc2face-lcm",
         description="Arc2Face + LCM-LoRA: 4 steps, guidance 1 (LCMScheduler)",
-        family="arc2face",
-        takes_prompt=False,
-        controlnet="none",
-        inpainting=False,
-        identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
         default_steps=4,
         default_guidance=1.0,
-        license="Arc2Face: research use (FoivosPar/Arc2Face model card); SD1.5 VAE: CreativeML OpenRAIL-M; LCM-LoRA: openrail++",
+        license=_ARC2FACE_LICENSE + "; LCM-LoRA: openrail++",
     )
 )
 def _arc2face_lcm(
@@ -185,18 +205,12 @@ def _arc2face_lcm(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _IDENTITY_ONLY,
         name="tiny-controlnet",
         description="tiny preset + a random ControlNet (control plumbing, demos)",
-        family="tiny",
-        takes_prompt=False,
+        **_RANDOM,
         controlnet="built-in",
-        inpainting=False,
-        identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=25,
-        default_guidance=3.0,
-        license="none: random weights built locally",
-        test_double=True,
     )
 )
 def _tiny_controlnet(
@@ -235,17 +249,11 @@ def _tiny_controlnet(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _IDENTITY_ONLY,
         name="arc2face-controlnet",
         description="Arc2Face + its pose ControlNet (control images: EMOCA renders, or a facegen-trained landmark ControlNet via controlnet=PATH)",
-        family="arc2face",
-        takes_prompt=False,
         controlnet="built-in",
-        inpainting=False,
-        identity=IdentitySpec(ARC2FACE_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=25,
-        default_guidance=3.0,
-        license="Arc2Face: research use (FoivosPar/Arc2Face model card); SD1.5 VAE: CreativeML OpenRAIL-M",
     )
 )
 def _arc2face_controlnet(
@@ -277,18 +285,11 @@ def _arc2face_controlnet(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _FACEID,
         name="ip-adapter-faceid-plusv2-sd15",
         description="IP-Adapter-FaceID PlusV2 on SD1.5: identity + face structure (CLIP ViT-H) + text",
-        family="sd15",
-        takes_prompt=True,
-        controlnet="none",
-        inpainting=False,
-        identity=IdentitySpec(FACEID_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=30,
-        default_guidance=7.5,
-        license="IP-Adapter-FaceID: non-commercial research use; SD1.5: CreativeML OpenRAIL-M; insightface buffalo_l: non-commercial",
-        # its face-structure branch needs a crop of the identity's own photo per image
+        # its face-structure branch needs a crop of each identity's own photo
         edits_photos=False,
     )
 )
@@ -297,17 +298,10 @@ def _faceid_plusv2_sd15(**kw: Any) -> IDTextToFacePipeline:
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _FACEID,
         name="ip-adapter-faceid-sd15",
         description="IP-Adapter-FaceID on SD1.5: identity + text prompt (buffalo_l identities)",
-        family="sd15",
-        takes_prompt=True,
-        controlnet="none",
-        inpainting=False,
-        identity=IdentitySpec(FACEID_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=30,
-        default_guidance=7.5,
-        license="IP-Adapter-FaceID: non-commercial research use; SD1.5: CreativeML OpenRAIL-M; insightface buffalo_l: non-commercial",
     )
 )
 def _faceid_sd15(
@@ -393,17 +387,12 @@ def _faceid_sd15(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _FACEID,
         name="ip-adapter-faceid-inpaint-sd15",
         description="IP-Adapter-FaceID on the SD1.5 inpainting UNet: masked identity edits (swap, reenact, generative anonymization); controlnet=PATH adds a ControlNet",
-        family="sd15",
-        takes_prompt=True,
         controlnet="optional",
         inpainting=True,
-        identity=IdentitySpec(FACEID_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=30,
-        default_guidance=7.5,
-        license="IP-Adapter-FaceID: non-commercial research use; SD1.5: CreativeML OpenRAIL-M; insightface buffalo_l: non-commercial",
     )
 )
 def _faceid_inpaint_sd15(
@@ -450,18 +439,13 @@ def _faceid_inpaint_sd15(
 
 
 @register_preset(
-    PresetInfo(
+    replace(
+        _FACEID,
         name="tiny-inpaint",
         description="random tiny components with a 9-channel inpainting UNet and a random FaceID adapter (controlnet=True: + a random ControlNet); plumbing only",
-        family="tiny",
-        takes_prompt=True,
+        **_RANDOM,
         controlnet="optional",
         inpainting=True,
-        identity=IdentitySpec(FACEID_ENCODER_IDS, dim=512, normalized=True),
-        default_steps=30,
-        default_guidance=7.5,
-        license="none: random weights built locally",
-        test_double=True,
     )
 )
 def _tiny_inpaint(
