@@ -55,6 +55,12 @@ class Arc2FaceIDEncoder(IdentityAdapter):
     ``encode(id_embeds)`` → float ``(N, 77, hidden)`` ``prompt_embeds`` on the text encoder's
     device and dtype. ``id_embeds``: :class:`~facegen.types.IdentityEmbedding` objects from
     Arc2Face's ArcFace (``arcface-onnx/arc2face``), or raw ``(N, 512)`` vectors.
+
+    Other identity encoders (a generator trained by ``facegen train generator``):
+    ``encoder_ids``, ``identity_dim`` (at most the text encoder's hidden size; a narrower
+    vector is zero-padded, as Arc2Face pads 512 into 768) and ``normalized`` describe the
+    vectors it accepts; ``prompt`` / ``id_token`` the prompt whose ``id_token`` embedding is
+    replaced.
     """
 
     output_form = "prompt_embeds"
@@ -67,13 +73,16 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         prompt: str = ARC2FACE_PROMPT,
         id_token: str = "id",
         encoder_ids: tuple[str, ...] = ARC2FACE_ENCODER_IDS,
+        identity_dim: int = 512,
+        normalized: bool = True,
     ) -> None:
         hidden = int(text_encoder.config.hidden_size)
-        self.identity = IdentitySpec(encoder_ids, dim=512, normalized=True)
+        identity_dim = check_int(identity_dim, "identity_dim", minimum=1)
+        self.identity = IdentitySpec(tuple(encoder_ids), dim=identity_dim, normalized=normalized)
         if hidden < self.identity.dim:
             raise ValueError(
-                f"the text encoder's hidden size must be >= {self.identity.dim} to hold an "
-                f"ArcFace vector, got {hidden}"
+                f"the text encoder's hidden size must be >= {self.identity.dim} to hold a "
+                f"{self.identity.dim}-D identity vector, got {hidden}"
             )
         token = tokenizer.encode(id_token, add_special_tokens=False)
         if len(token) != 1:
@@ -139,12 +148,27 @@ class Arc2FaceIDEncoder(IdentityAdapter):
 
     def encode(self, id_embeds: IdentityInput, **_: Any) -> torch.Tensor:
         """``prompt_embeds`` ``(N, 77, hidden)`` for ``N`` identities."""
-        import torch.nn.functional as F
+        import torch
 
         vecs = self.identity.prepare(id_embeds, adapter="Arc2Face")
-        padded = F.pad(vecs, (0, self.hidden_size - vecs.shape[1])).to(self.device)
+        with torch.inference_mode():
+            return self.prompt_embeds(vecs)
+
+    def prompt_embeds(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``prompt_embeds`` ``(N, 77, hidden)`` of float ``(N, identity_dim)`` vectors taken
+        as they are (not checked, not normalised: :meth:`encode` does that first), with
+        autograd as the caller has it, so training the text encoder differentiates through
+        it."""
+        import torch.nn.functional as F
+
+        if vectors.ndim != 2 or vectors.shape[1] != self.identity.dim:
+            raise ValueError(
+                f"`vectors` must be (N, {self.identity.dim}), got {tuple(vectors.shape)}"
+            )
+        padded = F.pad(vectors, (0, self.hidden_size - vectors.shape[1])).to(self.device)
         with self._identity_tokens(padded):
-            return self._run(self._input_ids.repeat(len(vecs), 1))
+            ids = self._input_ids.repeat(len(vectors), 1).to(self.device)
+            return self.text_encoder(input_ids=ids)[0]
 
     def encode_unconditional(self, n: int, kind: Unconditional = "empty-prompt") -> torch.Tensor:
         """``(n, 77, hidden)`` negative embeddings: the authors' empty prompt, or a zero identity."""
@@ -215,6 +239,8 @@ class Arc2FaceIDEncoder(IdentityAdapter):
                 prompt=cfg["prompt"],
                 id_token=cfg["id_token"],
                 encoder_ids=tuple(cfg["encoder_ids"]),
+                identity_dim=int(cfg.get("identity_dim", 512)),
+                normalized=bool(cfg.get("normalized", True)),
             )
 
         text_encoder = load_pretrained(

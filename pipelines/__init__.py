@@ -37,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "PoseReference": "facegen.pipelines.generation.request",
     "RandomIdentities": "facegen.pipelines.generation.request",
     "GenerateResult": "facegen.pipelines.generation.job",
+    "GeneratorInfo": "facegen.pipelines.generation.generator_folder",
+    "load_generator": "facegen.pipelines.generation.generator_folder",
+    "save_generator": "facegen.pipelines.generation.generator_folder",
+    "SpaceToDepthLatent": "facegen.pipelines.generation.space_to_depth",
     "load_generate_pipeline": "facegen.pipelines.generation.job",
     "run_generate": "facegen.pipelines.generation.job",
     # identities
@@ -71,6 +75,7 @@ __all__ = [
     "FaceGenerationOutput",
     "GenerateRequest",
     "GenerateResult",
+    "GeneratorInfo",
     "IDTextToFaceControlNetInpaintPipeline",
     "IDTextToFaceControlNetPipeline",
     "IDTextToFaceInpaintPipeline",
@@ -82,6 +87,7 @@ __all__ = [
     "PoseReference",
     "PresetInfo",
     "RandomIdentities",
+    "SpaceToDepthLatent",
     "anonymize_file",
     "anonymize_folder",
     "anonymize_image",
@@ -92,12 +98,14 @@ __all__ = [
     "from_preset",
     "load_edit_pipeline",
     "load_generate_pipeline",
+    "load_generator",
     "preset_info",
     "preset_names",
     "reenact",
     "reenact_file",
     "run_generate",
     "sample_identities",
+    "save_generator",
     "swap",
     "swap_file",
     "verify_separation",
@@ -137,6 +145,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from facegen.pipelines.editing.swap import (
         swap,
     )
+    from facegen.pipelines.generation.generator_folder import (
+        GeneratorInfo,
+        load_generator,
+        save_generator,
+    )
     from facegen.pipelines.generation.id_text_to_face import (
         IDTextToFaceControlNetPipeline,
         IDTextToFacePipeline,
@@ -170,6 +183,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         PhotoIdentity,
         PoseReference,
         RandomIdentities,
+    )
+    from facegen.pipelines.generation.space_to_depth import (
+        SpaceToDepthLatent,
     )
     from facegen.pipelines.identities import (
         sample_identities,

@@ -52,7 +52,12 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--num-images", type=positive_int, default=4, metavar="M", help="per identity (4)"
     )
     g.add_argument(
-        "--preset", default="arc2face", choices=PRESETS.names(), help="(default: arc2face)"
+        "--preset",
+        default="arc2face",
+        type=_preset_name,
+        metavar="{" + ",".join(PRESETS.names()) + "} or PATH",
+        help="a preset, or the folder of a generator trained with `facegen train generator` "
+        "(default: arc2face)",
     )
     g.add_argument(
         "--prompt",
@@ -143,6 +148,19 @@ def _request(args: argparse.Namespace) -> GenerateRequest:
         control=control,
         batch_size=args.batch_size,
         watermark=not args.no_watermark,
+    )
+
+
+def _preset_name(text: str) -> str:
+    """A registered preset name, or the path of a generator folder (kept as given)."""
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+    from facegen.pipelines.generation.presets import PRESETS
+
+    if text in PRESETS.names() or is_generator_folder(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(PRESETS.names())}, or a generator folder (with "
+        f"facegen_generator.json), got {text!r}"
     )
 
 

@@ -50,6 +50,12 @@ def config_from(cls: type, args: argparse.Namespace, keys: dict[str, str]) -> An
 def add_train_parsers(sub: Any) -> None:
     t = sub.add_parser("train", parents=subcommand_parents(), help="train facegen's models")
     tsub = t.add_subparsers(dest="train_command", metavar="WHAT", required=True)
+    _add_fr_parser(tsub)
+    _add_generative_parsers(tsub)
+    _add_eval_parsers(sub)
+
+
+def _add_fr_parser(tsub: Any) -> None:
     f = tsub.add_parser(
         "fr",
         parents=subcommand_parents(),
@@ -77,10 +83,17 @@ def add_train_parsers(sub: Any) -> None:
     f.add_argument("--workers", dest="num_workers", type=int)
     f.set_defaults(func=cmd_train_fr)
 
+
+def _add_generative_parsers(tsub: Any) -> None:
     for name, what in (
         ("lora", "LoRA personalization from photos of one person (diffusers LoRA file)"),
         ("adapter", "an IP-Adapter-FaceID-style identity adapter for any identity encoder"),
         ("controlnet", "a landmark ControlNet matching facegen's landmark maps"),
+        (
+            "generator",
+            "an identity-conditioned generator (Arc2Face's recipe), from scratch or fine-tuned; "
+            "the output folder loads with `facegen generate --preset OUT`",
+        ),
     ):
         g = tsub.add_parser(
             name,
@@ -95,7 +108,10 @@ def add_train_parsers(sub: Any) -> None:
         g.add_argument("--config", type=Path, help="settings file (.yaml/.toml/.json)")
         g.add_argument(
             "--base-model",
-            help="SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
+            help="'scratch' (default: a small model trained from nothing), SD1.5 folder or hub "
+            "id, 'arc2face', or 'tiny' (random, for plumbing)"
+            if name == "generator"
+            else "SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
         )
         g.add_argument("--resolution", type=positive_int)
         g.add_argument("--batch-size", type=positive_int)
@@ -121,8 +137,12 @@ def add_train_parsers(sub: Any) -> None:
         if name == "adapter":
             g.add_argument("--encoder", help="identity encoder the adapter expects (dlib)")
             g.add_argument("--num-tokens", type=positive_int)
+        if name == "generator":
+            _add_generator_options(g)
         g.set_defaults(func=cmd_train_generative, train_kind=name)
 
+
+def _add_eval_parsers(sub: Any) -> None:
     e = sub.add_parser("eval", parents=subcommand_parents(), help="evaluate models")
     esub = e.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     v = esub.add_parser(
@@ -180,6 +200,28 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generator_options(g: argparse.ArgumentParser) -> None:
+    """The options only ``facegen train generator`` has (the rest: ``--config``)."""
+    g.add_argument("--encoder", help="identity encoder (dlib; arcface-onnx for arc2face)")
+    g.add_argument("--grad-accum-steps", type=positive_int)
+    g.add_argument(
+        "--gradient-checkpointing", action="store_true", default=None, help="save memory"
+    )
+    g.add_argument("--id-drop-prob", type=float, help="null-identity rate for CFG (0.1)")
+    g.add_argument(
+        "--partial-drop-prob",
+        type=float,
+        help="IDiff-Face contextual partial dropout of the identity's entries (0 = off)",
+    )
+    g.add_argument("--unet-lr", type=float, help="UNet learning rate (default --lr)")
+    g.add_argument("--text-encoder-lr", type=float, help="text encoder learning rate (--lr)")
+    g.add_argument(
+        "--no-ema", dest="use_ema", action="store_false", default=None, help="save the last weights"
+    )
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--random-flip", action="store_true", default=None)
+
+
 _GEN_KEYS = {
     "data_dir": "data",
     "output_dir": "out",
@@ -200,6 +242,15 @@ _GEN_KEYS = {
     "conditioning": "conditioning",
     "encoder": "encoder",
     "num_tokens": "num_tokens",
+    "grad_accum_steps": "grad_accum_steps",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "id_drop_prob": "id_drop_prob",
+    "id_partial_drop_prob": "partial_drop_prob",
+    "unet_learning_rate": "unet_lr",
+    "text_encoder_learning_rate": "text_encoder_lr",
+    "use_ema": "use_ema",
+    "ema_decay": "ema_decay",
+    "random_flip": "random_flip",
 }
 
 
@@ -213,6 +264,10 @@ def _generative_trainer(kind: str) -> tuple[type, Callable[[Any], Any]]:
         from facegen.training.diffusion.adapter import AdapterTrainConfig, train_adapter
 
         return AdapterTrainConfig, train_adapter
+    if kind == "generator":
+        from facegen.training.diffusion.generator import GeneratorTrainConfig, train_generator
+
+        return GeneratorTrainConfig, train_generator
     from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
 
     return ControlNetTrainConfig, train_controlnet

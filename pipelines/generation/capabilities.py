@@ -18,8 +18,9 @@ __all__ = ["ControlNetSupport", "PresetInfo"]
 #: ``optional``: ``controlnet=PATH`` adds one.
 ControlNetSupport = Literal["none", "built-in", "optional"]
 _CONTROLNET_SUPPORT = ("none", "built-in", "optional")
-#: base model families, i.e. what a LoRA for the preset is trained on
-_FAMILIES = ("arc2face", "sd15", "tiny")
+#: base model families, i.e. what a LoRA for the preset is trained on (``scratch``: a
+#: generator facegen trained from scratch, loaded from its folder)
+_FAMILIES = ("arc2face", "sd15", "tiny", "scratch")
 
 
 @dataclass(frozen=True)

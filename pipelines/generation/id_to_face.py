@@ -123,6 +123,12 @@ class IDGenerationMixin:
     #: Used when a call does not give them (the authors' values; LCM presets change them).
     default_steps: int = 25
     default_guidance: float = 3.0
+    #: The negative embeddings used when a call gives no ``unconditional`` (the authors' empty
+    #: prompt; a generator trained with a dropped identity says ``"zero-identity"``).
+    default_unconditional: Unconditional = "empty-prompt"
+    #: More keywords of :class:`Arc2FaceIDEncoder` (``prompt``, ``id_token``,
+    #: ``identity_dim``, ``normalized``), set by generator folders.
+    id_encoder_options: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance
 
     @property
     def needs_face_crops(self) -> bool:
@@ -139,7 +145,10 @@ class IDGenerationMixin:
         enc = getattr(self, "_id_encoder", None)
         if enc is None or enc.text_encoder is not self.text_encoder:
             enc = Arc2FaceIDEncoder(
-                self.text_encoder, self.tokenizer, encoder_ids=self.id_encoder_ids
+                self.text_encoder,
+                self.tokenizer,
+                encoder_ids=self.id_encoder_ids,
+                **self.id_encoder_options,
             )
             self._id_encoder = enc
         return enc
@@ -338,7 +347,7 @@ class IDGenerationMixin:
         guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
-        unconditional: Unconditional = "empty-prompt",
+        unconditional: Unconditional | None = None,
         measure_identity: bool = False,
         batch_size: int | None = None,
         output_type: str = "pil",
@@ -367,6 +376,8 @@ class IDGenerationMixin:
         # 1. check inputs (steps/guidance default to the preset's, e.g. 4 and 1.0 with LCM)
         steps = self.default_steps if num_inference_steps is None else num_inference_steps
         guidance = self.default_guidance if guidance_scale is None else guidance_scale
+        if unconditional is None:
+            unconditional = self.default_unconditional
         self._check_call(
             id_embeds, images, prompt, negative_prompt, control_image, measure_identity, kwargs
         )

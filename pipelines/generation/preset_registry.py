@@ -7,6 +7,7 @@ import :mod:`facegen.pipelines.generation.presets` (which loads both) rather tha
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,8 +53,23 @@ def register_preset(info: PresetInfo) -> Callable[[Callable[..., Any]], Callable
     return add
 
 
+def _generator_folder(name: object) -> bool:
+    """Whether ``name`` is not a registered preset but a generator folder's path."""
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+
+    return (
+        isinstance(name, str | os.PathLike) and str(name) not in _INFO and is_generator_folder(name)
+    )
+
+
 def preset_info(name: str) -> PresetInfo:
-    """The capabilities of preset ``name``; an unknown name lists the registered ones."""
+    """The capabilities of preset ``name`` (or of the generator folder at that path, see
+    :mod:`~facegen.pipelines.generation.generator_folder`); an unknown name lists the
+    registered ones."""
+    if _generator_folder(name):
+        from facegen.pipelines.generation.generator_folder import read_generator_info
+
+        return read_generator_info(name).preset_info(str(name))
     PRESETS.get(name)  # raises UnknownNameError with the valid names
     return _INFO[name]
 
@@ -126,7 +142,20 @@ def from_preset(
     **kwargs: Any,
 ) -> IDGenerationMixin:
     """Build the pipeline of preset ``name`` on ``device``/``dtype`` (the presets are listed
-    in :mod:`facegen.pipelines.generation.presets`; an unknown name lists them)."""
+    in :mod:`facegen.pipelines.generation.presets`; an unknown name lists them). ``name`` may
+    also be the path of a generator folder (``facegen train generator``'s output), loaded by
+    :func:`~facegen.pipelines.generation.generator_folder.load_generator`."""
+    if _generator_folder(name):
+        from facegen.pipelines.generation.generator_folder import load_generator
+
+        return load_generator(
+            name,
+            name=str(name),
+            device=device,
+            dtype=resolve_dtype(dtype, device),
+            local_files_only=local_files_only,
+            **kwargs,
+        )
     return PRESETS.create(
         name, device=device, dtype=dtype, local_files_only=local_files_only, **kwargs
     )

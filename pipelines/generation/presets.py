@@ -14,6 +14,10 @@ the builders in :mod:`~facegen.pipelines.generation.preset_builders`; import the
 | ``tiny-controlnet`` | ``tiny`` + a random ControlNet | none |
 | ``ip-adapter-faceid-inpaint-sd15`` | identity + text inpainting (masked face editing) with the SD1.5 inpainting UNet (9 channels) + IP-Adapter-FaceID and its LoRA, DDIM, 30 steps, guidance 7.5; ``controlnet=PATH`` adds a ControlNet (e.g. a facegen-trained landmark one) | ``stable-diffusion-v1-5/stable-diffusion-inpainting`` + ``h94/IP-Adapter-FaceID`` + buffalo_l |
 | ``tiny-inpaint`` | tiny components with a 9-channel inpainting UNet + a random FaceID adapter (``controlnet=True``: + a random ControlNet) | none |
+
+``from_preset(PATH)`` also loads a generator folder written by ``facegen train generator``
+(:mod:`~facegen.pipelines.generation.generator_folder`): an identity-only
+``IDToFacePipeline`` for the identity encoder it was trained on.
 """
 
 from __future__ import annotations

@@ -338,11 +338,13 @@ class TrainingRun(Generic[C_co]):
         name: str,
         *,
         model: torch.nn.Module,
-        params: Sequence[torch.nn.Parameter],
+        params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
         dataset: Any,
         loss_fn: LossFunction,
         validate: Validation | None,
         progress: bool | ProgressCallback | None,
+        on_step: Callable[[int], None] | None = None,
+        extra_models: Mapping[str, torch.nn.Module] | None = None,
     ) -> LoopOutcome:
         """:func:`~facegen.training.diffusion.loop.run_training` with this run's config."""
         from facegen.training.diffusion.loop import run_training
@@ -357,6 +359,8 @@ class TrainingRun(Generic[C_co]):
             validate=validate,
             progress=progress,
             name=name,
+            on_step=on_step,
+            extra_models=extra_models,
         )
 
     def record(self, steps: int) -> dict[str, Any]:

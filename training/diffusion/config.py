@@ -3,7 +3,8 @@
 :class:`TrainConfig` holds the fields every loop has; each loop's config
 (:class:`~facegen.training.diffusion.lora.LoraTrainConfig`,
 :class:`~facegen.training.diffusion.adapter.AdapterTrainConfig`,
-:class:`~facegen.training.diffusion.controlnet.ControlNetTrainConfig`) adds its own;
+:class:`~facegen.training.diffusion.controlnet.ControlNetTrainConfig`,
+:class:`~facegen.training.diffusion.generator.GeneratorTrainConfig`) adds its own;
 :class:`ConditionedTrainConfig` adds the conditioning (prompts or Arc2Face identities) the
 LoRA and ControlNet loops share. Configs are
 validated on creation (errors name the field, what it must be and what it got) and convert
@@ -95,10 +96,11 @@ _NUMBER_BOUNDS: tuple[tuple[str, dict[str, Any]], ...] = (
 _OPTIONAL = ("max_grad_norm", "snr_gamma")
 
 #: Defaults of the settings that depend on the base model (``None``: every real base, SD1.5
-#: and Arc2Face).
+#: and Arc2Face; ``"scratch"``: a generator trained from scratch, 64×64).
 BASE_DEFAULTS: dict[str | None, dict[str, int]] = {
     None: {"resolution": 512, "validation_inference_steps": 25},
     "tiny": {"resolution": 64, "validation_inference_steps": 4},
+    "scratch": {"resolution": 64, "validation_inference_steps": 25},
 }
 
 

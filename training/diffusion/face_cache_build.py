@@ -163,7 +163,7 @@ class _Writer:
         assert vae is not None  # only called with a VAE
         scale = float(vae.config.scaling_factor)
         shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        dtype = next(vae.parameters()).dtype
+        dtype = vae.dtype  # ModelMixin's: also for a VAE without weights (space-to-depth)
         means, stds = [], []
         with torch.no_grad():
             for s in range(0, len(pixels), self.batch):

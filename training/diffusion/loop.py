@@ -14,6 +14,7 @@ Output layout of every loop (``output_dir``)::
     <the trained weights and their metadata, see each loop>
     checkpoints/checkpoint-N/    the training state, only safetensors and JSON:
         trainable.safetensors          the trainable parameters (not the frozen base model)
+        <name>.safetensors             a loop's ``extra_models`` (the generator's ``ema``)
         optimizer.safetensors/.json    AdamW's moments and step per parameter; its groups
         scheduler.json                 the LR schedule's state_dict
         scaler.json                    the fp16 gradient scaler's state (fp16 only)
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,9 +90,10 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _optimization(
-    cfg: TrainConfig, accelerator: Accelerator, params: list[torch.nn.Parameter], dataset: Any
+    cfg: TrainConfig, accelerator: Accelerator, params: list[Any], dataset: Any
 ) -> tuple[torch.optim.Optimizer, DataLoader[Any], LRScheduler]:
-    """AdamW over ``params``, the shuffling data loader and the LR schedule of ``cfg``."""
+    """AdamW over ``params`` (parameters, or torch parameter groups with their own ``lr``),
+    the shuffling data loader and the LR schedule of ``cfg``."""
     import torch
     from diffusers.optimization import get_scheduler
 
@@ -157,6 +159,7 @@ class _Steps:
     loss_fn: LossFunction
     validate: Validation | None
     callback: ProgressCallback | None
+    on_step: Callable[[int], None] | None
     outcome: LoopOutcome
     metrics: MetricsLog
     checkpoints: CheckpointSeries
@@ -184,6 +187,8 @@ class _Steps:
                 f"the loss must stay finite, got {loss} at step {step}; lower "
                 "`learning_rate`, or use bf16 instead of fp16 mixed precision"
             )
+        if self.on_step is not None:
+            self.on_step(step)
         self.outcome.losses.append(loss)
         self.metrics.add_loss(loss)
         logs = {"loss": loss, "lr": float(self.scheduler.get_last_lr()[0])}
@@ -213,17 +218,42 @@ class _Steps:
             self.model.train()
 
 
+def _check_trainable(
+    cfg: TrainConfig,
+    params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
+    dataset: Any,
+) -> tuple[list[Any], list[torch.nn.Parameter]]:
+    """``params`` as a list (parameters or parameter groups) and as flat parameters; refuses
+    nothing to train and a dataset smaller than one batch."""
+    groups = list(params)
+    flat = (
+        [p for g in groups for p in g["params"]]
+        if groups and isinstance(groups[0], dict)
+        else groups
+    )
+    if not flat:
+        raise InvalidArgumentError("there is nothing to train: no parameter requires grad")
+    if len(dataset) < cfg.batch_size:
+        raise InvalidArgumentError(
+            f"`batch_size` must be <= the number of training examples ({len(dataset)}), "
+            f"got {cfg.batch_size}"
+        )
+    return groups, flat
+
+
 def run_training(
     cfg: TrainConfig,
     accelerator: Accelerator,
     *,
     model: torch.nn.Module,
-    params: Sequence[torch.nn.Parameter],
+    params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
     dataset: Any,
     loss_fn: LossFunction,
     validate: Validation | None = None,
     progress: bool | ProgressCallback | None = None,
     name: str = "training",
+    on_step: Callable[[int], None] | None = None,
+    extra_models: Mapping[str, torch.nn.Module] | None = None,
 ) -> LoopOutcome:
     """Optimise ``params`` (inside ``model``) on ``dataset`` for ``cfg.max_steps`` steps.
 
@@ -231,26 +261,27 @@ def run_training(
     ``validate(step)`` returns PIL images (saved under ``validation/step-N``, logged to
     TensorBoard). ``progress``: None/True = a tqdm bar, False = none, a callable =
     :data:`ProgressCallback`. Resumes from ``cfg.resume_from_checkpoint``.
+
+    ``params`` may also be torch parameter groups (dicts with ``params`` and their own
+    ``lr``), e.g. one learning rate per part. ``on_step(step)`` runs after each optimizer
+    step, before that step's checkpoint (e.g. an EMA update). ``extra_models``: more modules
+    saved in (and restored from) every checkpoint by name, their parameters that require
+    grad (e.g. ``{"ema": averaged_copy}``; not optimised unless also in ``params``).
     """
     from tqdm.auto import tqdm
 
     from facegen.training.checkpoint import TrainingState
 
-    params = list(params)
-    if not params:
-        raise InvalidArgumentError("there is nothing to train: no parameter requires grad")
-    if len(dataset) < cfg.batch_size:
-        raise InvalidArgumentError(
-            f"`batch_size` must be <= the number of training examples ({len(dataset)}), "
-            f"got {cfg.batch_size}"
-        )
+    groups, flat = _check_trainable(cfg, params, dataset)
     model, optimizer, loader, scheduler = accelerator.prepare(
-        model, *_optimization(cfg, accelerator, params, dataset)
+        model, *_optimization(cfg, accelerator, groups, dataset)
     )
     # what a checkpoint holds: the trainable parameters of ``model`` (a LoRA, an adapter, a
     # ControlNet; not the frozen UNet they may live in), the optimizer, the LR schedule and
     # the random states, including the loader's own generator
-    state = TrainingState({"trainable": model}, optimizer, scheduler, [loader])
+    state = TrainingState(
+        {"trainable": model, **(extra_models or {})}, optimizer, scheduler, [loader]
+    )
     checkpoints = CheckpointSeries(
         accelerator,
         cfg.output_dir,
@@ -274,12 +305,13 @@ def run_training(
             cfg=cfg,
             accelerator=accelerator,
             model=model,
-            params=params,
+            params=flat,
             optimizer=optimizer,
             scheduler=scheduler,
             loss_fn=loss_fn,
             validate=validate,
             callback=callback,
+            on_step=on_step,
             outcome=outcome,
             metrics=metrics,
             checkpoints=checkpoints,

@@ -1,0 +1,314 @@
+"""Identity-conditioned generators as folders: what ``facegen train generator`` writes and
+``from_preset(PATH)`` / ``facegen generate --preset PATH`` load.
+
+Layout (diffusers' own, so each part loads in plain diffusers / transformers)::
+
+    model_index.json          a StableDiffusionPipeline (no safety checker)
+    unet/                     UNet2DConditionModel (config.json + safetensors)
+    text_encoder/             CLIPTextModel (the identity encoder's text half, trained)
+    tokenizer/                CLIPTokenizer
+    scheduler/                the inference scheduler (DPM-Solver++)
+    vae/                      AutoencoderKL, or facegen's SpaceToDepthLatent (config only:
+                              load it with SpaceToDepthLatent.from_pretrained(folder, subfolder="vae"))
+    facegen_generator.json    facegen's description (:class:`GeneratorInfo`)
+
+``facegen_generator.json``: ``format`` (``"facegen-generator"``) and ``format_version``;
+``identity`` (``encoder_ids``, ``dim``, ``normalized``: the vectors it accepts, refused
+otherwise by :class:`~facegen.adapters.base.IdentitySpec`); ``encoder`` / ``detector``
+(registry names and options of the face analysis that makes those vectors from photos);
+``prompt`` and ``id_token`` (Arc2Face's recipe: the identity vector, zero-padded to the text
+encoder's width, replaces the token embedding of ``id_token`` in ``prompt``);
+``unconditional`` (the negative for classifier-free guidance: ``"zero-identity"`` when the
+identity was dropped to zeros in training); ``resolution``, ``default_steps``,
+``default_guidance``; ``vae`` (``"space-to-depth"`` or ``"autoencoder-kl"``); ``family``;
+``training`` (base model, steps, the training config) and ``facegen_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facegen.adapters.arc2face import ARC2FACE_PROMPT, UNCONDITIONAL_KINDS
+from facegen.adapters.base import IdentitySpec
+from facegen.errors import InvalidArgumentError, InvalidModelError
+from facegen.pipelines.generation.capabilities import PresetInfo
+from facegen.validate import check_choice, check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
+
+    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
+
+__all__ = [
+    "GENERATOR_CONFIG_NAME",
+    "GENERATOR_FORMAT",
+    "GeneratorInfo",
+    "configure_pipeline",
+    "is_generator_folder",
+    "load_generator",
+    "read_generator_info",
+    "save_generator",
+]
+
+GENERATOR_CONFIG_NAME = "facegen_generator.json"
+GENERATOR_FORMAT = "facegen-generator"
+_FORMAT_VERSION = 1
+_VAES = ("space-to-depth", "autoencoder-kl")
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What ``facegen_generator.json`` says about a generator folder (see the module)."""
+
+    identity: IdentitySpec
+    encoder: dict[str, Any] | None = None
+    detector: dict[str, Any] | None = None
+    prompt: str = ARC2FACE_PROMPT
+    id_token: str = "id"
+    unconditional: str = "zero-identity"
+    resolution: int = 64
+    default_steps: int = 25
+    default_guidance: float = 3.0
+    vae: str = "space-to-depth"
+    family: str = "scratch"
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.identity, IdentitySpec) or not self.identity.encoder_ids:
+            raise InvalidArgumentError(
+                f"`identity` must be an IdentitySpec naming its encoder, got {self.identity!r}"
+            )
+        check_int(self.identity.dim, "identity.dim", minimum=1)
+        check_choice(self.unconditional, "unconditional", UNCONDITIONAL_KINDS)
+        check_choice(self.vae, "vae", _VAES)
+        check_int(self.resolution, "resolution", minimum=8)
+        check_int(self.default_steps, "default_steps", minimum=1)
+        check_number(self.default_guidance, "default_guidance", minimum=0)
+        if not isinstance(self.prompt, str) or self.id_token not in self.prompt.split():
+            raise InvalidArgumentError(
+                f"`prompt` must contain the word {self.id_token!r}, got {self.prompt!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``facegen_generator.json`` (without ``facegen_version``)."""
+        return {
+            "format": GENERATOR_FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "identity": {
+                "encoder_ids": list(self.identity.encoder_ids),
+                "dim": self.identity.dim,
+                "normalized": self.identity.normalized,
+            },
+            "encoder": self.encoder,
+            "detector": self.detector,
+            "prompt": self.prompt,
+            "id_token": self.id_token,
+            "unconditional": self.unconditional,
+            "resolution": self.resolution,
+            "default_steps": self.default_steps,
+            "default_guidance": self.default_guidance,
+            "vae": self.vae,
+            "family": self.family,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "generator config") -> GeneratorInfo:
+        """Read :meth:`to_dict`'s object; anything else is an :class:`InvalidModelError`."""
+        if not isinstance(data, dict) or data.get("format") != GENERATOR_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise InvalidModelError(f"{source}: `format` must be {GENERATOR_FORMAT!r}, got {got!r}")
+        if data.get("format_version") != _FORMAT_VERSION:
+            raise InvalidModelError(
+                f"{source}: `format_version` must be {_FORMAT_VERSION}, got "
+                f"{data.get('format_version')!r} (a newer facegen wrote it?)"
+            )
+        try:
+            ident = data["identity"]
+            spec = IdentitySpec(
+                tuple(ident["encoder_ids"]), int(ident["dim"]), bool(ident["normalized"])
+            )
+            keys = [f.name for f in fields(cls) if f.name != "identity"]
+            return cls(identity=spec, **{k: data[k] for k in keys if k in data})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModelError(
+                f"{source}: not a valid generator description ({exc})"
+            ) from None
+
+    def preset_info(self, name: str) -> PresetInfo:
+        """The capabilities of the generator as a preset named ``name`` (its path)."""
+        how = self.training.get("base_model", "unknown base")
+        return PresetInfo(
+            name=name,
+            description=f"facegen-trained generator (identity only, from {how})",
+            family=self.family,
+            takes_prompt=False,
+            controlnet="none",
+            inpainting=False,
+            identity=self.identity,
+            default_steps=self.default_steps,
+            default_guidance=self.default_guidance,
+            license="as the data and base model it was trained on (see facegen_generator.json)",
+            edits_photos=False,
+        )
+
+
+def is_generator_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding ``facegen_generator.json``."""
+    try:
+        return (Path(path) / GENERATOR_CONFIG_NAME).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def read_generator_info(folder: str | os.PathLike[str]) -> GeneratorInfo:
+    """The :class:`GeneratorInfo` of a generator folder."""
+    path = Path(folder) / GENERATOR_CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(f"{path}: not a readable generator config ({exc})") from None
+    return GeneratorInfo.from_dict(data, source=str(path))
+
+
+def save_generator(
+    folder: str | os.PathLike[str],
+    components: dict[str, Any],
+    info: GeneratorInfo,
+) -> Path:
+    """Write ``components`` (``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``)
+    in diffusers' layout (safetensors) and ``info`` as ``facegen_generator.json`` into
+    ``folder``; returns the config's path (written last, so a folder with it is complete)."""
+    from diffusers import StableDiffusionPipeline
+
+    from facegen.fileio import write_json
+    from facegen.pipelines.generation.space_to_depth import SpaceToDepthLatent
+
+    missing = [k for k in _COMPONENTS if components.get(k) is None]
+    if missing:
+        raise InvalidArgumentError(
+            f"`components` must hold {', '.join(_COMPONENTS)}, got it without {', '.join(missing)}"
+        )
+    is_s2d = isinstance(components["vae"], SpaceToDepthLatent)
+    if is_s2d != (info.vae == "space-to-depth"):
+        raise InvalidArgumentError(
+            f"`info.vae` must describe the VAE given ({type(components['vae']).__name__}), "
+            f"got {info.vae!r}"
+        )
+    out = Path(folder)
+    pipe = StableDiffusionPipeline(
+        **{k: components[k] for k in _COMPONENTS},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    from facegen._version import __version__
+
+    return write_json(
+        out / GENERATOR_CONFIG_NAME,
+        {**info.to_dict(), "facegen_version": __version__},
+        sort_keys=True,
+    )
+
+
+def _load_vae(folder: Path, info: GeneratorInfo, torch_dtype: torch.dtype) -> Any:
+    if info.vae == "space-to-depth":
+        from facegen.pipelines.generation.space_to_depth import SpaceToDepthLatent
+
+        # weightless: it keeps float32 (pixel_shuffle returns the latents' own dtype)
+        return SpaceToDepthLatent.from_pretrained(folder, subfolder="vae")
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch_dtype)
+
+
+def load_generator(
+    folder: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    with_analyzer: bool = True,
+    **_: Any,
+) -> IDToFacePipeline:
+    """An :class:`~facegen.pipelines.generation.id_to_face.IDToFacePipeline` of the generator
+    in ``folder``, recorded as preset ``name`` (default: the folder as given) with
+    :meth:`GeneratorInfo.preset_info`; identity vectors of another encoder are refused.
+    ``with_analyzer``: build the face analysis named in its config (for photos as identities)
+    when it names one. ``dtype``: a torch dtype (default float32); ``from_preset`` takes
+    names ("float16") and checks them."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
+
+    path = Path(folder)
+    info = read_generator_info(path)
+    torch_dtype = torch.float32 if dtype is None else dtype
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", torch_dtype=torch_dtype
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler")
+        vae = _load_vae(path, info, torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(
+            f"{path}: the generator's components did not load ({exc})"
+        ) from None
+    pipe = IDToFacePipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    configure_pipeline(pipe, info)
+    if with_analyzer and info.encoder and info.detector:
+        from facegen.analyzer import FaceAnalyzer
+        from facegen.hub import is_offline
+
+        pipe.identity_analyzer = FaceAnalyzer.from_names(
+            info.detector["name"],
+            info.detector.get("landmarker"),
+            info.encoder["name"],
+            device=device,
+            offline=is_offline(local_files_only),
+            detector_options=info.detector.get("options") or {},
+            encoder_options=info.encoder.get("options") or {},
+        )
+    pipe.preset_name = name or str(folder)
+    pipe.preset_info = info.preset_info(pipe.preset_name)
+    pipe.model_ids = {"generator": str(path.resolve())}
+    pipe.set_progress_bar_config(leave=False)
+    if pipe.unet.dtype != torch_dtype:
+        pipe = pipe.to(device, torch_dtype)
+    return pipe.to(device)
+
+
+def configure_pipeline(pipe: Any, info: GeneratorInfo) -> Any:
+    """Make an ID→face pipeline use ``info``'s identity spec, prompt, negative and defaults."""
+    pipe.id_encoder_ids = tuple(info.identity.encoder_ids)
+    pipe.id_encoder_options = {
+        "prompt": info.prompt,
+        "id_token": info.id_token,
+        "identity_dim": info.identity.dim,
+        "normalized": info.identity.normalized,
+    }
+    pipe.default_unconditional = info.unconditional
+    pipe.default_steps = info.default_steps
+    pipe.default_guidance = info.default_guidance
+    pipe._id_encoder = None  # rebuilt with these settings on first use
+    return pipe
