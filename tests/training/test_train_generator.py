@@ -98,6 +98,17 @@ def test_scratch_generator_trains_both_parts_saves_the_ema_and_loads_as_a_preset
         assert torch.equal(saved[k], ema[prefix + k])  # the result is the EMA
         assert not torch.equal(ema[prefix + k], last[prefix + k])  # which lags the weights
         assert not torch.equal(last[prefix + k], init[k])  # both parts trained
+    # the cache's latents are the space-to-depth encoding of its crops, so they decode back
+    # to them exactly (a strided array once reached the shard scrambled)
+    from facegen.pipelines.generation.space_to_depth import SpaceToDepthLatent
+
+    shards = sorted((caches / "s2d").rglob("shard-*.safetensors"))
+    assert shards
+    for shard in shards:
+        stored = load_file(shard)
+        pixels = stored["pixels"].permute(0, 3, 1, 2).float() / 127.5 - 1
+        decoded = SpaceToDepthLatent(factor=4).decode(stored["latents_mean"]).sample
+        assert torch.allclose(decoded, pixels, atol=1e-6)
     info = json.loads(res.metadata.read_text())
     assert info["identity"] == {"encoder_ids": [ENCODER], "dim": 128, "normalized": True}
     assert info["vae"] == "space-to-depth" and info["unconditional"] == "zero-identity"

@@ -191,6 +191,9 @@ class _Writer:
         first = len(self.records) - len(self.rows)
         for row, rec in enumerate(self.records[first:]):
             rec.update(shard=self.shard, row=row)
+        # safetensors writes an array's buffer as it lies in memory: a strided one (latents
+        # of a channels-last batch) would be stored scrambled
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         with atomic_write(self.folder / SHARD_NAME.format(self.shard)) as tmp:
             save_file(tensors, str(tmp))
         self.stored_fields = sorted(tensors)
