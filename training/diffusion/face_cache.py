@@ -64,7 +64,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CACHE_INDEX = "index.json"
-CACHE_FORMAT = 1
+#: 2: shards hold C-contiguous arrays (format 1 could hold strided latents scrambled; rebuilt)
+CACHE_FORMAT = 2
 TEMPLATES = ("ffhq", "arcface")
 SELECTIONS = ("largest", "best", "all")
 SHARD_NAME = "shard-{:05d}.safetensors"
