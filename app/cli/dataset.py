@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.app.cli.options import positive_int, preset_name, subcommand_parents
 from facegen.errors import FacegenError
 from facegen.pipelines.dataset.config import POSE_CHOICES
 
@@ -106,18 +106,53 @@ def _add_generate_parser(dsub: Any, formats: str) -> None:
     g.add_argument("--config", type=Path, help="run description: .yaml, .toml or .json")
     g.add_argument("--identities", type=positive_int, metavar="N")
     g.add_argument("--images-per-identity", type=positive_int, metavar="M")
-    g.add_argument("--preset", choices=PRESETS.names(), help="generation preset (arc2face)")
+    g.add_argument(
+        "--preset",
+        type=preset_name,
+        metavar="PRESET",
+        help=f"generation preset ({', '.join(PRESETS.names())}) or a generator folder "
+        "(`facegen train generator`'s output) (arc2face)",
+    )
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--seed", type=int, help="dataset seed (0)")
-    g.add_argument("--sampler", help="identity sampler: uniform, gaussian, spread (uniform)")
     g.add_argument(
-        "--identity-separation", type=float, help="max cosine between two identities (0.3)"
+        "--sampler",
+        help="identity sampler: auto (gaussian fitted to the identity bank when there is "
+        "one, else uniform), uniform, gaussian, spread (auto)",
     )
     g.add_argument(
-        "--min-similarity", type=float, help="reject images less similar to their identity (0.5)"
+        "--identity-bank",
+        help="real identity vectors (.safetensors, e.g. from `facegen analyze "
+        "--save-embeddings`) to fit the gaussian sampler to and check leakage against "
+        "(default: the preset's own bank, if it ships one)",
     )
     g.add_argument(
-        "--max-similarity", type=float, help="reject near-copies more similar than this (0.98)"
+        "--no-leakage-check",
+        dest="leakage_check",
+        action="store_false",
+        default=None,
+        help="do not keep sampled identities away from the identity bank",
+    )
+    g.add_argument(
+        "--leakage-threshold",
+        type=float,
+        help="max cosine of a sampled identity to any identity of the bank (preset's "
+        "calibration, else --identity-separation)",
+    )
+    g.add_argument(
+        "--identity-separation",
+        type=float,
+        help="max cosine between two identities (preset's calibration, else 0.3)",
+    )
+    g.add_argument(
+        "--min-similarity",
+        type=float,
+        help="reject images less similar to their identity (preset's calibration, else 0.5)",
+    )
+    g.add_argument(
+        "--max-similarity",
+        type=float,
+        help="reject near-copies more similar than this (preset's calibration, else 0.98)",
     )
     g.add_argument("--attempts", type=positive_int, help="tries per image (3)")
     g.add_argument(
@@ -184,8 +219,9 @@ def _run_config(args: argparse.Namespace) -> DatasetConfig:
             data[k] = v
     if data.get("pose_from") is not None and data.get("pose") is None:
         data["pose"] = "reference"
-    if data.get("pose_from") is not None:
-        data["pose_from"] = str(Path(data["pose_from"]).resolve())
+    for key in ("pose_from", "identity_bank"):
+        if data.get(key) is not None:
+            data[key] = str(Path(data[key]).resolve())
     return DatasetConfig.from_dict(data, source=str(args.config or "options"))
 
 

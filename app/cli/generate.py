@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.app.cli.options import positive_int, preset_name, subcommand_parents
 from facegen.errors import FacegenError
 from facegen.validate import check_count, check_safetensors
 
@@ -54,7 +54,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     g.add_argument(
         "--preset",
         default="arc2face",
-        type=_preset_name,
+        type=preset_name,
         metavar="{" + ",".join(PRESETS.names()) + "} or PATH",
         help="a preset, or the folder of a generator trained with `facegen train generator` "
         "(default: arc2face)",
@@ -148,19 +148,6 @@ def _request(args: argparse.Namespace) -> GenerateRequest:
         control=control,
         batch_size=args.batch_size,
         watermark=not args.no_watermark,
-    )
-
-
-def _preset_name(text: str) -> str:
-    """A registered preset name, or the path of a generator folder (kept as given)."""
-    from facegen.pipelines.generation.generator_folder import is_generator_folder
-    from facegen.pipelines.generation.presets import PRESETS
-
-    if text in PRESETS.names() or is_generator_folder(text):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"must be one of {', '.join(PRESETS.names())}, or a generator folder (with "
-        f"facegen_generator.json), got {text!r}"
     )
 
 

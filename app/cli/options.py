@@ -37,6 +37,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "preset_name",
     "print_error",
     "progress",
     "subcommand_parents",
@@ -268,3 +269,16 @@ def progress(items: Sequence[Any], desc: str) -> Any:
 
 def print_error(msg: str) -> None:
     print(f"facegen: error: {msg}", file=sys.stderr)
+
+
+def preset_name(text: str) -> str:
+    """A registered preset name, or the path of a generator folder (kept as given)."""
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+    from facegen.pipelines.generation.presets import PRESETS
+
+    if text in PRESETS.names() or is_generator_folder(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(PRESETS.names())}, or a generator folder (with "
+        f"facegen_generator.json), got {text!r}"
+    )

@@ -54,10 +54,11 @@ def add_app_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=_port, default=7860, help="(7860)")
     g.add_argument(
         "--preset",
-        default="arc2face",
+        default=None,
         choices=PRESETS.names(),
-        help="generation preset selected first (arc2face); 'tiny' runs offline with random "
-        "models (a demo of the plumbing)",
+        help="generation preset selected first (arc2face when its weights are on this "
+        "machine, else demo-orl: the small generator facegen ships, faces offline); 'tiny' "
+        "runs random models (a demo of the plumbing)",
     )
     g.add_argument("--dtype", default="float32", choices=_DTYPES, help="(float32)")
     g.add_argument(

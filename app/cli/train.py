@@ -103,7 +103,13 @@ def _add_generative_parsers(tsub: Any) -> None:
             "epochs are cheap; rerun with --resume latest to continue from the last "
             "checkpoint. --config takes every setting of the loop's config (YAML/TOML/JSON).",
         )
-        g.add_argument("data", nargs="?", type=Path, help="folder of face photos")
+        g.add_argument(
+            "data",
+            nargs="?",
+            type=Path,
+            help="face photos: a folder, WebDataset shards (a .tar, 'shards-{000..099}.tar' "
+            "quoted, or a folder of them) or a `facegen dataset generate` folder",
+        )
         g.add_argument("--out", type=Path, help="output folder")
         g.add_argument("--config", type=Path, help="settings file (.yaml/.toml/.json)")
         g.add_argument(
@@ -220,6 +226,11 @@ def _add_generator_options(g: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--random-flip", action="store_true", default=None)
+    g.add_argument(
+        "--save-dtype",
+        choices=("float32", "float16"),
+        help="the saved generator's weights (float32; float16 halves the size)",
+    )
 
 
 _GEN_KEYS = {
@@ -251,6 +262,7 @@ _GEN_KEYS = {
     "use_ema": "use_ema",
     "ema_decay": "ema_decay",
     "random_flip": "random_flip",
+    "save_dtype": "save_dtype",
 }
 
 

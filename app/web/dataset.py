@@ -181,7 +181,7 @@ def _dataset_job(
     :func:`~facegen.pipelines.dataset.run.pipeline_worker` and
     :func:`~facegen.pipelines.dataset.run.run_shard`), measure and zip it."""
     from facegen.pipelines.dataset.report import dataset_report
-    from facegen.pipelines.dataset.run import pipeline_worker, prepare_run, run_shard
+    from facegen.pipelines.dataset.run import pipeline_worker, run_shard
 
     def say(done: float | tuple[int, int], desc: str, **kw: Any) -> None:
         if progress is not None:
@@ -195,7 +195,7 @@ def _dataset_job(
         if worker.takes_prompt and not cfg.prompts:
             raise user_error(f"Preset {cfg.preset!r} needs a text prompt.", "Missing input")
         say(0, "sampling identities")
-        prepared = prepare_run(out, cfg, encoder_id=worker.encoder_id, dim=worker.dim)
+        prepared = worker.prepare(out, cfg)
 
         def on_identity(done: int, total: int, images: int) -> None:
             say((done, total), f"identities ({images} images kept)", unit="identities")

@@ -203,7 +203,8 @@ class Services:
 
     ``presets``: the generation presets offered (default: every registered preset).
     ``default_preset``: the preset selected first in the Generate tab (its ControlNet and
-    editing counterparts are picked for the other tabs). ``swap``: ``None`` detects whether
+    editing counterparts are picked for the other tabs); None: ``arc2face`` when its weights
+    are on this machine, else the shipped ``demo-orl`` generator (faces offline). ``swap``: ``None`` detects whether
     :mod:`facegen.pipelines.editing.swap` is installed; ``False`` turns the feature off. ``trainer``:
     the LoRA personalization function (see :data:`TrainFn`); ``None`` uses
     :mod:`facegen.training.diffusion.lora` when it is installed; ``False`` turns training off.
@@ -215,7 +216,7 @@ class Services:
         *,
         device: str = "cpu",
         dtype: str = "float32",
-        default_preset: str = "arc2face",
+        default_preset: str | None = None,
         presets: list[str] | None = None,
         pipeline_factory: PipelineFactory | None = None,
         analyzer: FaceAnalyzer | None = None,
@@ -233,6 +234,12 @@ class Services:
         self.presets = list(presets) if presets is not None else list(known)
         for name in self.presets:
             check_choice(name, "presets", known)
+        if default_preset is None:
+            from facegen.pipelines.generation.presets import default_generate_preset
+
+            default_preset = default_generate_preset()
+            if default_preset not in self.presets:
+                default_preset = self.presets[0]
         check_choice(default_preset, "default_preset", self.presets)
         self.device = device
         self.dtype = dtype

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +21,21 @@ from facegen.validate import check_choice, check_int, check_number
 if TYPE_CHECKING:
     from facegen.pipelines.dataset.build import DatasetSpec
 
-__all__ = ["CONFIG_KEYS", "POSE_CHOICES", "DatasetConfig", "export_formats", "load_config"]
+__all__ = [
+    "CONFIG_KEYS",
+    "GLOBAL_DEFAULTS",
+    "POSE_CHOICES",
+    "DatasetConfig",
+    "export_formats",
+    "load_config",
+]
 
 POSE_CHOICES = ("none", "reference", "sampled")
+
+#: The thresholds a run leaves unset take the preset's calibrated values
+#: (:attr:`~facegen.pipelines.generation.capabilities.PresetInfo.dataset_defaults`), else
+#: these (ArcFace's identity space: Arc2Face and the IP-Adapter-FaceID presets).
+GLOBAL_DEFAULTS = {"identity_separation": 0.3, "min_similarity": 0.5, "max_similarity": 0.98}
 
 #: Settings that only change how fast a run goes, not what it makes: a resumed run may differ.
 _RUNTIME_KEYS = ("batch_size", "formats", "holdout")
@@ -43,6 +55,13 @@ def export_formats() -> list[str]:
     from facegen.pipelines.dataset.writers import WRITERS
 
     return WRITERS.names()
+
+
+def _sampler_names() -> list[str]:
+    """``auto`` and the identity samplers' registry."""
+    from facegen.pipelines.identities import SAMPLERS
+
+    return ["auto", *SAMPLERS.names()]
 
 
 def _check_types(values: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
@@ -67,10 +86,20 @@ class DatasetConfig:
     images_per_identity: int
     preset: str = "arc2face"
     seed: int = 0
-    sampler: str = "uniform"
-    identity_separation: float = 0.3
-    min_similarity: float = 0.5
-    max_similarity: float = 0.98
+    #: ``auto``: ``gaussian`` fitted to the identity bank (the preset's or ``identity_bank``)
+    #: when there is one, else ``uniform``
+    sampler: str = "auto"
+    #: None: the preset's calibrated value, else :data:`GLOBAL_DEFAULTS`
+    identity_separation: float | None = None
+    min_similarity: float | None = None
+    max_similarity: float | None = None
+    #: a file of real identity vectors (``facegen analyze --save-embeddings``) to fit the
+    #: ``gaussian`` sampler to and to check leakage against; None: the preset's own bank
+    identity_bank: str | None = None
+    #: keep sampled identities below ``leakage_threshold`` to every vector of the bank
+    leakage_check: bool = True
+    #: None: the preset's calibrated value, else ``identity_separation``
+    leakage_threshold: float | None = None
     attempts: int = 3
     perturbation: tuple[float, ...] = (0.0,)
     steps: int | None = None
@@ -88,9 +117,17 @@ class DatasetConfig:
         for name, maximum in _MAXIMA.items():
             check_int(getattr(self, name), name, minimum=1, maximum=maximum)
         check_int(self.seed, "seed", minimum=0, maximum=2**31 - 1)
-        check_number(
-            self.identity_separation, "identity_separation", minimum=-1, maximum=1, min_open=True
-        )
+        if self.identity_separation is not None:
+            check_number(
+                self.identity_separation,
+                "identity_separation",
+                minimum=-1,
+                maximum=1,
+                min_open=True,
+            )
+        if self.leakage_threshold is not None:
+            check_number(self.leakage_threshold, "leakage_threshold", minimum=-1, maximum=1)
+        check_choice(self.sampler, "sampler", _sampler_names())
         if self.steps is not None:
             check_int(self.steps, "steps", minimum=1)
         check_choice(self.pose, "pose", POSE_CHOICES)
@@ -111,14 +148,40 @@ class DatasetConfig:
             )
         self.spec()  # validates similarity bounds, perturbation levels
 
+    def setting(self, name: str, defaults: Mapping[str, float] | None = None) -> float:
+        """A threshold's value: as set, else ``defaults``' (a preset's calibration), else
+        :data:`GLOBAL_DEFAULTS`' (``leakage_threshold``: else ``identity_separation``'s)."""
+        value = getattr(self, name)
+        if value is not None:
+            return float(value)
+        if defaults and name in defaults:
+            return float(defaults[name])
+        if name == "leakage_threshold":
+            return self.setting("identity_separation", defaults)
+        return float(GLOBAL_DEFAULTS[name])
+
+    def resolved(
+        self, defaults: Mapping[str, float] | None = None, *, has_bank: bool = False
+    ) -> DatasetConfig:
+        """This config with every unset threshold filled in (:meth:`setting`) and the
+        ``auto`` sampler decided (``gaussian`` when an identity bank is available): what a
+        run records in its ``config.json`` and compares on resume."""
+        values = {
+            name: self.setting(name, defaults) for name in (*GLOBAL_DEFAULTS, "leakage_threshold")
+        }
+        sampler = self.sampler
+        if sampler == "auto":
+            sampler = "gaussian" if has_bank or self.identity_bank else "uniform"
+        return replace(self, sampler=sampler, **values)
+
     def spec(self) -> DatasetSpec:
         """The :class:`~facegen.pipelines.dataset.build.DatasetSpec` of this run."""
         from facegen.pipelines.dataset.build import DatasetSpec
 
         return DatasetSpec(
             images_per_identity=self.images_per_identity,
-            min_similarity=self.min_similarity,
-            max_similarity=self.max_similarity,
+            min_similarity=self.setting("min_similarity"),
+            max_similarity=self.setting("max_similarity"),
             max_attempts=self.attempts,
             seed=self.seed,
             batch_size=self.batch_size,

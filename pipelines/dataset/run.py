@@ -66,12 +66,20 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ run folder
 
 
-def _check_config(out: Path, cfg: DatasetConfig) -> None:
-    """Refuse to mix datasets: an existing ``config.json`` must match in content settings."""
+def _check_config(
+    out: Path,
+    cfg: DatasetConfig,
+    defaults: Mapping[str, float] | None = None,
+    has_bank: bool = False,
+) -> None:
+    """Refuse to mix datasets: an existing ``config.json`` must match in content settings
+    (both resolved with the preset's defaults, so a run recorded before a setting existed
+    compares by its effective value)."""
     path = out / "config.json"
     if not path.exists():
         return
     old = DatasetConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    old = old.resolved(defaults, has_bank=has_bank)
     if old.identity_dict() != cfg.identity_dict():
         a, b = old.identity_dict(), cfg.identity_dict()
         diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
@@ -85,27 +93,63 @@ def prepare_run(
     encoder_id: str,
     dim: int,
     pose_analyzer: FaceAnalyzer | None = None,
+    identity_bank: np.ndarray | None = None,
+    defaults: Mapping[str, float] | None = None,
 ) -> Prepared:
     """Create/check the run folder: ``config.json``, ``identities.safetensors`` (sampled once,
     then read by every shard) and, with poses, ``poses.safetensors``. Returns the ``(N, D)``
     identities and the pose bank (or ``None``). Safe to call from several shards at once:
     every file is written atomically and is the same whoever writes it; they take turns
     (lock ``.facegen.lock.prepare``, waited for), so the first samples and the others read,
-    and a run with other settings starting at the same moment is refused, not mixed in."""
+    and a run with other settings starting at the same moment is refused, not mixed in.
+
+    ``identity_bank`` (the preset's: the real identities its generator was trained on) and
+    ``defaults`` (its calibrated thresholds) resolve ``cfg`` (:meth:`DatasetConfig.resolved`);
+    ``cfg.identity_bank`` (a file) replaces the preset's bank. With a bank, the ``gaussian``
+    sampler is fitted to it and, with ``cfg.leakage_check``, every sampled identity stays
+    below ``leakage_threshold`` to each of its vectors."""
     with folder_lock(out_dir, "dataset run (preparing)", part="prepare", timeout=None):
-        return _prepare(Path(out_dir), cfg, encoder_id, dim, pose_analyzer)
+        bank = _identity_bank(cfg, identity_bank, encoder_id, dim)
+        cfg = cfg.resolved(defaults, has_bank=bank is not None)
+        return _prepare(Path(out_dir), cfg, encoder_id, dim, pose_analyzer, bank, defaults)
+
+
+def _identity_bank(
+    cfg: DatasetConfig, preset_bank: np.ndarray | None, encoder_id: str, dim: int
+) -> np.ndarray | None:
+    """``cfg.identity_bank``'s vectors (checked against the identity space), else the preset's."""
+    if cfg.identity_bank is None:
+        return preset_bank
+    from facegen.embedding_io import load_embeddings
+
+    try:
+        embs, _ = load_embeddings(cfg.identity_bank)
+    except (OSError, ValueError) as exc:
+        raise FacegenError(f"`identity_bank` {cfg.identity_bank}: not readable ({exc})") from None
+    if embs[0].encoder_id != encoder_id or embs[0].vector.shape[0] != dim:
+        raise FacegenError(
+            f"`identity_bank` {cfg.identity_bank} holds {embs[0].vector.shape[0]}-D "
+            f"{embs[0].encoder_id} vectors; the preset's identities are {dim}-D {encoder_id}"
+        )
+    return np.stack([e.vector for e in embs]).astype(np.float32)
 
 
 def _prepare(
-    out: Path, cfg: DatasetConfig, encoder_id: str, dim: int, pose_analyzer: FaceAnalyzer | None
+    out: Path,
+    cfg: DatasetConfig,
+    encoder_id: str,
+    dim: int,
+    pose_analyzer: FaceAnalyzer | None,
+    identity_bank: np.ndarray | None,
+    defaults: Mapping[str, float] | None,
 ) -> Prepared:
-    """:func:`prepare_run` while it holds the prepare lock."""
+    """:func:`prepare_run` while it holds the prepare lock (``cfg`` resolved)."""
     from facegen.embedding_io import load_embeddings
     from facegen.fileio import write_json
     from facegen.pipelines.dataset.poses import PoseBank
     from facegen.pipelines.identities import sample_identities
 
-    _check_config(out, cfg)
+    _check_config(out, cfg, defaults, identity_bank is not None)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.json").exists():
         write_json(out / "config.json", cfg.to_dict())
@@ -119,14 +163,31 @@ def _prepare(
             )
         vectors = np.stack([e.vector for e in embs]).astype(np.float32)
     else:
+        if cfg.sampler == "gaussian" and identity_bank is None:
+            raise FacegenError(
+                "the 'gaussian' sampler needs an identity bank: a preset that ships one (a "
+                "generator trained by facegen) or `identity_bank` (a file of real identity "
+                "vectors, e.g. from `facegen analyze --save-embeddings`)"
+            )
+        leak = identity_bank if cfg.leakage_check else None
         ids = sample_identities(
             cfg.identities,
             dim=dim,
             sampler=cfg.sampler,
             seed=cfg.seed,
-            max_similarity=cfg.identity_separation,
+            max_similarity=cfg.setting("identity_separation"),
+            bank=identity_bank if cfg.sampler == "gaussian" else None,
+            leakage_bank=leak,
+            leakage_threshold=cfg.setting("leakage_threshold") if leak is not None else None,
             encoder_id=encoder_id,
         )
+        if leak is not None:
+            logger.info(
+                "sampled %d identities, each below %.3f cosine to all %d identities of the bank",
+                len(ids.vectors),
+                cfg.setting("leakage_threshold"),
+                len(leak),
+            )
         ids.save(ids_file)
         vectors = ids.vectors
     bank = None
@@ -146,7 +207,9 @@ def _prepare(
 @dataclass
 class Worker:
     """What fills shards: ``generate``/``verifier`` as :func:`build_dataset` takes them, the
-    identity space (``encoder_id``, ``dim``) and the per-image control ``size`` (pixels)."""
+    identity space (``encoder_id``, ``dim``), the per-image control ``size`` (pixels), and
+    the preset's ``identity_bank`` (real identities its generator was trained on, or None)
+    and calibrated ``defaults`` (see :func:`prepare_run`)."""
 
     generate: Callable[..., Any]
     verifier: FaceAnalyzer
@@ -155,6 +218,27 @@ class Worker:
     size: int = 512
     takes_prompt: bool = False
     takes_control: bool = False
+    identity_bank: np.ndarray | None = None
+    defaults: Mapping[str, float] | None = None
+
+    def prepare(
+        self, out_dir: str | os.PathLike[str], cfg: DatasetConfig, **kwargs: Any
+    ) -> Prepared:
+        """:func:`prepare_run` for this worker's identity space, bank and defaults."""
+        return prepare_run(
+            out_dir,
+            cfg,
+            encoder_id=self.encoder_id,
+            dim=self.dim,
+            identity_bank=self.identity_bank,
+            defaults=self.defaults,
+            **kwargs,
+        )
+
+    def resolve(self, cfg: DatasetConfig) -> DatasetConfig:
+        """``cfg`` with this preset's defaults filled in (:meth:`DatasetConfig.resolved`)."""
+        has_bank = self.identity_bank is not None or cfg.identity_bank is not None
+        return cfg.resolved(self.defaults, has_bank=has_bank)
 
 
 #: ``(config, device) -> Worker``: builds the models once per process/actor.
@@ -234,6 +318,8 @@ def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
 
     enc = verifier.encoder
     assert enc is not None  # checked by _check_pipeline
+    bank = getattr(pipe, "identity_bank", None)
+    info = getattr(pipe, "preset_info", None)
     return Worker(
         generate,
         verifier,
@@ -242,6 +328,8 @@ def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
         pipeline_size(pipe),
         bool(pipe.takes_prompt),
         takes_control,
+        identity_bank=None if bank is None else np.asarray(bank[0], np.float32),
+        defaults=dict(info.dataset_defaults) if info is not None else None,
     )
 
 
@@ -282,10 +370,10 @@ def run_shard(
     _check_shard(shard)
     with shard_lock(out_dir, shard):
         if prepared is None:
-            prepared = prepare_run(out_dir, cfg, encoder_id=worker.encoder_id, dim=worker.dim)
+            prepared = worker.prepare(out_dir, cfg)
         vectors, bank = prepared
         condition = _condition_fn(cfg, bank, worker.size)
-        spec = cfg.spec()
+        spec = worker.resolve(cfg).spec()
         return _build_dataset(
             out_dir, vectors, worker.generate, worker.verifier, spec, shard, condition, progress
         )
@@ -323,7 +411,7 @@ class _ShardActor:
     def prepare(self) -> int:
         if self.prepared is None:
             w = self.worker
-            self.prepared = prepare_run(self.out_dir, self.cfg, encoder_id=w.encoder_id, dim=w.dim)
+            self.prepared = w.prepare(self.out_dir, self.cfg)
         return len(self.prepared[0])
 
     def run(self, shard: int, n_shards: int) -> dict[str, Any]:

@@ -6,13 +6,24 @@ Its own module so that the pipelines (which carry their preset's record) and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from facegen.adapters.base import IdentitySpec
 from facegen.validate import check_choice, check_int, check_number
 
-__all__ = ["ControlNetSupport", "PresetInfo"]
+__all__ = ["DATASET_DEFAULT_KEYS", "ControlNetSupport", "PresetInfo"]
+
+#: What a preset may calibrate for dataset runs in its identity space: the separation between
+#: sampled identities, the verifier's similarity window, and the leakage threshold (the
+#: largest cosine a sampled identity may have to any identity the model was trained on).
+DATASET_DEFAULT_KEYS = (
+    "identity_separation",
+    "min_similarity",
+    "max_similarity",
+    "leakage_threshold",
+)
 
 #: ``none``: no ControlNet; ``built-in``: always one, so every call needs a control image;
 #: ``optional``: ``controlnet=PATH`` adds one.
@@ -50,12 +61,18 @@ class PresetInfo:
     test_double: bool = False
     #: can regenerate faces inside a photo (swap, reenact, generative anonymization)
     edits_photos: bool = True
+    #: dataset settings calibrated for the preset's identity space, used where a dataset run
+    #: leaves them unset (keys of :data:`DATASET_DEFAULT_KEYS`); ArcFace-space values otherwise
+    dataset_defaults: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice(self.controlnet, "controlnet", _CONTROLNET_SUPPORT)
         check_choice(self.family, "family", _FAMILIES)
         check_int(self.default_steps, "default_steps", minimum=1)
         check_number(self.default_guidance, "default_guidance", minimum=0)
+        for key, value in self.dataset_defaults.items():
+            check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
+            check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
 
     @property
     def needs_control_image(self) -> bool:

@@ -21,40 +21,53 @@ encoder's width, replaces the token embedding of ``id_token`` in ``prompt``);
 ``unconditional`` (the negative for classifier-free guidance: ``"zero-identity"`` when the
 identity was dropped to zeros in training); ``resolution``, ``default_steps``,
 ``default_guidance``; ``vae`` (``"space-to-depth"`` or ``"autoencoder-kl"``); ``family``;
-``training`` (base model, steps, the training config) and ``facegen_version``.
+``training`` (base model, steps, the training config) and ``facegen_version``. Optional:
+``identity_bank`` (the file, ``identity_bank.safetensors``, holding the identity vectors of
+the photos it was trained on with their people's names: the ``gaussian`` identity sampler is
+fitted to it and sampled identities are kept away from it, see
+:func:`load_identity_bank`); ``dataset_defaults`` (dataset settings calibrated for its
+identity space, :data:`~facegen.pipelines.generation.capabilities.DATASET_DEFAULT_KEYS`);
+``license`` and ``description``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from facegen.adapters.arc2face import ARC2FACE_PROMPT, UNCONDITIONAL_KINDS
 from facegen.adapters.base import IdentitySpec
 from facegen.errors import InvalidArgumentError, InvalidModelError
-from facegen.pipelines.generation.capabilities import PresetInfo
+from facegen.pipelines.generation.capabilities import DATASET_DEFAULT_KEYS, PresetInfo
 from facegen.validate import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     import torch
 
     from facegen.pipelines.generation.id_to_face import IDToFacePipeline
+    from facegen.types import IdentityEmbedding
 
 __all__ = [
     "GENERATOR_CONFIG_NAME",
     "GENERATOR_FORMAT",
+    "IDENTITY_BANK_NAME",
     "GeneratorInfo",
     "configure_pipeline",
     "is_generator_folder",
     "load_generator",
+    "load_identity_bank",
     "read_generator_info",
     "save_generator",
 ]
 
 GENERATOR_CONFIG_NAME = "facegen_generator.json"
+IDENTITY_BANK_NAME = "identity_bank.safetensors"
 GENERATOR_FORMAT = "facegen-generator"
 _FORMAT_VERSION = 1
 _VAES = ("space-to-depth", "autoencoder-kl")
@@ -77,6 +90,10 @@ class GeneratorInfo:
     vae: str = "space-to-depth"
     family: str = "scratch"
     training: dict[str, Any] = field(default_factory=dict)
+    identity_bank: str | None = None
+    dataset_defaults: dict[str, float] = field(default_factory=dict)
+    license: str | None = None
+    description: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.identity, IdentitySpec) or not self.identity.encoder_ids:
@@ -93,6 +110,13 @@ class GeneratorInfo:
             raise InvalidArgumentError(
                 f"`prompt` must contain the word {self.id_token!r}, got {self.prompt!r}"
             )
+        if self.identity_bank is not None and self.identity_bank != IDENTITY_BANK_NAME:
+            raise InvalidArgumentError(
+                f"`identity_bank` must be {IDENTITY_BANK_NAME!r} or null, got {self.identity_bank!r}"
+            )
+        for key, value in self.dataset_defaults.items():
+            check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
+            check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``facegen_generator.json`` (without ``facegen_version``)."""
@@ -115,6 +139,10 @@ class GeneratorInfo:
             "vae": self.vae,
             "family": self.family,
             "training": self.training,
+            "identity_bank": self.identity_bank,
+            "dataset_defaults": dict(self.dataset_defaults),
+            "license": self.license,
+            "description": self.description,
         }
 
     @classmethod
@@ -145,7 +173,8 @@ class GeneratorInfo:
         how = self.training.get("base_model", "unknown base")
         return PresetInfo(
             name=name,
-            description=f"facegen-trained generator (identity only, from {how})",
+            description=self.description
+            or f"facegen-trained generator (identity only, from {how})",
             family=self.family,
             takes_prompt=False,
             controlnet="none",
@@ -153,8 +182,10 @@ class GeneratorInfo:
             identity=self.identity,
             default_steps=self.default_steps,
             default_guidance=self.default_guidance,
-            license="as the data and base model it was trained on (see facegen_generator.json)",
+            license=self.license
+            or "as the data and base model it was trained on (see facegen_generator.json)",
             edits_photos=False,
+            dataset_defaults=dict(self.dataset_defaults),
         )
 
 
@@ -180,15 +211,28 @@ def save_generator(
     folder: str | os.PathLike[str],
     components: dict[str, Any],
     info: GeneratorInfo,
+    *,
+    identity_bank: tuple[Sequence[IdentityEmbedding], Sequence[str]] | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Write ``components`` (``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``)
     in diffusers' layout (safetensors) and ``info`` as ``facegen_generator.json`` into
-    ``folder``; returns the config's path (written last, so a folder with it is complete)."""
+    ``folder``; returns the config's path (written last, so a folder with it is complete).
+
+    ``identity_bank``: the training photos' identity vectors (of ``info``'s encoder) and their
+    people's names, written as ``identity_bank.safetensors`` and named in the config.
+    ``dtype``: ``"float32"`` or ``"float16"`` (half the size; :func:`load_generator` loads
+    either in the dtype asked for). The given modules are not changed."""
+    import copy
+
+    import torch
     from diffusers import StableDiffusionPipeline
 
+    from facegen.embedding_io import save_embeddings
     from facegen.fileio import write_json
     from facegen.pipelines.generation.space_to_depth import SpaceToDepthLatent
 
+    check_choice(dtype, "dtype", ("float32", "float16"))
     missing = [k for k in _COMPONENTS if components.get(k) is None]
     if missing:
         raise InvalidArgumentError(
@@ -201,13 +245,31 @@ def save_generator(
             f"got {info.vae!r}"
         )
     out = Path(folder)
+    parts = {k: components[k] for k in _COMPONENTS}
+    if dtype != "float32":
+        for k in ("unet", "text_encoder", "vae"):
+            if isinstance(parts[k], torch.nn.Module) and any(True for _ in parts[k].parameters()):
+                parts[k] = copy.deepcopy(parts[k]).to(getattr(torch, dtype))
     pipe = StableDiffusionPipeline(
-        **{k: components[k] for k in _COMPONENTS},
+        **parts,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
+    if identity_bank is not None:
+        embeddings, names = identity_bank
+        ids = {e.encoder_id for e in embeddings}
+        if not ids <= set(info.identity.encoder_ids):
+            raise InvalidArgumentError(
+                f"`identity_bank` must hold {info.identity.encoder_ids[0]} vectors, got {sorted(ids)}"
+            )
+        save_embeddings(out / IDENTITY_BANK_NAME, embeddings, names=list(names))
+        info = replace(info, identity_bank=IDENTITY_BANK_NAME)
+    elif info.identity_bank is not None and not (out / info.identity_bank).is_file():
+        raise InvalidArgumentError(
+            f"`info.identity_bank` names {info.identity_bank}, but no `identity_bank` was given"
+        )
     from facegen._version import __version__
 
     return write_json(
@@ -215,6 +277,36 @@ def save_generator(
         {**info.to_dict(), "facegen_version": __version__},
         sort_keys=True,
     )
+
+
+def load_identity_bank(
+    folder: str | os.PathLike[str], info: GeneratorInfo | None = None
+) -> tuple[np.ndarray, list[str]] | None:
+    """The identity vectors the generator in ``folder`` was trained on (float32 ``(N, D)``, one
+    row per photo) and their people's names, or None when its config names no bank. A bank
+    of another encoder or dimension than the generator's is an :class:`InvalidModelError`."""
+    from facegen.embedding_io import load_embeddings
+
+    info = info or read_generator_info(folder)
+    if info.identity_bank is None:
+        return None
+    path = Path(folder) / info.identity_bank
+    try:
+        embeddings, names = load_embeddings(path)
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(
+            f"{path}: the generator's identity bank did not load ({exc})"
+        ) from None
+    vectors = np.stack([e.vector for e in embeddings]).astype(np.float32)
+    if (
+        embeddings[0].encoder_id not in info.identity.encoder_ids
+        or vectors.shape[1] != info.identity.dim
+    ):
+        raise InvalidModelError(
+            f"{path}: holds {vectors.shape[1]}-D {embeddings[0].encoder_id} vectors; the "
+            f"generator takes {info.identity.dim}-D {info.identity.encoder_ids[0]} vectors"
+        )
+    return vectors, list(names) if names else [""] * len(vectors)
 
 
 def _load_vae(folder: Path, info: GeneratorInfo, torch_dtype: torch.dtype) -> Any:
@@ -289,6 +381,7 @@ def load_generator(
             detector_options=info.detector.get("options") or {},
             encoder_options=info.encoder.get("options") or {},
         )
+    pipe.identity_bank = load_identity_bank(path, info)
     pipe.preset_name = name or str(folder)
     pipe.preset_info = info.preset_info(pipe.preset_name)
     pipe.model_ids = {"generator": str(path.resolve())}

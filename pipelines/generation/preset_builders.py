@@ -9,6 +9,7 @@ downloads in a constructor: weights come through :func:`facegen.hub.load_pretrai
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegen.adapters.arc2face import ARC2FACE_ENCODER_IDS, ARC2FACE_REPO, SD15_REPO
@@ -35,7 +36,13 @@ if TYPE_CHECKING:
     )
     from facegen.pipelines.generation.inpaint import FaceIDInpaintMixin
 
-__all__ = ["SD15_INPAINT_REPO"]
+__all__ = [
+    "DEMO_ORL_NAME",
+    "SD15_INPAINT_REPO",
+    "arc2face_present",
+    "default_generate_preset",
+    "demo_orl_dir",
+]
 
 #: Licence notes shown by `facegen models list` and the web app's Models panel.
 _ARC2FACE_LICENSE = (
@@ -72,6 +79,102 @@ _FACEID = replace(
 )
 #: randomly initialised stand-ins: plumbing and demos
 _RANDOM = {"family": "tiny", "license": _RANDOM_LICENSE, "test_double": True}
+
+
+#: The generator facegen trained itself and ships (``facegen/models/demo-orl``, model card
+#: ``README.md`` there): the offline default where no published weights are present.
+DEMO_ORL_NAME = "demo-orl"
+_DEMO_ORL_LICENSE = (
+    "facegen's own weights (Apache-2.0), trained on the ORL faces (AT&T Laboratories "
+    "Cambridge; free for research and demonstration, credit the source): see the model card"
+)
+
+
+def demo_orl_dir() -> Path:
+    """The folder of the shipped ``demo-orl`` generator (inside the installed package)."""
+    import facegen
+
+    return Path(facegen.__file__).resolve().parent / "models" / DEMO_ORL_NAME
+
+
+@register_preset(
+    PresetInfo(
+        name=DEMO_ORL_NAME,
+        description="small generator facegen trained on ORL faces (64×64 grey, dlib "
+        "identities): offline faces, a demo, not a research model",
+        family="scratch",
+        takes_prompt=False,
+        controlnet="none",
+        inpainting=False,
+        identity=IdentitySpec(("dlib-resnet-v1",), dim=128, normalized=True),
+        default_steps=25,
+        default_guidance=3.0,
+        license=_DEMO_ORL_LICENSE,
+        edits_photos=False,
+        dataset_defaults={
+            "min_similarity": 0.925,
+            "leakage_threshold": 0.925,
+            "identity_separation": 0.925,
+            "max_similarity": 0.995,
+        },
+    )
+)
+def _demo_orl(
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    controlnet: object = None,
+    with_analyzer: bool = True,
+    local_files_only: bool | None = None,
+    **_: Any,
+) -> IDToFacePipeline:
+    refuse_controlnet(DEMO_ORL_NAME, controlnet, "which has none")
+    from facegen.errors import ModelNotAvailableError
+    from facegen.pipelines.generation.generator_folder import is_generator_folder, load_generator
+
+    folder = demo_orl_dir()
+    if not is_generator_folder(folder):
+        raise ModelNotAvailableError(
+            DEMO_ORL_NAME,
+            searched=[folder],
+            reason="its files are missing from this installation",
+            hint="Reinstall facegen (pip install --force-reinstall facegen).",
+        )
+    pipe = load_generator(
+        folder,
+        name=DEMO_ORL_NAME,
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+        local_files_only=local_files_only,
+        with_analyzer=with_analyzer,
+    )
+    pipe.preset_info = preset_info(DEMO_ORL_NAME)
+    pipe.model_ids = {"generator": f"facegen/{DEMO_ORL_NAME}"}
+    return pipe
+
+
+def arc2face_present() -> bool:
+    """Whether the ``arc2face`` preset's weights are on this machine (Hugging Face cache;
+    no network): Arc2Face's UNet and encoder, SD1.5's VAE, and Arc2Face's ArcFace model."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from facegen import hub
+
+    files = [
+        (ARC2FACE_REPO, "arc2face/config.json"),
+        (ARC2FACE_REPO, "arc2face/diffusion_pytorch_model.safetensors"),
+        (ARC2FACE_REPO, "encoder/config.json"),
+        (SD15_REPO, "vae/config.json"),
+    ]
+    if not all(isinstance(try_to_load_from_cache(r, f), str) for r, f in files):
+        return False
+    return all(v is not None for v in hub.status("arc2face-arcface").values())
+
+
+def default_generate_preset() -> str:
+    """``arc2face`` when its weights are on this machine, else the shipped ``demo-orl``:
+    what the web app selects first, so that it makes faces offline out of the box."""
+    return "arc2face" if arc2face_present() else DEMO_ORL_NAME
 
 
 #: The SD1.5 inpainting checkpoint (9-channel UNet) the inpainting preset builds on.

@@ -23,7 +23,11 @@ the builders in :mod:`~facegen.pipelines.generation.preset_builders`; import the
 from __future__ import annotations
 
 # importing the builders registers the presets
-from facegen.pipelines.generation.preset_builders import SD15_INPAINT_REPO
+from facegen.pipelines.generation.preset_builders import (
+    DEMO_ORL_NAME,
+    SD15_INPAINT_REPO,
+    default_generate_preset,
+)
 from facegen.pipelines.generation.preset_registry import (
     PRESETS,
     ControlNetSupport,
@@ -36,10 +40,12 @@ from facegen.pipelines.generation.preset_registry import (
 )
 
 __all__ = [
+    "DEMO_ORL_NAME",
     "PRESETS",
     "SD15_INPAINT_REPO",
     "ControlNetSupport",
     "PresetInfo",
+    "default_generate_preset",
     "from_preset",
     "preset_info",
     "preset_names",

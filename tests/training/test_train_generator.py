@@ -24,7 +24,8 @@ from test_train_generative import (  # photos and caches: tests/training/conftes
     components,
 )
 
-from facegen.errors import IncompatibleEmbeddingError, InvalidArgumentError
+from facegen.embedding_io import load_embeddings
+from facegen.errors import IncompatibleEmbeddingError, InvalidArgumentError, InvalidModelError
 from facegen.training.diffusion.face_cache import FaceCache
 from facegen.training.diffusion.generator import GeneratorTrainConfig, train_generator
 from facegen.types import IdentityEmbedding
@@ -115,14 +116,75 @@ def test_scratch_generator_trains_both_parts_saves_the_ema_and_loads_as_a_preset
     assert info["training"]["weights"] == "ema" and info["training"]["steps"] == 6
     assert info["encoder"]["name"] == "dlib" and info["family"] == "scratch"
     assert info["training"]["training"]["id_partial_drop_prob"] == 0.3
+    # the identity bank: every cached photo's vector with its person (the photo's folder),
+    # and the thresholds of the dlib space (same-person cosine 0.925)
+    cache = FaceCache(caches / "s2d")
+    assert info["identity_bank"] == "identity_bank.safetensors"
+    bank, names = load_embeddings(out / "identity_bank.safetensors")
+    assert len(bank) == len(cache) and names == [Path(i.source).parent.name for i in cache.items]
+    assert np.allclose(
+        np.stack([e.vector for e in bank]), [e.vector for e in cache.identity_embeddings()]
+    )
+    assert info["dataset_defaults"] == {
+        "min_similarity": 0.925,
+        "leakage_threshold": 0.925,
+        "identity_separation": 0.925,
+        "max_similarity": 0.995,
+    }
     pipe = from_preset(str(out), with_analyzer=False)
     pipe.set_progress_bar_config(disable=True)
-    ids = FaceCache(caches / "s2d").identity_embeddings()[:2]
+    assert pipe.identity_bank[0].shape == (len(cache), 128)
+    assert pipe.preset_info.dataset_defaults == info["dataset_defaults"]
+    ids = cache.identity_embeddings()[:2]
     faces = pipe(ids, seeds=[0, 1])
     assert faces.images[0].size == (SIZE, SIZE)
     with pytest.raises(IncompatibleEmbeddingError, match=ENCODER):
         vec = np.ones(128, np.float32) / np.sqrt(128)
         pipe([IdentityEmbedding(vec, "arcface-onnx/buffalo_l", True)], seeds=[0])
+
+
+def test_float16_generator_is_half_the_size_and_loads_in_float32(
+    photos: Path, dlib_analyzer, caches: Path, tmp_path: Path
+) -> None:
+    """``save_dtype="float16"`` stores half-precision weights (what the shipped model uses);
+    they load as float32 and generate what the float32 weights generate, within rounding."""
+    from safetensors import safe_open
+
+    from facegen.pipelines.generation.presets import from_preset
+
+    outs = {}
+    for dtype in ("float32", "float16"):
+        cfg = GeneratorTrainConfig(
+            **settings(tmp_path / dtype, photos, caches / "s2d", max_steps=2, save_dtype=dtype)
+        )
+        train_generator(
+            cfg, components={"analyzer": dlib_analyzer, **_scratch(cfg)}, progress=False
+        )
+        outs[dtype] = tmp_path / dtype
+    for sub in ("unet", "text_encoder"):
+        f32, f16 = (next((outs[d] / sub).glob("*.safetensors")) for d in ("float32", "float16"))
+        with safe_open(str(f16), "pt") as f:
+            names = list(f.keys())
+            assert {f.get_slice(k).get_dtype() for k in names} == {"F16"}
+        assert f16.stat().st_size < 0.55 * f32.stat().st_size
+    ids = FaceCache(caches / "s2d").identity_embeddings()[:1]
+    images = {}
+    for dtype, out in outs.items():
+        pipe = from_preset(str(out), with_analyzer=False)
+        assert pipe.unet.dtype == torch.float32
+        pipe.set_progress_bar_config(disable=True)
+        images[dtype] = pipe(ids, seeds=[3], num_inference_steps=3, output_type="np").images
+    assert np.abs(images["float32"] - images["float16"]).max() < 0.05
+    # a bank of another space in a generator's folder is refused when it loads
+    from facegen.embedding_io import save_embeddings
+
+    vec = np.ones(512, np.float32) / np.sqrt(512)
+    save_embeddings(
+        outs["float16"] / "identity_bank.safetensors",
+        [IdentityEmbedding(vec, "arcface-onnx/x", True)],
+    )
+    with pytest.raises(InvalidModelError, match="512-D arcface-onnx/x"):
+        from_preset(str(outs["float16"]), with_analyzer=False)
 
 
 def _load(path: Path) -> Any:

@@ -109,7 +109,9 @@ class TrainConfig:
     """Fields shared by the generative training loops (each loop's config adds its own).
 
     Data: ``data_dir`` (a folder of photos, searched recursively; a ``photo.txt`` beside a
-    photo is its caption), ``cache_dir`` (default ``output_dir/face_cache``; reused while photos
+    photo is its caption; or WebDataset shards — a ``.tar``, a brace pattern such as
+    ``shards-{000..099}.tar``, a folder of them — or a ``facegen dataset generate`` folder,
+    streamed, see :mod:`.photo_sources`), ``cache_dir`` (default ``output_dir/face_cache``; reused while photos
     and settings are unchanged, ``rebuild_cache`` forces a rebuild). Faces:
     ``detector`` / ``landmarker`` / ``encoder`` registry names with ``*_options``
     (:mod:`facegen.backends`; None = the loop's default; ``landmarker=None`` uses the

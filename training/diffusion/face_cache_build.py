@@ -1,10 +1,17 @@
 """Building the face cache (its layout: :mod:`facegen.training.diffusion.face_cache`).
 
 :func:`build_face_cache` detects, aligns and embeds the faces of photos with facegen's own
-:class:`~facegen.analyzer.FaceAnalyzer`; :func:`build_image_cache` caches whole images
-(class images, generated images). Both draw the VAE's posterior once per crop, write
-shards of ``shard_size`` rows, and reuse a cache whose fingerprint (photos, their sizes and
-modification times, settings, analyzer, VAE) is unchanged.
+:class:`~facegen.analyzer.FaceAnalyzer`; the photos may be image files, folders, WebDataset
+``.tar`` shards (brace patterns too) or facegen dataset folders, read one at a time
+(:mod:`facegen.training.diffusion.photo_sources`). :func:`build_image_cache` caches whole
+images (class images, generated images) from files and folders. Both draw the VAE's posterior
+once per crop, write shards of ``shard_size`` rows, and reuse a cache whose fingerprint
+(photos or shards, their sizes and modification times, settings, analyzer, VAE) is unchanged.
+
+Besides the layout that :class:`~facegen.training.diffusion.face_cache.FaceCache` reads, a
+face cache's ``index.json`` has ``labels``: the person label (text or null) of each entry of
+``items``, in the same order (see :mod:`~facegen.training.diffusion.photo_sources` for where
+labels come from). Caches built before labels were recorded have no ``labels``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from facegen.training.diffusion.face_cache import (
     FaceCache,
     Template,
 )
+from facegen.training.diffusion.photo_sources import Images, PhotoItem, photo_sources
 from facegen.types import IdentityEmbedding
 from facegen.validate import check_choice, check_int, check_number
 
@@ -52,12 +60,12 @@ __all__ = ["build_face_cache", "build_image_cache", "list_photos", "vae_fingerpr
 
 logger = logging.getLogger(__name__)
 
-#: What names the photos: a folder (searched recursively), a file, or a list of them.
-Images = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
 
 def list_photos(images: Images) -> list[Path]:
-    """A folder (searched recursively) or a list of files/folders → sorted image paths."""
+    """A folder (searched recursively) or a list of files/folders → sorted image paths.
+
+    Image files only (no ``.tar`` shards, brace patterns or dataset folders: those are read
+    by :func:`facegen.training.diffusion.photo_sources.photo_sources`)."""
     from facegen.image_io import find_images
 
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
@@ -67,7 +75,7 @@ def list_photos(images: Images) -> list[Path]:
     return paths
 
 
-def _file_key(p: Path) -> list[str | int]:
+def _file_key(p: Path) -> list[str | int | None]:
     st = p.stat()
     return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
@@ -94,6 +102,15 @@ def _caption_for(path: Path, captions: Mapping[str, str] | None) -> str | None:
     return None
 
 
+def _item_caption(item: PhotoItem, captions: Mapping[str, str] | None) -> str | None:
+    """``captions``' entry for one of the item's names, else the item's own caption."""
+    if captions is not None:
+        for key in item.names:
+            if key in captions:
+                return str(captions[key])
+    return item.caption
+
+
 def _check_size(size: object) -> int:
     size = check_int(size, "size", minimum=16)
     if size % 8:
@@ -102,18 +119,27 @@ def _check_size(size: object) -> int:
 
 
 def _fingerprint(
-    settings: Mapping[str, Any], paths: Sequence[Path], captions: Mapping[str, str] | None
+    settings: Mapping[str, Any],
+    files: Sequence[Sequence[str | int | None]],
+    sidecars: Sequence[Sequence[str | int | None]],
+    captions: Mapping[str, str] | None,
 ) -> str:
+    """The hash of the settings, the input files' keys (``[resolved path, size, mtime_ns]``,
+    a tar shard once), the caption files' keys and the ``captions`` mapping."""
     payload = {
         "format": CACHE_FORMAT,
         "settings": dict(settings),
-        "files": [_file_key(p) for p in paths],
-        "sidecars": [
-            _file_key(p.with_suffix(".txt")) for p in paths if p.with_suffix(".txt").is_file()
-        ],
+        "files": [list(k) for k in files],
+        "sidecars": [list(k) for k in sidecars],
         "captions": dict(captions) if captions is not None else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _path_keys(paths: Sequence[Path]) -> tuple[list[Any], list[Any]]:
+    """The files' and their caption files' keys (for :func:`_fingerprint`)."""
+    sides = [p.with_suffix(".txt") for p in paths]
+    return [_file_key(p) for p in paths], [_file_key(s) for s in sides if s.is_file()]
 
 
 class _Storage(NamedTuple):
@@ -127,10 +153,14 @@ class _Storage(NamedTuple):
 
 
 class _Writer:
-    """Collects rows and writes them shard by shard, then the index."""
+    """Collects rows and writes them shard by shard, then the index (with ``labels``: one
+    label per record in the index, when made with ``labels=True``)."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any], storage: _Storage) -> None:
+    def __init__(
+        self, folder: Path, meta: dict[str, Any], storage: _Storage, *, labels: bool = False
+    ) -> None:
         self.folder, self.meta, self.batch = folder, meta, storage.vae_batch_size
+        self.labels: list[str | None] | None = [] if labels else None
         self.shard_size = check_int(storage.shard_size, "shard_size", minimum=1)
         self.vae, self.flip = storage.vae, bool(meta["flip"])
         self.rows: list[dict[str, np.ndarray]] = []
@@ -140,7 +170,9 @@ class _Writer:
         self.dim: int | None = None
         self.shard = 0
 
-    def add(self, record: dict[str, Any], row: dict[str, np.ndarray]) -> None:
+    def add(
+        self, record: dict[str, Any], row: dict[str, np.ndarray], label: str | None = None
+    ) -> None:
         keys = set(row)
         if self.fields is None:
             self.fields = keys
@@ -153,6 +185,8 @@ class _Writer:
             self.dim = int(row["embeddings"].shape[0])
         self.rows.append(row)
         self.records.append(record)
+        if self.labels is not None:
+            self.labels.append(label)
         if len(self.rows) == self.shard_size:
             self.flush()
 
@@ -215,6 +249,8 @@ class _Writer:
             "fields": self.stored_fields,
             "items": self.records,
         }
+        if self.labels is not None:
+            index["labels"] = self.labels
         write_json(self.folder / CACHE_INDEX, index)
         return FaceCache(self.folder)
 
@@ -239,23 +275,24 @@ def _open_or_reset(folder: Path, fingerprint: str, overwrite: bool) -> FaceCache
 def _start(
     cache_dir: str | os.PathLike[str],
     settings: dict[str, Any],
-    paths: Sequence[Path],
-    captions: Mapping[str, str] | None,
+    fingerprint: str,
+    inputs: Sequence[str],
     storage: _Storage,
+    *,
+    labels: bool = False,
 ) -> FaceCache | _Writer:
-    """The cache in ``cache_dir`` when it was built from the same ``paths`` and ``settings``;
-    else a writer for a new one (the folder's old shards removed)."""
-    fingerprint = _fingerprint(settings, paths, captions)
+    """The cache in ``cache_dir`` when its fingerprint is ``fingerprint``; else a writer for a
+    new one (the folder's old shards removed) that names the first ``inputs``."""
     folder = Path(cache_dir)
     cached = _open_or_reset(folder, fingerprint, storage.overwrite)
     if cached is not None:
         return cached
-    meta = {**settings, "fingerprint": fingerprint, "inputs": [str(p) for p in paths[:3]]}
-    return _Writer(folder, meta, storage)
+    meta = {**settings, "fingerprint": fingerprint, "inputs": list(inputs[:3])}
+    return _Writer(folder, meta, storage, labels=labels)
 
 
 @contextmanager
-def _progress_bar(total: int, desc: str, progress: bool | None) -> Iterator[tqdm[Any]]:
+def _progress_bar(total: int | None, desc: str, progress: bool | None) -> Iterator[tqdm[Any]]:
     from tqdm.auto import tqdm
 
     with tqdm(total=total, desc=desc, disable=None if progress is None else not progress) as bar:
@@ -263,22 +300,21 @@ def _progress_bar(total: int, desc: str, progress: bool | None) -> Iterator[tqdm
 
 
 def _faces_of(
-    analyzer: FaceAnalyzer, path: Path, select: str, on_no_face: str
+    analyzer: FaceAnalyzer, item: PhotoItem, select: str, on_no_face: str
 ) -> tuple[np.ndarray, list[Face]] | None:
     """The photo (RGB uint8 ``(H, W, 3)``) and its selected faces; None when it is skipped
     (unreadable: logged; no face), unless ``on_no_face="error"``."""
     from facegen.errors import AmbiguousFaceError
-    from facegen.image_io import load_image
 
     try:
-        image = load_image(path)
-    except InvalidImageError as e:  # an unreadable file: reported, the rest is used
+        image = item.load()
+    except InvalidImageError as e:  # an unreadable file or member: reported, the rest is used
         if on_no_face == "error":
             raise
-        logger.warning("%s skipped: %s", path, e)
+        logger.warning("%s skipped: %s", item.source, e)
         return None
     try:
-        faces = analyzer.analyze(image, select=select, source=str(path))
+        faces = analyzer.analyze(image, select=select, source=item.source)
     except (NoFaceDetectedError, AmbiguousFaceError):
         if on_no_face == "error":
             raise
@@ -305,7 +341,11 @@ class _FaceRows:
         self.normalized = True
 
     def add(
-        self, path: Path, image: np.ndarray, faces: Sequence[Face], caption: str | None
+        self,
+        item: PhotoItem,
+        image: np.ndarray,
+        faces: Sequence[Face],
+        caption: str | None,
     ) -> None:
         from facegen.align import align_face
         from facegen.control import render_landmarks68
@@ -318,7 +358,7 @@ class _FaceRows:
             row: dict[str, np.ndarray] = {"pixels": aligned.image}
             if self.encoder is not None:
                 if face.embedding is None:
-                    raise InvalidArgumentError(f"{path}: the analyzer returned no embedding")
+                    raise InvalidArgumentError(f"{item.source}: the analyzer returned no embedding")
                 row["embeddings"] = face.embedding.vector.astype(np.float32)
                 self.normalized = self.normalized and face.embedding.normalized
             lm = face.landmarks
@@ -328,12 +368,13 @@ class _FaceRows:
                 row["control"] = np.asarray(render_landmarks68(pts, self.size))
             elif self.control_ok and self.writer.records:
                 raise InvalidArgumentError(
-                    f"{path}: face {k} has no 68-point landmarks but earlier faces do; use a "
-                    "68-point landmarker (e.g. 'dlib68') so every face gets a control map"
+                    f"{item.source}: face {k} has no 68-point landmarks but earlier faces do; "
+                    "use a 68-point landmarker (e.g. 'dlib68') so every face gets a control map"
                 )
             else:
                 self.control_ok = False
-            self.writer.add({"source": str(path), "face": k, "caption": caption}, row)
+            record = {"source": item.source, "face": k, "caption": caption}
+            self.writer.add(record, row, item.label)
 
 
 def build_face_cache(
@@ -356,22 +397,33 @@ def build_face_cache(
 ) -> FaceCache:
     """Detect, align and embed the faces of ``images``; cache them in ``cache_dir``.
 
+    ``images``: image files, folders (images searched recursively, ``.tar`` files directly
+    inside), uncompressed WebDataset ``.tar`` shards, brace patterns of them
+    (``shards-{000000..000099}.tar``), facegen dataset folders, or a list mixing these (see
+    :func:`~facegen.training.diffusion.photo_sources.photo_sources`). Each cached face
+    records its photo's ``source`` (a path, or ``<tar>#<member>``) and, in the index's
+    ``labels``, its person label (parent folder name, ``.cls``/``.json`` label, identity).
     ``analyzer``: a :class:`~facegen.analyzer.FaceAnalyzer` (its encoder makes the
     embeddings, its detector or landmarker the 68 points for the control maps). Faces are
     warped to ``size``×``size`` with ``template`` (``"ffhq"``: the FFHQ square, ``margin``
     times larger; ``"arcface"``: the 5-point ArcFace template, see :mod:`facegen.align`).
     ``select``: ``"largest"`` / ``"best"`` face per photo, or ``"all"`` of them. Captions come
-    from ``captions`` (keyed by path, file name or stem) or a ``photo.txt`` beside each photo.
+    from ``captions`` (keyed by path, file name or stem; for a tar member by ``<tar>#<member>``,
+    member name or sample key) or else a ``photo.txt`` beside each photo, a sample's ``.txt``
+    member, a dataset image's prompt.
     With ``vae`` the latents are cached too (``flip``: also of the mirrored crop). Photos
-    without a face are skipped with a warning (``on_no_face="skip"``) or raise
-    :class:`NoFaceDetectedError`; no face at all always raises.
+    without a face are skipped (``on_no_face="skip"``) or raise :class:`NoFaceDetectedError`;
+    unreadable ones (a file, a tar member, the rest of a truncated tar) are skipped with a
+    warning or raise :class:`InvalidImageError`; the index lists them all under
+    ``skipped``. No face at all always raises. Shards are read as a stream, so while there
+    are shards to read the progress bar shows no total.
     """
     size = _check_size(size)
     check_choice(template, "template", TEMPLATES)
     check_choice(select, "select", SELECTIONS)
     check_choice(on_no_face, "on_no_face", ("skip", "error"))
     check_number(margin, "margin", minimum=0, maximum=10, min_open=True, max_open=True)
-    paths = list_photos(images)
+    sources = photo_sources(images)
     encoder = getattr(analyzer, "encoder", None)
     settings = {
         "kind": "faces",
@@ -386,24 +438,38 @@ def build_face_cache(
         "vae": vae_fingerprint(vae),
     }
     storage = _Storage(vae, shard_size, vae_batch_size, overwrite)
-    writer = _start(cache_dir, settings, paths, captions, storage)
+    fingerprint = _fingerprint(
+        settings,
+        [k for s in sources for k in s.file_keys()],
+        [k for s in sources for k in s.sidecar_keys()],
+        captions,
+    )
+    inputs = [name for s in sources[:3] for name in s.describe()[:3]]
+    writer = _start(cache_dir, settings, fingerprint, inputs, storage, labels=True)
     if isinstance(writer, FaceCache):
         return writer
     rows = _FaceRows(writer, size=size, template=template, margin=margin, encoder=encoder)
+    counts = [s.count() for s in sources]
+    total = None if None in counts else sum(c or 0 for c in counts)
     skipped: list[str] = []
-    with _progress_bar(len(paths), "caching faces", progress) as bar:
-        for path in paths:
-            bar.update(1)
-            found = _faces_of(analyzer, path, select, on_no_face)
-            if found is None:
-                skipped.append(str(path))
-                continue
-            rows.add(path, *found, _caption_for(path, captions))
+    seen = 0
+    with _progress_bar(total, "caching faces", progress) as bar:
+        for source in sources:
+            for item in source:
+                seen += 1
+                bar.update(1)
+                found = _faces_of(analyzer, item, select, on_no_face)
+                if found is None:
+                    skipped.append(item.source)
+                    continue
+                rows.add(item, *found, _item_caption(item, captions))
+    if seen == 0:  # shards without a single image sample
+        raise InvalidArgumentError(f"`images` must name at least one photo, got none in {inputs}")
     if skipped:
         logger.warning(
-            "no face found in %d of %d photos (skipped): %s",
+            "no face found in, or could not read, %d of %d photos (skipped): %s",
             len(skipped),
-            len(paths),
+            seen,
             ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else ""),
         )
     return writer.finish(skipped=skipped, normalized=rows.normalized)
@@ -441,8 +507,9 @@ def build_image_cache(
     """Cache whole images (resized so the short side is ``size``, centre-cropped square).
 
     For images that need no face detection: prior-preservation class images, generated
-    images. ``embeddings`` (one per image, in :func:`list_photos` order) are stored as the
-    identity of each image.
+    images. ``images``: image files and folders only (:func:`list_photos`; no tar shards or
+    dataset folders). ``embeddings`` (one per image, in :func:`list_photos` order) are stored
+    as the identity of each image.
     """
     size = _check_size(size)
     paths = list_photos(images)
@@ -465,7 +532,8 @@ def build_image_cache(
         ).hexdigest()[:16],
     }
     storage = _Storage(vae, shard_size, vae_batch_size, overwrite)
-    writer = _start(cache_dir, settings, paths, captions, storage)
+    fingerprint = _fingerprint(settings, *_path_keys(paths), captions)
+    writer = _start(cache_dir, settings, fingerprint, [str(p) for p in paths], storage)
     if isinstance(writer, FaceCache):
         return writer
     with _progress_bar(len(paths), "caching images", progress) as bar:

@@ -61,7 +61,7 @@ from facegen.training.diffusion.config import (
 from facegen.training.diffusion.face_cache import CacheDataset, sample_latents
 from facegen.training.diffusion.objective import diffusion_loss, noisy_latents
 from facegen.training.resume import holds_output_folder
-from facegen.validate import check_int, check_number
+from facegen.validate import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +110,9 @@ class GeneratorTrainConfig(TrainConfig):
     deepest), ``scratch_layers_per_block``, ``scratch_text_width`` (None: the identity
     dimension rounded up to a multiple of 64, at least 256), ``scratch_text_layers``,
     ``latent_factor`` (the space-to-depth factor): the ``"scratch"`` model's sizes.
+    ``save_dtype``: ``"float32"`` or ``"float16"`` (the saved generator's weights).
+    ``model_description`` / ``model_license``: written into ``facegen_generator.json`` (what
+    ``facegen models list`` and the preset's record show).
     """
 
     base_model: str = "scratch"
@@ -128,6 +131,9 @@ class GeneratorTrainConfig(TrainConfig):
     scratch_text_width: int | None = None
     scratch_text_layers: int = 4
     latent_factor: int = 4
+    save_dtype: str = "float32"
+    model_description: str | None = None
+    model_license: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,6 +162,7 @@ class GeneratorTrainConfig(TrainConfig):
                 f"`scratch_text_width` must be a multiple of 64, got {self.scratch_text_width}"
             )
         check_int(self.scratch_text_layers, "scratch_text_layers", minimum=1)
+        check_choice(self.save_dtype, "save_dtype", ("float32", "float16"))
         factor = check_int(self.latent_factor, "latent_factor", minimum=1)
         if factor & (factor - 1):
             raise InvalidArgumentError(f"`latent_factor` must be a power of two, got {factor}")
@@ -355,6 +362,9 @@ def _info(
         default_guidance=float(cfg.validation_guidance),
         vae="space-to-depth" if isinstance(run.vae, SpaceToDepthLatent) else "autoencoder-kl",
         family=family,
+        dataset_defaults=dataset_defaults(run.analyzer.encoder),
+        license=cfg.model_license,
+        description=cfg.model_description,
         training={
             **run.record(steps),
             "recipe": "arc2face (text encoder + UNet, identity in the id token's embedding)",
@@ -362,6 +372,41 @@ def _info(
             "encoder_id": str(run.cache.encoder_id),
         },
     )
+
+
+def dataset_defaults(encoder: object) -> dict[str, float]:
+    """Dataset settings for a generator conditioned on ``encoder``'s vectors, from its
+    same-person cosine threshold ``τ`` (the global defaults are ArcFace's): an image must
+    match its identity as the verifier matches one person (``min_similarity = τ``); a
+    sampled identity must not match any training photo (``leakage_threshold = τ``) nor
+    another sampled identity (``identity_separation = τ``: real different people lie below
+    it, e.g. 99 % of ORL's pairs under dlib); a near-copy lies within a fifteenth of the
+    margin ``1 − τ`` of its target (``max_similarity = max(0.98, 1 − (1 − τ)/15)``). Empty
+    without a threshold."""
+    tau = getattr(encoder, "same_person_threshold", None)
+    if tau is None:
+        return {}
+    tau = float(tau)
+    return {
+        "min_similarity": round(tau, 4),
+        "leakage_threshold": round(tau, 4),
+        "identity_separation": round(tau, 4),
+        "max_similarity": round(max(0.98, 1 - (1 - tau) / 15), 4),
+    }
+
+
+def _bank(run: TrainingRun[GeneratorTrainConfig]) -> tuple[list[Any], list[str]]:
+    """The training photos' identity vectors and their people (the cache's label of each
+    photo, else the name of its folder), for the generator's identity bank."""
+    from pathlib import Path
+
+    cache = run.cache
+    labels = cache.index.get("labels") or [None] * len(cache.items)
+    names = [
+        str(label if label is not None else Path(item.source).parent.name)
+        for item, label in zip(cache.items, labels)
+    ]
+    return cache.identity_embeddings(), names
 
 
 def _loss_fn(
@@ -498,7 +543,7 @@ def train_generator(
         final.eval()
         parts = {**run.parts, "unet": final.unet, "text_encoder": final.text_encoder}
         parts.pop("analyzer", None)
-        save_generator(out, parts, info)
+        save_generator(out, parts, info, identity_bank=_bank(run), dtype=cfg.save_dtype)
 
     return run.finish(
         outcome,
