@@ -24,8 +24,9 @@ Arc2Face's own ``arcface.onnx`` (faces detected with antelopev2's SCRFD): facege
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,6 +76,7 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         encoder_ids: tuple[str, ...] = ARC2FACE_ENCODER_IDS,
         identity_dim: int = 512,
         normalized: bool = True,
+        identity_center: Sequence[float] | None = None,
     ) -> None:
         hidden = int(text_encoder.config.hidden_size)
         identity_dim = check_int(identity_dim, "identity_dim", minimum=1)
@@ -115,6 +117,15 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         self._empty_ids = empty
         self._id_position = int(positions[0])
         self._uncond_cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.identity_center: tuple[float, ...] | None = None
+        if identity_center is not None:
+            center = tuple(float(v) for v in identity_center)
+            if len(center) != self.identity.dim or not all(math.isfinite(v) for v in center):
+                raise ValueError(
+                    f"`identity_center` must be {self.identity.dim} finite numbers, got "
+                    f"{len(center)}"
+                )
+            self.identity_center = center
 
     @property
     def device(self) -> torch.device:
@@ -154,6 +165,22 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         with torch.inference_mode():
             return self.prompt_embeds(vecs)
 
+    def centered(self, vectors: torch.Tensor) -> torch.Tensor:
+        """With ``identity_center``: each non-zero row minus the center, L2-normalised (the
+        zero rows — the null identity of classifier-free guidance — stay zero). An encoder
+        whose vectors share a large common direction (dlib's: different people lie at
+        cosine ~0.87) then writes what tells people apart, not what they share, into the
+        token. Without a center: the rows unchanged (Arc2Face's own recipe)."""
+        import torch
+
+        if self.identity_center is None:
+            return vectors
+        center = torch.tensor(self.identity_center, dtype=vectors.dtype, device=vectors.device)
+        live = (vectors.abs().sum(dim=1, keepdim=True) > 0).to(vectors.dtype)
+        shifted = vectors - center * live
+        norm = shifted.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return shifted / norm * live
+
     def prompt_embeds(self, vectors: torch.Tensor) -> torch.Tensor:
         """``prompt_embeds`` ``(N, 77, hidden)`` of float ``(N, identity_dim)`` vectors taken
         as they are (not checked, not normalised: :meth:`encode` does that first), with
@@ -165,6 +192,7 @@ class Arc2FaceIDEncoder(IdentityAdapter):
             raise ValueError(
                 f"`vectors` must be (N, {self.identity.dim}), got {tuple(vectors.shape)}"
             )
+        vectors = self.centered(vectors)
         padded = F.pad(vectors, (0, self.hidden_size - vectors.shape[1])).to(self.device)
         with self._identity_tokens(padded):
             ids = self._input_ids.repeat(len(vectors), 1).to(self.device)
@@ -203,7 +231,8 @@ class Arc2FaceIDEncoder(IdentityAdapter):
         out = Path(folder)
         self.text_encoder.save_pretrained(out / "encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(out / "tokenizer")
-        write_adapter_config(out, self, prompt=self.prompt, id_token=self._id_token)
+        extra = {} if self.identity_center is None else {"identity_center": self.identity_center}
+        write_adapter_config(out, self, prompt=self.prompt, id_token=self._id_token, **extra)
         return out
 
     @classmethod
@@ -241,6 +270,7 @@ class Arc2FaceIDEncoder(IdentityAdapter):
                 encoder_ids=tuple(cfg["encoder_ids"]),
                 identity_dim=int(cfg.get("identity_dim", 512)),
                 normalized=bool(cfg.get("normalized", True)),
+                identity_center=cfg.get("identity_center"),
             )
 
         text_encoder = load_pretrained(

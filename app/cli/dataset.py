@@ -222,6 +222,12 @@ def _run_config(args: argparse.Namespace) -> DatasetConfig:
     for key in ("pose_from", "identity_bank"):
         if data.get(key) is not None:
             data[key] = str(Path(data[key]).resolve())
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+    from facegen.pipelines.generation.presets import PRESETS
+
+    preset = data.get("preset")
+    if isinstance(preset, str) and preset not in PRESETS.names() and is_generator_folder(preset):
+        data["preset"] = str(Path(preset).resolve())  # a folder: the same run from anywhere
     return DatasetConfig.from_dict(data, source=str(args.config or "options"))
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "SamplingPreview",
     "hub_rows",
     "preset_rows",
+    "preset_thresholds",
     "preview_identities",
     "run_dataset",
 ]
@@ -119,6 +120,19 @@ class DatasetJob:
     report: dict[str, Any]
     contact_sheet: Path | None
     zip_path: Path
+
+
+def preset_thresholds(preset: str | None) -> tuple[float, float, float]:
+    """``(separation, min similarity, max similarity)`` for a dataset of ``preset``: its
+    calibration for its identity space (``PresetInfo.dataset_defaults``), else the global
+    defaults (ArcFace's)."""
+    from facegen.pipelines.dataset.config import GLOBAL_DEFAULTS
+    from facegen.pipelines.generation.presets import preset_info
+
+    calibrated = preset_info(preset).dataset_defaults if preset else {}
+    keys = ("identity_separation", "min_similarity", "max_similarity")
+    values = [float(calibrated.get(k, GLOBAL_DEFAULTS[k])) for k in keys]
+    return values[0], values[1], values[2]
 
 
 def run_dataset(

@@ -27,7 +27,9 @@ the photos it was trained on with their people's names: the ``gaussian`` identit
 fitted to it and sampled identities are kept away from it, see
 :func:`load_identity_bank`); ``dataset_defaults`` (dataset settings calibrated for its
 identity space, :data:`~facegen.pipelines.generation.capabilities.DATASET_DEFAULT_KEYS`);
-``license`` and ``description``.
+``license`` and ``description``; ``identity_center`` (a vector subtracted from every
+identity before it is normalised and written into the token: see
+:meth:`~facegen.adapters.arc2face.Arc2FaceIDEncoder.centered`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class GeneratorInfo:
     dataset_defaults: dict[str, float] = field(default_factory=dict)
     license: str | None = None
     description: str | None = None
+    identity_center: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.identity, IdentitySpec) or not self.identity.encoder_ids:
@@ -117,6 +120,13 @@ class GeneratorInfo:
         for key, value in self.dataset_defaults.items():
             check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
             check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
+        if self.identity_center is not None:
+            center = tuple(float(v) for v in self.identity_center)
+            if len(center) != self.identity.dim:
+                raise InvalidArgumentError(
+                    f"`identity_center` must have {self.identity.dim} entries, got {len(center)}"
+                )
+            object.__setattr__(self, "identity_center", center)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``facegen_generator.json`` (without ``facegen_version``)."""
@@ -143,6 +153,9 @@ class GeneratorInfo:
             "dataset_defaults": dict(self.dataset_defaults),
             "license": self.license,
             "description": self.description,
+            "identity_center": None
+            if self.identity_center is None
+            else [float(v) for v in self.identity_center],
         }
 
     @classmethod
@@ -309,6 +322,23 @@ def load_identity_bank(
     return vectors, list(names) if names else [""] * len(vectors)
 
 
+def _load_scheduler(folder: Path) -> Any:
+    """The inference scheduler saved in ``folder/scheduler`` (any diffusers scheduler class
+    its config names: DPM-Solver++ by default; a stochastic sampler where a small model
+    samples better with one)."""
+    import diffusers
+
+    config = folder / "scheduler" / "scheduler_config.json"
+    try:
+        name = json.loads(config.read_text()).get("_class_name", "DPMSolverMultistepScheduler")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InvalidModelError(f"{config}: not a readable scheduler config ({exc})") from None
+    cls = getattr(diffusers, str(name), None) if str(name).endswith("Scheduler") else None
+    if cls is None or not issubclass(cls, diffusers.SchedulerMixin):
+        raise InvalidModelError(f"{config}: `_class_name` {name!r} is not a diffusers scheduler")
+    return cls.from_pretrained(folder, subfolder="scheduler")
+
+
 def _load_vae(folder: Path, info: GeneratorInfo, torch_dtype: torch.dtype) -> Any:
     if info.vae == "space-to-depth":
         from facegen.pipelines.generation.space_to_depth import SpaceToDepthLatent
@@ -337,7 +367,7 @@ def load_generator(
     when it names one. ``dtype``: a torch dtype (default float32); ``from_preset`` takes
     names ("float16") and checks them."""
     import torch
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from facegen.pipelines.generation.id_to_face import IDToFacePipeline
@@ -351,7 +381,7 @@ def load_generator(
             path, subfolder="text_encoder", torch_dtype=torch_dtype
         )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        scheduler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler")
+        scheduler = _load_scheduler(path)
         vae = _load_vae(path, info, torch_dtype)
     except (OSError, ValueError) as exc:
         raise InvalidModelError(
@@ -399,6 +429,7 @@ def configure_pipeline(pipe: Any, info: GeneratorInfo) -> Any:
         "id_token": info.id_token,
         "identity_dim": info.identity.dim,
         "normalized": info.identity.normalized,
+        "identity_center": info.identity_center,
     }
     pipe.default_unconditional = info.unconditional
     pipe.default_steps = info.default_steps

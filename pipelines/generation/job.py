@@ -18,7 +18,9 @@ The rules, in one place:
 
 * **identities**: random ones are :func:`~facegen.pipelines.identities.sample_identities`
   (uniform, pairwise cosine < 0.3) in the pipeline's identity space, seeded with the
-  request's seed; embedding files must hold the pipeline's encoder's vectors; a photo's
+  request's seed; for a generator that ships its training identities (``identity_bank``,
+  e.g. ``demo-orl``), from the Gaussian fitted to them, below its calibrated separation to
+  each other and below its leakage threshold to every training identity; embedding files must hold the pipeline's encoder's vectors; a photo's
   face is read by the pipeline's own identity analyzer.
 * **prompt** (:func:`check_prompt`): identity-only presets refuse one, text presets need one.
 * **control** (:func:`check_control`): ControlNet presets need a pose reference or a
@@ -214,7 +216,25 @@ def _random_identities(
 
     spec = pipe.identity_spec
     check_fits_in_memory(source.count * spec.dim * 8, "drawing the random identities")
-    ids = sample_identities(source.count, dim=spec.dim, seed=seed, encoder_id=spec.encoder_ids[0])
+    bank = getattr(pipe, "identity_bank", None)
+    if bank is None:
+        ids = sample_identities(
+            source.count, dim=spec.dim, seed=seed, encoder_id=spec.encoder_ids[0]
+        )
+    else:  # in the model's own domain, and never one of the people it was trained on
+        calibrated = dict(getattr(pipe.preset_info, "dataset_defaults", None) or {})
+        separation = float(calibrated.get("identity_separation", 0.3))
+        ids = sample_identities(
+            source.count,
+            dim=spec.dim,
+            sampler="gaussian",
+            bank=bank[0],
+            seed=seed,
+            max_similarity=separation,
+            leakage_bank=bank[0],
+            leakage_threshold=float(calibrated.get("leakage_threshold", separation)),
+            encoder_id=spec.encoder_ids[0],
+        )
     return [
         Identity(e, {"random_identity_seed": seed, "random_identity_index": i})
         for i, e in enumerate(ids.embeddings())

@@ -182,3 +182,32 @@ def test_save_pretrained_roundtrip(tmp_path: Path, tiny) -> None:
     assert back.identity.encoder_ids == ("test-encoder",) and back.prompt == ARC2FACE_PROMPT
     vecs = torch.randn(2, 512, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(back.encode(vecs), enc.encode(vecs))
+
+
+def test_identity_center_writes_what_tells_people_apart(tmp_path: Path, tiny) -> None:
+    """A center (a generator trained on dlib's vectors records their mean) is subtracted
+    from each identity, which is normalised again; the null identity stays zero; the published
+    procedure is what runs on the centered vectors; save/load keeps the center."""
+    te, tok = tiny
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(128)
+    common /= np.linalg.norm(common)
+    people = common + 0.3 * rng.standard_normal((3, 128)) / np.sqrt(128)  # cosine ~0.9
+    people /= np.linalg.norm(people, axis=1, keepdims=True)
+    center = people.mean(0)
+    enc = Arc2FaceIDEncoder(
+        te, tok, encoder_ids=("dlib-resnet-v1",), identity_dim=128, identity_center=center
+    )
+    x = torch.tensor(np.vstack([people, np.zeros((1, 128))]), dtype=torch.float32)
+    c = enc.centered(x)
+    assert torch.allclose(c[:3].norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.equal(c[3], torch.zeros(128))  # the null identity of guidance stays zero
+    raw_cos = float(x[0] @ x[1])
+    assert raw_cos > 0.8 and float(c[0] @ c[1]) < raw_cos - 0.5  # people now far apart
+    expected = published_procedure(te, tok, c[:3])
+    torch.testing.assert_close(enc.prompt_embeds(x[:3]), expected, atol=1e-5, rtol=1e-4)
+    assert torch.equal(enc.prompt_embeds(x[3:]), enc.encode_unconditional(1, "zero-identity"))
+    back = Arc2FaceIDEncoder.from_pretrained(str(enc.save_pretrained(tmp_path / "c")))
+    assert back.identity_center == pytest.approx(tuple(center))
+    with pytest.raises(ValueError, match="identity_center"):
+        Arc2FaceIDEncoder(te, tok, identity_dim=128, identity_center=[0.0] * 5)

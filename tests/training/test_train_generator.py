@@ -131,8 +131,13 @@ def test_scratch_generator_trains_both_parts_saves_the_ema_and_loads_as_a_preset
         "identity_separation": 0.925,
         "max_similarity": 0.995,
     }
+    # the scratch model writes centred identities into its token (dlib's vectors share a
+    # large common direction); the centre is the training identities' mean, saved with it
+    vecs = np.stack([e.normalize().vector for e in cache.identity_embeddings()])
+    assert np.allclose(info["identity_center"], vecs.mean(0), atol=1e-6)
     pipe = from_preset(str(out), with_analyzer=False)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.id_encoder.identity_center == pytest.approx(tuple(vecs.mean(0)), abs=1e-6)
     assert pipe.identity_bank[0].shape == (len(cache), 128)
     assert pipe.preset_info.dataset_defaults == info["dataset_defaults"]
     ids = cache.identity_embeddings()[:2]
@@ -254,6 +259,7 @@ def test_fine_tunes_a_base_with_a_learning_rate_per_part(
         "tiny",
         "last",
     )
+    assert info["identity_center"] is None  # fine-tunes keep the base's raw-vector recipe
     pipe = from_preset(str(tmp_path / "ft"), with_analyzer=False)
     pipe.set_progress_bar_config(disable=True)
     vec = np.ones(128, np.float32) / np.sqrt(128)  # 128-D dlib, zero-padded into 512

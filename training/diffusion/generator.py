@@ -90,6 +90,7 @@ GENERATOR_RESULT_FILES = (
     "tokenizer",
     "scheduler",
     "vae",
+    "identity_bank.safetensors",
     "facegen_generator.json",
 )
 
@@ -110,7 +111,10 @@ class GeneratorTrainConfig(TrainConfig):
     deepest), ``scratch_layers_per_block``, ``scratch_text_width`` (None: the identity
     dimension rounded up to a multiple of 64, at least 256), ``scratch_text_layers``,
     ``latent_factor`` (the space-to-depth factor): the ``"scratch"`` model's sizes.
-    ``save_dtype``: ``"float32"`` or ``"float16"`` (the saved generator's weights).
+    ``center_identities``: subtract the training identities' mean from every identity before
+    it is normalised and written into the token (None: for the ``"scratch"`` model only; see
+    :meth:`~facegen.adapters.arc2face.Arc2FaceIDEncoder.centered`; the mean is saved with the
+    generator). ``save_dtype``: ``"float32"`` or ``"float16"`` (the saved generator's weights).
     ``model_description`` / ``model_license``: written into ``facegen_generator.json`` (what
     ``facegen models list`` and the preset's record show).
     """
@@ -131,6 +135,7 @@ class GeneratorTrainConfig(TrainConfig):
     scratch_text_width: int | None = None
     scratch_text_layers: int = 4
     latent_factor: int = 4
+    center_identities: bool | None = None
     save_dtype: str = "float32"
     model_description: str | None = None
     model_license: str | None = None
@@ -194,7 +199,8 @@ def scratch_components(
     """The ``"scratch"`` starting point for ``identity_dim``-D identities at
     ``cfg.resolution``: a randomly initialised UNet over ``3·f²`` latent channels, a small
     CLIP text encoder (width ``cfg.scratch_text_width``), facegen's small CLIP tokenizer (its
-    ``"id"`` is one token), the space-to-depth latent (factor ``f = cfg.latent_factor``) and
+    ``"id"`` is one token; sequences as long as the prompt, so the cross-attention context is
+    the prompt's tokens without padding), the space-to-depth latent (factor ``f = cfg.latent_factor``) and
     DPM-Solver++ over a linear DDPM schedule (1000 steps; linear suits image-like latents).
     Seeded with ``seed`` (default ``cfg.seed``)."""
     import torch
@@ -219,7 +225,11 @@ def scratch_components(
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1)
     if levels == 1:
         down, up = ("CrossAttnDownBlock2D",), ("CrossAttnUpBlock2D",)
-    tokenizer = tiny_tokenizer()
+    # the UNet attends to the prompt's own tokens only (no padding to 77): a model trained
+    # from nothing learns to read the identity far sooner from 7 tokens, 3 of which carry
+    # it, than from 77 mostly identical pads
+    length = len(tiny_tokenizer()(cfg.prompt).input_ids)
+    tokenizer = tiny_tokenizer(model_max_length=length)
     torch.manual_seed(cfg.seed if seed is None else seed)
     unet = UNet2DConditionModel(
         sample_size=res // f,
@@ -315,6 +325,9 @@ def _id_encoder(run: TrainingRun[GeneratorTrainConfig]) -> Arc2FaceIDEncoder:
     from facegen.adapters.arc2face import Arc2FaceIDEncoder
 
     cfg, cache = run.cfg, run.cache
+    center = cfg.center_identities
+    if center is None:
+        center = cfg.base_model == "scratch"
     try:
         return Arc2FaceIDEncoder(
             run.text_encoder,
@@ -324,9 +337,18 @@ def _id_encoder(run: TrainingRun[GeneratorTrainConfig]) -> Arc2FaceIDEncoder:
             encoder_ids=(str(cache.encoder_id),),
             identity_dim=int(cache.dim or 0),
             normalized=cache.normalized,
+            identity_center=_identity_mean(cache) if center else None,
         )
     except ValueError as exc:
         raise InvalidArgumentError(f"the base model cannot take these identities: {exc}") from None
+
+
+def _identity_mean(cache: Any) -> list[float]:
+    """The mean of the cache's L2-normalised identity vectors."""
+    import numpy as np
+
+    vecs = np.stack([e.normalize().vector for e in cache.identity_embeddings()])
+    return [float(v) for v in vecs.mean(axis=0)]
 
 
 def _info(
@@ -365,6 +387,7 @@ def _info(
         dataset_defaults=dataset_defaults(run.analyzer.encoder),
         license=cfg.model_license,
         description=cfg.model_description,
+        identity_center=enc.identity_center,
         training={
             **run.record(steps),
             "recipe": "arc2face (text encoder + UNet, identity in the id token's embedding)",

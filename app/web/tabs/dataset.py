@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..dataset import preview_identities, run_dataset
+from ..dataset import preset_thresholds, preview_identities, run_dataset
 from ..files import FieldValue, human_errors
 from ..services import Services, SessionState
 from .common import CPU_QUEUE, TRACK, AppContext, bind, table
@@ -102,10 +102,11 @@ def _job_form(services: Services) -> JobForm:
             step=1,
             label="Images per identity",
         )
-    with gr.Row():
-        separation = gr.Slider(-0.2, 0.9, value=0.3, step=0.01, label="Separation")
-        lo = gr.Slider(-1, 1, value=0.5, step=0.01, label="Keep images with similarity ≥")
-        hi = gr.Slider(-1, 1, value=0.98, step=0.01, label="… and ≤ (near-copies above)")
+    sep0, lo0, hi0 = preset_thresholds(preset.value)
+    with gr.Row():  # the preset's calibration for its identity space; see preset_thresholds
+        separation = gr.Slider(-0.2, 0.99, value=sep0, step=0.005, label="Separation")
+        lo = gr.Slider(-1, 1, value=lo0, step=0.005, label="Keep images with similarity ≥")
+        hi = gr.Slider(-1, 1, value=hi0, step=0.005, label="… and ≤ (near-copies above)")
         attempts = gr.Slider(1, 10, value=3, step=1, label="Attempts per image")
     with gr.Row():
         steps = gr.Slider(0, lim.max_steps, value=0, step=1, label="Steps (0 = preset default)")
@@ -210,6 +211,9 @@ def wire(tab: DatasetTab, ctx: AppContext) -> None:
         **CPU_QUEUE,
     )
     similarity = [j.separation, j.min_similarity, j.max_similarity]
+    # each preset's identity space has its own thresholds (dlib's same-person cosine is 0.925,
+    # ArcFace's 0.5): the sliders follow the preset chosen
+    j.preset.change(lambda name: list(preset_thresholds(name)), [j.preset], similarity, queue=False)
     j.run.click(
         bind(on_dataset, ctx.services),
         [j.preset, j.n, j.m, *similarity, j.attempts, j.steps, j.seed, j.prompt, ctx.state],
