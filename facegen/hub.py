@@ -168,32 +168,34 @@ _add(
         "detector and ResNet recogniser are CC0 (trained on dlib's own and public face sets).",
     )
 )
-_add(
-    ModelPreset(
-        name="demo-orl",
-        description="facegen's own small generator (the demo-orl preset): trained from scratch "
-        "on ORL faces, dlib identities, 64×64; ships inside the facegen package",
-        files=(
-            "facegen_generator.json",
-            "identity_bank.safetensors",
-            "model_index.json",
-            "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors",
-            "text_encoder/config.json",
-            "text_encoder/model.safetensors",
-            "tokenizer/vocab.json",
-            "tokenizer/merges.txt",
-            "scheduler/scheduler_config.json",
-            "vae/config.json",
-            "README.md",
-        ),
-        package="facegen",
-        package_subdir="models/demo-orl",
-        license="facegen's own weights (Apache-2.0), trained on the ORL faces (AT&T "
-        "Laboratories Cambridge; research and demonstration, credit the source); model card: "
-        "README.md in the folder.",
+_DEMO_ORL = Path(__file__).resolve().parent / "models" / "demo-orl"
+if (_DEMO_ORL / "facegen_generator.json").is_file():  # the generator facegen ships, once it does
+    _add(
+        ModelPreset(
+            name="demo-orl",
+            description="facegen's own small generator (the demo-orl preset): trained from scratch "
+            "on ORL faces, dlib identities, 64×64; ships inside the facegen package",
+            files=(
+                "facegen_generator.json",
+                "identity_bank.safetensors",
+                "model_index.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.safetensors",
+                "text_encoder/config.json",
+                "text_encoder/model.safetensors",
+                "tokenizer/vocab.json",
+                "tokenizer/merges.txt",
+                "scheduler/scheduler_config.json",
+                "vae/config.json",
+                "README.md",
+            ),
+            package="facegen",
+            package_subdir="models/demo-orl",
+            license="facegen's own weights (Apache-2.0), trained on the ORL faces (AT&T "
+            "Laboratories Cambridge; research and demonstration, credit the source); model card: "
+            "README.md in the folder.",
+        )
     )
-)
 _IP_ADAPTER_FACEID_LICENSE = (
     "IP-Adapter-FaceID (h94/IP-Adapter-FaceID): non-commercial research use only. The adapter "
     "was trained on insightface buffalo_l identity embeddings and insightface's models are "

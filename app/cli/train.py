@@ -220,7 +220,11 @@ def _add_generator_options(g: argparse.ArgumentParser) -> None:
         help="IDiff-Face contextual partial dropout of the identity's entries (0 = off)",
     )
     g.add_argument("--unet-lr", type=float, help="UNet learning rate (default --lr)")
-    g.add_argument("--text-encoder-lr", type=float, help="text encoder learning rate (--lr)")
+    g.add_argument(
+        "--text-encoder-lr",
+        type=float,
+        help="text encoder learning rate (--lr; --lr × 0.02 for the scratch model)",
+    )
     g.add_argument(
         "--no-ema", dest="use_ema", action="store_false", default=None, help="save the last weights"
     )

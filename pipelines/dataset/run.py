@@ -525,9 +525,14 @@ def merge(
     done = committed_identities(out)
     seen = {int(r["identity"]) for r in iter_records(out)}
     done_ids = {int(r["identity"]) for r in done}
+    # one record per identity (its committed one, else its first failed one): the rejections
+    # of failed identities are counted too
+    latest: dict[int, dict[str, Any]] = {int(r["identity"]): r for r in done}
+    for r in iter_records(out):
+        latest.setdefault(int(r["identity"]), r)
     rejections: dict[str, int] = {}
-    for r in done:
-        for rej in r["rejections"]:
+    for r in latest.values():
+        for rej in r.get("rejections", ()):
             rejections[rej["reason"]] = rejections.get(rej["reason"], 0) + 1
     missing = sorted(set(range(cfg.identities)) - seen)
     summary = {

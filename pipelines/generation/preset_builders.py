@@ -42,6 +42,7 @@ __all__ = [
     "arc2face_present",
     "default_generate_preset",
     "demo_orl_dir",
+    "demo_orl_present",
 ]
 
 #: Licence notes shown by `facegen models list` and the web app's Models panel.
@@ -172,9 +173,19 @@ def arc2face_present() -> bool:
 
 
 def default_generate_preset() -> str:
-    """``arc2face`` when its weights are on this machine, else the shipped ``demo-orl``:
-    what the web app selects first, so that it makes faces offline out of the box."""
-    return "arc2face" if arc2face_present() else DEMO_ORL_NAME
+    """``arc2face`` when its weights are on this machine, else the shipped ``demo-orl`` (when
+    this installation has it): what the web app selects first, so that it makes faces
+    offline out of the box."""
+    if arc2face_present() or not demo_orl_present():
+        return "arc2face"
+    return DEMO_ORL_NAME
+
+
+def demo_orl_present() -> bool:
+    """Whether this installation holds the ``demo-orl`` generator's files."""
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+
+    return is_generator_folder(demo_orl_dir())
 
 
 #: The SD1.5 inpainting checkpoint (9-channel UNet) the inpainting preset builds on.

@@ -252,6 +252,7 @@ def test_tiny_pipeline_all_rejected_is_reported(tmp_path: Path, dlib_analyzer) -
     assert s.done == 0 and s.failed == 2 and s.rejections == {"no_face": 8}
     summary = merge(tmp_path)
     assert summary["failed"] == [0, 1] and summary["images"] == 0 and not summary["missing"]
+    assert summary["rejections"] == s.rejections  # failed identities' rejections count too
     with pytest.raises(FacegenError, match="no committed identities"):
         export(tmp_path, ["wds"])
 

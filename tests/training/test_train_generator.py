@@ -179,7 +179,8 @@ def test_float16_generator_is_half_the_size_and_loads_in_float32(
         assert pipe.unet.dtype == torch.float32
         pipe.set_progress_bar_config(disable=True)
         images[dtype] = pipe(ids, seeds=[3], num_inference_steps=3, output_type="np").images
-    assert np.abs(images["float32"] - images["float16"]).max() < 0.05
+    diff = np.abs(images["float32"] - images["float16"])
+    assert diff.mean() < 0.01 and diff.max() < 0.15  # rounding, not another image
     # a bank of another space in a generator's folder is refused when it loads
     from facegen.embedding_io import save_embeddings
 
@@ -313,6 +314,14 @@ def test_generator_config_validates(tmp_path: Path) -> None:
     cfg = GeneratorTrainConfig(**base, scratch_text_width=64)
     with pytest.raises(InvalidArgumentError, match="identity dimension"):
         _scratch(cfg)
+    # the scratch model's text encoder learns 50× slower unless told (it washed the identity
+    # out of the context at the UNet's rate); fine-tunes use --lr for both parts
+    from facegen.training.diffusion.generator import _text_encoder_lr
+
+    assert _text_encoder_lr(GeneratorTrainConfig(**base, learning_rate=5e-4)) == pytest.approx(1e-5)
+    tiny = GeneratorTrainConfig(**base, base_model="tiny", learning_rate=5e-4)
+    assert _text_encoder_lr(tiny) == 5e-4
+    assert _text_encoder_lr(GeneratorTrainConfig(**base, text_encoder_learning_rate=3e-4)) == 3e-4
     back = GeneratorTrainConfig.from_dict(GeneratorTrainConfig(**base, **SMALL).to_dict())
     assert back.scratch_unet_channels == (32, 64)
 

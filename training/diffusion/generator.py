@@ -105,7 +105,8 @@ class GeneratorTrainConfig(TrainConfig):
     identity. ``id_drop_prob``: condition dropout (the null identity) for classifier-free
     guidance; ``id_partial_drop_prob``: IDiff-Face's contextual partial dropout (0 = off).
     ``unet_learning_rate`` / ``text_encoder_learning_rate``: per part (None =
-    ``learning_rate``). ``use_ema`` / ``ema_decay``. ``random_flip``: mirrored crops half the
+    ``learning_rate``; for the text encoder of the ``"scratch"`` model, that times
+    :data:`SCRATCH_TEXT_ENCODER_LR_FACTOR`). ``use_ema`` / ``ema_decay``. ``random_flip``: mirrored crops half the
     time. ``validation_guidance``: the guidance of validation images and the generator's
     default. ``scratch_unet_channels`` (one UNet level each; cross-attention on all but the
     deepest), ``scratch_layers_per_block``, ``scratch_text_width`` (None: the identity
@@ -197,7 +198,8 @@ def scratch_components(
     cfg: GeneratorTrainConfig, identity_dim: int, *, seed: int | None = None
 ) -> dict[str, Any]:
     """The ``"scratch"`` starting point for ``identity_dim``-D identities at
-    ``cfg.resolution``: a randomly initialised UNet over ``3·f²`` latent channels, a small
+    ``cfg.resolution``: a randomly initialised UNet over ``3·f²`` latent channels (the
+    context in cross-attention and, attention-pooled, in the timestep embedding), a small
     CLIP text encoder (width ``cfg.scratch_text_width``), facegen's small CLIP tokenizer (its
     ``"id"`` is one token; sequences as long as the prompt, so the cross-attention context is
     the prompt's tokens without padding), the space-to-depth latent (factor ``f = cfg.latent_factor``) and
@@ -242,6 +244,12 @@ def scratch_components(
         cross_attention_dim=width,
         attention_head_dim=8,
         norm_num_groups=32,
+        # the context also reaches every ResNet block through the timestep embedding
+        # (attention-pooled, diffusers' "text" addition embedding), the pathway class-
+        # conditional models learn fastest: cross-attention alone left a model trained from
+        # nothing ignoring the identity for thousands of steps (BENCHMARKS.md)
+        addition_embed_type="text",
+        addition_embed_type_num_heads=8,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -341,6 +349,21 @@ def _id_encoder(run: TrainingRun[GeneratorTrainConfig]) -> Arc2FaceIDEncoder:
         )
     except ValueError as exc:
         raise InvalidArgumentError(f"the base model cannot take these identities: {exc}") from None
+
+
+#: The scratch model's text encoder learns this much slower than its UNet by default: trained
+#: from nothing at the UNet's rate it learned to wash the identity out of the context within
+#: a thousand steps (the UNet then learns faces without identity; BENCHMARKS.md).
+SCRATCH_TEXT_ENCODER_LR_FACTOR = 0.02
+
+
+def _text_encoder_lr(cfg: GeneratorTrainConfig) -> float:
+    """``text_encoder_learning_rate``; unset: ``learning_rate``, times
+    :data:`SCRATCH_TEXT_ENCODER_LR_FACTOR` for the ``"scratch"`` model."""
+    if cfg.text_encoder_learning_rate is not None:
+        return float(cfg.text_encoder_learning_rate)
+    factor = SCRATCH_TEXT_ENCODER_LR_FACTOR if cfg.base_model == "scratch" else 1.0
+    return float(cfg.learning_rate) * factor
 
 
 def _identity_mean(cache: Any) -> list[float]:
@@ -521,10 +544,7 @@ def train_generator(
     model = _generator_module(enc, unet)
     groups = [
         {"params": list(unet.parameters()), "lr": cfg.unet_learning_rate or cfg.learning_rate},
-        {
-            "params": list(te.parameters()),
-            "lr": cfg.text_encoder_learning_rate or cfg.learning_rate,
-        },
+        {"params": list(te.parameters()), "lr": _text_encoder_lr(cfg)},
     ]
     averaged: torch.nn.Module | None = None
     on_step = None

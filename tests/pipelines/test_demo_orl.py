@@ -1,0 +1,165 @@
+"""The ``demo-orl`` generator facegen trained itself and ships: a regression test, not a
+benchmark (the numbers are in its model card and BENCHMARKS.md).
+
+It must load offline from the installed package, agree with its registered preset record,
+make faces that the dataset verifier accepts at no less than the floor measured when it was
+trained (``ACCEPTANCE_FLOOR``), and refuse identity vectors of another encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facegen.errors import IncompatibleEmbeddingError
+from facegen.pipelines.generation.generator_folder import load_identity_bank, read_generator_info
+from facegen.pipelines.generation.presets import (
+    DEMO_ORL_NAME,
+    default_generate_preset,
+    from_preset,
+    preset_info,
+)
+from facegen.types import IdentityEmbedding
+
+pytestmark = pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[2] / "facegen" / "models" / "demo-orl").is_dir(),
+    reason="the demo-orl weights are not in this checkout (facegen/models/demo-orl)",
+)
+
+#: acceptance of the dataset verifier on identities sampled as `facegen dataset generate`
+#: samples them (one attempt per image): the rate measured on the shipped weights with this
+#: test's settings, less a margin (see the model card)
+ACCEPTANCE_FLOOR = 0.35
+
+
+@pytest.fixture(scope="module")
+def folder() -> Path:
+    from facegen.pipelines.generation.preset_builders import demo_orl_dir
+
+    return demo_orl_dir()
+
+
+@pytest.fixture(scope="module")
+def pipe(monkeypatch_module):
+    monkeypatch_module.setenv("FACEGEN_OFFLINE", "1")
+    monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
+    p = from_preset(DEMO_ORL_NAME)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_the_shipped_folder_is_small_half_precision_and_matches_its_preset(folder: Path) -> None:
+    from safetensors import safe_open
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 15 * 1024 * 1024
+    for weights in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        with safe_open(str(folder / weights), "pt") as f:
+            names = list(f.keys())
+            assert {f.get_slice(k).get_dtype() for k in names} == {"F16"}
+    card = (folder / "README.md").read_text()
+    assert "AT&T Laboratories Cambridge" in card and "facegen train generator" in card
+    info = read_generator_info(folder)
+    registered = preset_info(DEMO_ORL_NAME)
+    from_folder = info.preset_info(DEMO_ORL_NAME)
+    for field in ("identity", "default_steps", "default_guidance", "family", "takes_prompt"):
+        assert getattr(registered, field) == getattr(from_folder, field), field
+    assert dict(registered.dataset_defaults) == info.dataset_defaults
+    assert not registered.test_double
+    # trained on ORL's training people only: s32–s40 are the held-out evaluation set
+    vectors, names = load_identity_bank(folder)
+    assert vectors.shape[1] == 128 and len(vectors) == len(names)
+    assert set(names) == {f"s{k}" for k in range(2, 32)}
+    from facegen import hub
+
+    where = hub.status(DEMO_ORL_NAME)  # what `facegen models list` shows
+    assert all(where.values()) and all(str(folder) in p for p in where.values())
+
+
+def test_loads_offline_and_makes_faces_the_verifier_accepts(pipe, tmp_path: Path) -> None:
+    """A small dataset through the real machinery (sampling, generation, verification)."""
+    from facegen.pipelines.dataset.config import DatasetConfig
+    from facegen.pipelines.dataset.run import pipeline_worker, run_shard
+
+    cfg = DatasetConfig(
+        identities=6, images_per_identity=3, preset=DEMO_ORL_NAME, attempts=1, batch_size=6
+    )
+    worker = pipeline_worker(pipe, cfg)
+    summary = run_shard(tmp_path / "ds", cfg, (0, 1), worker)
+    rate = summary.images / (cfg.identities * cfg.images_per_identity)
+    assert rate >= ACCEPTANCE_FLOOR, (summary.images, summary.rejections)
+    crops = sorted((tmp_path / "ds" / "images").rglob("*.png"))
+    assert len(crops) == summary.images
+    saved = json.loads((tmp_path / "ds" / "config.json").read_text())
+    assert saved["sampler"] == "gaussian" and saved["leakage_check"] is True
+    assert saved["min_similarity"] == 0.925
+
+
+def test_same_seed_same_face_and_other_encoders_refused(pipe) -> None:
+    vectors, _ = pipe.identity_bank
+    ident = [IdentityEmbedding(vectors[0], "dlib-resnet-v1", True)]
+    a = pipe(ident, seeds=[7], output_type="np").images[0]
+    b = pipe(ident, seeds=[7], output_type="np").images[0]
+    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert float(a.std()) > 0.05  # an image, not a flat field
+    other = np.ones(512, np.float32) / np.sqrt(512)
+    with pytest.raises(IncompatibleEmbeddingError, match="dlib-resnet-v1"):
+        pipe([IdentityEmbedding(other, "arcface-onnx/antelopev2", True)], seeds=[0])
+
+
+def test_it_is_the_default_where_no_published_weights_are(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path / "fg"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    assert default_generate_preset() == DEMO_ORL_NAME
+    from facegen.app.web.dataset import preset_thresholds
+    from facegen.app.web.services import Services
+
+    services = Services(presets=["tiny", DEMO_ORL_NAME, "arc2face"], output_root=tmp_path / "o")
+    try:
+        assert services.default_preset == DEMO_ORL_NAME
+        assert services.default_for("generate") == DEMO_ORL_NAME
+    finally:
+        services.close()
+    # the web Dataset tab's thresholds follow the preset's identity space
+    assert preset_thresholds(DEMO_ORL_NAME) == (0.925, 0.925, 0.995)
+    assert preset_thresholds("arc2face") == (0.3, 0.5, 0.98)
+
+
+def test_generate_command_samples_identities_in_the_models_domain(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`facegen generate --preset demo-orl --random-identities`: identities from the Gaussian
+    of its training identities, each below the leakage threshold to every training photo."""
+    from facegen.app.cli.main import main
+    from facegen.image_io import load_image
+    from facegen.pipelines.generation.job import _random_identities
+    from facegen.pipelines.generation.request import RandomIdentities
+
+    monkeypatch.setenv("FACEGEN_OFFLINE", "1")
+    out = tmp_path / "gen"
+    args = ["generate", "--preset", DEMO_ORL_NAME, "--random-identities", "2"]
+    args += ["--num-images", "1", "--steps", "4", "--out", str(out), "--no-watermark"]
+    assert main(args) == 0, capsys.readouterr().err
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 2 and load_image(pngs[0]).shape == (64, 64, 3)
+    pipe = from_preset(DEMO_ORL_NAME, with_analyzer=False)
+    bank = pipe.identity_bank[0]
+    ids = np.stack([i.embedding.vector for i in _random_identities(RandomIdentities(8), pipe, 0)])
+    ids /= np.linalg.norm(ids, axis=1, keepdims=True)
+    assert float((ids @ bank.T).max()) < 0.925
+    mean = bank.mean(0) / np.linalg.norm(bank.mean(0))
+    assert float((ids @ mean).min()) > 0.5  # near the training identities, not anywhere
