@@ -74,6 +74,7 @@ __all__ = [
     "SeparationReport",
     "sample_identities",
     "verify_separation",
+    "with_person_means",
 ]
 
 logger = logging.getLogger(__name__)
@@ -382,6 +383,22 @@ def _leakage_rows(leakage_bank: ArrayLike | None, dim: int) -> np.ndarray | None
     if leak.ndim != 2 or leak.shape[1] != dim:
         raise ValueError(f"`leakage_bank` must be (M, {dim}), got {leak.shape}")
     return leak
+
+
+def with_person_means(vectors: ArrayLike, names: list[str] | None) -> np.ndarray:
+    """A bank of real identity vectors (one row per photo) plus, where ``names`` says which
+    person each row is, each person's mean (L2-normalised): what the leakage check compares
+    sampled identities with, so that a sample is kept away from every photo and also from
+    every person as a whole (a sample can lie below the threshold to each photo of a person
+    and still above it to their mean). Without names: the rows as they are."""
+    rows = l2_normalize(np.asarray(vectors, np.float32))
+    if not names or len(names) != len(rows) or len(set(names)) == len(names):
+        return rows
+    people: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        people.setdefault(name, []).append(k)
+    means = l2_normalize(np.stack([rows[idx].mean(axis=0) for idx in people.values()]))
+    return np.concatenate([rows, means.astype(np.float32)])
 
 
 def sample_identities(

@@ -123,7 +123,7 @@ def _identity_bank(
     from facegen.embedding_io import load_embeddings
 
     try:
-        embs, _ = load_embeddings(cfg.identity_bank)
+        embs, names = load_embeddings(cfg.identity_bank)
     except (OSError, ValueError) as exc:
         raise FacegenError(f"`identity_bank` {cfg.identity_bank}: not readable ({exc})") from None
     if embs[0].encoder_id != encoder_id or embs[0].vector.shape[0] != dim:
@@ -131,7 +131,9 @@ def _identity_bank(
             f"`identity_bank` {cfg.identity_bank} holds {embs[0].vector.shape[0]}-D "
             f"{embs[0].encoder_id} vectors; the preset's identities are {dim}-D {encoder_id}"
         )
-    return np.stack([e.vector for e in embs]).astype(np.float32)
+    from facegen.pipelines.identities import with_person_means
+
+    return with_person_means(np.stack([e.vector for e in embs]), names)
 
 
 def _prepare(
@@ -315,6 +317,7 @@ def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
         return images
 
     from facegen.pipelines.editing.face_edit import pipeline_size
+    from facegen.pipelines.identities import with_person_means
 
     enc = verifier.encoder
     assert enc is not None  # checked by _check_pipeline
@@ -328,7 +331,7 @@ def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
         pipeline_size(pipe),
         bool(pipe.takes_prompt),
         takes_control,
-        identity_bank=None if bank is None else np.asarray(bank[0], np.float32),
+        identity_bank=None if bank is None else with_person_means(bank[0], bank[1]),
         defaults=dict(info.dataset_defaults) if info is not None else None,
     )
 

@@ -222,16 +222,19 @@ def _random_identities(
             source.count, dim=spec.dim, seed=seed, encoder_id=spec.encoder_ids[0]
         )
     else:  # in the model's own domain, and never one of the people it was trained on
+        from facegen.pipelines.identities import with_person_means
+
+        rows = with_person_means(bank[0], bank[1])
         calibrated = dict(getattr(pipe.preset_info, "dataset_defaults", None) or {})
         separation = float(calibrated.get("identity_separation", 0.3))
         ids = sample_identities(
             source.count,
             dim=spec.dim,
             sampler="gaussian",
-            bank=bank[0],
+            bank=rows,
             seed=seed,
             max_similarity=separation,
-            leakage_bank=bank[0],
+            leakage_bank=rows,
             leakage_threshold=float(calibrated.get("leakage_threshold", separation)),
             encoder_id=spec.encoder_ids[0],
         )

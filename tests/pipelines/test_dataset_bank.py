@@ -146,3 +146,24 @@ def test_a_users_bank_file_replaces_the_presets_and_must_match_its_space(
         prepare_run(tmp_path / "b", _cfg(identity_bank=str(other)), encoder_id=ENC, dim=128)
     with pytest.raises(FacegenError, match="'gaussian' sampler needs an identity bank"):
         prepare_run(tmp_path / "c", _cfg(sampler="gaussian"), encoder_id=ENC, dim=128)
+
+
+def test_leakage_also_keeps_samples_away_from_each_persons_mean(
+    tmp_path: Path, bank: np.ndarray
+) -> None:
+    """A sample can lie below the threshold to every photo of a person and still above it to
+    the person's mean: with the people's names the bank gains their means, checked too."""
+    from facegen.pipelines.identities import with_person_means
+
+    names = [f"s{p}" for p in range(2, 14) for _ in range(5)]
+    rows = with_person_means(bank, names)
+    assert rows.shape == (len(bank) + 12, 128)
+    means = rows[len(bank) :]
+    assert np.allclose(np.linalg.norm(means, axis=1), 1, atol=1e-5)
+    assert np.array_equal(with_person_means(bank, None), bank)  # no names: the rows only
+    kw = {"encoder_id": ENC, "dim": 128, "defaults": DEFAULTS}
+    photos_only, _ = prepare_run(tmp_path / "p", _cfg(identities=30), identity_bank=bank, **kw)
+    with_means, _ = prepare_run(tmp_path / "m", _cfg(identities=30), identity_bank=rows, **kw)
+    assert float((l2_normalize(photos_only) @ means.T).max()) >= 0.925  # the gap, shown
+    assert float((l2_normalize(with_means) @ means.T).max()) < 0.925  # closed
+    assert float((l2_normalize(with_means) @ bank.T).max()) < 0.925
