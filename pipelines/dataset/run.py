@@ -80,6 +80,7 @@ def _check_config(
         return
     old = DatasetConfig.from_dict(json.loads(path.read_text()), source=str(path))
     old = old.resolved(defaults, has_bank=has_bank)
+    cfg = cfg.resolved(defaults, has_bank=has_bank)  # a no-op on a recorded (resolved) config
     if old.identity_dict() != cfg.identity_dict():
         a, b = old.identity_dict(), cfg.identity_dict()
         diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
