@@ -231,6 +231,11 @@ def _add_generator_options(g: argparse.ArgumentParser) -> None:
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--random-flip", action="store_true", default=None)
     g.add_argument(
+        "--prediction-type",
+        choices=("v_prediction", "epsilon"),
+        help="what a scratch model's UNet predicts (v_prediction)",
+    )
+    g.add_argument(
         "--save-dtype",
         choices=("float32", "float16"),
         help="the saved generator's weights (float32; float16 halves the size)",
@@ -267,6 +272,7 @@ _GEN_KEYS = {
     "ema_decay": "ema_decay",
     "random_flip": "random_flip",
     "save_dtype": "save_dtype",
+    "prediction_type": "prediction_type",
 }
 
 

@@ -140,6 +140,9 @@ def test_scratch_generator_trains_both_parts_saves_the_ema_and_loads_as_a_preset
     assert pipe.id_encoder.identity_center == pytest.approx(tuple(vecs.mean(0)), abs=1e-6)
     assert pipe.identity_bank[0].shape == (len(cache), 128)
     assert pipe.preset_info.dataset_defaults == info["dataset_defaults"]
+    # a scratch model predicts v (its inference scheduler says so, and the training target
+    # came from the same config)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     ids = cache.identity_embeddings()[:2]
     faces = pipe(ids, seeds=[0, 1])
     assert faces.images[0].size == (SIZE, SIZE)
@@ -308,6 +311,7 @@ def test_generator_config_validates(tmp_path: Path) -> None:
         ({"scratch_unet_channels": (48,)}, "multiples of 32"),
         ({"text_encoder_learning_rate": 0.0}, "text_encoder_learning_rate"),
         ({"scratch_text_width": 100}, "multiple of 64"),
+        ({"prediction_type": "sample"}, "prediction_type"),
     ):
         with pytest.raises(InvalidArgumentError, match=match):
             GeneratorTrainConfig(**base, **bad)
@@ -322,6 +326,8 @@ def test_generator_config_validates(tmp_path: Path) -> None:
     tiny = GeneratorTrainConfig(**base, base_model="tiny", learning_rate=5e-4)
     assert _text_encoder_lr(tiny) == 5e-4
     assert _text_encoder_lr(GeneratorTrainConfig(**base, text_encoder_learning_rate=3e-4)) == 3e-4
+    eps = _scratch(GeneratorTrainConfig(**base, **SMALL, prediction_type="epsilon"))
+    assert eps["scheduler"].config.prediction_type == "epsilon"
     back = GeneratorTrainConfig.from_dict(GeneratorTrainConfig(**base, **SMALL).to_dict())
     assert back.scratch_unet_channels == (32, 64)
 
