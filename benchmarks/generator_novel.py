@@ -4,7 +4,7 @@ Identities: ``--identities`` N are sampled exactly as ``facegen dataset`` sample
 generator — ``prepare_run`` (into a temporary run folder) with ``DatasetConfig(identities=N,
 images_per_identity=M, preset=MODEL_DIR, seed=--seed)``, the folder's identity bank and its
 ``dataset_defaults``: sampler ``auto`` = a Gaussian fitted to the bank, every identity kept
-below ``leakage_threshold`` (0.925 for dlib) to each bank vector and below
+below ``leakage_threshold`` (0.925 for dlib) to each bank vector and each person's mean, and below
 ``identity_separation`` to each other. The sampling counts (candidates drawn, rejected for
 leakage / for being too close to another identity) are those ``sample_identities`` stored
 in the run's ``identities.safetensors``. It draws candidates 4096 at a time and stops early
@@ -55,30 +55,17 @@ UNSEEN_PEOPLE = range(32, 41)
 CHUNK = 40  # images per pipeline call
 
 
-def sampling_stats(run: Path, cfg: Any, bank: np.ndarray, dim: int, encoder_id: str) -> dict:
-    """The sampling counts ``prepare_run`` stored with the identities, else recomputed by
-    ``sample_identities`` with the same arguments (``cfg`` resolved)."""
+def sampling_stats(run: Path) -> dict:
+    """The sampling counts ``prepare_run`` stored with the identities (every
+    ``identities.safetensors`` facegen writes carries them in its metadata)."""
     from safetensors import safe_open
 
-    with safe_open(str(run / "identities.safetensors"), framework="numpy") as f:
+    path = run / "identities.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
-    if "stats" in meta:
-        return {**json.loads(meta["stats"]), "source": "identities.safetensors"}
-    from facegen.pipelines.identities import sample_identities
-
-    leak = bank if cfg.leakage_check else None
-    ids = sample_identities(
-        cfg.identities,
-        dim=dim,
-        sampler=cfg.sampler,
-        seed=cfg.seed,
-        max_similarity=cfg.setting("identity_separation"),
-        bank=bank if cfg.sampler == "gaussian" else None,
-        leakage_bank=leak,
-        leakage_threshold=cfg.setting("leakage_threshold") if leak is not None else None,
-        encoder_id=encoder_id,
-    )
-    return {**ids.stats, "source": "recomputed"}
+    if "stats" not in meta:
+        raise SystemExit(f"{path} has no sampling counts (`stats` metadata): not facegen's")
+    return {**json.loads(meta["stats"]), "source": "identities.safetensors"}
 
 
 def generate(
@@ -241,6 +228,7 @@ def main() -> None:
     from facegen.pipelines.dataset.config import DatasetConfig
     from facegen.pipelines.dataset.run import prepare_run
     from facegen.pipelines.generation.presets import from_preset
+    from facegen.pipelines.identities import with_person_means
 
     pipe = from_preset(str(args.model))
     pipe.set_progress_bar_config(disable=True)
@@ -267,11 +255,11 @@ def main() -> None:
             cfg,
             encoder_id=spec.encoder_ids[0],
             dim=spec.dim,
-            identity_bank=bank,
+            identity_bank=with_person_means(bank, names),  # as a dataset run's worker does
             defaults=defaults,
         )
         resolved = DatasetConfig.from_dict(json.loads((Path(tmp) / "config.json").read_text()))
-        stats = sampling_stats(Path(tmp), resolved, bank, spec.dim, spec.encoder_ids[0])
+        stats = sampling_stats(Path(tmp))
     sample_s = time.perf_counter() - t
     vectors = unit(vectors)
     threshold = resolved.setting("leakage_threshold")
