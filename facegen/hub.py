@@ -183,8 +183,8 @@ if (_DEMO_ORL / "facegen_generator.json").is_file():  # the generator facegen sh
                 "unet/diffusion_pytorch_model.safetensors",
                 "text_encoder/config.json",
                 "text_encoder/model.safetensors",
-                "tokenizer/vocab.json",
-                "tokenizer/merges.txt",
+                "tokenizer/tokenizer.json",
+                "tokenizer/tokenizer_config.json",
                 "scheduler/scheduler_config.json",
                 "vae/config.json",
                 "README.md",
@@ -368,6 +368,15 @@ def _download_url(url: str, dest: Path, sha256: str | None) -> Path:
     return dest
 
 
+def _safe_relative(filename: str) -> bool:
+    """Whether ``filename`` names a file inside a model folder: ``name`` or ``sub/name`` (a
+    folder preset's nested files, e.g. ``unet/config.json``), never ``..``, ``.``, an empty
+    part, a backslash or an absolute path."""
+    if not filename or "\\" in filename or filename.startswith("/") or ":" in filename:
+        return False
+    return all(part not in ("", ".", "..") for part in filename.split("/"))
+
+
 def resolve(
     preset: str | ModelPreset,
     filename: str | None = None,
@@ -388,8 +397,11 @@ def resolve(
                 f"`filename` must be one of {', '.join(p.files)} for preset {p.name!r}, got None"
             )
         filename = p.files[0]
-    if os.sep in filename.replace("/", os.sep) or filename in ("", ".", ".."):
-        raise ValueError(f"`filename` must be a plain file name, got {filename!r}")
+    if not _safe_relative(filename):
+        raise ValueError(
+            f"`filename` must be a file name or a relative path inside the model's folder "
+            f"(no '..', no absolute path), got {filename!r}"
+        )
     model = f"{p.name}/{filename}"
     if path is not None:
         cand = Path(path).expanduser()

@@ -90,9 +90,23 @@ def test_hf_cache_is_used(isolated: Path) -> None:
     assert st["arcface.onnx"] == str(snap / "arcface.onnx")
 
 
-def test_path_escape_in_filename_refused(isolated: Path) -> None:
-    with pytest.raises(ValueError, match="plain file name"):
-        hub.resolve("dlib", "../../etc/passwd")
+@pytest.mark.parametrize(
+    "name", ["../../etc/passwd", "unet/../../x", "/etc/passwd", "a//b", "./a", "a\\b", "C:x", ""]
+)
+def test_path_escape_in_filename_refused(isolated: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="relative path inside"):
+        hub.resolve("dlib", name)
+
+
+def test_nested_file_of_a_folder_preset_resolves(isolated: Path) -> None:
+    """A folder preset names its files by relative path (``unet/config.json``)."""
+    preset = hub.ModelPreset(
+        name="nested-test", description="d", files=("unet/config.json",), license="test"
+    )
+    target = isolated / "fg" / "models" / "nested-test" / "unet" / "config.json"
+    target.parent.mkdir(parents=True)
+    target.write_text("{}")
+    assert hub.resolve(preset, "unet/config.json", download=False) == target
 
 
 def test_offline_flag_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
