@@ -256,6 +256,13 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     for sub in ("facegen/adapters/__init__.py", "facegen/app/cli/main.py", "facegen/py.typed"):
         assert sub in names, f"{sub} missing from the wheel"
     assert not any(n.startswith("tests/") for n in names)
+    # the shipped generator travels inside the wheel, every file its preset names
+    demo = REPO / "facegen" / "models" / "demo-orl"
+    if demo.is_dir():
+        from facegen import hub
+
+        for f in hub.get_preset("demo-orl").files:
+            assert f"facegen/models/demo-orl/{f}" in names, f"demo-orl's {f} missing from the wheel"
     venv = tmp_path / "venv"
     # dependencies come from this environment; the wheel itself must carry every subpackage
     subprocess.run(
@@ -279,6 +286,17 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
         [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
     )
     assert str(venv) in out.stdout, f"imported the wrong facegen: {out.stdout}"
+    if demo.is_dir():
+        code = (
+            "from facegen import hub;"
+            "from facegen.pipelines.generation.preset_builders import demo_orl_present;"
+            "st = hub.status('demo-orl');"
+            "print(demo_orl_present(), all(st.values()), sorted(set(st.values()) - {None}))"
+        )
+        found = subprocess.run(
+            [str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+        )
+        assert found.stdout.startswith("True True") and str(venv) in found.stdout, found.stdout
     cli = subprocess.run(
         [str(venv / "bin" / "facegen"), "--help"], capture_output=True, text=True, cwd=tmp_path
     )
