@@ -35,6 +35,7 @@ pytestmark = pytest.mark.skipif(
 #: condition-dropped control of ``benchmarks/generator_orl.py`` is accepted 1.7 % of the time)
 ACCEPTANCE_FLOOR = 0.10
 
+
 @pytest.fixture(scope="module")
 def folder() -> Path:
     from facegen.pipelines.generation.preset_builders import demo_orl_dir
