@@ -242,6 +242,14 @@ def _finish(out: Path, cfg: DatasetConfig, formats: Sequence[str], holdout: int)
         f"dataset {out}: {summary['done']}/{summary['identities']} identities done, "
         f"{len(summary['failed'])} failed, {summary['images']} images ({state})"
     )
+    if summary["failed"] and not summary["done"]:
+        print(
+            f"no identity kept: each had an image the verifier rejected after {cfg.attempts} "
+            f"attempt(s) (`facegen dataset report {out}` shows why). This generator does not "
+            "render these identities recognisably; give it more --attempts, or use a stronger "
+            "one (the small demo-orl model renders its training people, not new ones: see its "
+            "model card)"
+        )
     if formats:
         if not summary["complete"]:
             print("not exported: run the missing shards first, then `facegen dataset export`")
