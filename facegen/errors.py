@@ -23,6 +23,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidImageError",
     "InvalidModelError",
+    "InvalidVideoError",
     "MissingDependencyError",
     "ModelNotAvailableError",
     "NoFaceDetectedError",
@@ -41,6 +42,22 @@ class InvalidImageError(FacegenError, ValueError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
+
+
+class InvalidVideoError(InvalidImageError):
+    """A video could not be read or is not acceptable (missing, empty, truncated, no video
+    stream, a still image, no frames, a codec this FFmpeg build cannot decode, …).
+
+    A subclass of :class:`InvalidImageError` so that code skipping unreadable media catches
+    one type. ``frames_read``: how many frames were decoded before reading stopped, when the
+    error was raised mid-way (a truncated or corrupt file); otherwise ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, source: str | None = None, frames_read: int | None = None
+    ) -> None:
+        self.frames_read = frames_read
+        super().__init__(message, source=source)
 
 
 class NoFaceDetectedError(FacegenError):
