@@ -59,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "load_edit_pipeline": "facegen.pipelines.editing.jobs",
     "reenact_file": "facegen.pipelines.editing.jobs",
     "swap_file": "facegen.pipelines.editing.jobs",
+    "FaceTracker": "facegen.pipelines.editing.tracking",
+    "TrackerConfig": "facegen.pipelines.editing.tracking",
+    "track_faces": "facegen.pipelines.editing.tracking",
     # dataset
     "DatasetConfig": "facegen.pipelines.dataset.config",
     "build_dataset": "facegen.pipelines.dataset.build",
@@ -73,6 +76,7 @@ __all__ = [
     "EditOptions",
     "EmbeddingIdentities",
     "FaceGenerationOutput",
+    "FaceTracker",
     "GenerateRequest",
     "GenerateResult",
     "GeneratorInfo",
@@ -88,6 +92,7 @@ __all__ = [
     "PresetInfo",
     "RandomIdentities",
     "SpaceToDepthLatent",
+    "TrackerConfig",
     "anonymize_file",
     "anonymize_folder",
     "anonymize_image",
@@ -108,6 +113,7 @@ __all__ = [
     "save_generator",
     "swap",
     "swap_file",
+    "track_faces",
     "verify_separation",
 ]
 
