@@ -158,3 +158,29 @@ def test_command_writes_the_video_and_its_report(clip, tmp_path: Path, capsys) -
     info = probe_video(out)
     assert info.frame_count == 6 and not info.has_audio
     assert "faces covered" in capsys.readouterr().out
+
+
+def test_command_refuses_a_still_image_renamed_and_an_audio_only_file(
+    t1_path: Path, tmp_path: Path, capsys
+) -> None:
+    from facegen.app.cli.main import main
+
+    still = tmp_path / "photo.mp4"
+    still.write_bytes(t1_path.read_bytes())
+    audio_only = tmp_path / "sound.mp4"
+    with av.open(str(audio_only), "w") as out:
+        aus = out.add_stream("aac", rate=16000)
+        aus.layout = "mono"
+        samples = np.zeros((1, 4096), np.float32)
+        for k in range(0, 4096, 1024):
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, k : k + 1024]), format="fltp", layout="mono"
+            )
+            af.sample_rate, af.pts, af.time_base = 16000, k, Fraction(1, 16000)
+            out.mux(aus.encode(af))
+        out.mux(aus.encode())
+    for bad, why in ((still, "still image"), (audio_only, "no video stream")):
+        out = tmp_path / "out" / f"{bad.stem}.mp4"
+        assert main(["anonymize", str(bad), "--out", str(out)]) != 0
+        assert why in capsys.readouterr().err
+        assert not out.exists()
