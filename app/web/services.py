@@ -77,6 +77,7 @@ class AppLimits:
     max_preview_identities: int = 20_000
     max_train_photos: int = 32
     max_train_steps: int = 5000
+    max_video_frames: int = 3000
 
     @property
     def max_upload_bytes(self) -> int:
@@ -93,6 +94,7 @@ class AppLimits:
             "max_preview_identities",
             "max_train_photos",
             "max_train_steps",
+            "max_video_frames",
         ):
             check_int(getattr(self, name), name, minimum=1)
         check_number(self.max_upload_mb, "max_upload_mb", minimum=0, min_open=True)

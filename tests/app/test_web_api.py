@@ -34,6 +34,7 @@ LIMITS = AppLimits(
     max_dataset_identities=3,
     max_dataset_images=2,
     max_train_steps=5,
+    max_video_frames=10,
 )
 STEPS = 2
 
@@ -604,3 +605,74 @@ def test_app_command_defaults_to_this_machine_only() -> None:
     assert (args.host, args.port, args.share, args.preset) == ("127.0.0.1", 7860, False, None)
     with pytest.raises(SystemExit):
         parser.parse_args(["app", "--port", "70000"])
+
+
+def _clip(path: Path, t1: np.ndarray, frames: int) -> Path:
+    """A 320×240 pan across t1.jpg (faces in every frame), H.264 with a silent audio track."""
+    av = pytest.importorskip("av", reason="the video extra is not installed")
+    import cv2
+
+    small = cv2.resize(t1, (480, round(t1.shape[0] * 480 / t1.shape[1])))
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        for i in range(frames):
+            window = np.ascontiguousarray(small[:240, 8 * i : 8 * i + 320])
+            frame = av.VideoFrame.from_ndarray(window, format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    return path
+
+
+def _anon_video(client: Client, video: Path, mode: str = "blur", every: int = 2) -> Any:
+    return client.predict(
+        handle_file(str(video)),
+        mode,
+        0.25,
+        8,
+        "hull",
+        every,
+        api_name="/anonymize_video",
+    )
+
+
+def test_anonymize_video_tracks_and_covers_every_frame(
+    app: Any, t1_path: Path, tmp_path: Path
+) -> None:
+    from facegen.video_io import VideoReader, probe_video
+
+    t1 = load_image(t1_path)
+    clip = _clip(tmp_path / "street.mp4", t1, 8)
+    video, report, summary = _anon_video(app.client, clip)
+    out = Path(video["video"] if isinstance(video, dict) else video)
+    assert out.suffix == ".mp4" and probe_video(out).frame_count == 8
+    assert report["frames"] == 8 and report["frames_detected"] == 4
+    assert report["faces_detected"] > 0 and report["source"] == "street.mp4"
+    assert "face track" in summary
+    with VideoReader(clip) as a, VideoReader(out) as b:
+        before, after = [f.image for f in a], [f.image for f in b]
+    assert all(np.abs(x.astype(int) - y).mean() > 1 for x, y in zip(before, after))
+
+
+def test_anonymize_video_refuses_long_wrong_and_generate(
+    app: Any, t1_path: Path, tmp_path: Path
+) -> None:
+    t1 = load_image(t1_path)
+    long_clip = _clip(tmp_path / "long.mp4", t1, 12)
+    assert "at most 10" in _error(
+        app.client, handle_file(str(long_clip)), "blur", 0.25, 8, "hull", 1,
+        api_name="/anonymize_video",
+    )  # fmt: skip
+    short = _clip(tmp_path / "short.mp4", t1, 4)
+    assert "photos for now" in _error(
+        app.client, handle_file(str(short)), "generate", 0.25, 8, "hull", 1,
+        api_name="/anonymize_video",
+    )  # fmt: skip
+    still = tmp_path / "photo.mp4"
+    still.write_bytes(t1_path.read_bytes())
+    message = _error(
+        app.client, handle_file(str(still)), "blur", 0.25, 8, "hull", 1,
+        api_name="/anonymize_video",
+    )  # fmt: skip
+    assert "still image" in message and str(tmp_path) not in message

@@ -14,12 +14,13 @@ from facegen.pipelines.editing.options import ANONYMIZE_MODES, FACE_POLICIES
 from ..edit import ANONYMIZE_HEADERS, anonymize_files
 from ..files import FieldValue, human_errors
 from ..services import Services, SessionState
+from ..video import anonymize_video_upload
 from .common import CPU_QUEUE, TRACK, AppContext, bind, gallery, table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AnonymizeTab", "on_anonymize", "render", "wire"]
+__all__ = ["AnonymizeTab", "on_anonymize", "on_anonymize_video", "render", "wire"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class AnonymizeTab:
     table: gr.Dataframe
     zip: gr.File
     notice: gr.Markdown
+    video: gr.Video
+    detect_every: gr.Slider
+    run_video: gr.Button
+    video_out: gr.Video
+    video_report: gr.JSON
+    video_summary: gr.Markdown
 
 
 def _settings(
@@ -92,6 +99,23 @@ def render(services: Services) -> AnonymizeTab:
             rows = gr.Dataframe(headers=ANONYMIZE_HEADERS, label="Per face", interactive=False)
             zipf = gr.File(label="Download all (zip with manifest.json)", interactive=False)
             notice = gr.Markdown(elem_id="anon-provenance")
+    with gr.Tab("Anonymize video", id="anonymize-video"), gr.Row():
+        with gr.Column():
+            video = gr.Video(label="Video", sources=["upload"], elem_id="anon-video")
+            gr.Markdown(
+                "Mode, blur strength, pixel blocks and mask shape come from the Anonymize tab. "
+                f"At most {services.limits.max_video_frames} frames and "
+                f"{services.limits.max_upload_mb:g} MB. Faces are tracked between detections and "
+                "covered on every frame; the audio is kept."
+            )
+            detect_every = gr.Slider(
+                1, 10, value=1, step=1, label="Detect faces on every k-th frame (track between)"
+            )
+            run_video = gr.Button("Anonymize video", variant="primary", elem_id="anon-video-run")
+        with gr.Column():
+            video_out = gr.Video(label="Anonymized", interactive=False, elem_id="anon-video-out")
+            video_summary = gr.Markdown(elem_id="anon-video-summary")
+            video_report = gr.JSON(label="Report")
     return AnonymizeTab(
         files=files,
         mode=mode,
@@ -107,6 +131,12 @@ def render(services: Services) -> AnonymizeTab:
         table=rows,
         zip=zipf,
         notice=notice,
+        video=video,
+        detect_every=detect_every,
+        run_video=run_video,
+        video_out=video_out,
+        video_report=video_report,
+        video_summary=video_summary,
     )
 
 
@@ -146,6 +176,33 @@ def on_anonymize(
     return gallery(res.saved, res.captions), rows, str(res.zip_path), res.notice, st
 
 
+@human_errors("Video anonymization")
+def on_anonymize_video(
+    services: Services,
+    video: str | None,
+    mode: str,
+    sigma: FieldValue,
+    blocks: FieldValue,
+    shape: str,
+    detect_every: FieldValue,
+    st: SessionState,
+    progress: gr.Progress = TRACK,
+) -> tuple[str, dict, str, SessionState]:
+    """The video with every face covered on every frame, its report and a summary line."""
+    res = anonymize_video_upload(
+        services,
+        st,
+        video=video,
+        mode=mode,
+        blur_sigma=sigma,
+        pixel_blocks=blocks,
+        shape=shape,
+        detect_every=detect_every,
+        progress=progress,
+    )
+    return str(res.path), res.report, res.summary, st
+
+
 def wire(tab: AnonymizeTab, ctx: AppContext) -> None:
     settings = [tab.sigma, tab.blocks, tab.shape, tab.preset, tab.seed, tab.steps]
     tab.run.click(
@@ -153,5 +210,12 @@ def wire(tab: AnonymizeTab, ctx: AppContext) -> None:
         [tab.files, tab.mode, tab.faces, *settings, ctx.state],
         [tab.gallery, tab.table, tab.zip, tab.notice, ctx.state],
         api_name="anonymize",
+        **CPU_QUEUE,
+    )
+    tab.run_video.click(
+        bind(on_anonymize_video, ctx.services),
+        [tab.video, tab.mode, tab.sigma, tab.blocks, tab.shape, tab.detect_every, ctx.state],
+        [tab.video_out, tab.video_report, tab.video_summary, ctx.state],
+        api_name="anonymize_video",
         **CPU_QUEUE,
     )

