@@ -184,3 +184,30 @@ def test_command_refuses_a_still_image_renamed_and_an_audio_only_file(
         assert main(["anonymize", str(bad), "--out", str(out)]) != 0
         assert why in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_phone_rotation_and_variable_frame_rate_are_kept(clip, independent, tmp_path: Path) -> None:
+    """A portrait phone clip (stored landscape + a -90° display matrix) with uneven frame
+    times: the output is upright (no rotation left to apply) and keeps the frame times."""
+    _, frames = clip
+    src = tmp_path / "phone.mp4"
+    times_ms = [0, 40, 140, 207, 247, 347]
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.time_base = Fraction(1, 1000)
+        vs.set_display_rotation(-90)
+        for t, img in zip(times_ms, frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    assert probe_video(src).rotation == 270
+    out = tmp_path / "phone_anon.mp4"
+    report = anonymize_video(src, out, _detector(independent), detect_every=2)
+    info = probe_video(out)
+    assert (info.width, info.height, info.rotation) == (H, W, 0)  # upright portrait
+    assert report.frames == len(times_ms) and (report.width, report.height) == (H, W)
+    with VideoReader(out) as reader:
+        got = [round(f.time * 1000) for f in reader]
+    assert got == times_ms
