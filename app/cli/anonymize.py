@@ -175,12 +175,21 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
     if args.input.is_file() and is_video_path(args.input):
         return _anonymize_video(args, options)
+    videos: list[Path] = []
+    if args.input.is_dir():
+        from facegen.image_io import find_images
+        from facegen.pipelines.editing.video_anonymize import find_videos
+
+        videos = find_videos(args.input, exclude=args.out)
+        if videos and not find_images([args.input], exclude=[args.out]):
+            return _anonymize_video_folder(args, options)
     # 68 landmarks: the mask follows the jaw and brows instead of the box
     analyzer = edit_analyzer(encoder=False)
     replace_face = _replacement(args)
     if args.input.is_file():
         return _anonymize_file(args, analyzer, options, replace_face)
-    return _anonymize_folder(args, analyzer, options, replace_face)
+    rc = _anonymize_folder(args, analyzer, options, replace_face)
+    return max(rc, _anonymize_video_folder(args, options)) if videos else rc
 
 
 def _anonymize_folder(
@@ -299,6 +308,53 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
         print(f"warning: no face was detected in {args.input}", file=sys.stderr)
         return 1
     return 0
+
+
+def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions) -> int:
+    """The videos of a folder, into the mirrored tree under --out (resumable per video)."""
+    from tqdm.auto import tqdm
+
+    from facegen.pipelines.editing.video_anonymize import anonymize_video_folder
+
+    if args.mode == "generate":
+        raise FacegenError("--mode generate works on images only for now; videos: blur, "
+                           "pixelate or mask")  # fmt: skip
+    detector = _video_detector(args.video_detector)
+    bars: list[Any] = []
+
+    def on_video(path: Path, k: int, total: int) -> Any:
+        for bar in bars:
+            bar.close()
+        bar = tqdm(total=None, desc=f"[{k + 1}/{total}] {path.name}", unit="frame",
+                   file=sys.stderr)  # fmt: skip
+        bars[:] = [bar]
+
+        def progress(done: int, count: int | None) -> None:
+            bar.total, bar.n = count, done
+            bar.refresh()
+
+        return progress
+
+    try:
+        rep = anonymize_video_folder(
+            args.input, args.out, detector, options, on_video=on_video,
+            detect_every=args.detect_every, start=args.start, end=args.end,
+            audio=not args.no_audio, crf=args.crf,
+        )  # fmt: skip
+    finally:
+        for bar in bars:
+            bar.close()
+    for name, data in rep.done.items():
+        print(f"done     {name}  frames: {data['frames']}  faces covered: {data['faces_covered']}")
+    for name in rep.skipped:
+        print(f"skipped  {name}  (already done with these settings)")
+    for name, why in rep.failed.items():
+        print(f"failed   {name}  {why}")
+    print(
+        f"{len(rep.done)} video(s) anonymized, {len(rep.skipped)} already done, "
+        f"{len(rep.no_face)} without a detected face, {len(rep.failed)} failed → {args.out}"
+    )
+    return 0 if not rep.failed and not rep.no_face else 1
 
 
 def cmd_provenance_check(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ report the command writes beside the video).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -57,7 +58,10 @@ from facegen.validate import check_int
 __all__ = [
     "VIDEO_SUFFIXES",
     "VideoAnonymizeReport",
+    "VideoFolderReport",
     "anonymize_video",
+    "anonymize_video_folder",
+    "find_videos",
     "is_video_path",
 ]
 
@@ -279,3 +283,113 @@ def anonymize_video(
     if report.faces_detected == 0:
         logger.warning("%s: no face detected in %d frames", src, report.frames)
     return report
+
+
+# ------------------------------------------------------------------------------ folders
+
+
+def find_videos(
+    root: str | os.PathLike[str], *, exclude: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """The video files under ``root`` (by suffix, sorted, links to folders not followed),
+    leaving out everything inside ``exclude`` (an output folder inside the input)."""
+    base = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in sorted(base.rglob("*")):
+        if not is_video_path(path) or not path.is_file():
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue
+        found.append(path)
+    return found
+
+
+def video_output_name(relative: Path) -> Path:
+    """Where a video lands under the output folder: ``a/b.mp4`` stays ``a/b.mp4``; any other
+    container keeps its suffix in the name (``a/b.mov`` → ``a/b.mov.mp4``), so two inputs
+    never share an output."""
+    if relative.suffix.lower() == ".mp4":
+        return relative
+    return relative.with_name(relative.name + ".mp4")
+
+
+@dataclass
+class VideoFolderReport:
+    """:func:`anonymize_video_folder`'s outcome: per video (relative path) ``done`` (its
+    report), ``skipped`` (finished by an earlier run with the same settings), ``no_face`` and
+    ``failed`` (with the reason; nothing is left under its output name)."""
+
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.done) + len(self.skipped) + len(self.failed)
+
+
+def _resume_key(src: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    st = src.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **settings}
+
+
+def anonymize_video_folder(
+    root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    detector: _Detects,
+    options: AnonymizeOptions | None = None,
+    *,
+    on_video: Callable[[Path, int, int], ProgressFn | None] | None = None,
+    **kwargs: Any,
+) -> VideoFolderReport:
+    """Every video under ``root`` anonymized into the mirrored tree under ``out_dir``
+    (:func:`video_output_name`), each with its JSON report beside it (``NAME.json``), as
+    :func:`anonymize_video` does with ``kwargs``.
+
+    Resumable at file granularity: a video is written under a temporary name and its report
+    after it, so a run killed halfway leaves the finished videos (skipped on rerun when the
+    report's ``resume`` record — the source's size and modification time, the settings —
+    still matches) and no half video. A video that cannot be read is recorded in ``failed``
+    and the others go on. ``on_video(path, k, total)`` is called before each video and may
+    return the progress callback for it."""
+    from facegen.errors import FacegenError
+    from facegen.fileio import write_json
+
+    base, out_base = Path(root), Path(out_dir)
+    opts = options or AnonymizeOptions()
+    _check_options(opts)
+    videos = find_videos(base, exclude=out_base)
+    settings = {
+        "anonymize": anonymize_settings(opts),
+        **{k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in sorted(kwargs.items())
+           if k != "progress"},
+    }  # fmt: skip
+    result = VideoFolderReport()
+    for k, src in enumerate(videos):
+        rel = src.relative_to(base)
+        out = out_base / video_output_name(rel)
+        report_path = out.with_suffix(".json")
+        key = json.loads(json.dumps(_resume_key(src, settings), default=str))
+        if out.is_file() and report_path.is_file():
+            try:
+                previous = json.loads(report_path.read_text())
+            except (OSError, ValueError):
+                previous = {}
+            if previous.get("resume") == key:
+                result.skipped.append(str(rel))
+                continue
+        progress = on_video(src, k, len(videos)) if on_video is not None else None
+        try:
+            report = anonymize_video(src, out, detector, opts, progress=progress, **kwargs)
+        except FacegenError as exc:
+            result.failed[str(rel)] = str(exc)
+            logger.warning("%s: not anonymized (%s)", src, exc)
+            continue
+        data = {**report.to_dict(), "resume": key}
+        write_json(report_path, data)
+        result.done[str(rel)] = data
+        if report.faces_detected == 0:
+            result.no_face.append(str(rel))
+    return result

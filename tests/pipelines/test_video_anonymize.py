@@ -211,3 +211,45 @@ def test_phone_rotation_and_variable_frame_rate_are_kept(clip, independent, tmp_
     with VideoReader(out) as reader:
         got = [round(f.time * 1000) for f in reader]
     assert got == times_ms
+
+
+def test_folder_of_videos_mirrors_the_tree_and_resumes_per_video(
+    clip, tmp_path: Path, capsys
+) -> None:
+    """Two videos (one in a subfolder, one a .mov) and a broken one: the good ones land in
+    the mirrored tree with their reports, the broken one is reported and the rest go on; a
+    rerun skips what is finished, redoes a video whose report is missing (a run killed
+    between the video and its report) and redoes everything when the settings change."""
+    from facegen.app.cli.main import main
+
+    path, frames = clip
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.mp4").write_bytes(path.read_bytes())
+    mov = root / "sub" / "b.mov"
+    with av.open(str(mov), "w", format="mov") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for i, img in enumerate(frames[:4]):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    (root / "sub" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    out_dir = tmp_path / "out"
+    args = ["anonymize", str(root), "--out", str(out_dir), "--detect-every", "2"]
+    assert main(args) == 1  # the broken one
+    text = capsys.readouterr().out
+    assert "failed   sub/broken.mp4" in text and "2 video(s) anonymized" in text
+    a, b = out_dir / "a.mp4", out_dir / "sub" / "b.mov.mp4"
+    assert probe_video(a).frame_count == N and probe_video(b).frame_count == 4
+    assert json.loads((out_dir / "sub" / "b.mov.json").read_text())["frames"] == 4
+    assert not (out_dir / "sub" / "broken.mp4").exists()
+    stamp = a.stat().st_mtime_ns
+    (out_dir / "sub" / "b.mov.json").unlink()
+    main(args)
+    text = capsys.readouterr().out
+    assert "skipped  a.mp4" in text and "done     sub/b.mov" in text
+    assert a.stat().st_mtime_ns == stamp
+    main([*args[:-1], "3"])
+    assert "2 video(s) anonymized, 0 already done" in capsys.readouterr().out
