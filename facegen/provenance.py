@@ -66,6 +66,7 @@ __all__ = [
     "Stamped",
     "can_watermark",
     "check",
+    "check_video",
     "provenance_metadata",
     "read_provenance",
     "save_with_provenance",
@@ -595,3 +596,61 @@ def check(
     if info is not None and info.watermark and result is not None and not result.detected:
         notes.append("the metadata says a watermark was embedded, but none was detected")
     return ProvenanceReport(source, info, source_type, result, tuple(notes))
+
+
+def check_video(
+    path: str | os.PathLike[str],
+    *,
+    frames: int = 5,
+    key: str | bytes | None = None,
+    false_positive_rate: float = DEFAULT_FALSE_POSITIVE_RATE,
+) -> ProvenanceReport:
+    """:func:`check` for a video: facegen's record from the container's ``comment`` tag
+    (where :func:`facegen.pipelines.editing.video_anonymize.anonymize_video` writes it) and
+    the watermark tested on ``frames`` frames spread over the video. The watermark counts as
+    detected when it is found on most of them; the result kept is the strongest frame's, and
+    a note says on how many it was found. Raises
+    :class:`~facegen.errors.InvalidVideoError` for an unreadable video."""
+    from facegen.validate import check_int
+    from facegen.video_io import VideoReader
+
+    check_int(frames, "frames", minimum=1, maximum=1000)
+    reader = VideoReader(path, allow_truncated=True)
+    info: ProvenanceInfo | None = None
+    comment = reader.info.metadata.get("comment")
+    if comment:
+        try:
+            record = json.loads(comment)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            info = ProvenanceInfo.from_record(record)
+    count = reader.info.frame_count
+    wanted: set[int] | None = None
+    if count:
+        wanted = {round(i * (count - 1) / max(frames - 1, 1)) for i in range(frames)}
+    results: list[WatermarkResult] = []
+    notes: list[str] = []
+    with reader:
+        for frame in reader:
+            if wanted is not None and frame.index not in wanted:
+                continue
+            if min(frame.image.shape[:2]) < MIN_DETECT_SIDE:
+                notes.append("frames too small to test the watermark")
+                break
+            results.append(
+                detect_watermark(frame.image, key=key, false_positive_rate=false_positive_rate)
+            )
+            if wanted is None and len(results) == frames:
+                break
+    best: WatermarkResult | None = None
+    if results:
+        found = sum(r.detected for r in results)
+        best = min(results, key=lambda r: r.p_value)
+        if found * 2 <= len(results):
+            best = replace(best, detected=False)
+        notes.append(f"watermark found on {found} of {len(results)} frames tested")
+    if info is not None and info.watermark and best is not None and not best.detected:
+        notes.append("the metadata says a watermark was embedded, but it was not detected")
+    source_type = info.digital_source_type if info is not None else None
+    return ProvenanceReport(str(path), info, source_type, best, tuple(notes))

@@ -130,9 +130,9 @@ def add_edit_parsers(sub: Any) -> None:
     c = psub.add_parser(
         "check",
         parents=subcommand_parents(),
-        help="report facegen's metadata and the invisible watermark per image",
+        help="report facegen's metadata and the invisible watermark per image or video",
     )
-    c.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="files or folders")
+    c.add_argument("images", nargs="+", type=Path, metavar="FILE", help="images, videos or folders")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_provenance_check)
 
@@ -290,7 +290,7 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
         report = anonymize_video(
             args.input, out, detector, options, detect_every=args.detect_every,
             start=args.start, end=args.end, audio=not args.no_audio, crf=args.crf,
-            progress=progress,
+            watermark=not args.no_watermark, progress=progress,
         )  # fmt: skip
     finally:
         bar.close()
@@ -339,7 +339,7 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
         rep = anonymize_video_folder(
             args.input, args.out, detector, options, on_video=on_video,
             detect_every=args.detect_every, start=args.start, end=args.end,
-            audio=not args.no_audio, crf=args.crf,
+            audio=not args.no_audio, crf=args.crf, watermark=not args.no_watermark,
         )  # fmt: skip
     finally:
         for bar in bars:
@@ -359,15 +359,19 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
 
 def cmd_provenance_check(args: argparse.Namespace) -> int:
     from facegen.image_io import find_images
-    from facegen.provenance import check
+    from facegen.pipelines.editing.video_anonymize import find_videos, is_video_path
+    from facegen.provenance import check, check_video
 
-    files = find_images(args.images)
+    videos = [p for p in args.images if p.is_file() and is_video_path(p)]
+    videos += [v for p in args.images if p.is_dir() for v in find_videos(p)]
+    others = [p for p in args.images if not (p.is_file() and is_video_path(p))]
+    files = (find_images(others) if others else []) + videos
     if not files:
-        raise FacegenError("no images found")
+        raise FacegenError("no images or videos found")
     reports = []
     for f in files:
         try:
-            rep = check(f)
+            rep = check_video(f) if is_video_path(f) else check(f)
         except FacegenError as e:
             print(f"{f}: {e}", file=sys.stderr)
             continue

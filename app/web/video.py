@@ -116,7 +116,7 @@ def anonymize_video_upload(
         f"{report.frames} frames, {len(report.tracks)} face track(s), {report.faces_covered} "
         f"faces covered ({report.faces_filled} filled in between detections), "
         f"{report.frames_per_second:.1f} frames/s. The video carries facegen's provenance "
-        "record in its metadata (comment)."
+        "record in its metadata (comment) and the invisible watermark in its frames."
     )
     if report.faces_detected == 0:
         summary = "No face was detected in this video. " + summary

@@ -158,6 +158,20 @@ def test_command_writes_the_video_and_its_report(clip, tmp_path: Path, capsys) -
     info = probe_video(out)
     assert info.frame_count == 6 and not info.has_audio
     assert "faces covered" in capsys.readouterr().out
+    # the provenance label: the record in the container and the watermark in the frames
+    from facegen.provenance import check_video
+
+    rep = check_video(out)
+    assert rep.synthetic and rep.info is not None and rep.info.operation == "anonymize"
+    assert rep.info.watermark and rep.watermark_detected, rep.notes
+    assert main(["provenance", "check", str(out)]) == 0
+    assert "synthetic" in capsys.readouterr().out
+    plain = tmp_path / "plain.mp4"
+    rc = main([*args, "--out", str(plain), "--end", "4", "--no-audio", "--no-watermark"])
+    assert rc == 0
+    rep = check_video(plain)
+    assert rep.info is not None and rep.info.watermark is None and not rep.watermark_detected
+    assert not check_video(path).synthetic  # the untouched source carries no label
 
 
 def test_command_refuses_a_still_image_renamed_and_an_audio_only_file(
