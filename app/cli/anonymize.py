@@ -256,6 +256,25 @@ def _anonymize_file(
     return 0
 
 
+def _track_replacement(args: argparse.Namespace) -> Any:
+    """Mode ``generate`` on video: one synthetic identity per track (pipeline and verifier
+    loaded); None for the classical modes."""
+    if args.mode != "generate":
+        return None
+    import os
+
+    if args.secret or os.environ.get("FACEGEN_SECRET"):
+        raise FacegenError(
+            "--secret (the same pseudonym for the same person) works on images only for now; "
+            "on a video each face track gets its own synthetic identity without it"
+        )
+    from facegen.app.cli.swap import edit_options, load_edit_pipeline
+    from facegen.pipelines.editing.jobs import track_replacement
+
+    pipe, verifier = load_edit_pipeline(args)
+    return track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
+
+
 def _video_detector(name: str) -> Any:
     """The frame detector: CenterFace (made for video, fast) when its model is installed."""
     import importlib.util
@@ -279,6 +298,7 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
     if out.resolve() == args.input.resolve():
         raise FacegenError(f"--out {out} is the input itself: choose another file")
     detector = _video_detector(args.video_detector)
+    hooks = _track_replacement(args)
     bar = tqdm(total=None, desc=args.input.name, unit="frame", file=sys.stderr)
 
     def progress(done: int, total: int | None) -> None:
@@ -290,7 +310,7 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
         report = anonymize_video(
             args.input, out, detector, options, detect_every=args.detect_every,
             start=args.start, end=args.end, audio=not args.no_audio, crf=args.crf,
-            watermark=not args.no_watermark, progress=progress,
+            watermark=not args.no_watermark, replace_face_for_track=hooks, progress=progress,
         )  # fmt: skip
     finally:
         bar.close()
@@ -316,10 +336,8 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
 
     from facegen.pipelines.editing.video_anonymize import anonymize_video_folder
 
-    if args.mode == "generate":
-        raise FacegenError("--mode generate works on images only for now; videos: blur, "
-                           "pixelate or mask")  # fmt: skip
     detector = _video_detector(args.video_detector)
+    hooks = _track_replacement(args)
     bars: list[Any] = []
 
     def on_video(path: Path, k: int, total: int) -> Any:
@@ -340,6 +358,7 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
             args.input, args.out, detector, options, on_video=on_video,
             detect_every=args.detect_every, start=args.start, end=args.end,
             audio=not args.no_audio, crf=args.crf, watermark=not args.no_watermark,
+            replace_face_for_track=hooks,
         )  # fmt: skip
     finally:
         for bar in bars:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTPUT_FORMATS",
     "JobOutput",
+    "TrackReplacement",
     "anonymize_file",
     "check_output_format",
     "edit_analyzer",
@@ -77,6 +78,7 @@ __all__ = [
     "reference_selection",
     "save_edited",
     "swap_file",
+    "track_replacement",
 ]
 
 R = TypeVar("R")
@@ -362,6 +364,69 @@ def face_replacement(
         return inner(image, face, mask)
 
     return FaceReplacement(hook, settings)
+
+
+@dataclass(frozen=True, eq=False)
+class TrackReplacement:
+    """One ``replace_face`` hook per video track (``self(track_id)``), and how they are made
+    (``settings``, recorded with the video)."""
+
+    factory: Callable[[int], ReplaceFaceFn]
+    settings: dict[str, Any]
+
+    def __call__(self, track_id: int) -> ReplaceFaceFn:
+        return self.factory(track_id)
+
+
+def track_replacement(
+    pipe: IDGenerationMixin,
+    verifier: FaceAnalyzer,
+    options: EditOptions | None = None,
+    *,
+    attempts: int = 3,
+) -> TrackReplacement:
+    """The video anonymizer's ``"generate"`` hooks: each track becomes one synthetic person
+    for its whole length — an identity sampled once per track (seeded by ``options.seed`` and
+    the track id, kept below cosine 0.3 to the track's first face), every frame's face made
+    with ``pipe`` and verified as :func:`face_replacement` does, else the classical fallback
+    on that frame."""
+    from facegen.pipelines.editing.swap import make_replace_face
+    from facegen.pipelines.identities import sample_identities
+
+    opts = options or EditOptions()
+    check_int(attempts, "attempts", minimum=1)
+    base = int(opts.seed or 0)
+    settings = {
+        "preset": pipe.preset_name,
+        "edit": opts.to_dict(),
+        "attempts": attempts,
+        "verifier": getattr(verifier.encoder, "encoder_id", None),
+        "pseudonyms": "per track",
+    }
+
+    def factory(track_id: int) -> ReplaceFaceFn:
+        chosen: list[IdentityEmbedding] = []
+
+        def identity_fn(original: IdentityEmbedding | None, seed: int) -> IdentityEmbedding:
+            if not chosen:
+                spec = pipe.identity_spec
+                bank = None if original is None else original.normalize().vector[None]
+                chosen.append(
+                    sample_identities(
+                        1,
+                        dim=spec.dim,
+                        seed=(base * 1_000_003 + track_id) % 2**32,
+                        leakage_bank=bank,
+                        leakage_threshold=0.3,
+                        encoder_id=spec.encoder_ids[0],
+                        batch_size=16,
+                    ).embeddings()[0]
+                )
+            return chosen[0]
+
+        return make_replace_face(pipe, verifier, opts, max_tries=attempts, identity_fn=identity_fn)
+
+    return TrackReplacement(factory, settings)
 
 
 def _fit_pseudonyms(

@@ -48,6 +48,7 @@ from facegen import __version__
 from facegen.errors import InvalidArgumentError
 from facegen.pipelines.editing.anonymize import (
     AnonymizeOptions,
+    ReplaceFaceFn,
     _anonymize_array,
     anonymize_settings,
 )
@@ -74,6 +75,9 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 class _Detects(Protocol):
     def detect(self, image: np.ndarray) -> list[Face]: ...
 
+
+#: ``track_id -> replace_face hook`` for mode ``generate``: called once per track.
+TrackHooks = Callable[[int], ReplaceFaceFn]
 
 #: ``(frames done, frames in total or None)``, called after each written frame.
 ProgressFn = Callable[[int, "int | None"], None]
@@ -114,6 +118,8 @@ class VideoAnonymizeReport:
     settings: dict[str, Any] = field(default_factory=dict)
     audio_copied: bool = False
     seconds: float = 0.0
+    faces_generated: int | None = None
+    faces_fallback: int | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -136,32 +142,60 @@ class VideoAnonymizeReport:
             "tracks": list(self.tracks),
             "settings": dict(self.settings),
             "audio_copied": self.audio_copied,
+            "faces_generated": self.faces_generated,
+            "faces_fallback": self.faces_fallback,
             "seconds": round(self.seconds, 3),
             "frames_per_second": round(self.frames_per_second, 2),
         }
 
 
-def _check_options(options: AnonymizeOptions) -> None:
+def _check_options(options: AnonymizeOptions, hooks: TrackHooks | None = None) -> None:
     if not isinstance(options, AnonymizeOptions):
         raise InvalidArgumentError(
             f"`options` must be AnonymizeOptions, got {type(options).__name__}"
         )
-    if options.mode == "generate":
+    if options.mode == "generate" and hooks is None:
         raise InvalidArgumentError(
-            "mode 'generate' works on images only for now; for a video use blur, pixelate or mask"
+            "mode 'generate' on a video needs `replace_face_for_track` (one replacement hook "
+            "per track, e.g. facegen.pipelines.editing.jobs.track_replacement); or use blur, "
+            "pixelate or mask"
         )
+    if hooks is not None and not callable(hooks):
+        raise InvalidArgumentError("`replace_face_for_track` must be callable")
     if options.faces != "all":
         raise InvalidArgumentError(
             f"a video's faces are all covered (`faces` must be 'all'), got {options.faces!r}"
         )
 
 
-def _cover(image: np.ndarray, frame: TrackedFrame, options: AnonymizeOptions) -> np.ndarray:
-    """``image`` with every face of ``frame`` treated over its tracked box."""
-    if not frame.faces:
+class _Coverer:
+    """Treats each frame's tracked faces; in ``generate`` mode one hook per track, made on the
+    track's first frame and kept, so a track keeps its synthetic identity throughout."""
+
+    def __init__(self, options: AnonymizeOptions, hooks: TrackHooks | None) -> None:
+        self.options = options
+        self.factory = hooks
+        self.hooks: dict[int, ReplaceFaceFn] = {}
+        self.generated = 0
+        self.fallbacks = 0
+
+    def __call__(self, image: np.ndarray, frame: TrackedFrame) -> np.ndarray:
+        if not frame.faces:
+            return image
+        faces = [Face(bbox=f.bbox, score=max(f.score, 0.0), kps5=f.kps5) for f in frame.faces]
+        if self.options.mode != "generate":
+            return _anonymize_array(image, faces, faces, self.options, None).image
+        assert self.factory is not None  # checked by _check_options
+        for tracked, face in zip(frame.faces, faces, strict=True):
+            hook = self.hooks.get(tracked.track_id)
+            if hook is None:
+                hook = self.hooks[tracked.track_id] = self.factory(tracked.track_id)
+            result = _anonymize_array(image, [face], [face], self.options, hook)
+            image = result.image
+            fell_back = result.faces[0].fallback
+            self.fallbacks += fell_back
+            self.generated += not fell_back
         return image
-    faces = [Face(bbox=f.bbox, score=max(f.score, 0.0), kps5=f.kps5) for f in frame.faces]
-    return _anonymize_array(image, faces, faces, options, None).image
 
 
 def anonymize_video(
@@ -178,6 +212,7 @@ def anonymize_video(
     crf: float = 18,
     preset: str = "medium",
     watermark: bool = True,
+    replace_face_for_track: TrackHooks | None = None,
     progress: ProgressFn | None = None,
 ) -> VideoAnonymizeReport:
     """Anonymize every face of the video ``src`` into the MP4 ``out`` (see the module doc).
@@ -202,7 +237,8 @@ def anonymize_video(
     from facegen.watermark import MIN_EMBED_SIDE, embed_watermark
 
     opts = options or AnonymizeOptions()
-    _check_options(opts)
+    _check_options(opts, replace_face_for_track)
+    cover = _Coverer(opts, replace_face_for_track)
     every = check_int(detect_every, "detect_every", minimum=1, maximum=10_000)
     config = tracker or TrackerConfig(max_gap=max(5, 2 * (every - 1)))
     if not isinstance(config, TrackerConfig):
@@ -225,6 +261,9 @@ def anonymize_video(
         "anonymize": anonymize_settings(opts),
         "range": [start, end],
     }
+    generator = getattr(replace_face_for_track, "settings", None)
+    if opts.mode == "generate" and isinstance(generator, dict):
+        settings["anonymize"]["generator"] = generator
     record = {"software": f"facegen {__version__}", "source": Path(src).name, **settings}
     h, w = info.upright_shape[:2]
     mark = bool(watermark) and min(h, w) >= MIN_EMBED_SIDE
@@ -260,7 +299,7 @@ def anonymize_video(
 
         def emit(frames: list[TrackedFrame]) -> None:
             for frame in frames:
-                image = _cover(queue.popleft(), frame, opts)
+                image = cover(queue.popleft(), frame)
                 if mark:
                     image = embed_watermark(image)
                 writer.write(image, time=times.popleft())
@@ -286,6 +325,8 @@ def anonymize_video(
         emit(track.flush())
         report.audio_copied = bool(audio and info.has_audio)
     report.faces_filled = report.faces_covered - report.faces_by_source.get("detected", 0)
+    if opts.mode == "generate":
+        report.faces_generated, report.faces_fallback = cover.generated, cover.fallbacks
     report.tracks = [s.to_dict() for s in track.summaries()]
     report.seconds = time.perf_counter() - t0
     if report.faces_detected == 0:

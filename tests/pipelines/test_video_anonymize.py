@@ -126,7 +126,7 @@ def test_every_face_covered_on_every_frame_with_detection_every_third_frame(
 def test_refuses_what_it_cannot_do_and_leaves_no_file(clip, independent, tmp_path: Path) -> None:
     path, _ = clip
     out = tmp_path / "x.mp4"
-    with pytest.raises(InvalidArgumentError, match="images only"):
+    with pytest.raises(InvalidArgumentError, match="replace_face_for_track"):
         anonymize_video(path, out, independent, AnonymizeOptions(mode="generate"))
     with pytest.raises(InvalidArgumentError, match="'all'"):
         anonymize_video(path, out, independent, AnonymizeOptions(faces="largest"))
@@ -267,3 +267,52 @@ def test_folder_of_videos_mirrors_the_tree_and_resumes_per_video(
     assert a.stat().st_mtime_ns == stamp
     main([*args[:-1], "3"])
     assert "2 video(s) anonymized, 0 already done" in capsys.readouterr().out
+
+
+def test_generate_mode_keeps_one_replacement_per_track(clip, independent, tmp_path: Path) -> None:
+    """Each track gets its own hook, made once: a stub hook paints the face's mask in its
+    track's colour, so every frame of a track shows the same colour where its face is."""
+    from facegen.pipelines.editing.anonymize import GeneratedFace
+
+    path, _ = clip
+    made: list[int] = []
+
+    def factory(track_id: int):
+        made.append(track_id)
+        colour = np.array([(40 * track_id) % 256, 255 - (40 * track_id) % 256, 128], np.uint8)
+
+        def hook(image, face, mask):
+            out = image.copy()
+            out[mask > 0.5] = colour
+            return GeneratedFace(out, True, 0.1, "stub")
+
+        return hook
+
+    out = tmp_path / "gen.mp4"
+    report = anonymize_video(
+        path, out, _detector(independent), AnonymizeOptions(mode="generate"),
+        detect_every=2, end=6, replace_face_for_track=factory, watermark=False,
+    )  # fmt: skip
+    assert sorted(made) == sorted({t["track_id"] for t in report.tracks})  # once per track
+    assert report.faces_generated == report.faces_covered > 0 and report.faces_fallback == 0
+    assert report.settings["anonymize"]["mode"] == "generate"
+
+
+def test_generate_mode_from_the_command_with_a_tiny_pipeline(clip, tmp_path: Path, capsys):
+    """The command's generate path end to end (tiny random models: the faces it makes are
+    noise, so the dlib verifier refuses them and each frame falls back to blur)."""
+    from facegen.app.cli.main import main
+
+    path, _ = clip
+    out = tmp_path / "gen.mp4"
+    args = ["anonymize", str(path), "--out", str(out), "--mode", "generate", "--preset", "tiny"]
+    rc = main([*args, "--steps", "2", "--attempts", "1", "--end", "3", "--no-audio"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["frames"] == 3
+    assert report["faces_generated"] + report["faces_fallback"] == report["faces_covered"] > 0
+    gen = report["settings"]["anonymize"]["generator"]
+    assert gen["pseudonyms"] == "per track" and gen["preset"] == "tiny"
+    secret = ["--secret", "s3cret"]
+    assert main([*args, *secret, "--end", "2"]) != 0
+    assert "images only" in capsys.readouterr().err
