@@ -99,7 +99,7 @@ def render(services: Services) -> AnonymizeTab:
             rows = gr.Dataframe(headers=ANONYMIZE_HEADERS, label="Per face", interactive=False)
             zipf = gr.File(label="Download all (zip with manifest.json)", interactive=False)
             notice = gr.Markdown(elem_id="anon-provenance")
-    with gr.Tab("Anonymize video", id="anonymize-video"), gr.Row():
+    with gr.Tab("Video", id="anonymize-video"), gr.Row():
         with gr.Column():
             video = gr.Video(label="Video", sources=["upload"], elem_id="anon-video")
             gr.Markdown(
