@@ -130,3 +130,52 @@ def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_
         raise
     finally:
         page.close()
+
+
+def test_anonymize_a_video_in_the_browser(browser: Any, app_url: str, tmp_path: Path) -> None:
+    """Upload a short clip (a pan across t1.jpg) in the Video tab: the anonymized video plays
+    in the page, and the report and summary are shown."""
+    av = pytest.importorskip("av", reason="the video extra is not installed")
+    import cv2
+
+    t1 = load_image(sample_path("t1"))
+    small = cv2.resize(t1, (480, round(t1.shape[0] * 480 / t1.shape[1])))
+    clip = tmp_path / "street.mp4"
+    with av.open(str(clip), "w") as out:
+        vs = out.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(small[:240, 8 * i : 8 * i + 320]), format="rgb24"
+            )
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Video").click()
+        page.locator("#anon-video input[type=file]").set_input_files(str(clip))
+        page.locator("#anon-video video").first.wait_for(state="attached")  # uploaded
+        page.locator("#anon-video-run").click()
+        page.get_by_text("face track(s)").wait_for()
+        summary = page.locator("#anon-video-summary").inner_text()
+        assert "6 frames" in summary and "watermark" in summary
+        played = page.locator("#anon-video-out video").first
+        played.wait_for(state="attached")
+        src = played.get_attribute("src")
+        assert src and src.endswith(".mp4")
+        response = page.request.get(src)
+        assert response.ok and len(response.body()) > 1000
+        assert page.locator(".toast-body").count() == 0  # no error shown
+        shot = tmp_path / "anonymize_video.png"
+        page.screenshot(path=str(shot), full_page=True)
+        _keep(shot)
+    except Exception:
+        failure = tmp_path / "anonymize_video_failure.png"
+        page.screenshot(path=str(failure), full_page=True)
+        _keep(failure)
+        raise
+    finally:
+        page.close()
