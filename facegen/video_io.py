@@ -706,8 +706,8 @@ class VideoWriter:
                 f"`image` width and height must be even for H.264 yuv420p, got {w}×{h}; "
                 'pass odd_size="pad" to repeat the last column/row'
             )
-        self._shape, self._timed = arr.shape, timed
-        self._t0 = check_number(time, "time") if time is not None else 0.0
+        t0 = check_number(time, "time") if time is not None else 0.0
+        self._t0 = t0
         self._last_pts, self._last_time = -1, self._t0
         tb = self._time_base if timed else 1 / self.fps
         self._frame_ticks = max(1, round(1 / self.fps / tb))
@@ -721,6 +721,7 @@ class VideoWriter:
         if self._src_audio is not None:
             self._out_audio = self._out.add_stream_from_template(self._src_audio)
             self._shift = round(Fraction(self._t0) / self._src_audio.time_base)
+        self._shape, self._timed = arr.shape, timed  # last: a failed start can be retried
 
     def _mux_audio(self, *, before: float | None) -> None:
         """Copy source audio packets that start before source time ``before`` (all: None)."""

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facegen.errors import FacegenError, MissingDependencyError
+from facegen.errors import FacegenError, MissingDependencyError, ModelNotAvailableError
 
-from .files import FieldValue, _check_size, upload_name, user_error
+from .files import FieldValue, _check_size, _model_message, upload_name, user_error
 from .services import Services, SessionState
 
 __all__ = ["VideoResult", "anonymize_video_upload"]
@@ -84,7 +84,7 @@ def anonymize_video_upload(
         raise user_error(str(exc), "Not available") from None
     except FacegenError as exc:
         raise user_error(str(exc).replace(str(path), name), "Unreadable video") from None
-    if info.frame_count is not None and info.frame_count > lim.max_video_frames:
+    if info.frame_count is not None and info.frame_count > lim.max_video_frames:  # early
         raise user_error(
             f"{name} has {info.frame_count} frames; this app takes at most "
             f"{lim.max_video_frames}. Trim it, or use `facegen anonymize` on the command line.",
@@ -104,12 +104,15 @@ def anonymize_video_upload(
             _detector(),
             options,
             detect_every=every,
-            end=None if info.frame_count is not None else lim.max_video_frames,
+            max_frames=lim.max_video_frames,  # counted while decoding, not from the header
             preset="veryfast",
             progress=on_frame,
         )
+    except ModelNotAvailableError as exc:
+        raise user_error(_model_message(exc), "Model not available") from None
     except FacegenError as exc:
-        raise user_error(str(exc).replace(str(path), name), "Video not anonymized") from None
+        message = str(exc).replace(str(path), name).replace(str(out.parent), "the output folder")
+        raise user_error(message, "Video not anonymized") from None
     data = report.to_dict()
     data["source"], data["output"] = name, out.name
     summary = (

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from facegen import __version__
-from facegen.errors import InvalidArgumentError
+from facegen.errors import InvalidArgumentError, InvalidVideoError
 from facegen.pipelines.editing.anonymize import (
     AnonymizeOptions,
     ReplaceFaceFn,
@@ -64,6 +64,7 @@ __all__ = [
     "anonymize_video_folder",
     "find_videos",
     "is_video_path",
+    "run_video_pass",
 ]
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def anonymize_video(
     preset: str = "medium",
     watermark: bool = True,
     replace_face_for_track: TrackHooks | None = None,
+    max_frames: int | None = None,
     progress: ProgressFn | None = None,
 ) -> VideoAnonymizeReport:
     """Anonymize every face of the video ``src`` into the MP4 ``out`` (see the module doc).
@@ -224,7 +226,9 @@ def anonymize_video(
     :class:`~facegen.pipelines.editing.tracking.TrackerConfig`; by default ``max_gap`` is
     raised to cover the frames between detections (``detect_every - 1``). ``start``/``end``:
     frame range ``[start, end)``. ``audio``: copy the source's audio (only the packets of the
-    range when one is given). ``crf``/``preset``: x264 quality and speed. ``watermark``: embed
+    range when one is given). ``crf``/``preset``: x264 quality and speed. ``max_frames``: refuse
+    (:class:`~facegen.errors.InvalidVideoError`, nothing written) a video that turns out to
+    hold more frames, counted as they are decoded, whatever its header says. ``watermark``: embed
     facegen's invisible watermark in every frame (it survives H.264 at crf ≤ 23; the
     record in the container's ``comment`` tag says whether it is there).
 
@@ -232,13 +236,63 @@ def anonymize_video(
     (nothing is left under ``out``), :class:`~facegen.errors.InvalidArgumentError` for bad
     settings, :class:`~facegen.errors.OutputError` when ``out`` cannot be written.
     """
+    opts = options or AnonymizeOptions()
+    _check_options(opts, replace_face_for_track)
+    cover = _Coverer(opts, replace_face_for_track)
+    settings: dict[str, Any] = {"anonymize": anonymize_settings(opts)}
+    generator = getattr(replace_face_for_track, "settings", None)
+    if opts.mode == "generate" and isinstance(generator, dict):
+        settings["anonymize"]["generator"] = generator
+    report = run_video_pass(
+        src, out, detector, cover, operation="anonymize", settings=settings, tracker=tracker,
+        detect_every=detect_every, start=start, end=end, audio=audio, crf=crf, preset=preset,
+        watermark=watermark, max_frames=max_frames, progress=progress,
+    )  # fmt: skip
+    if opts.mode == "generate":
+        report.faces_generated, report.faces_fallback = cover.generated, cover.fallbacks
+    return report
+
+
+def _upright_sar(info: Any) -> Any:
+    """The pixel aspect of the upright frames: a stored portrait video turned by 90° has its
+    pixels turned too."""
+    sar = info.sample_aspect_ratio
+    if sar is None or info.rotation % 180 != 90 or sar == 0:
+        return sar
+    return 1 / sar
+
+
+#: ``(image, frame) -> image``: what a video pass does to one frame's tracked faces.
+TreatFn = Callable[[np.ndarray, TrackedFrame], np.ndarray]
+
+
+def run_video_pass(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    detector: _Detects,
+    treat: TreatFn,
+    *,
+    operation: str,
+    settings: dict[str, Any],
+    tracker: TrackerConfig | None = None,
+    detect_every: int = 1,
+    start: int = 0,
+    end: int | None = None,
+    audio: bool = True,
+    crf: float = 18,
+    preset: str = "medium",
+    watermark: bool = True,
+    max_frames: int | None = None,
+    progress: ProgressFn | None = None,
+) -> VideoAnonymizeReport:
+    """The pass every video edit makes (see the module doc): decode, detect every
+    ``detect_every``-th frame, track, ``treat`` each frame with its tracked faces, watermark,
+    encode with the source's times and audio, and record ``operation`` with ``settings`` (plus
+    the detector and tracker) in the container and the report."""
     from facegen.provenance import provenance_metadata
     from facegen.video_io import VideoReader, VideoWriter
     from facegen.watermark import MIN_EMBED_SIDE, embed_watermark
 
-    opts = options or AnonymizeOptions()
-    _check_options(opts, replace_face_for_track)
-    cover = _Coverer(opts, replace_face_for_track)
     every = check_int(detect_every, "detect_every", minimum=1, maximum=10_000)
     config = tracker or TrackerConfig(max_gap=max(5, 2 * (every - 1)))
     if not isinstance(config, TrackerConfig):
@@ -250,6 +304,8 @@ def anonymize_video(
         )
     if not callable(getattr(detector, "detect", None)):
         raise InvalidArgumentError("`detector` must have a detect(image) method")
+    if max_frames is not None:
+        max_frames = check_int(max_frames, "max_frames", minimum=1)
     t0 = time.perf_counter()
     reader = VideoReader(src, start=start, end=end)
     info = reader.info
@@ -258,16 +314,13 @@ def anonymize_video(
         "detector": det_name,
         "detect_every": every,
         "tracker": config.to_dict(),
-        "anonymize": anonymize_settings(opts),
+        **settings,
         "range": [start, end],
     }
-    generator = getattr(replace_face_for_track, "settings", None)
-    if opts.mode == "generate" and isinstance(generator, dict):
-        settings["anonymize"]["generator"] = generator
     record = {"software": f"facegen {__version__}", "source": Path(src).name, **settings}
     h, w = info.upright_shape[:2]
     mark = bool(watermark) and min(h, w) >= MIN_EMBED_SIDE
-    meta = provenance_metadata("anonymize", record, kind="edited", watermarked=mark)
+    meta = provenance_metadata(operation, record, kind="edited", watermarked=mark)
     settings["watermark"] = mark
     report = VideoAnonymizeReport(
         source=str(src),
@@ -290,7 +343,7 @@ def anonymize_video(
             crf=crf,
             preset=preset,
             metadata={"comment": meta["facegen"], "description": meta["Description"]},
-            sample_aspect_ratio=info.sample_aspect_ratio,
+            sample_aspect_ratio=_upright_sar(info),
             audio_from=src if audio and info.has_audio else None,
             audio_span="frames" if ranged else "all",
             odd_size="pad",
@@ -299,7 +352,7 @@ def anonymize_video(
 
         def emit(frames: list[TrackedFrame]) -> None:
             for frame in frames:
-                image = cover(queue.popleft(), frame)
+                image = treat(queue.popleft(), frame)
                 if mark:
                     image = embed_watermark(image)
                 writer.write(image, time=times.popleft())
@@ -314,6 +367,11 @@ def anonymize_video(
                     progress(report.frames, total)
 
         for k, decoded in enumerate(reader):
+            if max_frames is not None and k >= max_frames:
+                raise InvalidVideoError(
+                    f"holds more than {max_frames} frames, the most this run takes",
+                    source=str(src),
+                )
             queue.append(decoded.image)
             times.append(decoded.time)
             faces = None
@@ -325,8 +383,6 @@ def anonymize_video(
         emit(track.flush())
         report.audio_copied = bool(audio and info.has_audio)
     report.faces_filled = report.faces_covered - report.faces_by_source.get("detected", 0)
-    if opts.mode == "generate":
-        report.faces_generated, report.faces_fallback = cover.generated, cover.fallbacks
     report.tracks = [s.to_dict() for s in track.summaries()]
     report.seconds = time.perf_counter() - t0
     if report.faces_detected == 0:
@@ -356,8 +412,8 @@ def find_videos(
 
 def video_output_name(relative: Path) -> Path:
     """Where a video lands under the output folder: ``a/b.mp4`` stays ``a/b.mp4``; any other
-    container keeps its suffix in the name (``a/b.mov`` → ``a/b.mov.mp4``), so two inputs
-    never share an output."""
+    container keeps its suffix in the name (``a/b.mov`` → ``a/b.mov.mp4``; an input that
+    would share its output with another, e.g. ``b.mov`` beside ``b.mov.mp4``, is refused)."""
     if relative.suffix.lower() == ".mp4":
         return relative
     return relative.with_name(relative.name + ".mp4")
@@ -408,19 +464,47 @@ def anonymize_video_folder(
 
     base, out_base = Path(root), Path(out_dir)
     opts = options or AnonymizeOptions()
-    _check_options(opts)
+    hooks = kwargs.get("replace_face_for_track")
+    _check_options(opts, hooks)
+    if "progress" in kwargs:
+        raise InvalidArgumentError(
+            "pass `on_video` (a progress callback per video), not `progress`"
+        )
+    root_abs, out_abs = base.resolve(), out_base.resolve()
+    if root_abs.is_relative_to(out_abs):
+        raise InvalidArgumentError(
+            f"the output folder {out_base} must not be the input folder {base} or hold it"
+        )
     videos = find_videos(base, exclude=out_base)
+    det_name = getattr(getattr(detector, "detector", detector), "name", type(detector).__name__)
     settings = {
         "anonymize": anonymize_settings(opts),
+        "detector": det_name,
+        "generator": getattr(hooks, "settings", None) if opts.mode == "generate" else None,
         **{k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in sorted(kwargs.items())
-           if k != "progress"},
+           if k != "replace_face_for_track"},
     }  # fmt: skip
     result = VideoFolderReport()
+    owners: dict[Path, Path] = {}
+    for src in videos:
+        target = video_output_name(src.relative_to(base))
+        if target in owners:  # e.g. b.mov and b.mov.mp4: one would overwrite the other
+            result.failed[str(src.relative_to(base))] = (
+                f"its output {target} would overwrite that of {owners[target]}; rename one"
+            )
+        else:
+            owners[target] = src.relative_to(base)
     for k, src in enumerate(videos):
         rel = src.relative_to(base)
+        if str(rel) in result.failed:
+            continue
         out = out_base / video_output_name(rel)
         report_path = out.with_suffix(".json")
-        key = json.loads(json.dumps(_resume_key(src, settings), default=str))
+        try:
+            key = json.loads(json.dumps(_resume_key(src, settings), default=str))
+        except OSError as exc:
+            result.failed[str(rel)] = f"cannot be read: {exc}"
+            continue
         if out.is_file() and report_path.is_file():
             try:
                 previous = json.loads(report_path.read_text())

@@ -459,3 +459,13 @@ def test_truncated_file_yields_its_good_frames_then_says_how_many(tmp_path: Path
     assert 0 < err.value.frames_read == len(got) < 30 and got == list(range(len(got)))
     with VideoReader(path, allow_truncated=True) as reader:
         assert len(list(reader)) == len(got) and reader.truncated
+
+
+def test_writer_recovers_from_a_refused_first_time(tmp_path: Path) -> None:
+    """A bad ``time`` on the first frame is refused without leaving the writer half set up."""
+    with VideoWriter(tmp_path / "t.mp4", fps=FPS) as writer:
+        with pytest.raises(InvalidArgumentError):
+            writer.write(_picture(0), time=float("nan"))
+        writer.write(_picture(0), time=0.0)
+        writer.write(_picture(1), time=1 / FPS)
+    assert probe_video(tmp_path / "t.mp4").frame_count == 2

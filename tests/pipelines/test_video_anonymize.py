@@ -316,3 +316,45 @@ def test_generate_mode_from_the_command_with_a_tiny_pipeline(clip, tmp_path: Pat
     secret = ["--secret", "s3cret"]
     assert main([*args, *secret, "--end", "2"]) != 0
     assert "images only" in capsys.readouterr().err
+
+
+def test_frame_limit_counts_decoded_frames_and_containers_without_a_count(
+    clip, independent, tmp_path: Path
+) -> None:
+    """``max_frames`` is checked while decoding (a header can lie, and MKV/WebM carry no
+    count): a short WebM passes, a longer MP4 is refused and leaves nothing."""
+    path, frames = clip
+    webm = tmp_path / "short.webm"
+    with av.open(str(webm), "w") as out:
+        vs = out.add_stream("libvpx-vp9", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for i, img in enumerate(frames[:5]):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    assert probe_video(webm).frame_count is None
+    report = anonymize_video(webm, tmp_path / "w.mp4", independent, max_frames=100)
+    assert report.frames == 5
+    refused = tmp_path / "long.mp4"
+    with pytest.raises(InvalidVideoError, match="more than 4 frames"):
+        anonymize_video(path, refused, independent, max_frames=4)
+    assert not refused.exists()
+
+
+def test_folder_refuses_shared_outputs_an_enclosing_output_and_stray_progress(
+    clip, independent, tmp_path: Path
+) -> None:
+    from facegen.pipelines.editing.video_anonymize import anonymize_video_folder
+
+    path, _ = clip
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "b.mov").write_bytes(path.read_bytes())  # an MP4 under a .mov name: still read
+    (root / "b.mov.mp4").write_bytes(path.read_bytes())
+    rep = anonymize_video_folder(root, tmp_path / "out", independent, end=2)
+    assert list(rep.done) == ["b.mov"] and "would overwrite" in rep.failed["b.mov.mp4"]
+    with pytest.raises(InvalidArgumentError, match="must not be the input folder"):
+        anonymize_video_folder(root, tmp_path, independent)
+    with pytest.raises(InvalidArgumentError, match="on_video"):
+        anonymize_video_folder(root, tmp_path / "o2", independent, progress=print)
