@@ -113,6 +113,7 @@ __all__ = [
     "save_generator",
     "swap",
     "swap_file",
+    "swap_video",
     "track_faces",
     "verify_separation",
 ]

