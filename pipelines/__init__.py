@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "FaceTracker": "facegen.pipelines.editing.tracking",
     "TrackerConfig": "facegen.pipelines.editing.tracking",
     "track_faces": "facegen.pipelines.editing.tracking",
+    "anonymize_video": "facegen.pipelines.editing.video_anonymize",
+    "swap_video": "facegen.pipelines.editing.video_swap",
     # dataset
     "DatasetConfig": "facegen.pipelines.dataset.config",
     "build_dataset": "facegen.pipelines.dataset.build",
@@ -96,6 +98,7 @@ __all__ = [
     "anonymize_file",
     "anonymize_folder",
     "anonymize_image",
+    "anonymize_video",
     "build_dataset",
     "dataset_report",
     "edit_faces",
@@ -151,6 +154,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     )
     from facegen.pipelines.editing.swap import (
         swap,
+    )
+    from facegen.pipelines.editing.tracking import (
+        FaceTracker,
+        TrackerConfig,
+        track_faces,
+    )
+    from facegen.pipelines.editing.video_anonymize import (
+        anonymize_video,
+    )
+    from facegen.pipelines.editing.video_swap import (
+        swap_video,
     )
     from facegen.pipelines.generation.generator_folder import (
         GeneratorInfo,
