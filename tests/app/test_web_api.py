@@ -676,3 +676,24 @@ def test_anonymize_video_refuses_long_wrong_and_generate(
         api_name="/anonymize_video",
     )  # fmt: skip
     assert "still image" in message and str(tmp_path) not in message
+
+
+def test_swap_video_with_tiny_models(app: Any, t1_path: Path, tmp_path: Path) -> None:
+    """Plumbing (tiny random pipeline): the source photo's identity on the largest face of
+    every frame; 'best' is refused for a video."""
+    from facegen.video_io import probe_video
+
+    clip = _clip(tmp_path / "group.mp4", load_image(t1_path), 4)
+    video, report, summary = app.client.predict(
+        handle_file(str(t1_path)), handle_file(str(clip)), "largest", "tiny", 0, 1, 2,
+        api_name="/swap_video",
+    )  # fmt: skip
+    out = Path(video["video"] if isinstance(video, dict) else video)
+    assert probe_video(out).frame_count == 4
+    assert report["faces_generated"] == 4 and report["settings"]["swap"]["faces"] == "largest"
+    assert "faces swapped" in summary
+    message = _error(
+        app.client, handle_file(str(t1_path)), handle_file(str(clip)), "best", "tiny", 0, 1, 1,
+        api_name="/swap_video",
+    )  # fmt: skip
+    assert "largest" in message and "Traceback" not in message  # gradio checks the choice
