@@ -4,12 +4,12 @@ are wired in :mod:`facegen.app.web.tabs.generate`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+# at module level, not under TYPE_CHECKING: gradio (6.0) evaluates the annotations of event
+# functions such as show_source, which name gr
+import gradio as gr
 
 from .services import AppLimits
-
-if TYPE_CHECKING:
-    import gradio as gr
 
 __all__ = [
     "GenerationSettings",
