@@ -1,4 +1,4 @@
-"""Reading and writing videos one frame at a time, with PyAV (FFmpeg).
+"""Reading videos one frame at a time, with PyAV (FFmpeg).
 
 Frames cross this module as RGB ``uint8`` ``(H, W, 3)`` numpy arrays, like every image in
 facegen. Nothing holds a whole video in memory: :class:`VideoReader` decodes frame by frame
@@ -33,16 +33,8 @@ Rules (each a choice, kept the same everywhere):
   stream (audio only; cover art does not count), a still image (PNG, JPEG, … even renamed
   ``.mp4``: it has no frame rate; read it with :func:`facegen.image_io.load_image`), a video
   with no frames, a video codec this FFmpeg build cannot decode.
-* **Writing** is H.264 (libx264, ``yuv420p``) in MP4 with ``+faststart``. ``yuv420p`` needs
-  an even width and height: an odd size is refused unless ``odd_size="pad"``, which repeats
-  the last column/row. The file is written under a temporary name and renamed on
-  :meth:`VideoWriter.close`; an exception inside the ``with`` block, or :meth:`~VideoWriter.abort`,
-  removes it, so a failed write never leaves a half file under the final name.
-* **Timing.** Frames written with ``time=`` (the source's times in seconds, e.g.
-  :attr:`DecodedFrame.time`) keep them, shifted so that the first frame is at 0, so a
-  variable-frame-rate video keeps its timing; without ``time=`` frame ``n`` is at ``n / fps``.
-  Audio copied from ``audio_from`` is remuxed packet for packet (never re-encoded) and shifted
-  by the same amount, so it stays in sync.
+* **Writing** lives in :mod:`facegen.video_write` (:class:`~facegen.video_write.VideoWriter`,
+  :func:`~facegen.video_write.concat_videos`); ``VideoWriter`` is importable from here too.
 
 Needs the ``video`` extra (``av``); a missing one raises
 :class:`~facegen.errors.MissingDependencyError`.
@@ -58,46 +50,27 @@ from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import MappingProxyType, ModuleType, TracebackType
-from typing import Any, Literal
+from types import MappingProxyType, ModuleType
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from facegen.errors import (
     InvalidArgumentError,
-    InvalidImageError,
     InvalidVideoError,
     MissingDependencyError,
-    OutputError,
 )
-from facegen.fileio import atomic_write
-from facegen.validate import check_choice, check_int, check_number
+from facegen.validate import check_int, check_number
 
 __all__ = [
-    "METADATA_KEYS",
-    "X264_PRESETS",
     "DecodedFrame",
     "VideoInfo",
     "VideoReader",
-    "VideoWriter",
     "probe_video",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Container metadata keys the MP4 muxer stores (others would be dropped, so they are refused).
-METADATA_KEYS = frozenset(
-    {
-        "title", "comment", "description", "synopsis", "artist", "album", "album_artist",
-        "composer", "copyright", "date", "genre", "grouping", "keywords",
-    }
-)  # fmt: skip
-X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-)  # fmt: skip
-VIDEO_EXTENSIONS = (".mp4", ".m4v")
-_TIME_BASE = Fraction(1, 90000)  # timestamps given in seconds are stored in these ticks
 #: Containers whose packets carry real presentation timestamps. Others (AVI, raw streams)
 #: are read from the start, and their frames are timed ``index / fps`` (AVI is constant
 #: frame rate by design; with B-frames its decoded timestamps come out of order).
@@ -522,288 +495,9 @@ def _as_fraction(value: object, name: str) -> Fraction:
     return Fraction(number).limit_denominator(1_000_000)
 
 
-def _as_rgb(image: object) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            raise InvalidImageError(f"`image` must be an RGB PIL image, got mode {image.mode!r}")
-        image = np.asarray(image)
-    if not isinstance(image, np.ndarray):
-        raise InvalidImageError(
-            f"`image` must be an RGB uint8 (H, W, 3) numpy array, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise InvalidImageError(
-            f"`image` must be an RGB uint8 (H, W, 3) array, got dtype {image.dtype} "
-            f"shape {image.shape}"
-        )
-    return np.ascontiguousarray(image)
+def __getattr__(name: str) -> Any:
+    if name == "VideoWriter":  # the writer moved to facegen.video_write; still importable here
+        from facegen.video_write import VideoWriter
 
-
-class VideoWriter:
-    """Encode RGB frames to an H.264 MP4 file, atomically (see the module doc).
-
-    ``fps``: the frame rate (``Fraction``, int or float; pass the source's
-    :attr:`VideoInfo.fps`). ``crf``: x264 quality, 0 (lossless) to 51, lower is better.
-    ``preset``: one of :data:`X264_PRESETS`. ``time_base``: tick for frames written with
-    ``time=`` (default 1/90000 s; pass the source's :attr:`VideoInfo.time_base` to keep its
-    ticks exactly). ``metadata``: container tags, keys from :data:`METADATA_KEYS` (e.g.
-    ``title``, ``comment`` for provenance). ``sample_aspect_ratio``: pixel shape to record.
-    ``audio_from``: a media file whose first audio stream is copied packet for packet (none
-    copied when it has none); ``audio_span="all"`` copies all of it, ``"frames"`` only the
-    packets starting within the written frames' span (from the first frame's time to the
-    last one's plus ``1 / fps``; use it when a frame range was read). ``odd_size``:
-    ``"error"`` or ``"pad"``. The frame size is taken from the first frame.
-
-    >>> with VideoReader("in.mp4") as r, VideoWriter(  # doctest: +SKIP
-    ...     "out.mp4", fps=r.info.fps, audio_from="in.mp4", metadata={"title": "anonymized"}
-    ... ) as w:
-    ...     for f in r:
-    ...         w.write(change(f.image), time=f.time)
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        fps: Fraction | float,
-        crf: float = 18,
-        preset: str = "medium",
-        time_base: Fraction | None = None,
-        metadata: Mapping[str, str] | None = None,
-        sample_aspect_ratio: Fraction | None = None,
-        audio_from: str | os.PathLike[str] | None = None,
-        audio_span: Literal["all", "frames"] = "all",
-        odd_size: Literal["error", "pad"] = "error",
-        threads: int = 0,
-    ) -> None:
-        av = self._av = _import_av()
-        self.path = Path(path)
-        if self.path.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise InvalidArgumentError(
-                f"`path` must end in {' or '.join(VIDEO_EXTENSIONS)}, got {str(path)!r}"
-            )
-        if self.path.is_dir():
-            raise OutputError(f"cannot write {self.path}: it is a folder")
-        self.fps = _as_fraction(fps, "fps")
-        self._crf = check_number(crf, "crf", minimum=0, maximum=51)
-        self._preset = check_choice(preset, "preset", X264_PRESETS)
-        self._time_base = _TIME_BASE if time_base is None else _as_fraction(time_base, "time_base")
-        self._sar = (
-            None
-            if sample_aspect_ratio is None
-            else _as_fraction(sample_aspect_ratio, "sample_aspect_ratio")
-        )
-        self._audio_span = check_choice(audio_span, "audio_span", ("all", "frames"))
-        self._odd_size = check_choice(odd_size, "odd_size", ("error", "pad"))
-        self._threads = check_int(threads, "threads", minimum=0, maximum=256)
-        self._metadata = dict(metadata or {})
-        for key, value in self._metadata.items():
-            if key not in METADATA_KEYS:
-                raise InvalidArgumentError(
-                    f"`metadata` keys must be among {', '.join(sorted(METADATA_KEYS))}, got {key!r}"
-                )
-            if not isinstance(value, str) or "\0" in value:
-                raise InvalidArgumentError(
-                    f"`metadata[{key!r}]` must be a string without NUL, got {value!r}"
-                )
-        try:
-            av.Codec("libx264", "w")
-        except av.FFmpegError as exc:
-            raise MissingDependencyError(
-                "av (with libx264)", extra="video", purpose="writing H.264 videos"
-            ) from exc
-        self.frames_written = 0
-        self._closed = False
-        self._shape: tuple[int, ...] | None = None
-        self._timed: bool | None = None
-        self._vs: Any = None
-        self._src: Any = None
-        self._src_audio: Any = None
-        self._out_audio: Any = None
-        self._pending: Any = None
-        self._stack = contextlib.ExitStack()
-        try:
-            self._tmp = self._stack.enter_context(atomic_write(self.path))
-            try:
-                self._out = av.open(
-                    str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"}
-                )
-            except av.FFmpegError as exc:
-                raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from exc
-            for key, value in self._metadata.items():
-                self._out.metadata[key] = value
-            if audio_from is not None:
-                self._open_audio_source(audio_from)
-        except BaseException:
-            self.abort()
-            raise
-
-    def _open_audio_source(self, src: str | os.PathLike[str]) -> None:
-        self._src = _open_input(self._av, src)
-        audio = self._src.streams.audio
-        if not audio:
-            logger.info("%s has no audio stream; writing video only", src)
-            return
-        codec = audio[0].codec_context.name if audio[0].codec_context else "unknown"
-        if codec not in self._out.supported_codecs:
-            raise InvalidVideoError(
-                f"its audio codec {codec!r} cannot be copied into MP4; pass audio_from=None "
-                "or convert the audio first",
-                source=str(src),
-            )
-        self._src_audio = audio[0]
-        self._audio_packets = self._src.demux(self._src_audio)
-
-    # -- frames
-
-    def write(self, image: np.ndarray | Image.Image, *, time: float | None = None) -> None:
-        """Encode one RGB ``uint8`` ``(H, W, 3)`` frame. ``time``: its time in seconds on the
-        source's timeline; give it for every frame or for none, strictly increasing."""
-        if self._closed:
-            raise InvalidArgumentError("cannot write: the `VideoWriter` is closed")
-        arr = _as_rgb(image)
-        if self._timed is None:
-            self._start(arr, time is not None, time)
-        if arr.shape != self._shape:
-            raise InvalidImageError(
-                f"`image` must have the first frame's shape {self._shape}, got {arr.shape}"
-            )
-        if (time is not None) != self._timed:
-            given = "with `time`" if self._timed else "without `time`"
-            raise InvalidArgumentError(
-                f"`time` must be given for every frame or none (the first was written {given}), "
-                f"got {time!r}"
-            )
-        if time is None:
-            pts, src_time = self.frames_written, self._t0 + self.frames_written / self.fps
-        else:
-            src_time = check_number(time, "time")
-            pts = round((Fraction(src_time) - Fraction(self._t0)) / self._time_base)
-            if pts <= self._last_pts:
-                prev = float(self._t0 + self._last_pts * self._time_base)
-                raise InvalidArgumentError(
-                    f"`time` must be later than the previous frame's ({prev:.6f} s) by at least "
-                    f"one tick ({self._time_base} s), got {time!r}"
-                )
-        if self._odd_size == "pad" and (arr.shape[0] % 2 or arr.shape[1] % 2):
-            arr = np.pad(arr, ((0, arr.shape[0] % 2), (0, arr.shape[1] % 2), (0, 0)), mode="edge")
-        frame = self._av.VideoFrame.from_ndarray(arr, format="rgb24")
-        frame.pts, frame.time_base = pts, self._vs.codec_context.time_base
-        frame.duration = self._frame_ticks
-        try:
-            self._mux_audio(before=float(src_time))
-            self._out.mux(self._vs.encode(frame))
-        except self._av.FFmpegError as exc:
-            self.abort()
-            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from exc
-        self._last_pts, self._last_time = pts, float(src_time)
-        self.frames_written += 1
-
-    def _start(self, arr: np.ndarray, timed: bool, time: float | None) -> None:
-        h, w = arr.shape[:2]
-        if (h % 2 or w % 2) and self._odd_size == "error":
-            raise InvalidImageError(
-                f"`image` width and height must be even for H.264 yuv420p, got {w}×{h}; "
-                'pass odd_size="pad" to repeat the last column/row'
-            )
-        t0 = check_number(time, "time") if time is not None else 0.0
-        self._t0 = t0
-        self._last_pts, self._last_time = -1, self._t0
-        tb = self._time_base if timed else 1 / self.fps
-        self._frame_ticks = max(1, round(1 / self.fps / tb))
-        vs = self._vs = self._out.add_stream("libx264", rate=self.fps)
-        vs.width, vs.height, vs.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
-        vs.codec_context.time_base = tb
-        vs.codec_context.thread_count = self._threads
-        vs.options = {"crf": f"{self._crf:g}", "preset": self._preset}
-        if self._sar is not None:
-            vs.codec_context.sample_aspect_ratio = self._sar
-        if self._src_audio is not None:
-            self._out_audio = self._out.add_stream_from_template(self._src_audio)
-            self._shift = round(Fraction(self._t0) / self._src_audio.time_base)
-        self._shape, self._timed = arr.shape, timed  # last: a failed start can be retried
-
-    def _mux_audio(self, *, before: float | None) -> None:
-        """Copy source audio packets that start before source time ``before`` (all: None)."""
-        if self._out_audio is None:
-            return
-        tb = self._src_audio.time_base
-        while True:
-            packet = self._pending if self._pending is not None else next(self._audio_packets, None)
-            self._pending = None
-            if packet is None:
-                return
-            ts = packet.pts if packet.pts is not None else packet.dts
-            if ts is None or packet.size == 0:
-                continue
-            start = float(ts * tb)
-            if before is not None and start >= before:
-                self._pending = packet
-                return
-            if self._audio_span == "frames" and start < self._t0:
-                continue
-            if packet.pts is not None:
-                packet.pts -= self._shift
-            if packet.dts is not None:
-                packet.dts -= self._shift
-            packet.stream = self._out_audio
-            self._out.mux(packet)
-
-    # -- finishing
-
-    def close(self) -> Path:
-        """Flush the encoder, copy the rest of the audio, and move the file into place;
-        returns its path. Writing no frame at all is refused (nothing is left behind)."""
-        if self._closed:
-            return self.path
-        if self.frames_written == 0:
-            self.abort()
-            raise InvalidArgumentError(
-                f"cannot write {self.path}: no frame was written (an MP4 needs at least one)"
-            )
-        end = self._last_time + float(1 / self.fps) if self._audio_span == "frames" else None
-        try:
-            self._out.mux(self._vs.encode(None))
-            self._mux_audio(before=end)
-            self._out.close()
-            if self._src is not None:
-                self._src.close()
-        except self._av.FFmpegError as exc:
-            self.abort()
-            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from exc
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
-        self._stack.close()  # renames the temporary file to `path`
-        return self.path
-
-    def abort(self) -> None:
-        """Give up: close everything and remove the temporary file. Safe to call twice."""
-        self._closed = True
-        for container in (getattr(self, "_out", None), self._src):
-            if container is not None:
-                with contextlib.suppress(Exception):
-                    container.close()
-        stack = getattr(self, "_stack", None)
-        if stack is not None:
-            exc = _Aborted()
-            stack.__exit__(type(exc), exc, None)  # atomic_write removes the temporary file
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class _Aborted(Exception):
-    """Thrown into :func:`atomic_write` to make it delete the temporary file."""
+        return VideoWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

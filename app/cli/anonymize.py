@@ -13,8 +13,10 @@ from facegen.app.cli.options import (
     add_video_options,
     face_selection,
     positive_int,
+    resumed_note,
     subcommand_parents,
     video_detector,
+    video_pass_options,
 )
 from facegen.errors import FacegenError
 
@@ -242,23 +244,42 @@ def _anonymize_file(
     return 0
 
 
-def _track_replacement(args: argparse.Namespace) -> Any:
-    """Mode ``generate`` on video: one synthetic identity per track (pipeline and verifier
-    loaded); None for the classical modes."""
+def _track_replacement(
+    args: argparse.Namespace, detector: Any, videos: list[Path], names: list[str]
+) -> Any:
+    """Mode ``generate`` on video: one synthetic identity per track, or with --secret one per
+    real person across ``videos`` (read once first to cluster their tracks; pipeline and
+    verifier loaded); None for the classical modes."""
     if args.mode != "generate":
         return None
     import os
 
-    if args.secret or os.environ.get("FACEGEN_SECRET"):
-        raise FacegenError(
-            "--secret (the same pseudonym for the same person) works on images only for now; "
-            "on a video each face track gets its own synthetic identity without it"
-        )
     from facegen.app.cli.swap import edit_options, load_edit_pipeline
     from facegen.pipelines.editing.jobs import track_replacement
 
     pipe, verifier = load_edit_pipeline(args)
-    return track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
+    secret = args.secret or os.environ.get("FACEGEN_SECRET")
+    if not secret:
+        return track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
+    from facegen.pipelines.editing.video_pseudonyms import fit_video_pseudonyms, resume_token
+
+    def on_video(path: Path, k: int, total: int) -> None:
+        print(f"finding who is who: [{k + 1}/{total}] {path.name}", file=sys.stderr)
+
+    spec = pipe.identity_spec
+    pseudonyms = fit_video_pseudonyms(
+        videos, detector, verifier, secret, encoder_id=spec.encoder_ids[0], dim=spec.dim,
+        names=names, detect_every=args.detect_every, start=args.start, end=args.end,
+        on_video=on_video,
+    )  # fmt: skip
+    print(
+        f"{pseudonyms.num_people} person(s) across {len(videos)} video(s), one pseudonym each",
+        file=sys.stderr,
+    )
+    return track_replacement(
+        pipe, verifier, edit_options(args), attempts=args.attempts, pseudonyms=pseudonyms,
+        secret_token=resume_token(secret),
+    )  # fmt: skip
 
 
 def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int:
@@ -273,7 +294,9 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
     if out.resolve() == args.input.resolve():
         raise FacegenError(f"--out {out} is the input itself: choose another file")
     detector = video_detector(args.video_detector)
-    hooks = _track_replacement(args)
+    hooks = _track_replacement(args, detector, [args.input], [args.input.name])
+    if hooks is not None:
+        hooks = hooks.for_video(args.input.name)
     bar = tqdm(total=None, desc=args.input.name, unit="frame", file=sys.stderr)
 
     def progress(done: int, total: int | None) -> None:
@@ -283,9 +306,8 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
 
     try:
         report = anonymize_video(
-            args.input, out, detector, options, detect_every=args.detect_every,
-            start=args.start, end=args.end, audio=not args.no_audio, crf=args.crf,
-            watermark=not args.no_watermark, replace_face_for_track=hooks, progress=progress,
+            args.input, out, detector, options, replace_face_for_track=hooks, progress=progress,
+            **video_pass_options(args),
         )  # fmt: skip
     finally:
         bar.close()
@@ -298,6 +320,7 @@ def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int
         f"), {len(report.tracks)} face track(s), {report.faces_covered} faces covered "
         f"({report.faces_filled} filled in between detections), "
         f"{report.frames_per_second:.1f} frames/s → {out} (report: {report_path})"
+        f"{resumed_note(report)}"
     )
     if report.faces_detected == 0:
         print(f"warning: no face was detected in {args.input}", file=sys.stderr)
@@ -309,10 +332,12 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
     """The videos of a folder, into the mirrored tree under --out (resumable per video)."""
     from tqdm.auto import tqdm
 
-    from facegen.pipelines.editing.video_anonymize import anonymize_video_folder
+    from facegen.pipelines.editing.video_anonymize import anonymize_video_folder, find_videos
 
     detector = video_detector(args.video_detector)
-    hooks = _track_replacement(args)
+    videos = find_videos(args.input, exclude=args.out)
+    names = [str(v.relative_to(args.input)) for v in videos]
+    hooks = _track_replacement(args, detector, videos, names)
     bars: list[Any] = []
 
     def on_video(path: Path, k: int, total: int) -> Any:
@@ -331,9 +356,7 @@ def _anonymize_video_folder(args: argparse.Namespace, options: AnonymizeOptions)
     try:
         rep = anonymize_video_folder(
             args.input, args.out, detector, options, on_video=on_video,
-            detect_every=args.detect_every, start=args.start, end=args.end,
-            audio=not args.no_audio, crf=args.crf, watermark=not args.no_watermark,
-            replace_face_for_track=hooks,
+            replace_face_for_track=hooks, **video_pass_options(args),
         )  # fmt: skip
     finally:
         for bar in bars:

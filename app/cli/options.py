@@ -305,6 +305,39 @@ def add_video_options(group: Any) -> None:
     group.add_argument("--end", type=int, default=None, help="frame after the last (the end)")
     group.add_argument("--no-audio", action="store_true", help="do not copy the audio")
     group.add_argument("--crf", type=float, default=18, help="H.264 quality, lower is better (18)")
+    group.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=300,
+        metavar="N",
+        help="write the video in parts of N frames (300), so that a killed run resumes from its "
+        "last finished part when the same command is run again; 0 writes one piece",
+    )
+    group.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the parts an earlier, interrupted run left and start the video over",
+    )
+
+
+def video_pass_options(args: Any) -> dict[str, Any]:
+    """The keyword options of a video pass from :func:`add_video_options`' arguments."""
+    if args.chunk_frames < 0:
+        from facegen.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"--chunk-frames must be 0 or more, got {args.chunk_frames}")
+    return {
+        "detect_every": args.detect_every, "start": args.start, "end": args.end,
+        "audio": not args.no_audio, "crf": args.crf, "watermark": not args.no_watermark,
+        "chunk_frames": args.chunk_frames or None, "resume": not args.restart,
+    }  # fmt: skip
+
+
+def resumed_note(report: Any) -> str:
+    """`` (N frames written by an earlier run)`` when a video pass resumed, else ``""``."""
+    if not getattr(report, "resumed_at", 0):
+        return ""
+    return f" (resumed: {report.resumed_at} frames were written by an earlier run)"
 
 
 def video_detector(name: str) -> Any:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from facegen.app.cli.options import (
     add_generation_options,
     add_video_options,
+    resumed_note,
     subcommand_parents,
     video_detector,
+    video_pass_options,
 )
 from facegen.errors import FacegenError
 
@@ -213,9 +215,7 @@ def _swap_video(args: argparse.Namespace, source: IdentityEmbedding | Path) -> i
         report = swap_video(
             args.target, out, video_detector(args.video_detector), source, pipe,
             edit_options(args), faces=faces, reference_analyzer=analyzer,
-            source_name=args.source.name, progress=progress, detect_every=args.detect_every,
-            start=args.start, end=args.end, audio=not args.no_audio, crf=args.crf,
-            watermark=not args.no_watermark,
+            source_name=args.source.name, progress=progress, **video_pass_options(args),
         )  # fmt: skip
     finally:
         bar.close()
@@ -224,7 +224,7 @@ def _swap_video(args: argparse.Namespace, source: IdentityEmbedding | Path) -> i
     print(
         f"{report.frames} frames, {len(report.tracks)} face track(s), {report.faces_generated} "
         f"faces swapped ({report.faces_fallback} skipped by the edit) → {out} "
-        f"(report: {report_path})"
+        f"(report: {report_path}){resumed_note(report)}"
     )
     if report.faces_detected == 0:
         print(f"warning: no face was detected in {args.target}", file=sys.stderr)

@@ -62,6 +62,7 @@ from facegen.validate import check_choice, check_int
 if TYPE_CHECKING:
     from facegen.pipelines.editing.face_edit import EditResult
     from facegen.pipelines.editing.swap import FaceSelection, SwapResult
+    from facegen.pipelines.editing.video_pseudonyms import VideoPseudonyms
     from facegen.pipelines.generation.id_to_face import IDGenerationMixin
 
 __all__ = [
@@ -369,13 +370,21 @@ def face_replacement(
 @dataclass(frozen=True, eq=False)
 class TrackReplacement:
     """One ``replace_face`` hook per video track (``self(track_id)``), and how they are made
-    (``settings``, recorded with the video)."""
+    (``settings``, recorded with the video). ``video``: the name of the video the hooks are
+    for (part of a pseudonym's key); :meth:`for_video` gives the same hooks for another.
+    ``resume_token``: changes with what ``settings`` do not show (the secret), so a video's
+    parts made with another are not reused."""
 
-    factory: Callable[[int], ReplaceFaceFn]
+    factory: Callable[[str, int], ReplaceFaceFn]
     settings: dict[str, Any]
+    video: str = ""
+    resume_token: str = ""
 
     def __call__(self, track_id: int) -> ReplaceFaceFn:
-        return self.factory(track_id)
+        return self.factory(self.video, track_id)
+
+    def for_video(self, name: str) -> TrackReplacement:
+        return TrackReplacement(self.factory, self.settings, str(name), self.resume_token)
 
 
 def track_replacement(
@@ -384,13 +393,21 @@ def track_replacement(
     options: EditOptions | None = None,
     *,
     attempts: int = 3,
+    pseudonyms: VideoPseudonyms | None = None,
+    secret_token: str = "",
 ) -> TrackReplacement:
     """The video anonymizer's ``"generate"`` hooks: each track becomes one synthetic person
     for its whole length — an identity sampled once per track (seeded by ``options.seed`` and
     the track id, kept below cosine 0.3 to the track's first face), every frame's face made
     with ``pipe`` and verified as :func:`face_replacement` does, else the classical fallback
-    on that frame."""
+    on that frame.
+
+    With ``pseudonyms`` (fitted to the run's videos by
+    :func:`~facegen.pipelines.editing.video_pseudonyms.fit_video_pseudonyms` with a secret;
+    ``secret_token`` from :func:`~facegen.pipelines.editing.video_pseudonyms.resume_token`),
+    a track takes its real person's pseudonym instead, the same in every video of the run."""
     from facegen.pipelines.editing.swap import make_replace_face
+    from facegen.pipelines.editing.video_pseudonyms import PseudonymTrack
     from facegen.pipelines.identities import sample_identities
 
     opts = options or EditOptions()
@@ -401,10 +418,15 @@ def track_replacement(
         "edit": opts.to_dict(),
         "attempts": attempts,
         "verifier": getattr(verifier.encoder, "encoder_id", None),
-        "pseudonyms": "per track",
+        "pseudonyms": "per track" if pseudonyms is None else "consistent",
     }
 
-    def factory(track_id: int) -> ReplaceFaceFn:
+    def replace(identity_fn: Any) -> ReplaceFaceFn:
+        return make_replace_face(pipe, verifier, opts, max_tries=attempts, identity_fn=identity_fn)
+
+    def factory(video: str, track_id: int) -> ReplaceFaceFn:
+        if pseudonyms is not None:
+            return PseudonymTrack(video, pseudonyms, verifier, replace)
         chosen: list[IdentityEmbedding] = []
 
         def identity_fn(original: IdentityEmbedding | None, seed: int) -> IdentityEmbedding:
@@ -424,9 +446,9 @@ def track_replacement(
                 )
             return chosen[0]
 
-        return make_replace_face(pipe, verifier, opts, max_tries=attempts, identity_fn=identity_fn)
+        return replace(identity_fn)
 
-    return TrackReplacement(factory, settings)
+    return TrackReplacement(factory, settings, resume_token=secret_token)
 
 
 def _fit_pseudonyms(

@@ -1,6 +1,6 @@
 """Face swap in a video: the source identity on the chosen face tracks, frame by frame.
 
-The pass is :func:`~facegen.pipelines.editing.video_anonymize.run_video_pass` (decode, detect
+The pass is :func:`~facegen.pipelines.editing.video_pass.run_video_pass` (decode, detect
 every ``detect_every``-th frame, track, write with the source's times, audio and the
 provenance record). Each frame's chosen faces are regenerated with the source identity by
 :func:`~facegen.pipelines.editing.face_edit.edit_faces` at the tracked box and keypoints,
@@ -19,6 +19,7 @@ Which faces (``faces``):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,11 @@ from facegen.analyzer import FaceAnalyzer
 from facegen.errors import InvalidArgumentError
 from facegen.pipelines.editing.options import EditOptions
 from facegen.pipelines.editing.tracking import TrackedFace, TrackedFrame
-from facegen.pipelines.editing.video_anonymize import VideoAnonymizeReport, run_video_pass
+from facegen.pipelines.editing.video_pass import (
+    VideoAnonymizeReport,
+    by_position,
+    run_video_pass,
+)
 from facegen.types import Face, IdentityEmbedding
 
 __all__ = ["VideoFaces", "swap_video"]
@@ -71,8 +76,7 @@ class _Swapper:
         self.pipe, self.identity, self.options = pipe, identity, options
         self.faces, self.reference_analyzer = faces, reference_analyzer
         self.decided: dict[int, bool] = {}
-        self.swapped = 0
-        self.skipped = 0
+        self.counts = {"faces_generated": 0, "faces_fallback": 0}  # saved with each part
 
     def _chosen(self, image: np.ndarray, frame: TrackedFrame) -> list[TrackedFace]:
         if self.faces == "all":
@@ -96,7 +100,7 @@ class _Swapper:
     def __call__(self, image: np.ndarray, frame: TrackedFrame) -> np.ndarray:
         from facegen.pipelines.editing.face_edit import edit_faces
 
-        chosen = self._chosen(image, frame)
+        chosen = by_position(self._chosen(image, frame))
         if not chosen:
             return image
         base = int(self.options.seed or 0)
@@ -106,8 +110,8 @@ class _Swapper:
             seeds=seeds,
         )  # fmt: skip
         done = sum(not r.skipped for r in result.faces)
-        self.swapped += done
-        self.skipped += len(chosen) - done
+        self.counts["faces_generated"] += done
+        self.counts["faces_fallback"] += len(chosen) - done
         return result.image
 
 
@@ -132,7 +136,7 @@ def swap_video(
     """Put ``identity`` (in ``pipe``'s identity space) on the chosen faces of the video
     ``src``, written to the MP4 ``out`` (see the module doc). ``pass_options``: the pass's
     ``tracker``, ``detect_every``, ``start``/``end``, ``audio``, ``crf``, ``preset``,
-    ``watermark``, ``max_frames``. The report counts ``faces_generated`` (swapped) and
+    ``watermark``, ``max_frames``, ``chunk_frames``, ``resume``. The report counts ``faces_generated`` (swapped) and
     ``faces_fallback`` (chosen faces the edit skipped, left as they were)."""
     from facegen.pipelines.generation.id_to_face import IDGenerationMixin
 
@@ -156,9 +160,11 @@ def swap_video(
             "edit": opts.to_dict(),
         }
     }
+    digest = hashlib.sha256(np.asarray(identity.vector, np.float32).tobytes()).hexdigest()
     report = run_video_pass(
         src, out, detector, swapper, operation="swap", settings=settings, progress=progress,
-        **pass_options,
+        resume_extra=digest, **pass_options,
     )  # fmt: skip
-    report.faces_generated, report.faces_fallback = swapper.swapped, swapper.skipped
+    report.faces_generated = swapper.counts["faces_generated"]
+    report.faces_fallback = swapper.counts["faces_fallback"]
     return report

@@ -469,3 +469,68 @@ def test_writer_recovers_from_a_refused_first_time(tmp_path: Path) -> None:
         writer.write(_picture(0), time=0.0)
         writer.write(_picture(1), time=1 / FPS)
     assert probe_video(tmp_path / "t.mp4").frame_count == 2
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def _write_parts(frames: list, sizes: tuple[int, ...], tmp_path: Path) -> list[Path]:
+    parts, k = [], 0
+    for n, size in enumerate(sizes):
+        path = tmp_path / f"part{n}.mp4"
+        with VideoWriter(path, fps=FPS, crf=0) as writer:
+            for f in frames[k : k + size]:
+                writer.write(f.image, time=f.time)
+        parts.append(path)
+        k += size
+    return parts
+
+
+def test_parts_join_into_the_file_one_writer_makes(clips: dict[str, Path], tmp_path: Path) -> None:
+    from facegen.video_write import concat_videos
+
+    src = clips["squares"]
+    frames = _read_all(src, start=6, end=18)
+    whole = tmp_path / "whole.mp4"
+    with VideoWriter(whole, fps=FPS, crf=0, audio_from=src, audio_span="frames") as writer:
+        for f in frames:
+            writer.write(f.image, time=f.time)
+    parts = _write_parts(frames, (5, 4, 3), tmp_path)
+    origin, end = frames[0].time, frames[-1].time + 1 / FPS
+    starts = [frames[k].time - origin for k in (0, 5, 9)]
+    joined = concat_videos(
+        parts, tmp_path / "joined.mp4", starts=starts, metadata={"comment": "joined"},
+        audio_from=src, audio_span="frames", time_origin=origin, end_time=end,
+    )  # fmt: skip
+    a, b = _read_all(whole), _read_all(joined)
+    assert [f.time for f in b] == pytest.approx([f.time for f in a], abs=1e-4) and len(b) == 12
+    assert [_square_index(f.image) for f in b] == list(range(6, 18))
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert _audio(joined) == _audio(whole)  # the same packets at the same times
+    assert probe_video(joined).metadata["comment"] == "joined"
+    # without `starts` each part follows the previous one: a constant-rate clip comes out the same
+    packed = _read_all(concat_videos(parts, tmp_path / "packed.mp4"))
+    assert [f.time for f in packed] == pytest.approx([f.time for f in a], abs=1e-4)
+
+
+def test_parts_that_do_not_fit_are_refused_and_nothing_is_written(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    from facegen.video_write import concat_videos
+
+    frames = _read_all(clips["squares"], end=8)
+    good = _write_parts(frames, (4, 4), tmp_path)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(InvalidVideoError, match="do not follow"):
+        concat_videos(good, out, starts=[0.0, 0.1])  # the second starts inside the first
+    with pytest.raises(InvalidArgumentError, match="one time per part"):
+        concat_videos(good, out, starts=[0.0])
+    other = tmp_path / "other"
+    other.mkdir()
+    with VideoWriter(other / "small.mp4", fps=FPS) as writer:
+        writer.write(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(InvalidVideoError, match="does not fit"):
+        concat_videos([good[0], other / "small.mp4"], out)
+    with pytest.raises(InvalidArgumentError, match="at least one"):
+        concat_videos([], out)
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))

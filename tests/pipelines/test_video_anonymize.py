@@ -313,9 +313,14 @@ def test_generate_mode_from_the_command_with_a_tiny_pipeline(clip, tmp_path: Pat
     assert report["faces_generated"] + report["faces_fallback"] == report["faces_covered"] > 0
     gen = report["settings"]["anonymize"]["generator"]
     assert gen["pseudonyms"] == "per track" and gen["preset"] == "tiny"
-    secret = ["--secret", "s3cret"]
-    assert main([*args, *secret, "--end", "2"]) != 0
-    assert "images only" in capsys.readouterr().err
+    # --secret: the video is read once to tell people apart, then each track takes its
+    # person's pseudonym (frames before a track's first detection fall back)
+    rc = main([*args, "--secret", "s3cret-key", "--steps", "2", "--attempts", "1", "--end", "3"])
+    assert rc == 0, capsys.readouterr().err
+    assert "person(s) across 1 video(s)" in capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["anonymize"]["generator"]["pseudonyms"] == "consistent"
+    assert "s3cret" not in out.with_suffix(".json").read_text()
 
 
 def test_frame_limit_counts_decoded_frames_and_containers_without_a_count(
@@ -358,3 +363,166 @@ def test_folder_refuses_shared_outputs_an_enclosing_output_and_stray_progress(
         anonymize_video_folder(root, tmp_path, independent)
     with pytest.raises(InvalidArgumentError, match="on_video"):
         anonymize_video_folder(root, tmp_path / "o2", independent, progress=print)
+
+
+def test_a_killed_run_resumes_from_its_parts_and_writes_what_one_run_writes(
+    clip, independent, tmp_path: Path
+) -> None:
+    """Parts of 4 frames; the run is killed on frame 11 (two parts finished, the third half
+    written). Running again seeks back, replays a few frames through the tracker and writes
+    frames 8-23 only: the result equals an uninterrupted run frame for frame, with the same
+    counts, audio and times, and the parts folder is gone. A rerun with other settings starts
+    over."""
+    from facegen.pipelines.editing.tracking import TrackerConfig
+    from facegen.pipelines.editing.video_pass import parts_folder
+
+    _, frames = clip
+    src = _write(tmp_path / "long.mp4", frames + frames[::-1])  # 24 frames, there and back
+    kw = {
+        "detect_every": 2, "preset": "veryfast", "chunk_frames": 4,
+        "tracker": TrackerConfig(max_gap=1, smooth_radius=1, margin_before=1, margin_after=1),
+    }  # fmt: skip
+    detector = _detector(independent)
+    whole = anonymize_video(src, tmp_path / "whole.mp4", detector, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(n: int):
+        def progress(done: int, total: int | None) -> None:
+            assert total == 2 * N
+            if done == n:
+                raise Killed
+
+        return progress
+
+    out = tmp_path / "out.mp4"
+    with pytest.raises(Killed):
+        anonymize_video(src, out, detector, progress=kill_at(11), **kw)
+    parts = parts_folder(out)
+    manifest = json.loads((parts / "manifest.json").read_text())
+    assert [p["frames"] for p in manifest["parts"]] == [4, 4] and not out.exists()
+    assert sorted(p.name for p in parts.glob("*.mp4")) == ["part-00000.mp4", "part-00001.mp4"]
+    seen: list[int] = []
+    report = anonymize_video(src, out, detector, progress=lambda d, t: seen.append(d), **kw)
+    assert report.resumed_at == 8 and seen == list(range(9, 2 * N + 1))
+    assert not parts.exists()
+    for name in ("frames", "frames_detected", "faces_detected", "faces_covered", "faces_filled"):
+        assert getattr(report, name) == getattr(whole, name), name
+    assert report.faces_by_source == whole.faces_by_source
+    a, b = list(VideoReader(tmp_path / "whole.mp4")), list(VideoReader(out))
+    assert [f.time for f in b] == pytest.approx([f.time for f in a], abs=1e-4)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert probe_video(out).has_audio and report.audio_copied
+    # killed again, then run with another blur: the old parts are not used
+    with pytest.raises(Killed):
+        anonymize_video(src, out, detector, progress=kill_at(6), **kw)
+    other = anonymize_video(src, out, detector, AnonymizeOptions(blur_sigma=0.5), **kw)
+    assert other.resumed_at == 0 and other.frames == 2 * N and not parts.exists()
+
+
+def test_command_killed_by_sigkill_resumes_when_run_again(
+    clip, independent, tmp_path: Path, capsys
+) -> None:
+    """A real kill: the command runs in a child process, is SIGKILLed once three parts are
+    recorded, and the same command run again finishes the video from where it stopped; every
+    frame is there once, with its source time."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from facegen.app.cli.main import main
+    from facegen.pipelines.editing.video_pass import parts_folder
+
+    _, frames = clip
+    src = _write(tmp_path / "long.mp4", (frames + frames[::-1]) * 5)  # 120 frames
+    out = tmp_path / "out.mp4"
+    args = ["anonymize", str(src), "--out", str(out), "--detect-every", "2", "--chunk-frames", "4"]
+    code = "import sys; from facegen.app.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.DEVNULL)
+    manifest = parts_folder(out) / "manifest.json"
+    done = 0
+    deadline = time.monotonic() + 300
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            done = len(json.loads(manifest.read_text())["parts"])
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= 3:
+            child.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the child finished before it could be killed"
+    assert not out.exists()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "resumed:" in text and "frames were written by an earlier run" in text
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["frames"] == 2 * N * 5 and report["resumed_at"] >= 12
+    assert report["resumed_at"] % 4 == 0 and not parts_folder(out).exists()
+    got = list(VideoReader(out))
+    want = list(VideoReader(src))
+    assert [f.time for f in got] == pytest.approx([f.time for f in want], abs=1e-4)
+    assert probe_video(out).has_audio
+
+
+def test_secret_gives_a_person_the_same_pseudonym_in_every_video(
+    clip, independent, tmp_path: Path
+) -> None:
+    """Three videos: the pan, a copy, and the pan played backwards. The first pass clusters
+    their tracks with dlib's encoder; in the anonymizing pass each track's pseudonym is the
+    same set of vectors in all three videos, one per person, constant along each track."""
+    from facegen.analyzer import FaceAnalyzer
+    from facegen.pipelines.editing.anonymize import GeneratedFace
+    from facegen.pipelines.editing.jobs import TrackReplacement
+    from facegen.pipelines.editing.video_pseudonyms import PseudonymTrack, fit_video_pseudonyms
+
+    path, frames = clip
+    videos = [
+        path,
+        _write(tmp_path / "copy.mp4", frames),
+        _write(tmp_path / "back.mp4", frames[::-1]),
+    ]
+    names = ["pan", "copy", "back"]
+    detector = _detector(independent)
+    verifier = FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
+    pz = fit_video_pseudonyms(
+        videos, detector, verifier, "s3cret-key", encoder_id="test-512", dim=512, names=names,
+        detect_every=2,
+    )  # fmt: skip
+    assert 4 <= pz.num_people <= 6  # t1.jpg shows six people, some only partly in the window
+    seen: dict[tuple[str, int], set[bytes]] = {}
+
+    def factory(video: str, track_id: int):
+        def make(identity_fn):
+            def hook(image, face, mask):
+                vec = identity_fn(None, 0).vector
+                seen.setdefault((video, track_id), set()).add(vec.tobytes())
+                return GeneratedFace(image, True, 0.0, "stub")
+
+            return hook
+
+        return PseudonymTrack(video, pz, verifier, make)
+
+    hooks = TrackReplacement(factory, {"pseudonyms": "consistent"})
+    for video, name in zip(videos, names, strict=True):
+        report = anonymize_video(
+            video, tmp_path / f"{name}-out.mp4", detector, AnonymizeOptions(mode="generate"),
+            detect_every=2, replace_face_for_track=hooks.for_video(name), watermark=False,
+        )  # fmt: skip
+        assert report.faces_generated > 0
+        assert report.faces_fallback <= 2 * len(report.tracks)  # the margin before detections
+    assert all(len(v) == 1 for v in seen.values())  # a track keeps its pseudonym
+    per_video = {n: {next(iter(v)) for (video, _), v in seen.items() if video == n} for n in names}
+    assert per_video["pan"] == per_video["copy"] == per_video["back"]
+    assert len(per_video["pan"]) >= 4  # different people, different pseudonyms
+    other = fit_video_pseudonyms(
+        videos[:1], detector, verifier, "another-key", encoder_id="test-512", dim=512,
+        names=names[:1], detect_every=2,
+    )  # fmt: skip
+    face = verifier.analyze(frames[0])[0]
+    a = pz.identity_for("pan", None, face, face.embedding.vector).vector
+    b = other.identity_for("pan", None, face, face.embedding.vector).vector
+    assert float(a @ b) < 0.5  # another secret, other pseudonyms
