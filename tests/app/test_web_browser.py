@@ -172,6 +172,10 @@ def test_anonymize_a_video_in_the_browser(browser: Any, app_url: str, tmp_path: 
         shot = tmp_path / "anonymize_video.png"
         page.screenshot(path=str(shot), full_page=True)
         _keep(shot)
+        # the Swap tab takes a target video too
+        page.get_by_role("tab", name="Swap", exact=True).click()
+        page.locator("#swap-video input[type=file]").wait_for(state="attached")
+        assert page.locator("#swap-video-run").count() == 1
     except Exception:
         failure = tmp_path / "anonymize_video_failure.png"
         page.screenshot(path=str(failure), full_page=True)

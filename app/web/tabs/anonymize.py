@@ -14,13 +14,13 @@ from facegen.pipelines.editing.options import ANONYMIZE_MODES, FACE_POLICIES
 from ..edit import ANONYMIZE_HEADERS, anonymize_files
 from ..files import FieldValue, human_errors
 from ..services import Services, SessionState
-from ..video import anonymize_video_upload, swap_video_upload
+from ..video import anonymize_video_upload
 from .common import CPU_QUEUE, TRACK, AppContext, bind, gallery, table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AnonymizeTab", "on_anonymize", "on_anonymize_video", "on_swap_video", "render", "wire"]
+__all__ = ["AnonymizeTab", "on_anonymize", "on_anonymize_video", "render", "wire"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,6 @@ class AnonymizeTab:
     video_out: gr.Video
     video_report: gr.JSON
     video_summary: gr.Markdown
-    swap_source: gr.File
-    swap_faces: gr.Radio
-    swap_preset: gr.Dropdown
-    run_swap: gr.Button
 
 
 def _settings(
@@ -116,20 +112,7 @@ def render(services: Services) -> AnonymizeTab:
                 1, 10, value=1, step=1, label="Detect faces on every k-th frame (track between)"
             )
             run_video = gr.Button("Anonymize video", variant="primary", elem_id="anon-video-run")
-            generative = services.swap_status().available
-            with gr.Accordion("Or swap a face into the video", open=False):
-                swap_source = gr.File(
-                    label="Source photo (the identity)",
-                    file_types=["image"],
-                    elem_id="video-swap-source",
-                )
-                swap_faces = gr.Radio(["all", "largest"], value="all", label="Which faces")
-                swap_preset = gr.Dropdown(
-                    services.edit_presets, value=services.default_for("edit"), label="Preset"
-                )
-                run_swap = gr.Button(
-                    "Swap in video", interactive=generative, elem_id="video-swap-run"
-                )
+            gr.Markdown("To put a photo's identity on a video's faces, use the Swap tab.")
         with gr.Column():
             video_out = gr.Video(label="Anonymized", interactive=False, elem_id="anon-video-out")
             video_summary = gr.Markdown(elem_id="anon-video-summary")
@@ -155,10 +138,6 @@ def render(services: Services) -> AnonymizeTab:
         video_out=video_out,
         video_report=video_report,
         video_summary=video_summary,
-        swap_source=swap_source,
-        swap_faces=swap_faces,
-        swap_preset=swap_preset,
-        run_swap=run_swap,
     )
 
 
@@ -225,35 +204,6 @@ def on_anonymize_video(
     return str(res.path), res.report, res.summary, st
 
 
-@human_errors("Video swap")
-def on_swap_video(
-    services: Services,
-    source: str | None,
-    video: str | None,
-    faces: str | None,
-    preset: str,
-    seed: FieldValue,
-    steps: FieldValue,
-    detect_every: FieldValue,
-    st: SessionState,
-    progress: gr.Progress = TRACK,
-) -> tuple[str, dict, str, SessionState]:
-    """The source photo's identity on the video's faces, its report and a summary line."""
-    res = swap_video_upload(
-        services,
-        st,
-        source=source,
-        video=video,
-        faces=faces,
-        preset=preset,
-        seed=seed,
-        steps=steps,
-        detect_every=detect_every,
-        progress=progress,
-    )
-    return str(res.path), res.report, res.summary, st
-
-
 def wire(tab: AnonymizeTab, ctx: AppContext) -> None:
     settings = [tab.sigma, tab.blocks, tab.shape, tab.preset, tab.seed, tab.steps]
     tab.run.click(
@@ -269,20 +219,4 @@ def wire(tab: AnonymizeTab, ctx: AppContext) -> None:
         [tab.video_out, tab.video_report, tab.video_summary, ctx.state],
         api_name="anonymize_video",
         **CPU_QUEUE,
-    )
-    tab.run_swap.click(
-        bind(on_swap_video, ctx.services),
-        [
-            tab.swap_source,
-            tab.video,
-            tab.swap_faces,
-            tab.swap_preset,
-            tab.seed,
-            tab.steps,
-            tab.detect_every,
-            ctx.state,
-        ],
-        [tab.video_out, tab.video_report, tab.video_summary, ctx.state],
-        api_name="swap_video",
-        **ctx.gpu,
     )

@@ -1,4 +1,4 @@
-"""The Swap tab: the identity of a source photo on chosen faces of a target photo."""
+"""The Swap tab: the identity of a source photo on chosen faces of a target photo or video."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from ..edit import SWAP_HEADERS, swap_faces
 from ..files import FieldValue, human_errors
 from ..generate import detect_faces
 from ..services import Services, SessionState
+from ..video import swap_video_upload
 from .common import QUICK_CONCURRENCY, TRACK, AppContext, bind, table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SwapTab", "on_swap", "on_target", "render", "wire"]
+__all__ = ["SwapTab", "on_swap", "on_swap_video", "on_target", "render", "wire"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class SwapTab:
     table: gr.Dataframe
     file: gr.File
     notice: gr.Markdown
+    video: gr.Video
+    video_faces: gr.Radio
+    detect_every: gr.Slider
+    run_video: gr.Button
+    video_out: gr.Video
+    video_summary: gr.Markdown
+    video_report: gr.JSON
 
 
 def render(services: Services) -> SwapTab:
@@ -81,6 +89,26 @@ def render(services: Services) -> SwapTab:
                 rows = gr.Dataframe(headers=SWAP_HEADERS, label="Per face", interactive=False)
                 file = gr.File(label="Download", interactive=False)
                 notice = gr.Markdown()
+        with gr.Accordion("Target video", open=True), gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Target video", sources=["upload"], elem_id="swap-video")
+                gr.Markdown(
+                    "The source photo, preset, seed and steps above apply. At most "
+                    f"{services.limits.max_video_frames} frames and "
+                    f"{services.limits.max_upload_mb:g} MB. Faces are tracked; each track keeps "
+                    "its seed; the audio is kept."
+                )
+                video_faces = gr.Radio(["all", "largest"], value="all", label="Which faces")
+                detect_every = gr.Slider(
+                    1, 10, value=1, step=1, label="Detect faces on every k-th frame (track between)"
+                )
+                run_video = gr.Button(
+                    "Swap in video", interactive=status.available, elem_id="swap-video-run"
+                )
+            with gr.Column():
+                video_out = gr.Video(label="Swapped", interactive=False, elem_id="swap-video-out")
+                video_summary = gr.Markdown(elem_id="swap-video-summary")
+                video_report = gr.JSON(label="Report")
     return SwapTab(
         source=source,
         target=target,
@@ -96,6 +124,13 @@ def render(services: Services) -> SwapTab:
         table=rows,
         file=file,
         notice=notice,
+        video=video,
+        video_faces=video_faces,
+        detect_every=detect_every,
+        run_video=run_video,
+        video_out=video_out,
+        video_summary=video_summary,
+        video_report=video_report,
     )
 
 
@@ -141,6 +176,35 @@ def on_swap(
     return res.target_preview, path, table(res.rows, SWAP_HEADERS), path, res.notice, st
 
 
+@human_errors("Video swap")
+def on_swap_video(
+    services: Services,
+    source: str | None,
+    video: str | None,
+    faces: str | None,
+    preset: str,
+    seed: FieldValue,
+    steps: FieldValue,
+    detect_every: FieldValue,
+    st: SessionState,
+    progress: gr.Progress = TRACK,
+) -> tuple[str, dict, str, SessionState]:
+    """The source photo's identity on the video's faces, its report and a summary line."""
+    res = swap_video_upload(
+        services,
+        st,
+        source=source,
+        video=video,
+        faces=faces,
+        preset=preset,
+        seed=seed,
+        steps=steps,
+        detect_every=detect_every,
+        progress=progress,
+    )
+    return str(res.path), res.report, res.summary, st
+
+
 def wire(tab: SwapTab, ctx: AppContext) -> None:
     tab.target.upload(
         bind(on_target, ctx.services),
@@ -163,5 +227,21 @@ def wire(tab: SwapTab, ctx: AppContext) -> None:
         ],
         [tab.before, tab.after, tab.table, tab.file, tab.notice, ctx.state],
         api_name="swap",
+        **ctx.gpu,
+    )
+    tab.run_video.click(
+        bind(on_swap_video, ctx.services),
+        [
+            tab.source,
+            tab.video,
+            tab.video_faces,
+            tab.preset,
+            tab.seed,
+            tab.steps,
+            tab.detect_every,
+            ctx.state,
+        ],
+        [tab.video_out, tab.video_report, tab.video_summary, ctx.state],
+        api_name="swap_video",
         **ctx.gpu,
     )
