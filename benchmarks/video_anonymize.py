@@ -11,6 +11,9 @@ Clips, built from real photos (nothing downloaded):
 * ``blur``: ``pan`` with a 25 px horizontal motion blur on every frame;
 * ``leave``: ``pan`` where the frames of the middle third show the background only (the
   people leave and come back);
+* ``orl``: four held-out ORL people (s32–s35, never used for training; grey 92×112 photos
+  scaled 2.5×) side by side, drifting 2 px per frame, each showing the next of their ten
+  photos every 3 frames (pose and expression jump: a tracker must follow abrupt changes);
 
 each ``--frames`` frames at 24 fps, H.264 (crf 12).
 
@@ -30,7 +33,7 @@ Times are the commands' wall clock, start-up included (facegen imports torch: a 
 seconds), on 2 CPU cores.
 
 Usage: ``python benchmarks/video_anonymize.py [--frames 48] [--work DIR]
-[--clips pan,zoom,cut,rotate,blur,leave] [--scale 1.5]`` (``--scale 1.5``: the clips at
+[--clips pan,zoom,cut,rotate,blur,leave,orl] [--scale 1.5]`` (``--scale 1.5``: the clips at
 1920×1080)
 """
 
@@ -109,6 +112,28 @@ def _leave(n: int) -> list[np.ndarray]:
     empty = np.ascontiguousarray(frames[0][:40, :40].mean((0, 1)).astype(np.uint8)[None, None])
     for i in range(n // 3, 2 * n // 3):
         frames[i] = np.broadcast_to(empty, frames[i].shape).copy()
+    return frames
+
+
+ORL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "orl_faces"
+
+
+def _orl(n: int) -> list[np.ndarray]:
+    import cv2
+    from PIL import Image
+
+    people = [[np.asarray(Image.open(ORL / f"s{p}" / f"{k}.pgm")) for k in range(1, 11)]
+              for p in (32, 33, 34, 35)]  # fmt: skip
+    frames = []
+    for i in range(n):
+        canvas = np.full((720, 1280, 3), 90, np.uint8)
+        for j, photos in enumerate(people):
+            face = cv2.resize(
+                photos[(i // 3 + 2 * j) % 10], (230, 280), interpolation=cv2.INTER_CUBIC
+            )
+            x, y = 60 + 300 * j + 2 * i % 40, 200 + (i % 20)
+            canvas[y : y + 280, x : x + 230] = face[..., None]
+        frames.append(canvas)
     return frames
 
 
@@ -197,6 +222,7 @@ def main() -> None:
         "rotate": lambda: _rotate(n),
         "blur": lambda: _motion_blur(_pan(n)),
         "leave": lambda: _leave(n),
+        "orl": lambda: _orl(n),
     }
     judge = DETECTORS.create("dlib", landmarks5=False, upsample=0)
     second = DETECTORS.create("dlib", model="cnn", landmarks5=False, upsample=1)
