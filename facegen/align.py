@@ -6,6 +6,11 @@
   1024 crops match insightface/Arc2Face); any other size scales by ``size/112``.
 * ``ffhq``: the FFHQ-style oriented square from the eyes and mouth, with a ``margin``
   multiplier (1.0 = the FFHQ crop, larger = more context).
+* Named 5-point templates (:data:`POINT_TEMPLATES`, normalised to a unit square, scaled by
+  the crop size): the crops published face models were trained on — ``arcface_112_v1``
+  (SimSwap, GHOST), ``arcface_112_v2`` (= ``arcface`` at 112), ``arcface_128`` (inswapper,
+  = ``arcface`` at 128), ``ffhq_512`` (GFPGAN, CodeFormer: facexlib's 512 face template),
+  ``mtcnn_512``. The fit is the least-squares similarity (Umeyama) of the five points.
 
 Encoders may have their own crop (dlib's 150×150 chip, template ``"dlib"``, made by
 ``DlibEncoder.align``); every :class:`AlignedFace` carries its matrix either way.
@@ -21,12 +26,14 @@ from facegen.validate import check_number
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
+    "POINT_TEMPLATES",
     "TEMPLATES",
     "align_face",
     "arcface_template",
     "estimate_similarity",
     "feather_mask",
     "ffhq_quad",
+    "paste_area",
     "paste_back",
 ]
 
@@ -42,7 +49,25 @@ ARCFACE_TEMPLATE_112 = np.array(
     dtype=np.float64,
 )
 
-TEMPLATES = ("arcface", "ffhq")
+#: Named 5-point templates in unit coordinates (x, y; left eye, right eye, nose, left and
+#: right mouth corner), as the face-swap and restoration models' own code declares them.
+POINT_TEMPLATES: dict[str, np.ndarray] = {
+    name: np.array(points, np.float64).reshape(5, 2)
+    for name, points in {
+        "arcface_112_v1": [0.35473214, 0.45658929, 0.64526786, 0.45658929, 0.50000000,
+                           0.61154464, 0.37913393, 0.77687500, 0.62086607, 0.77687500],
+        "arcface_112_v2": [0.34191607, 0.46157411, 0.65653393, 0.45983393, 0.50022500,
+                           0.64050536, 0.37097589, 0.82469196, 0.63151696, 0.82325089],
+        "arcface_128": [0.36167656, 0.40387734, 0.63696719, 0.40235469, 0.50019687,
+                        0.56044219, 0.38710391, 0.72160547, 0.61507734, 0.72034453],
+        "ffhq_512": [0.37691676, 0.46864664, 0.62285697, 0.46912813, 0.50123859,
+                     0.61331904, 0.39308822, 0.72541100, 0.61150205, 0.72490465],
+        "mtcnn_512": [0.36562865, 0.46733799, 0.63305391, 0.46585885, 0.50019127,
+                      0.61942959, 0.39032951, 0.77598822, 0.61178945, 0.77476328],
+    }.items()
+}  # fmt: skip
+
+TEMPLATES = ("arcface", "ffhq", *POINT_TEMPLATES)
 
 
 def arcface_template(size: int) -> np.ndarray:
@@ -113,20 +138,26 @@ def align_face(
     template: str = "arcface",
     margin: float = 1.0,
     border_value: int = 0,
+    border: str = "constant",
 ) -> AlignedFace:
     """Warp the face onto ``template`` at ``size``×``size``.
 
     ``face`` is a :class:`Face` or its ``(5, 2)`` ArcFace-order keypoints. ``image`` is RGB
     uint8 ``(H, W, 3)``. With ``template="arcface"`` and ``size=112`` the crop equals
-    insightface's ``norm_crop`` (bilinear, black border).
+    insightface's ``norm_crop`` (bilinear, black border). ``border``: ``"constant"``
+    (``border_value``) or ``"replicate"`` (the edge pixels repeated) outside the image.
     """
     kps = face.kps5 if isinstance(face, Face) else np.asarray(face, np.float64)
     if kps.shape != (5, 2):
         raise ValueError(f"`kps5` must have shape (5, 2), got {kps.shape}")
     if size < 16 or size > 4096:
         raise ValueError(f"`size` must be in [16, 4096], got {size}")
+    if border not in ("constant", "replicate"):
+        raise ValueError(f"`border` must be 'constant' or 'replicate', got {border!r}")
     if template == "arcface":
         m = estimate_similarity(kps, arcface_template(size))
+    elif template in POINT_TEMPLATES:
+        m = estimate_similarity(kps, POINT_TEMPLATES[template] * size)
     elif template == "ffhq":
         margin = check_number(margin, "margin", minimum=0, min_open=True)
         quad = ffhq_quad(kps, margin)
@@ -141,7 +172,7 @@ def align_face(
         m,
         (size, size),
         flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
+        borderMode=cv2.BORDER_CONSTANT if border == "constant" else cv2.BORDER_REPLICATE,
         borderValue=(border_value,) * 3,
     )
     return AlignedFace(crop, m, _invert(m), template, size, tuple(image.shape[:2]))
@@ -190,8 +221,34 @@ def paste_back(
         if m.shape != (s, s):
             m = cv2.resize(m, (s, s), interpolation=cv2.INTER_LINEAR)
         m = np.clip(m, 0.0, 1.0)
-    h, w = img.shape[:2]
-    warped = cv2.warpAffine(crop, aligned.inverse, (w, h), flags=cv2.INTER_LINEAR)
-    wmask = cv2.warpAffine(m, aligned.inverse, (w, h), flags=cv2.INTER_LINEAR)[..., None]
-    out = img.astype(np.float32) * (1 - wmask) + warped.astype(np.float32) * wmask
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = img.copy()
+    box = paste_area(aligned.inverse, s, img.shape[:2])
+    if box is None:
+        return out  # the crop maps outside the image
+    x1, y1, x2, y2 = box
+    inv = aligned.inverse.copy()
+    inv[:, 2] -= (x1, y1)  # warp only the region the crop covers (same pixels, less work)
+    size = (x2 - x1, y2 - y1)
+    warped = cv2.warpAffine(crop, inv, size, flags=cv2.INTER_LINEAR)
+    wmask = cv2.warpAffine(m, inv, size, flags=cv2.INTER_LINEAR)[..., None]
+    roi = img[y1:y2, x1:x2].astype(np.float32)
+    blended = roi * (1 - wmask) + warped.astype(np.float32) * wmask
+    out[y1:y2, x1:x2] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def paste_area(
+    inverse: np.ndarray, size: int, shape: tuple[int, ...]
+) -> tuple[int, int, int, int] | None:
+    """The image box ``(x1, y1, x2, y2)`` (end exclusive) that a ``size``×``size`` crop covers
+    through ``inverse`` (crop → image), one pixel wider for bilinear sampling, clipped to an
+    image of ``shape``; None when it misses the image."""
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
+    pts = corners @ np.asarray(inverse, np.float64)[:, :2].T + np.asarray(inverse)[:, 2]
+    h, w = int(shape[0]), int(shape[1])
+    x1, y1 = (int(np.floor(v)) - 1 for v in pts.min(0))
+    x2, y2 = (int(np.ceil(v)) + 2 for v in pts.max(0))
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return x1, y1, x2, y2

@@ -268,6 +268,65 @@ _add(
 )
 
 
+# One-shot swappers, restorers, parsers and occluders: the ONNX exports FaceFusion publishes
+# on the Hugging Face hub (repositories facefusion/models-<release>); one preset per file.
+_FACEFUSION_MODELS = (
+    # name, release, file, role, description, licence
+    ("inswapper_128", "3.0.0", "inswapper_128.onnx", "swapper",
+     "insightface inswapper_128: one-shot face swap, 128×128 ArcFace crop, source = "
+     "buffalo_l w600k_r50 embedding × emap",
+     "insightface inswapper: non-commercial research use only (insightface's model licence)."),
+    ("simswap_256", "3.0.0", "simswap_256.onnx", "swapper",
+     "SimSwap 256 (ONNX export): one-shot face swap, arcface_112_v1 crop at 256; source "
+     "through crossface_simswap",
+     "SimSwap (neuralchen/SimSwap): academic and non-commercial use only."),
+    ("simswap_512", "3.0.0", "simswap_unofficial_512.onnx", "swapper",
+     "SimSwap 512 (the unofficial 512 model, ONNX export): arcface_112_v1 crop at 512; source "
+     "through crossface_simswap",
+     "SimSwap (neuralchen/SimSwap) and its unofficial 512 model: non-commercial use only."),
+    ("ghost_256", "3.0.0", "ghost_1_256.onnx", "swapper",
+     "GHOST 1 (ai-forever/ghost, ONNX export): one-shot face swap, arcface_112_v1 crop at 256; "
+     "source through crossface_ghost",
+     "GHOST (ai-forever/ghost): Apache-2.0; see its model card for the weights' terms."),
+    ("hyperswap_256", "3.3.0", "hyperswap_1a_256.onnx", "swapper",
+     "HyperSwap 1a (FaceFusion's swapper): arcface_128 crop at 256; source = unit w600k_r50 "
+     "embedding",
+     "HyperSwap: FaceFusion's model; see FaceFusion's model licence before use."),
+    ("crossface_simswap", "3.4.0", "crossface_simswap.onnx", "converter",
+     "CrossFace converter: buffalo_l w600k_r50 embedding → SimSwap's ArcFace space",
+     "CrossFace (facefusion-labs): see FaceFusion's model licence."),
+    ("crossface_ghost", "3.4.0", "crossface_ghost.onnx", "converter",
+     "CrossFace converter: buffalo_l w600k_r50 embedding → GHOST's ArcFace space",
+     "CrossFace (facefusion-labs): see FaceFusion's model licence."),
+    ("gfpgan_1.4", "3.0.0", "gfpgan_1.4.onnx", "restorer",
+     "GFPGAN v1.4 face restoration (ONNX export): 512×512 FFHQ-template crop",
+     "GFPGAN (TencentARC): Apache-2.0; its StyleGAN2 parts carry NVIDIA's source licence."),
+    ("codeformer", "3.0.0", "codeformer.onnx", "restorer",
+     "CodeFormer face restoration (ONNX export): 512×512 FFHQ-template crop, fidelity weight w",
+     "CodeFormer (sczhou/CodeFormer): S-Lab License 1.0, non-commercial use only."),
+    ("bisenet_resnet_34", "3.0.0", "bisenet_resnet_34.onnx", "parser",
+     "BiSeNet face parsing, ResNet-34 (yakhyo/face-parsing): CelebAMask-HQ's 19 classes at 512",
+     "face-parsing (yakhyo): MIT; trained on CelebAMask-HQ (non-commercial research data)."),
+    ("bisenet_resnet_18", "3.1.0", "bisenet_resnet_18.onnx", "parser",
+     "BiSeNet face parsing, ResNet-18 (yakhyo/face-parsing): CelebAMask-HQ's 19 classes at 512",
+     "face-parsing (yakhyo): MIT; trained on CelebAMask-HQ (non-commercial research data)."),
+    ("xseg_1", "3.1.0", "xseg_1.onnx", "occluder",
+     "XSeg occlusion mask (FaceFusion's): what of a 256×256 face crop is face, not hand or hair",
+     "XSeg occluder: FaceFusion's model; see FaceFusion's model licence."),
+)  # fmt: skip
+for _name, _release, _file, _role, _desc, _licence in _FACEFUSION_MODELS:
+    _add(
+        ModelPreset(
+            name=_name,
+            description=_desc,
+            files=(_file,),
+            roles={_role: _file},
+            repo_id=f"facefusion/models-{_release}",
+            license=_licence,
+        )
+    )
+
+
 def presets() -> list[ModelPreset]:
     return [e.factory() for e in _PRESETS]
 

