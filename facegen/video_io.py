@@ -34,7 +34,7 @@ Rules (each a choice, kept the same everywhere):
   ``.mp4``: it has no frame rate; read it with :func:`facegen.image_io.load_image`), a video
   with no frames, a video codec this FFmpeg build cannot decode.
 * **Writing** lives in :mod:`facegen.video_write` (:class:`~facegen.video_write.VideoWriter`,
-  :func:`~facegen.video_write.concat_videos`); ``VideoWriter`` is importable from here too.
+  :func:`~facegen.video_write.concat_videos`).
 
 Needs the ``video`` extra (``av``); a missing one raises
 :class:`~facegen.errors.MissingDependencyError`.
@@ -493,11 +493,3 @@ def _as_fraction(value: object, name: str) -> Fraction:
     if isinstance(value, (Fraction, int, np.integer)):
         return Fraction(int(value)) if isinstance(value, np.integer) else Fraction(value)
     return Fraction(number).limit_denominator(1_000_000)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "VideoWriter":  # the writer moved to facegen.video_write; still importable here
-        from facegen.video_write import VideoWriter
-
-        return VideoWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -59,6 +59,7 @@ def add_swap_parsers(sub: Any) -> None:
     s.add_argument("--reference", type=Path, help="with --faces reference: whose faces to swap")
     s.add_argument("--out", type=Path, required=True, help="folder (a video: OUT.mp4 or folder)")
     add_generation_options(s)
+    add_oneshot_options(s)
     v = s.add_argument_group(
         "video",
         "TARGET may be a video (needs facegen[video]): faces are tracked and the chosen ones "
@@ -67,6 +68,7 @@ def add_swap_parsers(sub: Any) -> None:
     )
     add_video_options(v)
     s.set_defaults(func=cmd_swap)
+    add_restore_parser(sub)
     r = sub.add_parser(
         "reenact",
         parents=subcommand_parents(),
@@ -84,6 +86,55 @@ def add_swap_parsers(sub: Any) -> None:
     r.add_argument("--out", type=Path, required=True)
     add_generation_options(r)
     r.set_defaults(func=cmd_reenact)
+
+
+def add_oneshot_options(parser: Any) -> None:
+    """The one-shot swap options (``--method`` and what goes with it)."""
+    o = parser.add_argument_group(
+        "one-shot swap",
+        "--method inswapper|simswap|simswap_512|ghost|hyperswap swaps with an ONNX model in one "
+        "forward pass per face (fast enough for video) instead of diffusion; the source is "
+        "embedded with buffalo_l's ArcFace (w600k_r50). Models come from the Hugging Face hub "
+        "(facefusion/models-*) or --swapper-model; `facegen models list` shows each licence "
+        "(inswapper: non-commercial)",
+    )
+    o.add_argument(
+        "--method",
+        default="diffusion",
+        help="diffusion (default), inswapper, simswap, simswap_512, ghost, hyperswap, or a full "
+        "swapper name (inswapper_128, simswap_256, ghost_256, hyperswap_256)",
+    )
+    o.add_argument("--swapper-model", type=Path, help="the swapper's .onnx file (else the hub)")
+    o.add_argument(
+        "--restore", choices=["gfpgan", "codeformer"], help="restore each swapped face (GFPGAN "
+        "v1.4 or CodeFormer, 512 FFHQ crop)",
+    )  # fmt: skip
+    o.add_argument(
+        "--restore-blend", type=float, default=0.8, help="restored face's weight, 0-1 (0.8)"
+    )
+    o.add_argument(
+        "--fidelity", type=float, default=0.5, help="CodeFormer's w: 0 quality, 1 fidelity (0.5)"
+    )
+    o.add_argument(
+        "--mask",
+        default="box",
+        help="box (default: the crop's square, faded), hull (facegen's landmark mask) or "
+        "parsing[:CLASSES] (BiSeNet classes, e.g. parsing:face,-glasses or parsing:skin,nose)",
+    )
+    o.add_argument(
+        "--occlusion", action="store_true", help="keep what covers the face (XSeg occluder)"
+    )
+
+
+def load_oneshot_swap(args: argparse.Namespace) -> Any:
+    """The one-shot swapper, restorer and masks the options ask for."""
+    from facegen.pipelines.editing.oneshot_jobs import load_oneshot
+
+    return load_oneshot(
+        args.method, restore=args.restore, restore_blend=args.restore_blend,
+        fidelity=args.fidelity, mask=args.mask, occlusion=args.occlusion, device=args.device,
+        offline=args.offline, model_path=args.swapper_model,
+    )  # fmt: skip
 
 
 def edit_options(args: argparse.Namespace) -> EditOptions:
@@ -141,12 +192,15 @@ def cmd_swap(args: argparse.Namespace) -> int:
     from facegen.fileio import write_json
     from facegen.image_io import find_images
     from facegen.pipelines.editing.jobs import output_name, reference_selection, swap_file
-
-    source = _source_identity(args.source)
+    from facegen.pipelines.editing.oneshot_jobs import oneshot_method
     from facegen.pipelines.editing.video_anonymize import is_video_path
 
+    source = _source_identity(args.source)
+    oneshot = oneshot_method(args.method) is not None
     if args.target.is_file() and is_video_path(args.target):
         return _swap_video(args, source)
+    if oneshot:
+        return _swap_oneshot(args, source)
     targets = find_images([args.target]) if args.target.exists() else []
     if not targets:
         raise FacegenError(f"no target images at {args.target}")
@@ -197,13 +251,7 @@ def _swap_video(args: argparse.Namespace, source: IdentityEmbedding | Path) -> i
         out = out / (args.target.stem + ".mp4")
     if out.resolve() == args.target.resolve():
         raise FacegenError(f"--out {out} is the target itself: choose another file")
-    pipe, analyzer = load_edit_pipeline(args)
-    if isinstance(source, Path):
-        from facegen.image_io import load_image
-
-        source = pipe.identities_from_images(
-            [load_image(source, name=source.name)], select="largest", require_single=False
-        )[0]
+    pipe, analyzer, source = _video_method(args, source)
     faces: Any = reference_selection(analyzer, args.reference) if args.reference else args.faces
     bar = tqdm(total=None, desc=args.target.name, unit="frame", file=sys.stderr)
 
@@ -230,6 +278,130 @@ def _swap_video(args: argparse.Namespace, source: IdentityEmbedding | Path) -> i
         print(f"warning: no face was detected in {args.target}", file=sys.stderr)
         return 1
     return 0
+
+
+def _video_method(
+    args: argparse.Namespace, source: IdentityEmbedding | Path
+) -> tuple[Any, FaceAnalyzer, IdentityEmbedding]:
+    """The video swap's editor (diffusion pipeline or one-shot swap), the analyzer for
+    reference selection, and the source identity in the editor's space."""
+    from facegen.pipelines.editing.oneshot_jobs import oneshot_method
+
+    if oneshot_method(args.method) is not None:
+        from facegen.pipelines.editing.jobs import edit_analyzer
+        from facegen.pipelines.editing.oneshot_jobs import oneshot_source, source_analyzer
+
+        oneshot = load_oneshot_swap(args)
+        src_analyzer = source_analyzer(device=args.device, offline=args.offline)
+        identity = oneshot_source(source, src_analyzer, name=args.source.name)
+        return oneshot, edit_analyzer(), identity
+    pipe, analyzer = load_edit_pipeline(args)
+    if isinstance(source, Path):
+        from facegen.image_io import load_image
+
+        source = pipe.identities_from_images(
+            [load_image(source, name=source.name)], select="largest", require_single=False
+        )[0]
+    return pipe, analyzer, source
+
+
+def _swap_oneshot(args: argparse.Namespace, source: IdentityEmbedding | Path) -> int:
+    """Photos with a one-shot swapper (see ``add_oneshot_options``)."""
+    from tqdm.auto import tqdm
+
+    from facegen.fileio import write_json
+    from facegen.image_io import find_images
+    from facegen.pipelines.editing.jobs import edit_analyzer, output_name, reference_selection
+    from facegen.pipelines.editing.oneshot_jobs import (
+        oneshot_source,
+        oneshot_swap_file,
+        source_analyzer,
+    )
+
+    targets = find_images([args.target]) if args.target.exists() else []
+    if not targets:
+        raise FacegenError(f"no target images at {args.target}")
+    if (args.faces == "reference") != (args.reference is not None):
+        raise FacegenError("--faces reference and --reference REF go together")
+    swap = load_oneshot_swap(args)
+    identity = oneshot_source(
+        source, source_analyzer(device=args.device, offline=args.offline), name=args.source.name
+    )
+    analyzer = edit_analyzer()
+    faces = reference_selection(analyzer, args.reference) if args.reference else args.faces
+    report: list[dict[str, Any]] = []
+    for path in tqdm(targets, desc="swap", unit="img", file=sys.stderr, disable=len(targets) < 2):
+        try:
+            written, record = oneshot_swap_file(
+                path, identity, swap, analyzer, args.out / output_name(path.name), faces=faces,
+                source_name=args.source.name, watermark=not args.no_watermark,
+            )  # fmt: skip
+        except FacegenError as e:
+            print(f"{path.name}: {e}", file=sys.stderr)
+            report.append({"target": str(path), "error": str(e)})
+            continue
+        report.append({"target": str(path), "output": str(written), "faces": record["faces"]})
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "swap_report.json", {"settings": swap.settings(), "images": report})
+    failed = sum("error" in r for r in report)
+    print(
+        f"{len(targets) - failed} of {len(targets)} image(s) swapped with {swap.swapper.name} → "
+        f"{args.out}"
+    )
+    return 0 if failed == 0 else 1
+
+
+def add_restore_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "restore",
+        parents=subcommand_parents(),
+        help="restore the faces of photos (GFPGAN v1.4 or CodeFormer, ONNX)",
+        description="Every face found (dlib) is restored on its 512×512 FFHQ crop and pasted "
+        "back, blended with the photo by --blend. Models come from the Hugging Face hub "
+        "(facefusion/models-3.0.0) or --model-path.",
+    )
+    r.add_argument("images", nargs="+", type=Path, help="photos or folders")
+    r.add_argument("--out", type=Path, required=True, help="output folder")
+    r.add_argument(
+        "--model",
+        dest="restorer",
+        choices=["gfpgan", "codeformer"],
+        default="gfpgan",
+        help="the restorer (gfpgan)",
+    )
+    r.add_argument("--model-path", type=Path, help="the restorer's .onnx file (else the hub)")
+    r.add_argument("--blend", type=float, default=0.8, help="restored face's weight, 0-1 (0.8)")
+    r.add_argument("--fidelity", type=float, default=0.5, help="CodeFormer's w (0.5)")
+    r.add_argument("--no-watermark", action="store_true", help="metadata label only")
+    r.set_defaults(func=cmd_restore)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from facegen.image_io import find_images
+    from facegen.pipelines.editing.jobs import edit_analyzer, output_name
+    from facegen.pipelines.editing.oneshot_jobs import load_restorer, restore_file
+
+    files = find_images(args.images)
+    if not files:
+        raise FacegenError("no images found")
+    restorer = load_restorer(
+        args.restorer, fidelity=args.fidelity, device=args.device, offline=args.offline,
+        model_path=args.model_path,
+    )  # fmt: skip
+    analyzer = edit_analyzer(encoder=False)
+    failed = 0
+    for path in files:
+        try:
+            written, record = restore_file(
+                path, restorer, analyzer, args.out / output_name(path.name), blend=args.blend,
+                watermark=not args.no_watermark,
+            )  # fmt: skip
+        except FacegenError as e:
+            print(f"{path.name}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path.name}: {len(record['faces'])} face(s) restored → {written}")
+    return 0 if failed == 0 else 1
 
 
 def cmd_reenact(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ class _Swapper:
         self.pipe, self.identity, self.options = pipe, identity, options
         self.faces, self.reference_analyzer = faces, reference_analyzer
         self.decided: dict[int, bool] = {}
+        self._latent: np.ndarray | None = None  # a one-shot swapper's source, computed once
         self.counts = {"faces_generated": 0, "faces_fallback": 0}  # saved with each part
 
     def _chosen(self, image: np.ndarray, frame: TrackedFrame) -> list[TrackedFace]:
@@ -99,10 +100,17 @@ class _Swapper:
 
     def __call__(self, image: np.ndarray, frame: TrackedFrame) -> np.ndarray:
         from facegen.pipelines.editing.face_edit import edit_faces
+        from facegen.pipelines.editing.oneshot import OneShotSwap
 
         chosen = by_position(self._chosen(image, frame))
         if not chosen:
             return image
+        if isinstance(self.pipe, OneShotSwap):  # one forward pass for the frame's faces
+            if self._latent is None:
+                self._latent = self.pipe.prepare_source(self.identity)
+            result = self.pipe.swap(image, [_face(f) for f in chosen], self._latent)
+            self.counts["faces_generated"] += len(chosen)
+            return result.image
         base = int(self.options.seed or 0)
         seeds = [base + f.track_id for f in chosen]
         result = edit_faces(
@@ -134,30 +142,38 @@ def swap_video(
     **pass_options: Any,
 ) -> VideoAnonymizeReport:
     """Put ``identity`` (in ``pipe``'s identity space) on the chosen faces of the video
-    ``src``, written to the MP4 ``out`` (see the module doc). ``pass_options``: the pass's
+    ``src``, written to the MP4 ``out`` (see the module doc). ``pipe``: a facegen identity
+    pipeline (diffusion, per face and frame) or a
+    :class:`~facegen.pipelines.editing.oneshot.OneShotSwap` (one forward pass per frame's
+    faces; ``identity`` is then buffalo_l's embedding, prepared once; ``options`` unused). ``pass_options``: the pass's
     ``tracker``, ``detect_every``, ``start``/``end``, ``audio``, ``crf``, ``preset``,
     ``watermark``, ``max_frames``, ``chunk_frames``, ``resume``. The report counts ``faces_generated`` (swapped) and
     ``faces_fallback`` (chosen faces the edit skipped, left as they were)."""
+    from facegen.pipelines.editing.oneshot import OneShotSwap
     from facegen.pipelines.generation.id_to_face import IDGenerationMixin
 
-    if not isinstance(pipe, IDGenerationMixin):
+    oneshot = isinstance(pipe, OneShotSwap)
+    if not oneshot and not isinstance(pipe, IDGenerationMixin):
         raise InvalidArgumentError(
-            f"`pipe` must be a facegen identity pipeline, got {type(pipe).__name__}"
+            f"`pipe` must be a facegen identity pipeline or a OneShotSwap, got {type(pipe).__name__}"
         )
     if not isinstance(identity, IdentityEmbedding):
         raise InvalidArgumentError(
             f"`identity` must be an IdentityEmbedding, got {type(identity).__name__}"
         )
-    pipe.identity_spec.prepare([identity], adapter=getattr(pipe, "preset_name", None) or "pipe")
+    if oneshot:
+        pipe.prepare_source(identity)  # refuses another encoder's vector before any frame
+    else:
+        pipe.identity_spec.prepare([identity], adapter=getattr(pipe, "preset_name", None) or "pipe")
     _check_faces(faces, reference_analyzer)
     opts = options or EditOptions()
     swapper = _Swapper(pipe, identity, opts, faces, reference_analyzer)
+    method = pipe.settings() if oneshot else {"preset": pipe.preset_name, "edit": opts.to_dict()}
     settings = {
         "swap": {
-            "preset": getattr(pipe, "preset_name", None),
             "source": source_name,
             "faces": faces if isinstance(faces, str) else "reference",
-            "edit": opts.to_dict(),
+            **method,
         }
     }
     digest = hashlib.sha256(np.asarray(identity.vector, np.float32).tobytes()).hexdigest()

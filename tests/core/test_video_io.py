@@ -24,7 +24,8 @@ from facegen.errors import (
 av = pytest.importorskip("av")
 
 from facegen import video_io  # noqa: E402
-from facegen.video_io import VideoReader, VideoWriter, probe_video  # noqa: E402
+from facegen.video_io import VideoReader, probe_video  # noqa: E402
+from facegen.video_write import VideoWriter  # noqa: E402
 
 W, H, N, FPS = 96, 64, 24, 15
 VFR_STEPS_MS = (40, 100, 67)
