@@ -13,7 +13,7 @@ their minimum:
 
 * ``box`` (default): the crop's square with its border faded out — ``blur`` × half the
   crop is the fade (Gaussian, σ = a quarter of it), ``padding`` (top, right, bottom, left,
-  in % of the crop) cuts it in;
+  in % of the crop) cuts it in; it reaches exactly 0 at the crop's edge;
 * ``hull``: facegen's landmark mask (:func:`facegen.masks.face_mask`: the 68-point hull with
   the forehead, or the box and 5 points without 68 landmarks), mapped into the crop;
 * ``parsing[:classes]``: the face-parsing model's classes on the *swapped* crop (default:
@@ -109,7 +109,12 @@ def box_mask(size: int, blur: float = 0.3, padding: Sequence[float] = (0, 0, 0, 
     m[:, size - max(area, right) :] = 0
     if amount > 0:
         m = cv2.GaussianBlur(m, (0, 0), amount * 0.25)
-    return m
+        # the blur leaves a little weight on the crop's edge: shift it to 0 there, so the
+        # pasted crop never ends in a step
+        edge = float(max(m[0].max(), m[-1].max(), m[:, 0].max(), m[:, -1].max()))
+        if 0 < edge < 1:
+            m = np.clip((m - edge) / (1 - edge), 0, 1)
+    return m.astype(np.float32)
 
 
 @dataclass
