@@ -128,13 +128,14 @@ def _upload(services: Services, path: str | None, what: str) -> tuple[np.ndarray
     return image_upload(path, what=what, max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels)
 
 
-def _saved(job: JobOutput[Any], image: np.ndarray) -> SavedImage:
+def _saved(job: JobOutput[Any] | Path, image: np.ndarray) -> SavedImage:
     """What the job's file carries, read back (as :func:`.files.save_output` reports it)."""
     from facegen.provenance import can_watermark, check
 
-    rep = check(job.path)
+    path = job if isinstance(job, Path) else job.path
+    rep = check(path)
     return SavedImage(
-        job.path,
+        path,
         rep.has_metadata,
         can_watermark(image),
         rep.watermark_detected,
@@ -180,20 +181,29 @@ def swap_faces(
     seed: FieldValue,
     steps: FieldValue,
     strength: FieldValue,
+    method: str | None = "diffusion",
+    restore: str | None = None,
+    restore_blend: FieldValue = 0.8,
     progress: Progress | None = None,
 ) -> SwapOutcome:
     """Put the source photo's identity on the selected faces of the target photo
-    (:func:`facegen.pipelines.editing.jobs.swap_file`)."""
+    (:func:`facegen.pipelines.editing.jobs.swap_file`, or with a one-shot ``method``
+    :func:`facegen.pipelines.editing.oneshot_jobs.oneshot_swap_file`, then ``restore``)."""
     status = services.swap_status()
     if not status.available:
         raise user_error(status.message, "Not available")
     from facegen.pipelines.editing.jobs import swap_file
     from facegen.visualize import draw_faces
 
-    _check_preset(services, preset)
     src, src_name = _upload(services, source, "a source photo (whose identity is used)")
     tgt, tgt_name = _upload(services, target, "a target photo (whose faces are replaced)")
     selection = _face_selection(faces)
+    if method not in (None, "", "diffusion"):
+        return _swap_oneshot(
+            services, state, str(method), restore, restore_blend, src, src_name, tgt, tgt_name,
+            selection, progress,
+        )  # fmt: skip
+    _check_preset(services, preset)
     options = _edit_options(services, seed, steps, strength)
     if progress is not None:
         progress(0, desc=f"loading {preset}")
@@ -211,6 +221,62 @@ def swap_faces(
     rows = [_swap_row(f, independent) for f in res.faces]
     # the faces numbered as in the face list
     return SwapOutcome(draw_faces(tgt, res.detected), saved, rows, provenance_notice([saved]))
+
+
+ONESHOT_NOTE = "one-shot swap (no seed, no similarity check)"
+
+
+def _swap_oneshot(
+    services: Services,
+    state: SessionState,
+    method: str,
+    restore: str | None,
+    restore_blend: FieldValue,
+    src: np.ndarray,
+    src_name: str,
+    tgt: np.ndarray,
+    tgt_name: str,
+    selection: Any,
+    progress: Progress | None,
+) -> SwapOutcome:
+    """The Swap tab with a one-shot swapper (and restoration)."""
+    from facegen.errors import ModelNotAvailableError
+    from facegen.pipelines.editing.oneshot_jobs import oneshot_source, oneshot_swap_file
+    from facegen.validate import check_choice
+    from facegen.visualize import draw_faces
+
+    method = check_choice(method, "method", services.swap_methods)
+    if restore in ("", "none"):
+        restore = None
+    if restore is not None:
+        restore = check_choice(restore, "restore", ("gfpgan", "codeformer"))
+    blend = float_input(restore_blend, "restoration blend", 0.0, 1.0)
+    if progress is not None:
+        progress(0, desc=f"loading {method}")
+    try:
+        with (
+            services.using_oneshot(method, restore=restore, restore_blend=blend) as (swap, src_an),
+            services.using_analyzer() as analyzer,
+        ):
+            identity = oneshot_source(src, src_an, name=src_name)
+            path = services.run_dir(state, "swap") / _png_name(tgt_name, "swap")
+            written, record = oneshot_swap_file(
+                tgt, identity, swap, analyzer, path, faces=selection, target_name=tgt_name,
+                source_name=src_name,
+            )  # fmt: skip
+            detected = analyzer.detect(tgt)
+    except ModelNotAvailableError as exc:
+        from .files import _model_message
+
+        raise user_error(_model_message(exc), "Model not available") from None
+    from facegen.image_io import load_image
+
+    saved = _saved(written, load_image(written))
+    rows = [
+        [n, _box(np.asarray(f["bbox"])), None, ONESHOT_NOTE, None, None]
+        for n, f in enumerate(record["faces"])
+    ]
+    return SwapOutcome(draw_faces(tgt, detected), saved, rows, provenance_notice([saved]))
 
 
 # ------------------------------------------------------------------------------- anonymize

@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from facegen.pipelines.generation.presets import preset_info, preset_names
 from facegen.validate import check_choice, check_int, check_number
@@ -253,6 +253,8 @@ class Services:
         self._load_lock = threading.Lock()
         self._pipes: dict[str, _Loaded] = {}
         self._load_errors: dict[str, str] = {}
+        self._oneshot_lock = threading.Lock()
+        self._oneshot_models: dict[tuple[str, str], Any] = {}  # (kind, name) → ONNX model
         self._swap = swap
         self.offline = offline
         self._train_off = trainer is False
@@ -383,6 +385,51 @@ class Services:
         if preset in self._load_errors:
             return f"failed: {self._load_errors[preset]}"
         return "not loaded yet (loads on first use)"
+
+    # -- one-shot swap ---------------------------------------------------------------------
+    @property
+    def swap_methods(self) -> list[str]:
+        """``diffusion`` and every one-shot swapper (their models load on first use)."""
+        from facegen.backends.swappers import SWAPPER_SPECS
+
+        return ["diffusion", *SWAPPER_SPECS]
+
+    def _onnx_model(self, kind: str, name: str) -> Any:
+        key = (kind, name)
+        if key not in self._oneshot_models:
+            if kind == "swapper":
+                from facegen.backends.swappers import OnnxFaceSwapper
+
+                model = OnnxFaceSwapper.from_pretrained(
+                    name, device=self.device, offline=self.offline
+                )
+            elif kind == "restorer":
+                from facegen.backends.restorers import OnnxFaceRestorer
+
+                model = OnnxFaceRestorer.from_pretrained(
+                    name, device=self.device, offline=self.offline
+                )
+            else:
+                from facegen.pipelines.editing.oneshot_jobs import source_analyzer
+
+                model = source_analyzer(device=self.device, offline=self.offline)
+            self._oneshot_models[key] = model
+        return self._oneshot_models[key]
+
+    @contextlib.contextmanager
+    def using_oneshot(
+        self, method: str, *, restore: str | None = None, restore_blend: float = 0.8
+    ) -> Iterator[tuple[Any, FaceAnalyzer]]:
+        """A :class:`~facegen.pipelines.editing.oneshot.OneShotSwap` of ``method`` (and
+        ``restore``) and the source analyzer (buffalo_l's ArcFace), models loaded once and
+        held exclusively for the block."""
+        from facegen.pipelines.editing.oneshot import OneShotSwap
+
+        with self._oneshot_lock:
+            swapper = self._onnx_model("swapper", method)
+            restorer = self._onnx_model("restorer", restore) if restore else None
+            analyzer = self._onnx_model("source", "buffalo_l")
+            yield OneShotSwap(swapper, restorer=restorer, restore_blend=restore_blend), analyzer
 
     # -- optional features ----------------------------------------------------------------
     def swap_status(self) -> FeatureStatus:

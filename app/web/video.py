@@ -151,10 +151,12 @@ def swap_video_upload(
     seed: FieldValue,
     steps: FieldValue,
     detect_every: FieldValue,
+    method: str | None = "diffusion",
     progress: Progress | None = None,
 ) -> VideoResult:
     """The source photo's identity on the faces of an uploaded video (all of them, or the
-    largest on each frame), frame by frame with one seed per face track."""
+    largest on each frame), frame by frame with one seed per face track; with a one-shot
+    ``method``, one swapper pass per frame's faces."""
     from facegen.pipelines.editing.video_swap import swap_video
 
     from .edit import _check_preset, _edit_options, _upload
@@ -162,7 +164,9 @@ def swap_video_upload(
     status = services.swap_status()
     if not status.available:
         raise user_error(status.message, "Not available")
-    _check_preset(services, preset)
+    oneshot = method not in (None, "", "diffusion")
+    if not oneshot:
+        _check_preset(services, preset)
     choice = "all" if faces in (None, "") else str(faces)
     if choice not in ("all", "largest"):
         raise user_error(f"In a video the faces to swap are all or largest, got {faces!r}.")
@@ -176,14 +180,25 @@ def swap_video_upload(
         if progress is not None:
             progress((done, count or total or done), desc=f"swapping {name}", unit="frames")
 
+    run = {
+        "faces": choice, "source_name": src_name, "progress": on_frame, "detect_every": every,
+        "max_frames": services.limits.max_video_frames, "preset": "veryfast",
+    }  # fmt: skip
     try:
-        with services.using_pipeline(preset) as pipe:
-            identity = pipe.identities_from_images([src], select="largest", require_single=False)[0]
-            report = swap_video(
-                path, out, _detector(), identity, pipe, options, faces=choice,
-                source_name=src_name, progress=on_frame, detect_every=every,
-                max_frames=services.limits.max_video_frames, preset="veryfast",
-            )  # fmt: skip
+        if oneshot:
+            from facegen.pipelines.editing.oneshot_jobs import oneshot_source
+            from facegen.validate import check_choice
+
+            check_choice(method, "method", services.swap_methods)
+            with services.using_oneshot(str(method)) as (swap, src_analyzer):
+                identity = oneshot_source(src, src_analyzer, name=src_name)
+                report = swap_video(path, out, _detector(), identity, swap, **run)
+        else:
+            with services.using_pipeline(preset) as pipe:
+                identity = pipe.identities_from_images(
+                    [src], select="largest", require_single=False
+                )[0]
+                report = swap_video(path, out, _detector(), identity, pipe, options, **run)
     except ModelNotAvailableError as exc:
         raise user_error(_model_message(exc), "Model not available") from None
     except FacegenError as exc:

@@ -4,8 +4,9 @@ Both restore a 512×512 face crop on the FFHQ 5-point template (``ffhq_512``: fa
 512 face template, the crop GFPGAN and CodeFormer were trained on; edges replicated outside
 the image), fed RGB as ``(x / 255 - 0.5) / 0.5`` (``[-1, 1]``, NCHW float32 ``input``); the
 output is clipped to ``[-1, 1]`` and mapped back to ``round((y + 1) / 2 · 255)``. CodeFormer
-takes a second input, ``weight``: float64 ``(1,)``, its fidelity ``w`` — 0 favours quality
-(the codebook's face), 1 favours fidelity to the input.
+takes a second input, ``weight`` (or ``w`` in other exports, whose image input is ``x``):
+float64 ``(1,)``, its fidelity ``w`` — 0 favours quality (the codebook's face), 1 favours
+fidelity to the input.
 
 The restored crop is pasted back under a mask and blended with the frame by ``blend``
 (see :func:`facegen.pipelines.editing.oneshot.restore_faces`): 1 = the restored face only.
@@ -70,15 +71,19 @@ class OnnxFaceRestorer:
         self.session = load_session(session, model_path, device)
         where = str(model_path or f"{spec.name} session")
         inputs = {i.name: i for i in self.session.get_inputs()}
-        self._input = "input" if "input" in inputs else next(iter(inputs))
+        # FaceFusion's exports name them input/weight, others x/w
+        self._input = next((n for n in ("input", "x") if n in inputs), next(iter(inputs)))
         shape = inputs[self._input].shape
         if len(shape) != 4 or any(static_dim(shape[a]) not in (None, spec.size) for a in (2, 3)):
             raise InvalidModelError(
                 f"{where}: {spec.name} takes (N, 3, {spec.size}, {spec.size}) crops, got {shape}"
             )
         others = [n for n in inputs if n != self._input]
-        if spec.fidelity and others != ["weight"]:
-            raise InvalidModelError(f"{where}: CodeFormer has a `weight` input, got {others}")
+        if spec.fidelity and others not in (["weight"], ["w"]):
+            raise InvalidModelError(
+                f"{where}: CodeFormer has a fidelity input (`weight` or `w`), got {others}"
+            )
+        self._weight = others[0] if spec.fidelity else None
         if not spec.fidelity and others:
             raise InvalidModelError(f"{where}: {spec.name} has one input, got also {others}")
         self._fixed_batch_one = static_dim(shape[0]) == 1
@@ -125,7 +130,7 @@ class OnnxFaceRestorer:
         if len(crops) == 0:
             return crops.copy()
         blob = self.to_blob(crops)
-        extra = {"weight": np.array([self.fidelity], np.float64)} if self.spec.fidelity else {}
+        extra = {self._weight: np.array([self.fidelity], np.float64)} if self._weight else {}
         if self._fixed_batch_one:
             pred = np.concatenate(
                 [self.session.run([self._output], {self._input: blob[i : i + 1], **extra})[0]

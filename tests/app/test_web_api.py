@@ -697,3 +697,50 @@ def test_swap_video_with_tiny_models(app: Any, t1_path: Path, tmp_path: Path) ->
         api_name="/swap_video",
     )  # fmt: skip
     assert "largest" in message and "Traceback" not in message  # gradio checks the choice
+
+
+def test_swap_with_a_one_shot_model_and_restoration(
+    app: Any, t1_path: Path, astronaut_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Swap tab's method: inswapper (a random-weight double in the real signature) with
+    GFPGAN after it, on a photo and on a video; a method whose model is missing says which
+    and where it looked."""
+    pytest.importorskip("onnx")
+    from onnx_face_models import build_arcface_w600k, build_restorer, build_swapper
+
+    from facegen.video_io import probe_video
+
+    models = tmp_path / "home" / "models"
+    build_swapper(models / "inswapper_128" / "inswapper_128.onnx", size=128, emap=True)
+    build_arcface_w600k(models / "buffalo_l" / "w600k_r50.onnx")
+    build_restorer(models / "gfpgan_1.4" / "gfpgan_1.4.onnx")
+    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEGEN_OFFLINE", "1")
+    photo = (
+        handle_file(str(astronaut_path)),
+        handle_file(str(t1_path)),
+        "all",
+        "tiny",
+        0,
+        STEPS,
+        1.0,
+    )
+    _, after, table, download, _ = app.client.predict(
+        *photo, "inswapper_128", "gfpgan", 0.8, api_name="/swap"
+    )
+    t1 = load_image(t1_path)
+    assert np.abs(load_image(after).astype(int) - t1).mean() > 0.5
+    info = read_provenance(download)
+    assert info.params["swapper"] == "inswapper_128" and info.params["restore"]["model"] == "gfpgan"
+    assert len(table["data"]) == 6 and "one-shot" in table["data"][0][3]
+    message = _error(app.client, *photo, "simswap_256", "none", 0.8, api_name="/swap")
+    assert "simswap_256" in message and "facefusion/models-3.0.0" in message
+    clip = _clip(tmp_path / "group.mp4", t1, 4)
+    video, report, _ = app.client.predict(
+        handle_file(str(astronaut_path)), handle_file(str(clip)), "all", "tiny", 0, 1, 2,
+        "inswapper_128", api_name="/swap_video",
+    )  # fmt: skip
+    out = Path(video["video"] if isinstance(video, dict) else video)
+    assert probe_video(out).frame_count == 4
+    assert report["settings"]["swap"]["swapper"] == "inswapper_128"
+    assert report["faces_generated"] == report["faces_covered"] > 0

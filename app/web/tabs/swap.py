@@ -33,6 +33,9 @@ class SwapTab:
     seed: gr.Number
     steps: gr.Slider
     strength: gr.Slider
+    method: gr.Dropdown
+    restore: gr.Dropdown
+    restore_blend: gr.Slider
     run: gr.Button
     before: gr.Image
     after: gr.Image
@@ -79,6 +82,20 @@ def render(services: Services) -> SwapTab:
                         0, services.limits.max_steps, value=0, step=1, label="Steps (0 = default)"
                     )
                     strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength")
+                with gr.Accordion("Method", open=False):
+                    method = gr.Dropdown(
+                        services.swap_methods, value="diffusion", label="Swap method",
+                        info="diffusion regenerates each face (preset above); the others are "
+                        "one-shot ONNX swappers (one pass per face, fast; their models load on "
+                        "first use; inswapper is for non-commercial use)",
+                        elem_id="swap-method",
+                    )  # fmt: skip
+                    with gr.Row():
+                        restore = gr.Dropdown(
+                            ["none", "gfpgan", "codeformer"], value="none",
+                            label="Restore faces after a one-shot swap",
+                        )  # fmt: skip
+                        restore_blend = gr.Slider(0, 1, value=0.8, step=0.05, label="Restore blend")
                 run = gr.Button(
                     "Swap", variant="primary", interactive=status.available, elem_id="swap-run"
                 )
@@ -93,7 +110,7 @@ def render(services: Services) -> SwapTab:
             with gr.Column():
                 video = gr.Video(label="Target video", sources=["upload"], elem_id="swap-video")
                 gr.Markdown(
-                    "The source photo, preset, seed and steps above apply. At most "
+                    "The source photo, preset, seed, steps and method above apply. At most "
                     f"{services.limits.max_video_frames} frames and "
                     f"{services.limits.max_upload_mb:g} MB. Faces are tracked; each track keeps "
                     "its seed; the audio is kept."
@@ -118,6 +135,9 @@ def render(services: Services) -> SwapTab:
         seed=seed,
         steps=steps,
         strength=strength,
+        method=method,
+        restore=restore,
+        restore_blend=restore_blend,
         run=run,
         before=before,
         after=after,
@@ -156,6 +176,9 @@ def on_swap(
     steps: FieldValue,
     strength: FieldValue,
     st: SessionState,
+    method: str | None = "diffusion",
+    restore: str | None = "none",
+    restore_blend: FieldValue = 0.8,
     progress: gr.Progress = TRACK,
 ) -> tuple[np.ndarray, str, pd.DataFrame, str, str, SessionState]:
     """The identity of the source photo on the chosen faces of the target photo: the numbered
@@ -170,6 +193,9 @@ def on_swap(
         seed=seed,
         steps=steps,
         strength=strength,
+        method=method,
+        restore=restore,
+        restore_blend=restore_blend,
         progress=progress,
     )
     path = str(res.saved.path)
@@ -187,6 +213,7 @@ def on_swap_video(
     steps: FieldValue,
     detect_every: FieldValue,
     st: SessionState,
+    method: str | None = "diffusion",
     progress: gr.Progress = TRACK,
 ) -> tuple[str, dict, str, SessionState]:
     """The source photo's identity on the video's faces, its report and a summary line."""
@@ -200,6 +227,7 @@ def on_swap_video(
         seed=seed,
         steps=steps,
         detect_every=detect_every,
+        method=method,
         progress=progress,
     )
     return str(res.path), res.report, res.summary, st
@@ -224,6 +252,9 @@ def wire(tab: SwapTab, ctx: AppContext) -> None:
             tab.steps,
             tab.strength,
             ctx.state,
+            tab.method,
+            tab.restore,
+            tab.restore_blend,
         ],
         [tab.before, tab.after, tab.table, tab.file, tab.notice, ctx.state],
         api_name="swap",
@@ -240,6 +271,7 @@ def wire(tab: SwapTab, ctx: AppContext) -> None:
             tab.steps,
             tab.detect_every,
             ctx.state,
+            tab.method,
         ],
         [tab.video_out, tab.video_report, tab.video_summary, ctx.state],
         api_name="swap_video",
