@@ -110,6 +110,13 @@ def add_edit_parsers(sub: Any) -> None:
     g.add_argument(
         "--fallback", dest="fallback_mode", choices=CLASSICAL_MODES, default="blur", help="(blur)"
     )
+    g.add_argument(
+        "--restore", choices=["gfpgan", "codeformer"],
+        help="restore each generated face after it passed verification (GFPGAN v1.4 or "
+        "CodeFormer ONNX; models from the hub)",
+    )  # fmt: skip
+    g.add_argument("--restore-blend", type=float, default=0.8, help="restored weight, 0-1 (0.8)")
+    g.add_argument("--fidelity", type=float, default=0.5, help="CodeFormer's w (0.5)")
     add_generation_options(g)
     a.set_defaults(func=cmd_anonymize)
 
@@ -148,9 +155,22 @@ def _replacement(args: argparse.Namespace) -> ReplaceFaceFn | None:
     pipe, verifier = load_edit_pipeline(args)
     secret = args.secret or os.environ.get("FACEGEN_SECRET")
     images = find_images([args.input]) if secret else []
-    return face_replacement(
+    hooks = face_replacement(
         pipe, verifier, options, attempts=args.attempts, secret=secret, images=images
     )
+    return _with_restoration(args, hooks)
+
+
+def _with_restoration(args: argparse.Namespace, hooks: Any) -> Any:
+    """The generate hooks with --restore applied to every accepted face."""
+    if not getattr(args, "restore", None):
+        return hooks
+    from facegen.pipelines.editing.oneshot_jobs import load_restorer, restore_generated
+
+    restorer = load_restorer(
+        args.restore, fidelity=args.fidelity, device=args.device, offline=args.offline
+    )
+    return restore_generated(hooks, restorer, args.restore_blend)
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
@@ -260,7 +280,8 @@ def _track_replacement(
     pipe, verifier = load_edit_pipeline(args)
     secret = args.secret or os.environ.get("FACEGEN_SECRET")
     if not secret:
-        return track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
+        hooks = track_replacement(pipe, verifier, edit_options(args), attempts=args.attempts)
+        return _with_restoration(args, hooks)
     from facegen.pipelines.editing.video_pseudonyms import fit_video_pseudonyms, resume_token
 
     def on_video(path: Path, k: int, total: int) -> None:
@@ -276,10 +297,11 @@ def _track_replacement(
         f"{pseudonyms.num_people} person(s) across {len(videos)} video(s), one pseudonym each",
         file=sys.stderr,
     )
-    return track_replacement(
+    hooks = track_replacement(
         pipe, verifier, edit_options(args), attempts=args.attempts, pseudonyms=pseudonyms,
         secret_token=resume_token(secret),
     )  # fmt: skip
+    return _with_restoration(args, hooks)
 
 
 def _anonymize_video(args: argparse.Namespace, options: AnonymizeOptions) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "oneshot_source",
     "oneshot_swap_file",
     "restore_file",
+    "restore_generated",
     "source_analyzer",
 ]
 
@@ -182,3 +183,51 @@ def restore_file(
         "faces": [{"bbox": [round(float(v), 1) for v in f.bbox]} for f in found],
     }  # fmt: skip
     return save_edited(out, path, "restore", record, watermark=watermark), record
+
+
+class _Restored:
+    """A ``replace_face`` hook whose accepted faces are restored after verification; other
+    attributes (a pseudonym track's ``observe``) are the wrapped hook's."""
+
+    def __init__(self, hook: Any, restorer: Any, blend: float) -> None:
+        self.hook, self.restorer, self.blend = hook, restorer, blend
+
+    def __call__(self, image: Any, face: Any, mask: Any) -> Any:
+        import dataclasses
+
+        out = self.hook(image, face, mask)
+        if not getattr(out, "accepted", False):
+            return out
+        return dataclasses.replace(
+            out, image=restore_faces(out.image, [face], self.restorer, blend=self.blend)
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
+def restore_generated(replacement: Any, restorer: Any, blend: float = 0.8) -> Any:
+    """Generative anonymization's hooks (a :class:`~facegen.pipelines.editing.anonymize.FaceReplacement`
+    for photos or a :class:`~facegen.pipelines.editing.jobs.TrackReplacement` for video) with
+    every accepted face restored (GFPGAN / CodeFormer) after it passed verification."""
+    from facegen.pipelines.editing.anonymize import FaceReplacement
+    from facegen.pipelines.editing.jobs import TrackReplacement
+    from facegen.pipelines.editing.oneshot import _check_blend
+
+    b = _check_blend(blend)
+    record = {"model": restorer.name, "blend": b}
+    if restorer.spec.fidelity:
+        record["fidelity"] = restorer.fidelity
+    if isinstance(replacement, TrackReplacement):
+        inner = replacement.factory
+        return TrackReplacement(
+            lambda video, track: _Restored(inner(video, track), restorer, b),
+            {**replacement.settings, "restore": record}, replacement.video,
+            replacement.resume_token,
+        )  # fmt: skip
+    if isinstance(replacement, FaceReplacement):
+        return FaceReplacement(
+            _Restored(replacement.hook, restorer, b),
+            {**replacement.settings, "restore": record},
+        )
+    raise FacegenError(f"cannot restore the faces of {type(replacement).__name__}")

@@ -202,3 +202,58 @@ def test_models_list_shows_each_swapper_and_its_licence(offline_home: Path, caps
     for name in ("inswapper_128", "simswap_256", "gfpgan_1.4", "codeformer", "bisenet_resnet_34"):
         assert name in text
     assert "non-commercial" in text
+
+
+def test_generated_faces_are_restored_after_verification(
+    t1_image: np.ndarray, faces: list, offline_home: Path
+) -> None:
+    """Generative anonymization with --restore: an accepted face is restored inside its
+    crop, a rejected one is left for the fallback; a video track's hook keeps its other
+    methods (a pseudonym's observe)."""
+    from facegen.pipelines.editing.anonymize import FaceReplacement, GeneratedFace
+    from facegen.pipelines.editing.jobs import TrackReplacement
+    from facegen.pipelines.editing.oneshot_jobs import load_restorer, restore_generated
+
+    gfpgan = load_restorer("gfpgan")
+    verdicts = iter([True, False])
+
+    def hook(image, face, mask):
+        return GeneratedFace(image.copy(), next(verdicts), 0.1, "stub")
+
+    wrapped = restore_generated(FaceReplacement(hook, {"preset": "stub"}), gfpgan, 1.0)
+    assert wrapped.settings["restore"] == {"model": "gfpgan", "blend": 1.0}
+    mask = np.zeros(t1_image.shape[:2], np.float32)
+    accepted = wrapped(t1_image, faces[0], mask)
+    rejected = wrapped(t1_image, faces[0], mask)
+    assert accepted.accepted and np.abs(accepted.image.astype(int) - t1_image).mean() > 0.05
+    assert not rejected.accepted and np.array_equal(rejected.image, t1_image)
+
+    class Track:
+        seen = 0
+
+        def observe(self, image, face, frame=None):
+            Track.seen += 1
+
+        def __call__(self, image, face, mask):
+            return GeneratedFace(image.copy(), True)
+
+    tracks = restore_generated(TrackReplacement(lambda v, t: Track(), {}), gfpgan, 0.5)
+    hook_of_track = tracks.for_video("clip.mp4")(3)
+    hook_of_track.observe(t1_image, faces[0], 0)
+    assert Track.seen == 1 and tracks.settings["restore"]["blend"] == 0.5
+
+
+def test_anonymize_generate_records_the_restoration(
+    t1_path: Path, offline_home: Path, tmp_path: Path, capsys
+) -> None:
+    from facegen.app.cli.main import main
+
+    out = tmp_path / "anon"
+    rc = main(["anonymize", str(t1_path), "--out", str(out), "--mode", "generate", "--preset",
+               "tiny", "--steps", "2", "--attempts", "1", "--restore", "codeformer"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    from facegen.provenance import read_provenance
+
+    written = [p for p in out.iterdir() if p.suffix in (".png", ".jpg")]
+    info = read_provenance(written[0])
+    assert info.params["anonymize"]["generator"]["restore"]["model"] == "codeformer"
