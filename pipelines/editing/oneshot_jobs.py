@@ -141,6 +141,10 @@ def oneshot_swap_file(
     name = target_name or (str(target) if isinstance(target, (str, os.PathLike)) else "target")
     image = load_image(target, name=name) if not hasattr(target, "shape") else target
     found = analyzer.detect(image)
+    if not found:
+        from facegen.errors import NoFaceDetectedError
+
+        raise NoFaceDetectedError(source=Path(name).name)
     chosen = _select_targets(found, faces, image, [analyzer])
     result = swap.swap(image, chosen, swap.prepare_source(source))
     record = {

@@ -257,3 +257,38 @@ def test_anonymize_generate_records_the_restoration(
     written = [p for p in out.iterdir() if p.suffix in (".png", ".jpg")]
     info = read_provenance(written[0])
     assert info.params["anonymize"]["generator"]["restore"]["model"] == "codeformer"
+
+
+def test_bad_inputs_get_clear_errors_and_the_rest_go_on(
+    t1_path: Path, offline_home: Path, tmp_path: Path, capsys
+) -> None:
+    """A source embedding of another encoder is refused before any work; in a folder of
+    targets a corrupt file, an empty one and a photo without a face are reported and the good
+    photo is still swapped."""
+    from PIL import Image
+
+    from facegen.app.cli.main import main
+    from facegen.embedding_io import save_embeddings
+
+    dlib_vec = tmp_path / "dlib.safetensors"
+    save_embeddings(
+        dlib_vec, [IdentityEmbedding(np.ones(128, np.float32), "dlib-resnet-v1", False)]
+    )
+    base = ["swap", "--method", "inswapper", "--target", str(t1_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--source", str(dlib_vec)]) != 0
+    assert "arcface-onnx/buffalo_l" in capsys.readouterr().err
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "group.jpg").write_bytes(t1_path.read_bytes())
+    (targets / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (targets / "empty.png").write_bytes(b"")
+    Image.fromarray(np.full((200, 300, 3), 120, np.uint8)).save(targets / "wall.png")
+    out = tmp_path / "swapped"
+    rc = main(["swap", "--method", "inswapper", "--source", str(t1_path), "--target", str(targets),
+               "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1 and "1 of 4 image(s) swapped" in captured.out
+    assert "wall.png" in captured.err and "no face" in captured.err
+    report = json.loads((out / "swap_report.json").read_text())
+    assert sum("error" in r for r in report["images"]) == 3
+    assert [p.name for p in out.iterdir() if p.suffix != ".json"] == ["group.jpg"]
