@@ -199,13 +199,13 @@ def cmd_swap(args: argparse.Namespace) -> int:
     oneshot = oneshot_method(args.method) is not None
     if args.target.is_file() and is_video_path(args.target):
         return _swap_video(args, source)
-    if oneshot:
-        return _swap_oneshot(args, source)
     targets = find_images([args.target]) if args.target.exists() else []
     if not targets:
         raise FacegenError(f"no target images at {args.target}")
     if (args.faces == "reference") != (args.reference is not None):
         raise FacegenError("--faces reference and --reference REF go together")
+    if oneshot:
+        return _swap_oneshot(args, source, targets)
     options = edit_options(args)
     pipe, analyzer = load_edit_pipeline(args)
     faces = reference_selection(analyzer, args.reference) if args.reference else args.faces
@@ -305,12 +305,13 @@ def _video_method(
     return pipe, analyzer, source
 
 
-def _swap_oneshot(args: argparse.Namespace, source: IdentityEmbedding | Path) -> int:
+def _swap_oneshot(
+    args: argparse.Namespace, source: IdentityEmbedding | Path, targets: list[Path]
+) -> int:
     """Photos with a one-shot swapper (see ``add_oneshot_options``)."""
     from tqdm.auto import tqdm
 
     from facegen.fileio import write_json
-    from facegen.image_io import find_images
     from facegen.pipelines.editing.jobs import edit_analyzer, output_name, reference_selection
     from facegen.pipelines.editing.oneshot_jobs import (
         oneshot_source,
@@ -318,11 +319,6 @@ def _swap_oneshot(args: argparse.Namespace, source: IdentityEmbedding | Path) ->
         source_analyzer,
     )
 
-    targets = find_images([args.target]) if args.target.exists() else []
-    if not targets:
-        raise FacegenError(f"no target images at {args.target}")
-    if (args.faces == "reference") != (args.reference is not None):
-        raise FacegenError("--faces reference and --reference REF go together")
     swap = load_oneshot_swap(args)
     identity = oneshot_source(
         source, source_analyzer(device=args.device, offline=args.offline), name=args.source.name

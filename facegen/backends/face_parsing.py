@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from facegen.backends.onnx_utils import load_session, static_dim
+from facegen.backends.onnx_utils import load_session, run_feeds, static_dim
 from facegen.errors import InvalidArgumentError, InvalidModelError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -132,13 +132,9 @@ class _OnnxMasker:
         raise NotImplementedError
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
-        if self._fixed_batch_one:
-            return np.concatenate(
-                [self.session.run([self._output], {self._input: blob[i : i + 1]})[0]
-                 for i in range(len(blob))],
-                axis=0,
-            )  # fmt: skip
-        return self.session.run([self._output], {self._input: blob})[0]
+        return run_feeds(
+            self.session, self._output, {self._input: blob}, fixed_batch_one=self._fixed_batch_one
+        )
 
     def model_files(self) -> dict[str, str]:
         return {} if self.model_path is None else {self.role: str(self.model_path.absolute())}

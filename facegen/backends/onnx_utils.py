@@ -203,3 +203,25 @@ def run_batched(
         session.run(list(output_names), {input_name: blob[i : i + 1]}) for i in range(len(blob))
     ]
     return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(output_names))]
+
+
+def run_feeds(
+    session: InferenceSession,
+    output: str,
+    batched: dict[str, np.ndarray],
+    *,
+    fixed_batch_one: bool,
+    shared: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Run ``session`` for ``output`` on inputs whose first axis is the batch (``batched``,
+    all of the same length N) plus inputs fed as they are (``shared``, e.g. CodeFormer's
+    weight); one sample at a time when the model's batch is fixed at 1."""
+    extra = dict(shared or {})
+    n = len(next(iter(batched.values())))
+    if not fixed_batch_one or n == 1:
+        return np.asarray(session.run([output], {**batched, **extra})[0])
+    parts = [
+        session.run([output], {**{k: v[i : i + 1] for k, v in batched.items()}, **extra})[0]
+        for i in range(n)
+    ]
+    return np.concatenate(parts, axis=0)

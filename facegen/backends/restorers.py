@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facegen.align import align_face
-from facegen.backends.onnx_utils import check_rgb_image, load_session, static_dim
+from facegen.backends.onnx_utils import check_rgb_image, load_session, run_feeds, static_dim
 from facegen.errors import InvalidArgumentError, InvalidModelError, UnknownNameError
 from facegen.types import AlignedFace, Face
 
@@ -131,14 +131,10 @@ class OnnxFaceRestorer:
             return crops.copy()
         blob = self.to_blob(crops)
         extra = {self._weight: np.array([self.fidelity], np.float64)} if self._weight else {}
-        if self._fixed_batch_one:
-            pred = np.concatenate(
-                [self.session.run([self._output], {self._input: blob[i : i + 1], **extra})[0]
-                 for i in range(len(blob))],
-                axis=0,
-            )  # fmt: skip
-        else:
-            pred = self.session.run([self._output], {self._input: blob, **extra})[0]
+        pred = run_feeds(
+            self.session, self._output, {self._input: blob}, shared=extra,
+            fixed_batch_one=self._fixed_batch_one,
+        )  # fmt: skip
         if pred.shape != blob.shape:
             raise InvalidModelError(
                 f"{self.name} must return crops of its input's shape {blob.shape}, got {pred.shape}"

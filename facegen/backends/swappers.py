@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facegen.align import align_face
-from facegen.backends.onnx_utils import check_rgb_image, load_session, static_dim
+from facegen.backends.onnx_utils import check_rgb_image, load_session, run_feeds, static_dim
 from facegen.errors import IncompatibleEmbeddingError, InvalidModelError, UnknownNameError
 from facegen.types import AlignedFace, Face, IdentityEmbedding
 
@@ -273,17 +273,8 @@ class OnnxFaceSwapper:
             return crops.copy()
         blob = self.to_blob(crops)
         src = np.asarray(source, np.float32).reshape(1, 512)
-        if self._fixed_batch_one:
-            preds = [
-                self.session.run(
-                    [self._output], {self._target: blob[i : i + 1], self._source: src}
-                )[0]
-                for i in range(len(blob))
-            ]
-            pred = np.concatenate(preds, axis=0)
-        else:
-            feed = {self._target: blob, self._source: np.repeat(src, len(blob), axis=0)}
-            pred = self.session.run([self._output], feed)[0]
+        feeds = {self._target: blob, self._source: np.repeat(src, len(blob), axis=0)}
+        pred = run_feeds(self.session, self._output, feeds, fixed_batch_one=self._fixed_batch_one)
         if pred.shape != blob.shape:
             raise InvalidModelError(
                 f"{self.name} must return crops of its input's shape {blob.shape}, got {pred.shape}"
