@@ -16,8 +16,11 @@ Three measurements, no published weights needed:
    3×3 convs are followed by AdaIN driven by the 512-D source, three ×2 upsampling convs,
    7×7 conv to RGB; batch norm after the encoder/decoder convs), random weights, exported to
    ONNX in simswap_256's signature (``target`` N×3×256×256, ``source`` N×512) and run with
-   ONNX Runtime on the CPU: faces/s one at a time and batched. Random weights give the true
-   cost of the architecture; the published files may differ in details.
+   ONNX Runtime on the CPU: faces/s one at a time and batched. The same for GFPGAN v1.4's
+   network (``benchmarks/gfpgan_arch.py``: the half-width U-Net, 16 style codes, the
+   StyleGAN2 decoder with channel multiplier 2 and half-channel SFT; 84.3 M parameters, the
+   v1.4 file's 87 M less the style MLP it does not run). Random weights give the true cost
+   of an architecture; the published files may differ in details.
 
 Usage: ``python benchmarks/oneshot_swap.py [--threads 2] [--skip-speed]``.
 """
@@ -35,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 ORL = ROOT.parent / "shared" / "data" / "orl_faces"
 
 
@@ -197,38 +201,59 @@ def _simswap_generator(size: int = 256):
     return Generator().eval()
 
 
-def speed(work: Path, threads: int) -> None:
+def _time(path: Path, feeds, threads: int, batches: tuple[int, ...]) -> list[tuple[int, float]]:
     import onnxruntime as ort
-    import torch
 
-    net = _simswap_generator()
-    path = work / "simswap_arch.onnx"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in batches:
+        feed = feeds(batch)
+        sess.run(None, feed)
+        t0 = time.perf_counter()
+        reps = max(2, 8 // batch)
+        for _ in range(reps):
+            sess.run(None, feed)
+        rows.append((batch, batch * reps / (time.perf_counter() - t0)))
+    return rows
+
+
+def speed(work: Path, threads: int) -> None:
+    import torch
+    from gfpgan_arch import GFPGANArch
+
+    rng = np.random.default_rng(0)
+    sim = _simswap_generator()
+    sim_path = work / "simswap_arch.onnx"
+    gfp = GFPGANArch().eval()
+    gfp_path = work / "gfpgan_arch.onnx"
     with torch.no_grad():
         torch.onnx.export(
-            net, (torch.zeros(1, 3, 256, 256), torch.zeros(1, 512)), str(path),
+            sim, (torch.zeros(1, 3, 256, 256), torch.zeros(1, 512)), str(sim_path),
             input_names=["target", "source"], output_names=["output"],
             dynamic_axes={"target": {0: "n"}, "source": {0: "n"}, "output": {0: "n"}},
             opset_version=17, dynamo=False,
         )  # fmt: skip
-    params = sum(p.numel() for p in net.parameters()) / 1e6
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    print(
-        f"\nSimSwap-architecture generator: {params:.1f} M parameters, 256×256, {threads} threads"
-    )
-    print("| batch | faces/s |")
-    print("|---|---|")
-    for batch in (1, 4):
-        x = rng.random((batch, 3, 256, 256), np.float32)
-        z = rng.standard_normal((batch, 512)).astype(np.float32)
-        sess.run(None, {"target": x, "source": z})
-        t0 = time.perf_counter()
-        reps = max(2, 8 // batch)
-        for _ in range(reps):
-            sess.run(None, {"target": x, "source": z})
-        print(f"| {batch} | {batch * reps / (time.perf_counter() - t0):.2f} |")
+        torch.onnx.export(
+            gfp, (torch.zeros(1, 3, 512, 512),), str(gfp_path), input_names=["input"],
+            output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    print(f"\n{threads} CPU threads, ONNX Runtime, random weights")
+    print("| network | parameters | crop | batch | faces/s |")
+    print("|---|---|---|---|---|")
+    nets = (
+        ("SimSwap generator", sim, sim_path, 256, lambda b: {
+            "target": rng.random((b, 3, 256, 256), np.float32),
+            "source": rng.standard_normal((b, 512)).astype(np.float32)}),
+        ("GFPGAN v1.4 (GFPGANv1Clean)", gfp, gfp_path, 512, lambda b: {
+            "input": rng.random((b, 3, 512, 512), np.float32)}),
+    )  # fmt: skip
+    for name, net, path, size, feeds in nets:
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        for batch, fps in _time(path, feeds, threads, (1, 4)):
+            print(f"| {name} | {params:.1f} M | {size} | {batch} | {fps:.2f} |")
 
 
 def main() -> None:
