@@ -260,11 +260,11 @@ def _swap_oneshot(
         ):
             identity = oneshot_source(src, src_an, name=src_name)
             path = services.run_dir(state, "swap") / _png_name(tgt_name, "swap")
+            detected = analyzer.detect(tgt)  # once: for the swap and the numbered preview
             written, record = oneshot_swap_file(
                 tgt, identity, swap, analyzer, path, faces=selection, target_name=tgt_name,
-                source_name=src_name,
+                source_name=src_name, found=detected,
             )  # fmt: skip
-            detected = analyzer.detect(tgt)
     except ModelNotAvailableError as exc:
         from .files import _model_message
 

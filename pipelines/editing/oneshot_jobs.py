@@ -132,15 +132,18 @@ def oneshot_swap_file(
     target_name: str | None = None,
     source_name: str | None = None,
     watermark: bool = True,
+    found: list[Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """``source`` on ``target``'s chosen faces (``faces``: all, largest, best, an index or a
-    reference selection, as the diffusion swap takes them), written with its record."""
+    reference selection, as the diffusion swap takes them), written with its record.
+    ``found``: ``analyzer``'s faces of ``target`` when the caller already has them."""
     from facegen.pipelines.editing.jobs import _selection_record, save_edited
     from facegen.pipelines.editing.swap import _select_targets
 
     name = target_name or (str(target) if isinstance(target, (str, os.PathLike)) else "target")
     image = load_image(target, name=name) if not hasattr(target, "shape") else target
-    found = analyzer.detect(image)
+    if found is None:
+        found = analyzer.detect(image)
     if not found:
         from facegen.errors import NoFaceDetectedError
 
