@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -69,6 +69,7 @@ from facegen.validate import check_int, check_number
 __all__ = [
     "INDEXES",
     "SAMPLERS",
+    "CandidateSelector",
     "IdentitySet",
     "SeparationError",
     "SeparationReport",
@@ -92,6 +93,23 @@ _KMEANS_ITERS = 10
 
 class SeparationError(ValueError):
     """Not enough identities could be found under the separation/leakage constraints."""
+
+
+class CandidateSelector(Protocol):
+    """Narrows each batch of candidates that passed the separation and leakage checks, e.g.
+    to meet per-group quotas (:mod:`facegen.pipelines.attribute_quota`).
+
+    ``choose(candidates)``: float32 ``(m, D)`` unit rows in draw order → int indices into
+    them to try, in the order to try them. ``accepted(indices)``: those of the chosen indices
+    (same numbering) that were kept, in acceptance order. ``shortfall()``: a sentence on what
+    is still missing, for the error when the candidate budget runs out.
+    """
+
+    def choose(self, candidates: np.ndarray) -> np.ndarray: ...
+
+    def accepted(self, indices: np.ndarray) -> None: ...
+
+    def shortfall(self) -> str: ...
 
 
 @dataclass
@@ -418,6 +436,7 @@ def sample_identities(
     nlist: int | None = None,
     nprobe: int | None = None,
     progress: Callable[[int], None] | None = None,
+    select: CandidateSelector | None = None,
     **sampler_options: Any,
 ) -> IdentitySet:
     """``n`` distinct identities: pairwise cosine < ``max_similarity``, and < ``leakage_threshold``
@@ -427,6 +446,8 @@ def sample_identities(
     greedily in order. At most ``max_candidates`` (default ``20·n + batch_size``) are drawn;
     if ``n`` identities cannot be found, :class:`SeparationError` says how many were.
     ``progress(k)`` is called with the number accepted so far after each batch.
+    ``select`` (a :class:`CandidateSelector`) narrows every batch's surviving candidates
+    before the greedy acceptance; those it passes over count as ``rejected_by_selector``.
 
     ``index``: ``"exact"`` (default; every pair compared) or ``"faiss"`` (IVF-Flat index with
     ``nlist`` cells, ``nprobe`` searched per candidate; defaults ``nprobe=16``,
@@ -455,6 +476,8 @@ def sample_identities(
     near, index_params = _neighbours(index, kept, nlist, nprobe, seed, draw, batch_size)
     rng = np.random.default_rng(seed)
     stats = {"drawn": 0, "rejected_too_close": 0, "rejected_leakage": 0}
+    if select is not None:
+        stats["rejected_by_selector"] = 0
     k = 0
     while k < n and stats["drawn"] < limit:
         cand = draw(rng, min(batch_size, limit - stats["drawn"]))
@@ -466,9 +489,16 @@ def sample_identities(
         close = near.max_sim(cand) >= max_similarity
         stats["rejected_too_close"] += int((close & ok).sum())
         idx = np.flatnonzero(ok & ~close)
+        chosen = np.arange(len(idx))
+        if select is not None and len(idx):
+            chosen = np.asarray(select.choose(cand[idx]), np.int64)
+            stats["rejected_by_selector"] += len(idx) - len(chosen)
+            idx = idx[chosen]
         if len(idx):  # within the batch: greedy in order, against those accepted before
             take, rejected = _greedy(cand[idx], max_similarity, n - k)
             stats["rejected_too_close"] += rejected
+            if select is not None:
+                select.accepted(chosen[take])
             if take:
                 kept[k : k + len(take)] = cand[idx[take]]
                 near.add(kept[k : k + len(take)], idx[take])
@@ -476,10 +506,16 @@ def sample_identities(
         if progress is not None:
             progress(k)
     if k < n:
+        more = ""
+        if select is not None:
+            more = (
+                f", {stats['rejected_by_selector']} passed over by the selector: "
+                f"{select.shortfall()}"
+            )
         raise SeparationError(
             f"found only {k} of {n} identities with max similarity {max_similarity} after "
             f"{stats['drawn']} candidates ({stats['rejected_too_close']} too close, "
-            f"{stats['rejected_leakage']} too close to the real bank); raise "
+            f"{stats['rejected_leakage']} too close to the real bank{more}); raise "
             "`max_similarity`, lower `n`, or allow more candidates (`max_candidates`)"
         )
     logger.debug("sampled %d identities (%s index): %s", n, index, stats)

@@ -1,0 +1,285 @@
+"""Attribute-targeted identity sampling: identities kept per demographic group until each
+group's quota is met.
+
+A :class:`GroupTargets` says which groups a dataset should hold and in what proportions
+(``balanced``: every combination of the grouped attributes' labels and bands, equally; or
+explicit proportions per group label such as ``"gender=female|age=20-39"``). Proportions
+become whole quotas that sum to the number of identities by the largest-remainder method
+(each quota is ``floor(p·n)`` or one more, so the achieved proportion of every group is within
+``1/n`` of its target).
+
+:func:`sample_identities_by_group` runs the usual sampler (:func:`~facegen.pipelines.identities.
+sample_identities`: separation between identities, leakage check against a real bank) with a
+:class:`QuotaSelector`: each batch's candidates that passed those checks are labelled by an
+attribute estimator on the identity vector (a head trained by ``facegen train attributes``,
+or any :class:`~facegen.attributes.VectorAttributeEstimator`, e.g. one that renders a probe
+image and estimates from it), and a candidate is tried only while its group still has room.
+When the candidate budget runs out first, the error names each group's progress.
+
+The groups are those the *estimator* assigns. How close they are to the identities' true
+attributes is the estimator's accuracy (its validation metrics are in its ``config.json``);
+the dataset report re-estimates the generated images to show what was achieved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facegen.attributes import AttributeEstimate, Grouping, VectorAttributeEstimator, band_label
+from facegen.errors import InvalidArgumentError
+from facegen.pipelines.identities import IdentitySet, sample_identities
+from facegen.validate import check_int
+
+__all__ = [
+    "GroupTargets",
+    "QuotaSelector",
+    "group_labels_of",
+    "quotas_for",
+    "sample_identities_by_group",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def quotas_for(proportions: Mapping[str, float], n: int) -> dict[str, int]:
+    """Whole quotas summing to ``n`` for ``proportions`` (normalised to sum 1): the
+    largest-remainder (Hamilton) method; ties go to the group listed first."""
+    check_int(n, "n", minimum=1)
+    if not proportions:
+        raise InvalidArgumentError("`proportions` must name at least one group, got none")
+    bad = {k: v for k, v in proportions.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise InvalidArgumentError(f"proportions must be finite and >= 0, got {bad}")
+    total = float(sum(proportions.values()))
+    if total <= 0:
+        raise InvalidArgumentError("proportions must not all be 0")
+    exact = {k: n * v / total for k, v in proportions.items()}
+    quotas = {k: int(math.floor(x)) for k, x in exact.items()}
+    left = n - sum(quotas.values())
+    order = sorted(exact, key=lambda k: -(exact[k] - quotas[k]))  # stable: listed order on ties
+    for k in order[:left]:
+        quotas[k] += 1
+    return quotas
+
+
+def group_labels_of(estimator: VectorAttributeEstimator, grouping: Grouping) -> list[str]:
+    """Every group label the estimator can produce under ``grouping``: the product of the
+    categorical labels and, for numeric attributes, the bands of their edges."""
+    specs = {a.name: a for a in estimator.attributes}
+    axes: list[list[str]] = []
+    for name in grouping.attributes:
+        if name not in specs:
+            raise InvalidArgumentError(
+                f"attribute {name!r} is not estimated by {estimator.name or 'the estimator'}; "
+                f"it gives {sorted(specs)}"
+            )
+        spec = specs[name]
+        if spec.kind == "categorical":
+            axes.append([f"{name}={v}" for v in spec.labels])
+        else:
+            edges = grouping.bins.get(name)
+            if not edges:
+                raise InvalidArgumentError(
+                    f"numeric attribute {name!r} needs band edges (`bins`) to form groups"
+                )
+            probes = [edges[0] - 1, *edges]
+            axes.append([f"{name}={band_label(v, edges)}" for v in probes])
+    return ["|".join(parts) for parts in itertools.product(*axes)]
+
+
+@dataclass(frozen=True)
+class GroupTargets:
+    """Target proportions over groups.
+
+    ``grouping``: the attributes (and numeric bands) that form the groups. ``proportions``:
+    group label → weight (normalised); empty means *balanced*: every group the estimator can
+    produce, equally. ``prompts``: group label → a text prompt for presets that take one
+    (e.g. the group's words, so a text-capable generator renders it faithfully).
+    """
+
+    grouping: Grouping
+    proportions: Mapping[str, float] = field(default_factory=dict)
+    prompts: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for label in [*self.proportions, *self.prompts]:
+            parts = Grouping.parse_label(label)
+            if tuple(parts) != self.grouping.attributes:
+                raise InvalidArgumentError(
+                    f"group label {label!r} must name the grouped attributes "
+                    f"{list(self.grouping.attributes)} in that order"
+                )
+        extra = sorted(set(self.prompts) - set(self.proportions)) if self.proportions else []
+        if extra:
+            raise InvalidArgumentError(f"`prompts` name groups without a target: {extra}")
+        object.__setattr__(self, "proportions", {k: float(v) for k, v in self.proportions.items()})
+        object.__setattr__(self, "prompts", dict(self.prompts))
+
+    def quotas(self, n: int, estimator: VectorAttributeEstimator) -> dict[str, int]:
+        """Whole quotas per group for ``n`` identities (see :func:`quotas_for`)."""
+        possible = group_labels_of(estimator, self.grouping)
+        if not self.proportions:
+            return quotas_for(dict.fromkeys(possible, 1.0), n)
+        unknown = sorted(set(self.proportions) - set(possible))
+        if unknown:
+            raise InvalidArgumentError(
+                f"target groups {unknown} cannot be produced by the estimator; possible: {possible}"
+            )
+        return quotas_for(self.proportions, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.grouping.to_dict(),
+            "targets": dict(self.proportions) or "balanced",
+            "prompts": dict(self.prompts),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GroupTargets:
+        """``{"attributes": [...], "bins": {...}, "targets": "balanced" | {label: weight},
+        "prompts": {label: text}}``."""
+        targets = d.get("targets", "balanced")
+        if targets == "balanced":
+            targets = {}
+        if not isinstance(targets, Mapping):
+            raise InvalidArgumentError(
+                f"`targets` must be 'balanced' or a mapping of group label → proportion, got "
+                f"{targets!r}"
+            )
+        if "attributes" not in d:
+            raise InvalidArgumentError("`attributes` (the grouped attribute names) must be given")
+        return cls(Grouping.from_dict(d), targets, d.get("prompts") or {})
+
+
+class QuotaSelector:
+    """A :class:`~facegen.pipelines.identities.CandidateSelector` filling per-group quotas.
+
+    ``estimates`` and ``groups`` hold the kept identities' estimates and group labels, in
+    acceptance order (the order of the sampled identities).
+    """
+
+    def __init__(
+        self,
+        estimator: VectorAttributeEstimator,
+        grouping: Grouping,
+        quotas: Mapping[str, int],
+    ) -> None:
+        self.estimator = estimator
+        self.grouping = grouping
+        self.quotas = dict(quotas)
+        self.counts = dict.fromkeys(self.quotas, 0)
+        self.seen = dict.fromkeys(self.quotas, 0)
+        self.outside = 0  # candidates whose group has no quota at all
+        self.estimates: list[AttributeEstimate] = []
+        self.groups: list[str] = []
+        self._batch: list[tuple[AttributeEstimate, str]] = []
+
+    def choose(self, candidates: np.ndarray) -> np.ndarray:
+        est = self.estimator.predict(candidates)
+        labels = [self.grouping.label(e) for e in est]
+        room = {g: self.quotas[g] - self.counts[g] for g in self.quotas}
+        chosen: list[int] = []
+        for i, g in enumerate(labels):
+            if g not in room:
+                self.outside += 1
+                continue
+            self.seen[g] += 1
+            if room[g] > 0:
+                room[g] -= 1
+                chosen.append(i)
+        self._batch = list(zip(est, labels, strict=True))
+        return np.asarray(chosen, np.int64)
+
+    def accepted(self, indices: np.ndarray) -> None:
+        for i in np.asarray(indices, np.int64):
+            est, g = self._batch[int(i)]
+            self.counts[g] += 1
+            self.estimates.append(est)
+            self.groups.append(g)
+
+    def shortfall(self) -> str:
+        short = [
+            f"{g}: {self.counts[g]}/{q} (seen {self.seen[g]})"
+            for g, q in self.quotas.items()
+            if self.counts[g] < q
+        ]
+        return "groups short of their quota: " + "; ".join(short)
+
+
+def sample_identities_by_group(
+    n: int,
+    targets: GroupTargets,
+    estimator: VectorAttributeEstimator,
+    *,
+    dim: int,
+    encoder_id: str,
+    max_candidates: int | None = None,
+    batch_size: int = 1024,
+    **kwargs: Any,
+) -> tuple[IdentitySet, QuotaSelector]:
+    """``n`` separated identities whose estimated groups meet ``targets``' quotas.
+
+    ``estimator`` must work on ``encoder_id`` vectors of width ``dim``. ``max_candidates``
+    (default ``50·n + batch_size``) is the budget of candidates drawn; when it runs out,
+    :class:`~facegen.pipelines.identities.SeparationError` names each group's count against
+    its quota. Other keyword arguments go to :func:`sample_identities` (sampler, seed,
+    separation, bank, leakage bank, …). Returns the identities (``stats`` gains
+    ``quotas``/``achieved``/``seen_per_group``) and the selector (per-identity estimates and
+    groups, in the identities' order).
+    """
+    if estimator.encoder_id != encoder_id:
+        raise InvalidArgumentError(
+            f"the attribute estimator works on {estimator.encoder_id!r} vectors; the identities "
+            f"are {encoder_id!r} vectors"
+        )
+    quotas = targets.quotas(n, estimator)
+    sel = QuotaSelector(estimator, targets.grouping, quotas)
+    budget = max_candidates if max_candidates is not None else 50 * n + batch_size
+    ids = sample_identities(
+        n,
+        dim=dim,
+        encoder_id=encoder_id,
+        max_candidates=budget,
+        batch_size=batch_size,
+        select=sel,
+        **kwargs,
+    )
+    ids.stats.update(
+        quotas=quotas,
+        achieved=dict(sel.counts),
+        seen_per_group=dict(sel.seen),
+        outside_groups=sel.outside,
+    )
+    logger.info("identities per group: %s", sel.counts)
+    return ids, sel
+
+
+def achieved_table(
+    groups: Sequence[str], quotas: Mapping[str, int], proportions: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Per group: target proportion, quota, achieved count and proportion (for reports)."""
+    n = max(len(groups), 1)
+    total = float(sum(proportions.values())) if proportions else 0.0
+    counts = {g: 0 for g in quotas}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    rows = []
+    for g in counts:
+        target = proportions[g] / total if total else 1.0 / max(len(quotas), 1)
+        rows.append(
+            {
+                "group": g,
+                "target": round(target, 4),
+                "quota": int(quotas.get(g, 0)),
+                "achieved": counts[g],
+                "achieved_proportion": round(counts[g] / n, 4),
+            }
+        )
+    return rows
