@@ -61,7 +61,7 @@ def quotas_for(proportions: Mapping[str, float], n: int) -> dict[str, int]:
     if total <= 0:
         raise InvalidArgumentError("proportions must not all be 0")
     exact = {k: n * v / total for k, v in proportions.items()}
-    quotas = {k: int(math.floor(x)) for k, x in exact.items()}
+    quotas = {k: math.floor(x) for k, x in exact.items()}
     left = n - sum(quotas.values())
     order = sorted(exact, key=lambda k: -(exact[k] - quotas[k]))  # stable: listed order on ties
     for k in order[:left]:
