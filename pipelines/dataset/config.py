@@ -19,6 +19,7 @@ from facegen.errors import FacegenError, InvalidArgumentError
 from facegen.validate import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
+    from facegen.pipelines.attribute_quota import GroupTargets
     from facegen.pipelines.dataset.build import DatasetSpec
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "load_config",
 ]
 
-POSE_CHOICES = ("none", "reference", "sampled")
+POSE_CHOICES = ("none", "reference", "sampled", "bands")
 
 #: The thresholds a run leaves unset take the preset's calibrated values
 #: (:attr:`~facegen.pipelines.generation.capabilities.PresetInfo.dataset_defaults`), else
@@ -107,6 +108,17 @@ class DatasetConfig:
     prompts: tuple[str, ...] = ()
     pose: str = "none"
     pose_from: str | None = None
+    #: yaw/pitch bands cycled over an identity's images with ``pose: bands``, each
+    #: ``"yaw=A:B"``, ``"pitch=A:B"`` or ``"yaw=A:B,pitch=C:D"`` (degrees)
+    pose_bands: tuple[str, ...] = ()
+    #: a folder written by ``facegen train attributes``: estimates attributes from identity
+    #: vectors, so ``group_targets`` can be met while sampling
+    attribute_head: str | None = None
+    #: groups and their target proportions (:class:`~facegen.pipelines.attribute_quota.
+    #: GroupTargets` as a mapping: attributes, bins, targets, prompts)
+    group_targets: dict[str, Any] | None = None
+    #: candidates drawn at most to meet the group quotas (None: 50 per identity)
+    attribute_budget: int | None = None
     keep_full: bool = False
     watermark: bool = True
     batch_size: int = 8
@@ -131,6 +143,18 @@ class DatasetConfig:
         if self.steps is not None:
             check_int(self.steps, "steps", minimum=1)
         check_choice(self.pose, "pose", POSE_CHOICES)
+        if (self.pose == "bands") != bool(self.pose_bands):
+            raise InvalidArgumentError(
+                "`pose` 'bands' needs `pose_bands` (e.g. ['yaw=-40:-20', 'yaw=-10:10']), and "
+                f"`pose_bands` needs `pose` 'bands'; got pose={self.pose!r}, "
+                f"pose_bands={list(self.pose_bands)}"
+            )
+        if self.pose_bands:
+            from facegen.pipelines.dataset.poses import parse_pose_band
+
+            for band in self.pose_bands:
+                parse_pose_band(band)
+        self._check_groups()
         if (self.pose == "none") != (self.pose_from is None):
             raise InvalidArgumentError(
                 "`pose` 'reference'/'sampled' needs `pose_from` (a folder of reference photos), "
@@ -147,6 +171,30 @@ class DatasetConfig:
                 f"`holdout` must be < `identities` ({self.identities}), got {self.holdout}"
             )
         self.spec()  # validates similarity bounds, perturbation levels
+
+    def _check_groups(self) -> None:
+        if self.group_targets is None:
+            if self.attribute_budget is not None:
+                raise InvalidArgumentError("`attribute_budget` applies only with `group_targets`")
+            return
+        from facegen.pipelines.attribute_quota import GroupTargets
+
+        if not isinstance(self.group_targets, dict):
+            raise InvalidArgumentError(
+                f"`group_targets` must be a mapping (attributes, bins, targets, prompts), got "
+                f"{self.group_targets!r}"
+            )
+        GroupTargets.from_dict(self.group_targets)
+        if self.attribute_budget is not None:
+            check_int(self.attribute_budget, "attribute_budget", minimum=self.identities)
+
+    def targets(self) -> GroupTargets | None:
+        """The run's :class:`~facegen.pipelines.attribute_quota.GroupTargets` (or None)."""
+        if self.group_targets is None:
+            return None
+        from facegen.pipelines.attribute_quota import GroupTargets
+
+        return GroupTargets.from_dict(self.group_targets)
 
     def setting(self, name: str, defaults: Mapping[str, float] | None = None) -> float:
         """A threshold's value: as set, else ``defaults``' (a preset's calibration), else
@@ -203,10 +251,12 @@ class DatasetConfig:
         missing = [k for k in ("identities", "images_per_identity") if norm.get(k) is None]
         if missing:
             raise FacegenError(f"{source}: `{'`, `'.join(missing)}` must be given")
-        for k in ("perturbation", "prompts", "formats"):
+        for k in ("perturbation", "prompts", "formats", "pose_bands"):
             v = norm.get(k)
             if isinstance(v, str):
-                norm[k] = [t for t in v.split(",") if t] if k != "prompts" else [v]
+                norm[k] = (
+                    [t for t in v.split(",") if t] if k not in ("prompts", "pose_bands") else [v]
+                )
             if norm.get(k) is not None:
                 norm[k] = tuple(norm[k])
         if norm.get("perturbation") is not None:

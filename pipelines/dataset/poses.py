@@ -9,7 +9,13 @@ in-plane rotation relative to the eyes, nose and mouth. It gives a landmark shap
 * ``sampled``: a new shape from a point-distribution model fitted to the bank (mean shape +
   the principal components that explain 98 % of the variance, coefficients drawn from a
   standard normal and clipped at ±2.5σ), so poses and expressions vary continuously within
-  the range the references span, without copying any one of them.
+  the range the references span, without copying any one of them;
+* ``bands`` (:meth:`PoseBank.sample_band`): a shape whose head pose lies in a yaw/pitch band
+  (:class:`PoseBand`, e.g. ``"yaw=20:40"``): shapes are drawn from the model (or the
+  references) with the image's seed until one's measured pose falls in the band; when none
+  of :data:`BAND_TRIES` draws does, the closest one is used and the record says
+  ``pose_band_met: false``. Bands outside the references' range cannot be met: give
+  references that span the poses you ask for.
 
 The shape is rendered with :func:`facegen.control.render_landmarks68` (facegen's own
 landmark map, the conditioning that ``facegen train controlnet`` trains on) at the
@@ -32,13 +38,15 @@ from facegen.analyzer import FaceAnalyzer
 from facegen.errors import FacegenError, InvalidImageError, NoFaceDetectedError
 from facegen.image_io import ImageSource, load_image
 
-__all__ = ["BANK_SIZE", "POSE_MODES", "PoseBank"]
+__all__ = ["BAND_TRIES", "BANK_SIZE", "POSE_MODES", "PoseBand", "PoseBank", "parse_pose_band"]
 
 logger = logging.getLogger(__name__)
 
 #: Side of the aligned frame the bank's landmarks are stored in (pixels).
 BANK_SIZE = 512
 POSE_MODES = ("reference", "sampled")
+#: Shapes drawn at most per image to find one in a pose band.
+BAND_TRIES = 400
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".pgm", ".ppm", ".tif", ".tiff"}
 
 
@@ -54,6 +62,53 @@ def _pose_angles(points: np.ndarray) -> dict[str, float]:
         "target_pitch": round(p.pitch, 2),
         "target_roll": round(p.roll, 2),
     }
+
+
+@dataclass(frozen=True)
+class PoseBand:
+    """Head-pose limits in degrees (:class:`~facegen.head_pose.HeadPose` conventions; None:
+    unbounded): ``yaw`` in ``[yaw_min, yaw_max]`` and ``pitch`` in ``[pitch_min, pitch_max]``."""
+
+    text: str
+    yaw: tuple[float, float] | None = None
+    pitch: tuple[float, float] | None = None
+
+    def contains(self, yaw: float, pitch: float) -> bool:
+        ok = self.yaw is None or self.yaw[0] <= yaw <= self.yaw[1]
+        return ok and (self.pitch is None or self.pitch[0] <= pitch <= self.pitch[1])
+
+    def distance(self, yaw: float, pitch: float) -> float:
+        """Degrees outside the band (0 inside)."""
+
+        def out(v: float, r: tuple[float, float] | None) -> float:
+            return 0.0 if r is None else max(r[0] - v, 0.0, v - r[1])
+
+        return float(np.hypot(out(yaw, self.yaw), out(pitch, self.pitch)))
+
+
+def parse_pose_band(text: str) -> PoseBand:
+    """``"yaw=-40:-20"``, ``"pitch=-10:10"`` or both joined by a comma → :class:`PoseBand`."""
+    limits: dict[str, tuple[float, float]] = {}
+    for part in str(text).split(","):
+        name, sep, rng = part.strip().partition("=")
+        lo, colon, hi = rng.partition(":")
+        try:
+            a, b = float(lo), float(hi)
+        except ValueError:
+            a = b = float("nan")
+        if (
+            not sep
+            or not colon
+            or name not in ("yaw", "pitch")
+            or name in limits
+            or not (-90 <= a < b <= 90)
+        ):
+            raise FacegenError(
+                f"a pose band must be 'yaw=A:B', 'pitch=A:B' or both joined by ',' with "
+                f"-90 <= A < B <= 90 (degrees), got {text!r}"
+            )
+        limits[name] = (a, b)
+    return PoseBand(str(text), limits.get("yaw"), limits.get("pitch"))
 
 
 @dataclass
@@ -197,6 +252,37 @@ class PoseBank:
             pts = (mean + z @ basis).reshape(68, 2).astype(np.float32)
             info = {"pose_mode": mode}
         return pts, {**info, **_pose_angles(pts)}
+
+    def sample_band(self, band: PoseBand, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """A shape whose head pose lies in ``band`` (see the module docstring): ``(68, 2)``
+        float32 in the :data:`BANK_SIZE` frame and its record (band, measured pose, whether
+        the band was met)."""
+        rng = np.random.default_rng(seed)
+        best: tuple[float, np.ndarray, dict[str, float]] | None = None
+        for _ in range(BAND_TRIES):
+            if len(self) >= 2:
+                mean, basis = self._model()
+                z = np.clip(rng.standard_normal(len(basis)), -2.5, 2.5)
+                pts = (mean + z @ basis).reshape(68, 2).astype(np.float32)
+            else:
+                pts = self.landmarks[0]
+            angles = _pose_angles(pts)
+            if not angles:
+                continue
+            d = band.distance(angles["target_yaw"], angles["target_pitch"])
+            if best is None or d < best[0]:
+                best = (d, pts, angles)
+            if d == 0.0 or len(self) < 2:
+                break
+        if best is None:
+            raise FacegenError("no pose could be measured on the bank's shapes")
+        d, pts, angles = best
+        return pts, {
+            "pose_mode": "bands",
+            "pose_band": band.text,
+            "pose_band_met": d == 0.0,
+            **angles,
+        }
 
     @staticmethod
     def render(points: np.ndarray, size: int) -> np.ndarray:

@@ -157,6 +157,11 @@ def dataset_report(
         "independent_encoder_missed_faces": undetected,
         **_pose_spread(done),
     }
+    from facegen.pipelines.dataset.groups import group_summary, read_groups
+
+    groups = read_groups(out)
+    if groups is not None:
+        report["groups"] = group_summary(groups, [int(r["identity"]) for r in done])
     rdir = out / "report"
     if len(set(labels)) >= 2:
         thr = float(analyzer.encoder.same_person_threshold)
@@ -236,7 +241,23 @@ def _write_card(out: Path, path: Path, report: dict[str, Any]) -> None:
         "## Quality",
         "",
     ]
-    lines += [f"- **{k}**: {v}" for k, v in report.items()]
+    lines += [f"- **{k}**: {v}" for k, v in report.items() if k != "groups"]
+    if report.get("groups"):
+        lines += [
+            "",
+            "## Groups: targets and what was achieved",
+            "",
+            "Groups are the attribute estimator's labels of the identity vectors (see "
+            "`groups.json`); *committed* counts identities whose images all passed.",
+            "",
+            "| group | target | quota | sampled | committed | committed share |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['group']} | {r['target']:.3f} | {r['quota']} | {r['sampled']} | "
+            f"{r['committed']} | {r['committed_proportion']:.3f} |"
+            for r in report["groups"]
+        ]
     lines += [
         "",
         "![similarities](similarity_hist.png)",

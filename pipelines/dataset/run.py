@@ -41,9 +41,12 @@ from facegen.pipelines.dataset.config import DatasetConfig, load_config
 from facegen.validate import check_int
 
 if TYPE_CHECKING:
+    from facegen.attributes import VectorAttributeEstimator
+    from facegen.pipelines.attribute_quota import GroupTargets
     from facegen.pipelines.dataset.build import ConditionFn, DatasetSummary
     from facegen.pipelines.dataset.poses import PoseBank
     from facegen.pipelines.generation.id_to_face import IDGenerationMixin
+    from facegen.pipelines.identities import IdentitySet
 
 #: :func:`prepare_run`'s result: the ``(N, D)`` float32 identities and the pose bank (or None).
 Prepared = tuple[np.ndarray, "PoseBank | None"]
@@ -96,6 +99,7 @@ def prepare_run(
     pose_analyzer: FaceAnalyzer | None = None,
     identity_bank: np.ndarray | None = None,
     defaults: Mapping[str, float] | None = None,
+    attribute_estimator: VectorAttributeEstimator | None = None,
 ) -> Prepared:
     """Create/check the run folder: ``config.json``, ``identities.safetensors`` (sampled once,
     then read by every shard) and, with poses, ``poses.safetensors``. Returns the ``(N, D)``
@@ -108,11 +112,59 @@ def prepare_run(
     ``defaults`` (its calibrated thresholds) resolve ``cfg`` (:meth:`DatasetConfig.resolved`);
     ``cfg.identity_bank`` (a file) replaces the preset's bank. With a bank, the ``gaussian``
     sampler is fitted to it and, with ``cfg.leakage_check``, every sampled identity stays
-    below ``leakage_threshold`` to each of its vectors."""
+    below ``leakage_threshold`` to each of its vectors.
+
+    With ``cfg.group_targets`` the identities meet per-group quotas, labelled by
+    ``attribute_estimator`` (default: the head in ``cfg.attribute_head``), and ``groups.json``
+    records each identity's group (:mod:`facegen.pipelines.dataset.groups`)."""
     with folder_lock(out_dir, "dataset run (preparing)", part="prepare", timeout=None):
         bank = _identity_bank(cfg, identity_bank, encoder_id, dim)
         cfg = cfg.resolved(defaults, has_bank=bank is not None)
-        return _prepare(Path(out_dir), cfg, encoder_id, dim, pose_analyzer, bank, defaults)
+        return _prepare(
+            Path(out_dir), cfg, encoder_id, dim, pose_analyzer, bank, defaults, attribute_estimator
+        )
+
+
+def _sample_by_group(
+    out: Path,
+    cfg: DatasetConfig,
+    targets: GroupTargets,
+    estimator: VectorAttributeEstimator | None,
+    sampling: dict[str, Any],
+) -> IdentitySet:
+    """Identities meeting ``targets``' quotas; writes ``groups.json`` (before the identities
+    file, so a run killed in between samples the same identities again)."""
+    from facegen.pipelines.attribute_quota import sample_identities_by_group
+    from facegen.pipelines.dataset.groups import write_groups
+
+    where: dict[str, Any] = {}
+    if estimator is None:
+        if cfg.attribute_head is None:
+            raise FacegenError(
+                "`group_targets` needs an attribute estimator for identity vectors: "
+                "`attribute_head` (a folder from `facegen train attributes`)"
+            )
+        from facegen.attribute_heads import AttributeHead
+
+        estimator = AttributeHead.load(cfg.attribute_head)
+        where["path"] = str(cfg.attribute_head)
+    ids, sel = sample_identities_by_group(
+        cfg.identities,
+        targets,
+        estimator,
+        max_candidates=cfg.attribute_budget,
+        **sampling,
+    )
+    write_groups(
+        out,
+        targets=targets.to_dict(),
+        quotas=ids.stats["quotas"],
+        estimator={"name": estimator.name, "encoder_id": estimator.encoder_id, **where},
+        groups=sel.groups,
+        attributes=[e.to_dict() for e in sel.estimates],
+        stats=ids.stats,
+    )
+    return ids
 
 
 def _identity_bank(
@@ -145,6 +197,7 @@ def _prepare(
     pose_analyzer: FaceAnalyzer | None,
     identity_bank: np.ndarray | None,
     defaults: Mapping[str, float] | None,
+    attribute_estimator: VectorAttributeEstimator | None = None,
 ) -> Prepared:
     """:func:`prepare_run` while it holds the prepare lock (``cfg`` resolved)."""
     from facegen.embedding_io import load_embeddings
@@ -173,8 +226,7 @@ def _prepare(
                 "vectors, e.g. from `facegen analyze --save-embeddings`)"
             )
         leak = identity_bank if cfg.leakage_check else None
-        ids = sample_identities(
-            cfg.identities,
+        sampling: dict[str, Any] = dict(
             dim=dim,
             sampler=cfg.sampler,
             seed=cfg.seed,
@@ -184,6 +236,11 @@ def _prepare(
             leakage_threshold=cfg.setting("leakage_threshold") if leak is not None else None,
             encoder_id=encoder_id,
         )
+        targets = cfg.targets()
+        if targets is None:
+            ids = sample_identities(cfg.identities, **sampling)
+        else:
+            ids = _sample_by_group(out, cfg, targets, attribute_estimator, sampling)
         if leak is not None:
             logger.info(
                 "sampled %d identities, each below %.3f cosine to all %d identities of the bank",
@@ -223,6 +280,8 @@ class Worker:
     takes_control: bool = False
     identity_bank: np.ndarray | None = None
     defaults: Mapping[str, float] | None = None
+    #: labels identity vectors for ``group_targets`` (default: ``cfg.attribute_head``'s head)
+    attribute_estimator: VectorAttributeEstimator | None = None
 
     def prepare(
         self, out_dir: str | os.PathLike[str], cfg: DatasetConfig, **kwargs: Any
@@ -235,6 +294,7 @@ class Worker:
             dim=self.dim,
             identity_bank=self.identity_bank,
             defaults=self.defaults,
+            attribute_estimator=self.attribute_estimator,
             **kwargs,
         )
 
@@ -283,6 +343,11 @@ def _check_pipeline(pipe: IDGenerationMixin, cfg: DatasetConfig) -> FaceAnalyzer
         )
     if cfg.prompts and not pipe.takes_prompt:
         raise FacegenError(f"preset {name!r} takes no text prompt; drop `prompts`")
+    targets = cfg.targets()
+    if targets is not None and targets.prompts and not pipe.takes_prompt:
+        raise FacegenError(
+            f"preset {name!r} takes no text prompt; drop the `prompts` of `group_targets`"
+        )
     return verifier
 
 
@@ -337,19 +402,36 @@ def pipeline_worker(pipe: IDGenerationMixin, cfg: DatasetConfig) -> Worker:
     )
 
 
-def _condition_fn(cfg: DatasetConfig, bank: PoseBank | None, size: int) -> ConditionFn | None:
-    """Per-image generator inputs: a landmark map for the pose, a prompt (cycled)."""
-    if bank is None and not cfg.prompts:
+def _condition_fn(
+    cfg: DatasetConfig, bank: PoseBank | None, size: int, groups: list[str] | None = None
+) -> ConditionFn | None:
+    """Per-image generator inputs: a landmark map for the pose (in the image's pose band
+    with ``pose: bands``), a prompt (the identity's group's, else cycled over ``prompts``).
+    ``groups``: each identity's group label (``groups.json``), for per-group prompts."""
+    from facegen.pipelines.dataset.poses import parse_pose_band
+
+    targets = cfg.targets()
+    group_prompts = dict(targets.prompts) if targets is not None else {}
+    if bank is None and not cfg.prompts and not group_prompts:
         return None
+
+    bands = [parse_pose_band(b) for b in cfg.pose_bands]
 
     def condition(identity: int, index: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
         kwargs: dict[str, Any] = {}
         record: dict[str, Any] = {}
         if bank is not None:
-            points, record = bank.sample(cfg.pose, seed)
+            if bands:
+                points, record = bank.sample_band(bands[index % len(bands)], seed)
+            else:
+                points, record = bank.sample(cfg.pose, seed)
             kwargs["control_image"] = bank.render(points, size)
-        if cfg.prompts:
+        prompt = None
+        if group_prompts and groups is not None:
+            prompt = group_prompts.get(groups[identity])
+        if prompt is None and cfg.prompts:
             prompt = cfg.prompts[seed % len(cfg.prompts)]
+        if prompt is not None:
             kwargs["prompt"] = prompt
             record["prompt"] = prompt
         return kwargs, record
@@ -376,7 +458,13 @@ def run_shard(
         if prepared is None:
             prepared = worker.prepare(out_dir, cfg)
         vectors, bank = prepared
-        condition = _condition_fn(cfg, bank, worker.size)
+        groups = None
+        if cfg.group_targets is not None:
+            from facegen.pipelines.dataset.groups import read_groups
+
+            data = read_groups(out_dir)
+            groups = None if data is None else [r["group"] for r in data["identities"]]
+        condition = _condition_fn(cfg, bank, worker.size, groups)
         spec = worker.resolve(cfg).spec()
         return _build_dataset(
             out_dir, vectors, worker.generate, worker.verifier, spec, shard, condition, progress
@@ -518,7 +606,7 @@ def merge(
                     tmp = dst.with_name(f".{dst.name}.merge")
                     shutil.copy2(f, tmp)
                     os.replace(tmp, dst)
-        for name in ("identities.safetensors", "poses.safetensors"):
+        for name in ("identities.safetensors", "poses.safetensors", "groups.json"):
             if (part / name).exists() and not (out / name).exists():
                 shutil.copy2(part / name, out / name)
         (out / "journal").mkdir(exist_ok=True)

@@ -1,20 +1,17 @@
 """Attribute-targeted identity sampling on a simulated attribute model.
 
-The simulated model reads attributes off fixed directions of the identity vector: gender is
-the sign of the projection on one direction, age grows linearly with the projection on
-another (so under uniform sampling in 32-D the age bands <30 / 30-49 / 50+ hold about 25 /
-50 / 25 % of candidates). It is what a head trained by ``facegen train attributes`` looks like
-to the sampler, with known ground truth.
+The simulated model (``simulated_attributes.py``) reads gender and age off fixed directions
+of the identity vector: what a head trained by ``facegen train attributes`` looks like to the
+sampler, with known ground truth.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from simulated_attributes import SimulatedAttributes
 
-from facegen.attributes import AttributeEstimate, AttributeSpec, Grouping, VectorAttributeEstimator
+from facegen.attributes import Grouping
 from facegen.errors import InvalidArgumentError
 from facegen.pipelines.attribute_quota import (
     GroupTargets,
@@ -29,32 +26,8 @@ DIM = 32
 ENC = "sim/32"
 
 
-class Simulated(VectorAttributeEstimator):
-    name = "simulated"
-    encoder_id = ENC
-    attributes = (
-        AttributeSpec("gender", "categorical", ("female", "male")),
-        AttributeSpec("age", "numeric", unit="years"),
-    )
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(123)
-        basis = np.linalg.qr(rng.standard_normal((DIM, 2)))[0]
-        self.u, self.w = basis[:, 0], basis[:, 1]
-        self.calls = 0
-
-    def predict(self, vectors: np.ndarray) -> list[AttributeEstimate]:
-        v = np.asarray(vectors, np.float64)
-        assert v.shape[1] == DIM
-        self.calls += len(v)
-        g = v @ self.u
-        age = 40.0 + 15.0 * (v @ self.w) * math.sqrt(DIM)
-        return [
-            AttributeEstimate(
-                {"gender": "male" if gi > 0 else "female", "age": float(ai)}, estimator=self.name
-            )
-            for gi, ai in zip(g, age, strict=True)
-        ]
+def Simulated() -> SimulatedAttributes:
+    return SimulatedAttributes(DIM, ENC)
 
 
 GROUPING = Grouping(("gender", "age"), {"age": (30, 50)})
