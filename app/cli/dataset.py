@@ -64,6 +64,7 @@ def add_dataset_parser(sub: Any) -> None:
     )
     e.add_argument("out", type=Path)
     _add_export_options(e, formats)
+    _add_eval_set_options(e)
     e.set_defaults(func=cmd_dataset_export)
     m = dsub.add_parser(
         "merge",
@@ -86,6 +87,22 @@ def add_dataset_parser(sub: Any) -> None:
 def _add_export_options(p: argparse.ArgumentParser, formats: str) -> None:
     p.add_argument("--format", type=_formats, default=[], help=formats)
     p.add_argument("--holdout", type=int, default=0, help="identities for verification.bin")
+
+
+def _add_eval_set_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-set",
+        action="store_true",
+        help="also write an evaluation set of all identities: export/evaluation.bin + "
+        "evaluation_pairs.csv (genuine/impostor pairs balanced within and across groups, "
+        "each image's group; for `facegen eval fr --groups`)",
+    )
+    p.add_argument(
+        "--pairs-per-identity",
+        type=positive_int,
+        default=10,
+        help="genuine pairs per identity in the evaluation set (10)",
+    )
 
 
 def _add_generate_parser(dsub: Any, formats: str) -> None:
@@ -170,10 +187,36 @@ def _add_generate_parser(dsub: Any, formats: str) -> None:
     g.add_argument(
         "--pose",
         choices=POSE_CHOICES,
-        help="pose/expression per image from --pose-from: a reference's landmarks, or new "
-        "shapes sampled from a model fitted to them (needs a ControlNet preset)",
+        help="pose/expression per image from --pose-from: a reference's landmarks, new "
+        "shapes sampled from a model fitted to them, or shapes in --pose-band yaw/pitch "
+        "bands (needs a ControlNet preset)",
     )
     g.add_argument("--pose-from", help="folder of reference photos for --pose")
+    g.add_argument(
+        "--pose-band",
+        dest="pose_bands",
+        action="append",
+        metavar="BAND",
+        help="with --pose bands: a yaw/pitch band in degrees ('yaw=-40:-20', "
+        "'yaw=-10:10,pitch=-10:10'); repeat, cycled over each identity's images",
+    )
+    g.add_argument(
+        "--attribute-head",
+        help="attribute estimator for identity vectors (`facegen train attributes` output), "
+        "to meet --group-targets while sampling",
+    )
+    g.add_argument(
+        "--group-targets",
+        metavar="FILE",
+        help="groups and target proportions (.yaml/.json: attributes, bins, targets "
+        "'balanced' or {group: share}, prompts {group: text})",
+    )
+    g.add_argument(
+        "--attribute-budget",
+        type=positive_int,
+        metavar="N",
+        help="candidate identities drawn at most to meet the group quotas (50 per identity)",
+    )
     g.add_argument(
         "--keep-full",
         action="store_true",
@@ -217,11 +260,15 @@ def _run_config(args: argparse.Namespace) -> DatasetConfig:
         v = getattr(args, k)
         if v is not None:
             data[k] = v
+    if data.get("pose_bands") and data.get("pose") is None:
+        data["pose"] = "bands"
     if data.get("pose_from") is not None and data.get("pose") is None:
         data["pose"] = "reference"
-    for key in ("pose_from", "identity_bank"):
+    for key in ("pose_from", "identity_bank", "attribute_head"):
         if data.get(key) is not None:
             data[key] = str(Path(data[key]).resolve())
+    if isinstance(data.get("group_targets"), str):  # a file: its content is the setting
+        data["group_targets"] = load_config(data["group_targets"])
     from facegen.pipelines.generation.generator_folder import is_generator_folder
     from facegen.pipelines.generation.presets import PRESETS
 
@@ -345,9 +392,26 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 
     if not (args.out / "journal").is_dir():
         raise FacegenError(f"{args.out}: not a dataset folder (no journal/)")
-    if not args.format and not args.holdout:
-        raise FacegenError("nothing to export: give --format and/or --holdout")
-    files = export(args.out, args.format, holdout=args.holdout)
+    if not args.format and not args.holdout and not args.eval_set:
+        raise FacegenError("nothing to export: give --format, --holdout and/or --eval-set")
+    files = (
+        export(args.out, args.format, holdout=args.holdout) if args.format or args.holdout else []
+    )
+    if args.eval_set:
+        from facegen.pipelines.dataset.evalset import export_evaluation_set
+
+        made = export_evaluation_set(args.out, pairs_per_identity=args.pairs_per_identity)
+        files += made
+        info = json.loads(made[2].read_text())
+        print(
+            f"evaluation set: {info['pairs']} pairs ({info['genuine']} genuine, "
+            f"{info['impostor']} impostor) over {len(info['groups'])} group(s)"
+        )
+        for g, c in info["groups"].items():
+            print(
+                f"  {g}: {c['identities']} identities, {c['genuine']} genuine, "
+                f"{c['impostor_within']} impostor within, {c['impostor_cross']} across"
+            )
     print(f"exported {len(files)} file(s) → {args.out / 'export'}")
     return 0
 
@@ -378,5 +442,12 @@ def cmd_dataset_report(args: argparse.Namespace) -> int:
         if k in rep:
             v = rep[k]
             print(f"{k:<26} {v:.4f}" if isinstance(v, float) else f"{k:<26} {v}")
+    if rep.get("groups"):
+        print(f"{'group':<40} {'target':>7} {'quota':>6} {'committed':>10} {'share':>7}")
+        for r in rep["groups"]:
+            print(
+                f"{r['group']:<40} {r['target']:>7.3f} {r['quota']:>6} {r['committed']:>10} "
+                f"{r['committed_proportion']:>7.3f}"
+            )
     print(f"report → {args.out / 'report'}")
     return 0

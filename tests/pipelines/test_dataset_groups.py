@@ -207,3 +207,56 @@ def test_pose_bands_draw_shapes_in_the_band(orl_dir: Path, dlib_analyzer) -> Non
     # a band the references cannot reach: the closest shape, flagged
     _, rec = bank.sample_band(parse_pose_band("yaw=80:89"), 0)
     assert rec["pose_band_met"] is False
+
+
+def test_cli_export_eval_set_and_report(run: Path, capsys) -> None:
+    from facegen.app.cli.main import main
+
+    assert main(["dataset", "export", str(run), "--eval-set", "--pairs-per-identity", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation set:" in out
+    for g in TARGETS["targets"]:
+        assert g in out
+    assert (run / "export" / "evaluation_pairs.csv").is_file()
+    assert main(["dataset", "report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "gender=male|age=30-49" in out and "committed" in out
+
+
+def test_cli_group_targets_file_becomes_the_setting(tmp_path: Path) -> None:
+    import argparse
+
+    import yaml
+
+    from facegen.app.cli.dataset import _run_config
+    from facegen.app.cli.main import build_parser
+
+    f = tmp_path / "targets.yaml"
+    f.write_text(yaml.safe_dump(TARGETS))
+    args = build_parser().parse_args(
+        [
+            "dataset",
+            "generate",
+            "--identities",
+            "6",
+            "--images-per-identity",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+            "--group-targets",
+            str(f),
+            "--attribute-head",
+            "heads",
+            "--pose-from",
+            str(tmp_path),
+            "--pose-band",
+            "yaw=-30:-10",
+            "--pose-band",
+            "yaw=10:30",
+        ]
+    )
+    assert isinstance(args, argparse.Namespace)
+    cfg = _run_config(args)
+    assert cfg.group_targets == TARGETS
+    assert cfg.attribute_head == str((Path.cwd() / "heads").resolve())
+    assert cfg.pose == "bands" and cfg.pose_bands == ("yaw=-30:-10", "yaw=10:30")
