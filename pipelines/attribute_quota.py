@@ -32,13 +32,20 @@ from typing import Any
 
 import numpy as np
 
-from facegen.attributes import AttributeEstimate, Grouping, VectorAttributeEstimator, band_label
-from facegen.errors import InvalidArgumentError
+from facegen.attributes import (
+    AttributeEstimate,
+    Grouping,
+    ImageAttributeEstimator,
+    VectorAttributeEstimator,
+    band_label,
+)
+from facegen.errors import FacegenError, InvalidArgumentError
 from facegen.pipelines.identities import IdentitySet, sample_identities
 from facegen.validate import check_int
 
 __all__ = [
     "GroupTargets",
+    "ProbeImageEstimator",
     "QuotaSelector",
     "group_labels_of",
     "quotas_for",
@@ -183,7 +190,10 @@ class QuotaSelector:
 
     def choose(self, candidates: np.ndarray) -> np.ndarray:
         est = self.estimator.predict(candidates)
-        labels = [self.grouping.label(e) for e in est]
+        labels = [
+            self.grouping.label(e) if set(self.grouping.attributes) <= set(e.values) else ""
+            for e in est
+        ]  # "" : the estimator could not tell (a probe image without a face)
         room = {g: self.quotas[g] - self.counts[g] for g in self.quotas}
         chosen: list[int] = []
         for i, g in enumerate(labels):
@@ -211,6 +221,74 @@ class QuotaSelector:
             if self.counts[g] < q
         ]
         return "groups short of their quota: " + "; ".join(short)
+
+
+class ProbeImageEstimator(VectorAttributeEstimator):
+    """Attributes of identity vectors read off a generated **probe image** of each: for
+    generators without an attribute head. One image per candidate (``generate(vectors,
+    seeds)`` → RGB uint8 images, the dataset worker's generator), its largest face found by
+    ``analyzer``, its attributes estimated by ``image_estimator``. A probe without a face
+    gives an estimate without values (the candidate joins no group). Seeds are
+    ``seed + k`` for the ``k``-th candidate probed, so a run is reproducible.
+
+    This costs one generation per candidate that passes the separation checks; an attribute
+    head (``facegen train attributes``) costs nothing by comparison. The probe shows what
+    the generator renders for the vector, which is what the dataset's images will show.
+    """
+
+    def __init__(
+        self,
+        generate: Any,
+        analyzer: Any,
+        image_estimator: ImageAttributeEstimator,
+        *,
+        encoder_id: str,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        self.generate, self.analyzer, self.image_estimator = generate, analyzer, image_estimator
+        self.encoder_id = encoder_id
+        self.name = f"probe:{image_estimator.name}"
+        self.attributes = tuple(image_estimator.attributes)
+        self.seed, self.batch_size = seed, batch_size
+        self.probed = 0
+        self.no_face = 0
+
+    def predict(self, vectors: np.ndarray) -> list[AttributeEstimate]:
+        from facegen.errors import NoFaceDetectedError
+
+        v = np.asarray(vectors, np.float32)
+        out: list[AttributeEstimate] = []
+        for s in range(0, len(v), self.batch_size):
+            block = v[s : s + self.batch_size]
+            seeds = [self.seed + self.probed + k for k in range(len(block))]
+            self.probed += len(block)
+            for img in self.generate(block, seeds):
+                try:
+                    faces = self.analyzer.analyze(img, select="largest", embed=False)
+                except NoFaceDetectedError:
+                    faces = []
+                if not faces:
+                    self.no_face += 1
+                    out.append(AttributeEstimate({}, estimator=self.name))
+                    continue
+                out.append(self.image_estimator.estimate(img, faces[:1])[0])
+        return out
+
+
+def image_estimator_from_name(name: str) -> ImageAttributeEstimator:
+    """A registered image estimator (``genderage``) or, for a path ending in ``.json``, the
+    described ONNX classifier."""
+    from facegen.backends import ATTRIBUTE_ESTIMATORS
+
+    if name.endswith(".json"):
+        return ATTRIBUTE_ESTIMATORS.create("onnx-json", config=name)
+    if name not in ATTRIBUTE_ESTIMATORS:
+        raise FacegenError(
+            f"`probe:{name}`: unknown image attribute estimator; valid: "
+            f"{', '.join(ATTRIBUTE_ESTIMATORS.names())} or a classifier's .json"
+        )
+    return ATTRIBUTE_ESTIMATORS.create(name)
 
 
 def sample_identities_by_group(

@@ -203,7 +203,8 @@ def _add_generate_parser(dsub: Any, formats: str) -> None:
     g.add_argument(
         "--attribute-head",
         help="attribute estimator for identity vectors (`facegen train attributes` output), "
-        "to meet --group-targets while sampling",
+        "to meet --group-targets while sampling; or probe:NAME (e.g. probe:genderage): "
+        "estimate from one generated probe image per candidate (slower)",
     )
     g.add_argument(
         "--group-targets",
@@ -265,7 +266,7 @@ def _run_config(args: argparse.Namespace) -> DatasetConfig:
     if data.get("pose_from") is not None and data.get("pose") is None:
         data["pose"] = "reference"
     for key in ("pose_from", "identity_bank", "attribute_head"):
-        if data.get(key) is not None:
+        if data.get(key) is not None and not str(data[key]).startswith("probe:"):
             data[key] = str(Path(data[key]).resolve())
     if isinstance(data.get("group_targets"), str):  # a file: its content is the setting
         data["group_targets"] = load_config(data["group_targets"])

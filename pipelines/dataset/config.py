@@ -112,7 +112,9 @@ class DatasetConfig:
     #: ``"yaw=A:B"``, ``"pitch=A:B"`` or ``"yaw=A:B,pitch=C:D"`` (degrees)
     pose_bands: tuple[str, ...] = ()
     #: a folder written by ``facegen train attributes``: estimates attributes from identity
-    #: vectors, so ``group_targets`` can be met while sampling
+    #: vectors, so ``group_targets`` can be met while sampling; or ``probe:NAME`` (NAME an
+    #: image attribute estimator, e.g. ``genderage``, or a classifier's ``.json``): estimate
+    #: from one generated probe image per candidate
     attribute_head: str | None = None
     #: groups and their target proportions (:class:`~facegen.pipelines.attribute_quota.
     #: GroupTargets` as a mapping: attributes, bins, targets, prompts)

@@ -66,6 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: ``attribute_head: probe:NAME``: estimate from a probe image with image estimator NAME.
+PROBE_PREFIX = "probe:"
+
 # ------------------------------------------------------------------------------ run folder
 
 
@@ -286,7 +289,26 @@ class Worker:
     def prepare(
         self, out_dir: str | os.PathLike[str], cfg: DatasetConfig, **kwargs: Any
     ) -> Prepared:
-        """:func:`prepare_run` for this worker's identity space, bank and defaults."""
+        """:func:`prepare_run` for this worker's identity space, bank and defaults (and, for
+        ``attribute_head: probe:NAME``, a probe-image estimator on this worker's generator)."""
+        if (
+            self.attribute_estimator is None
+            and cfg.attribute_head is not None
+            and cfg.attribute_head.startswith(PROBE_PREFIX)
+            and not (Path(out_dir) / "identities.safetensors").exists()
+        ):
+            from facegen.pipelines.attribute_quota import (
+                ProbeImageEstimator,
+                image_estimator_from_name,
+            )
+
+            self.attribute_estimator = ProbeImageEstimator(
+                lambda v, seeds: self.generate(v, seeds),
+                self.verifier,
+                image_estimator_from_name(cfg.attribute_head[len(PROBE_PREFIX) :]),
+                encoder_id=self.encoder_id,
+                seed=cfg.seed + 1_000_003,
+            )
         return prepare_run(
             out_dir,
             cfg,

@@ -260,3 +260,58 @@ def test_cli_group_targets_file_becomes_the_setting(tmp_path: Path) -> None:
     assert cfg.group_targets == TARGETS
     assert cfg.attribute_head == str((Path.cwd() / "heads").resolve())
     assert cfg.pose == "bands" and cfg.pose_bands == ("yaw=-30:-10", "yaw=10:30")
+
+
+class _Brightness:
+    """An image estimator double: 'light' or 'dark' by the mean grey level of the face box."""
+
+    name = "brightness"
+
+    def __init__(self, threshold: float) -> None:
+        from facegen.attributes import AttributeSpec
+
+        self.threshold = threshold
+        self.attributes = (AttributeSpec("tone", "categorical", ("dark", "light")),)
+        self.calls = 0
+
+    @staticmethod
+    def level(image, face) -> float:
+        x0, y0, x1, y1 = (int(v) for v in face.bbox)
+        return float(image[max(y0, 0) : y1, max(x0, 0) : x1].mean())
+
+    def estimate(self, image, faces):
+        from facegen.attributes import AttributeEstimate
+
+        self.calls += 1
+        level = self.level(image, faces[0])
+        return [AttributeEstimate({"tone": "light" if level > self.threshold else "dark"})]
+
+
+def test_probe_images_label_candidates(people, dlib_analyzer) -> None:
+    from facegen.attributes import Grouping
+    from facegen.pipelines.attribute_quota import (
+        GroupTargets,
+        ProbeImageEstimator,
+        sample_identities_by_group,
+    )
+
+    gen = PhotoGenerator(people)
+    levels = sorted(
+        _Brightness.level(ph[0], dlib_analyzer.analyze(ph[0], select="largest", embed=False)[0])
+        for _, ph in people
+    )
+    est = _Brightness(threshold=float(np.mean(levels[:2])))  # one person dark, two light
+    probe = ProbeImageEstimator(gen, dlib_analyzer, est, encoder_id=ENC, seed=5, batch_size=4)
+    ids, sel = sample_identities_by_group(
+        4,
+        GroupTargets(Grouping(("tone",))),
+        probe,
+        dim=128,
+        encoder_id=ENC,
+        batch_size=8,
+        max_similarity=0.5,
+    )
+    assert ids.stats["achieved"] == {"tone=dark": 2, "tone=light": 2}
+    # every probed candidate was either estimated or had no face
+    assert probe.probed >= 4 and est.calls + probe.no_face == probe.probed
+    assert sorted(sel.groups) == ["tone=dark", "tone=dark", "tone=light", "tone=light"]
