@@ -58,6 +58,37 @@ def _pose_spread(done: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _pose_bands(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per pose band: images, the share whose requested shape lay in the band, and the share
+    whose generated face's measured pose (when the verifier gives 68 landmarks) did."""
+    from facegen.pipelines.dataset.poses import parse_pose_band
+
+    rows: dict[str, dict[str, Any]] = {}
+    for r in done:
+        for im in r["images"]:
+            text = im.get("pose_band")
+            if text is None:
+                continue
+            row = rows.setdefault(text, {"band": text, "images": 0, "met": 0, "measured": 0})
+            row["images"] += 1
+            row["met"] += bool(im.get("pose_band_met"))
+            if "yaw" in im and "pitch" in im:
+                row.setdefault("in_band", 0)
+                row["measured"] += 1
+                row["in_band"] += parse_pose_band(text).contains(im["yaw"], im["pitch"])
+    out = []
+    for row in rows.values():
+        entry = {
+            "band": row["band"],
+            "images": row["images"],
+            "requested_in_band": round(row["met"] / row["images"], 4),
+        }
+        if row["measured"]:
+            entry["generated_in_band"] = round(row["in_band"] / row["measured"], 4)
+        out.append(entry)
+    return out
+
+
 def _histogram_png(genuine: np.ndarray, impostor: np.ndarray, path: Path, threshold: float) -> None:
     """Genuine (green) and impostor (red) cosine histograms on [-0.2, 1], threshold in white."""
     w, h, lo, hi, bins = 600, 300, -0.2, 1.0, 60
@@ -162,6 +193,9 @@ def dataset_report(
     groups = read_groups(out)
     if groups is not None:
         report["groups"] = group_summary(groups, [int(r["identity"]) for r in done])
+    bands = _pose_bands(done)
+    if bands:
+        report["pose_bands"] = bands
     rdir = out / "report"
     if len(set(labels)) >= 2:
         thr = float(analyzer.encoder.same_person_threshold)
@@ -241,7 +275,20 @@ def _write_card(out: Path, path: Path, report: dict[str, Any]) -> None:
         "## Quality",
         "",
     ]
-    lines += [f"- **{k}**: {v}" for k, v in report.items() if k != "groups"]
+    lines += [f"- **{k}**: {v}" for k, v in report.items() if k not in ("groups", "pose_bands")]
+    if report.get("pose_bands"):
+        lines += [
+            "",
+            "## Pose bands",
+            "",
+            "| band | images | requested shape in band | generated face in band |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b['band']} | {b['images']} | {b['requested_in_band']:.2f} | "
+            f"{b.get('generated_in_band', float('nan')):.2f} |"
+            for b in report["pose_bands"]
+        ]
     if report.get("groups"):
         lines += [
             "",

@@ -315,3 +315,43 @@ def test_probe_images_label_candidates(people, dlib_analyzer) -> None:
     # every probed candidate was either estimated or had no face
     assert probe.probed >= 4 and est.calls + probe.no_face == probe.probed
     assert sorted(sel.groups) == ["tone=dark", "tone=dark", "tone=light", "tone=light"]
+
+
+def test_run_with_pose_bands_reports_each_band(
+    tmp_path: Path, orl_dir: Path, people, dlib_analyzer
+) -> None:
+    import cv2
+
+    from facegen.image_io import load_image, save_image
+    from facegen.pipelines.dataset.build import committed_identities
+
+    refs = tmp_path / "refs"
+    for p in ("s2", "s5", "s9", "s14"):
+        for k in (1, 4, 7):
+            im = load_image(orl_dir / p / f"{k}.pgm")
+            save_image(cv2.resize(im, None, fx=2, fy=2), refs / p / f"{k}.png")
+    bands = ("yaw=-90:0", "yaw=0:90")
+    cfg = _cfg(
+        identities=2,
+        images_per_identity=4,
+        group_targets=None,
+        pose="bands",
+        pose_from=str(refs),
+        pose_bands=bands,
+        batch_size=4,
+    )
+    w = _worker(people, dlib_analyzer, takes_control=True)
+    out = tmp_path / "run"
+    assert run_shard(out, cfg, (0, 1), w).done == 2
+    for r in committed_identities(out):
+        for im in r["images"]:
+            assert im["pose_band"] == bands[im["index"] % 2]
+            band = parse_pose_band(im["pose_band"])
+            assert im["pose_band_met"] == band.contains(im["target_yaw"], im["target_pitch"])
+    rep = dataset_report(out)
+    rows = {b["band"]: b for b in rep["pose_bands"]}
+    assert set(rows) == set(bands)
+    assert all(b["images"] == 4 for b in rows.values())
+    assert all(b["requested_in_band"] == 1.0 for b in rows.values())  # both signs in the refs
+    assert all(0.0 <= b["generated_in_band"] <= 1.0 for b in rows.values())
+    assert "## Pose bands" in (out / "report" / "README.md").read_text()
