@@ -26,7 +26,14 @@ from facegen.app.cli.options import (
 )
 from facegen.errors import FacegenError
 
-__all__ = ["add_analyze_parsers", "cmd_analyze", "cmd_compare", "cmd_embed"]
+__all__ = [
+    "add_analyze_parsers",
+    "attribute_estimator",
+    "build_attribute_estimator",
+    "cmd_analyze",
+    "cmd_compare",
+    "cmd_embed",
+]
 
 
 def add_analyze_parsers(sub: Any) -> None:
@@ -50,6 +57,20 @@ def add_analyze_parsers(sub: Any) -> None:
         "--margin", type=positive_float, default=1.0, help="ffhq crop margin multiplier (1.0)"
     )
     a.add_argument("--no-preview", action="store_true", help="skip the annotated preview PNG")
+    a.add_argument(
+        "--attributes",
+        nargs="?",
+        const="genderage",
+        type=attribute_estimator,
+        metavar="NAME|JSON",
+        help="estimate each face's attributes (stored under extras.attributes): a registered "
+        "estimator (genderage when no value is given) or a classifier's .json description",
+    )
+    a.add_argument(
+        "--attribute-model",
+        metavar="PATH",
+        help="explicit attribute model file (instead of the preset's or the JSON's `model`)",
+    )
     a.set_defaults(func=cmd_analyze)
 
     e = sub.add_parser(
@@ -78,6 +99,43 @@ def add_analyze_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_compare)
 
 
+def attribute_estimator(text: str) -> str:
+    """``--attributes`` value: a registered estimator name or a path ending in ``.json``."""
+    from facegen.backends import ATTRIBUTE_ESTIMATORS
+
+    if text.lower().endswith(".json") or (text in ATTRIBUTE_ESTIMATORS and text != "onnx-json"):
+        return text
+    names = [n for n in ATTRIBUTE_ESTIMATORS.names() if n != "onnx-json"]
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(names)} or the path of a classifier's .json description, "
+        f"got {text!r}"
+    )
+
+
+def build_attribute_estimator(args: argparse.Namespace) -> Any:
+    """The ``--attributes`` estimator (``None`` when not asked for); loads its model now, so a
+    missing file stops the run before any image is read."""
+    from facegen.backends import ATTRIBUTE_ESTIMATORS
+    from facegen.errors import ModelNotAvailableError
+
+    if args.attributes is None:
+        if args.attribute_model:
+            raise FacegenError("`--attribute-model` applies with `--attributes` only")
+        return None
+    opts: dict[str, Any] = {"device": args.device, "offline": True if args.offline else None}
+    if args.attribute_model:
+        opts["model_path"] = args.attribute_model
+    name = args.attributes
+    if name.lower().endswith(".json"):
+        name, opts["config"] = "onnx-json", args.attributes
+    try:
+        return ATTRIBUTE_ESTIMATORS.create(name, **opts)
+    except ModelNotAvailableError as exc:
+        if "--attribute-model" not in str(exc):
+            exc.args = (f"{exc}\nOn the command line, give the file with --attribute-model PATH.",)
+        raise
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from facegen.analysis_writer import AnalysisWriter
     from facegen.image_io import find_images, load_image, pixel_limit
@@ -92,6 +150,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not files:
         raise FacegenError("no image files found in the given paths")
     analyzer = build_analyzer(args, need_encoder=False)
+    estimator = build_attribute_estimator(args)
+    provenance: dict[str, Any] = {"command": "analyze", **analysis_provenance(args, analyzer)}
+    if estimator is not None:
+        provenance["attributes"] = {
+            "estimator": estimator.name,
+            "attributes": [a.to_dict() for a in estimator.attributes],
+        }
     writer = (
         AnalysisWriter(
             args.out,
@@ -99,7 +164,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             template=args.template,
             margin=args.margin,
             preview=not args.no_preview,
-            provenance={"command": "analyze", **analysis_provenance(args, analyzer)},
+            provenance=provenance,
         )
         if args.out is not None
         else None
@@ -111,6 +176,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             try:
                 image = load_image(path)
                 faces = analyzer.analyze(image, select=args.select, source=str(path))
+                if estimator is not None and faces:
+                    estimates = estimator.estimate(image, faces)
+                    faces = [
+                        f.replace(extras={**f.extras, "attributes": e.to_dict()})
+                        for f, e in zip(faces, estimates)
+                    ]
             except FacegenError as exc:
                 failures += 1
                 print_error(str(exc))
@@ -138,7 +209,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     finally:
         # the manifest records what was done even when the run stops early
         if writer is not None:
-            writer.provenance["model_files"] = model_files(analyzer)  # some load lazily
+            files = model_files(analyzer)  # some load lazily
+            if estimator is not None:
+                files["attributes"] = estimator.model_files()
+            writer.provenance["model_files"] = files
             writer.close()
     if args.json:
         json.dump(results, sys.stdout, indent=2)

