@@ -149,6 +149,8 @@ def _add_generative_parsers(tsub: Any) -> None:
 
 
 def _add_eval_parsers(sub: Any) -> None:
+    from facegen.app.cli.options import unit_float
+
     e = sub.add_parser("eval", parents=subcommand_parents(), help="evaluate models")
     esub = e.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
     v = esub.add_parser(
@@ -164,8 +166,47 @@ def _add_eval_parsers(sub: Any) -> None:
     v.add_argument("--pairs", action="append", type=Path, default=[])
     v.add_argument("--root", type=Path, help="folder the pair-list paths are relative to")
     v.add_argument("--folds", type=positive_int, default=10)
+    v.add_argument(
+        "--far",
+        type=_open_unit_float,
+        default=1e-3,
+        help="target FAR/FMR of TAR@FAR and of the bias report's threshold (default 1e-3)",
+    )
     v.add_argument("--json", action="store_true")
+    b = v.add_argument_group(
+        "demographic bias report (one set only)",
+        "Per-group FNMR/FMR at one global threshold, per-group protocol accuracy, cross-group "
+        "FMR, max/min ratios, FDR and GARBE; see facegen.training.fr.bias.",
+    )
+    b.add_argument(
+        "--groups",
+        type=Path,
+        help="CSV of group labels: columns a_group,b_group (one row per pair, optional issame) "
+        "or group (one row per image)",
+    )
+    b.add_argument(
+        "--threshold",
+        type=unit_float,
+        help="cosine threshold for every group (default: chosen on all impostors for --far)",
+    )
+    b.add_argument(
+        "--bias-out",
+        type=Path,
+        metavar="DIR",
+        help="where bias.json, bias.md, scores.png, det.png go (default: <set stem>_bias/ "
+        "next to the set)",
+    )
     v.set_defaults(func=cmd_eval_fr)
+
+
+def _open_unit_float(text: str) -> float:
+    """A number in (0, 1) (argparse type)."""
+    from facegen.app.cli.options import positive_float
+
+    v = positive_float(text)
+    if v >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v:g}")
+    return v
 
 
 _FR_KEYS = {
@@ -332,16 +373,54 @@ def cmd_eval_fr(args: argparse.Namespace) -> int:
 
     if not args.bins and not args.pairs:
         raise FacegenError("give at least one --bin FILE or --pairs FILE")
+    if args.groups is None and (args.threshold is not None or args.bias_out is not None):
+        raise FacegenError("--threshold and --bias-out belong to the bias report: add --groups")
+    sets = [*args.bins, *args.pairs]
+    if args.groups is not None and len(sets) != 1:
+        raise FacegenError(
+            "--groups labels the pairs of one set: give exactly one --bin or --pairs, "
+            f"got {len(sets)}"
+        )
     model = _model(args.model, args.device)
+    if args.groups is not None:
+        return _eval_fr_with_bias(args, model, sets[0])
     results = []
     for b in args.bins:
-        results.append(evaluate_bin(model, b, nfolds=args.folds))
+        results.append(evaluate_bin(model, b, nfolds=args.folds, far_target=args.far))
     for p in args.pairs:
-        results.append(evaluate_pairs(model, p, root=args.root, nfolds=args.folds))
+        results.append(
+            evaluate_pairs(model, p, root=args.root, nfolds=args.folds, far_target=args.far)
+        )
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     else:
         for r in results:
             print(r.summary())
+    sys.stdout.flush()
+    return 0
+
+
+def _eval_fr_with_bias(args: argparse.Namespace, model: Any, set_path: Path) -> int:
+    """``facegen eval fr --groups``: the normal evaluation of one set plus its bias report, from
+    one embedding pass."""
+    from facegen.training.fr.bias import evaluate_bias, load_pair_groups, write_bias_report
+    from facegen.training.fr.eval import load_pair_list, load_verification_bin
+
+    is_bin = set_path in args.bins
+    vset = load_verification_bin(set_path) if is_bin else load_pair_list(set_path, root=args.root)
+    groups = load_pair_groups(args.groups, len(vset), issame=vset.issame)
+    res, report = evaluate_bias(
+        model, vset, groups, nfolds=args.folds, far_target=args.far, threshold=args.threshold
+    )
+    out = args.bias_out or set_path.with_name(f"{set_path.stem}_bias")
+    provenance = {"model": args.model, "set": str(set_path), "groups": str(args.groups)}
+    paths = write_bias_report(report, out, provenance=provenance)
+    if args.json:
+        both = {"verification": res.to_dict(), "bias": report.to_dict()}
+        print(json.dumps(both, indent=2, default=str))
+    else:
+        print(res.summary())
+        print(report.table())
+        print(f"bias report: {', '.join(str(p) for p in paths.values())}")
     sys.stdout.flush()
     return 0

@@ -51,6 +51,7 @@ __all__ = [
     "VerificationResult",
     "VerificationSet",
     "embed_flip_sum",
+    "embed_verification_set",
     "evaluate_bin",
     "evaluate_pairs",
     "evaluate_verification",
@@ -426,6 +427,21 @@ def verification_metrics(
     )
 
 
+def embed_verification_set(
+    model: ModelOrEncoder,
+    vset: VerificationSet,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, float]:
+    """The L2-normalised flip-sum embeddings of ``vset`` (float64 ``(2N, D)``, pair order) and
+    ``xnorm``: what :func:`evaluate_verification` scores, for callers that reuse them (e.g.
+    :func:`facegen.training.fr.bias.bias_report`) without embedding twice."""
+    raw, xnorm = embed_flip_sum(model, vset.images, batch_size=batch_size, device=device)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    return raw / np.maximum(norms, 1e-12), xnorm  # sklearn.preprocessing.normalize
+
+
 def evaluate_verification(
     model: ModelOrEncoder,
     vset: VerificationSet,
@@ -436,9 +452,7 @@ def evaluate_verification(
     device: str | torch.device | None = None,
 ) -> VerificationResult:
     """Embed ``vset`` with flip-sum, L2-normalise, and run :func:`verification_metrics`."""
-    raw, xnorm = embed_flip_sum(model, vset.images, batch_size=batch_size, device=device)
-    norms = np.linalg.norm(raw, axis=1, keepdims=True)
-    emb = raw / np.maximum(norms, 1e-12)  # sklearn.preprocessing.normalize
+    emb, xnorm = embed_verification_set(model, vset, batch_size=batch_size, device=device)
     res = verification_metrics(
         emb, vset.issame, nfolds=nfolds, far_target=far_target, name=vset.name, xnorm=xnorm
     )
