@@ -355,3 +355,23 @@ def test_run_with_pose_bands_reports_each_band(
     assert all(b["requested_in_band"] == 1.0 for b in rows.values())  # both signs in the refs
     assert all(0.0 <= b["generated_in_band"] <= 1.0 for b in rows.values())
     assert "## Pose bands" in (out / "report" / "README.md").read_text()
+
+
+def test_evaluation_export_feeds_the_bias_report(run: Path, dlib_analyzer) -> None:
+    """dataset with groups → --eval-set export → the bias report reads its pairs CSV."""
+    from facegen.training.fr.bias import bias_report
+    from facegen.training.fr.bias_groups import load_pair_groups
+
+    bin_path, csv_path, _ = export_evaluation_set(run, pairs_per_identity=2)
+    vset = load_verification_bin(bin_path)
+    groups = load_pair_groups(csv_path, len(vset.issame))
+    from facegen.training.fr.eval import embed_verification_set
+
+    emb, _ = embed_verification_set(dlib_analyzer.encoder, vset)
+    rep = bias_report(vset.issame, groups, embeddings=emb, far_target=0.1)
+    d = rep.to_dict()
+    names = {g["name"] for g in d["groups"]}
+    assert set(TARGETS["targets"]) <= names
+    for g in d["groups"]:
+        if g["name"] in TARGETS["targets"]:
+            assert g["num_genuine"] == 4 and g["num_impostor"] == 4
