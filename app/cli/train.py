@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.app.cli.train_attributes import add_train_attributes_parser
 from facegen.errors import FacegenError
 
 __all__ = ["add_train_parsers", "config_from"]
@@ -52,6 +53,7 @@ def add_train_parsers(sub: Any) -> None:
     tsub = t.add_subparsers(dest="train_command", metavar="WHAT", required=True)
     _add_fr_parser(tsub)
     _add_generative_parsers(tsub)
+    add_train_attributes_parser(tsub)
     _add_eval_parsers(sub)
 
 
