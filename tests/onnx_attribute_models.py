@@ -18,30 +18,7 @@ from typing import Any
 
 import numpy as np
 
-OPSET = 17
-IR_VERSION = 8
-
-
-def _h() -> Any:
-    import onnx
-
-    return onnx
-
-
-def _save(graph: Any, path: Path) -> Path:
-    onnx = _h()
-    model = onnx.helper.make_model(
-        graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="facegen-tests"
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def _const(name: str, value: np.ndarray) -> Any:
-    return _h().numpy_helper.from_array(np.asarray(value), name)
+from tests.onnx_face_models import _const, _h, _save
 
 
 def reference(blob: np.ndarray, w: np.ndarray, b: np.ndarray, *, layout: str = "NCHW"):
