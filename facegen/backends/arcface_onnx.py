@@ -25,6 +25,7 @@ from facegen.backends.onnx_utils import (
     input_normalisation,
     load_session,
     run_batched,
+    square_image_input,
     static_dim,
     to_blob,
 )
@@ -122,21 +123,9 @@ class ArcFaceOnnxEncoder(IdentityEncoder):
             raise ValueError(f"`encoder_id` must be a non-empty string, got {encoder_id!r}")
         self.encoder_id = encoder_id
 
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise InvalidModelError(
-                f"{where}: an ArcFace model must have one NCHW input, got "
-                f"{[(i.name, i.shape) for i in inputs]}"
-            )
-        shape = inputs[0].shape
-        in_h, in_w = static_dim(shape[2]), static_dim(shape[3])
-        if in_h is None or in_w is None or in_h != in_w or static_dim(shape[1]) not in (3, None):
-            raise InvalidModelError(
-                f"{where}: an ArcFace model must take (N, 3, S, S) with a fixed S, got {list(shape)}"
-            )
-        self.input_name: str = inputs[0].name
-        self.input_size = in_w
-        self._fixed_batch_one = static_dim(shape[0]) == 1
+        self.input_name, self.input_size, self._fixed_batch_one = square_image_input(
+            self.session, where, "an ArcFace model"
+        )
         outputs = self.session.get_outputs()
         if len(outputs) != 1:
             raise InvalidModelError(

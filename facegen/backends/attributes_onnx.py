@@ -30,6 +30,7 @@ from facegen.backends.onnx_utils import (
     input_normalisation,
     load_session,
     run_batched,
+    square_image_input,
     static_dim,
     to_blob,
 )
@@ -173,22 +174,9 @@ class GenderAgeOnnx(ImageAttributeEstimator):
         )
         where = str(model_path) if model_path is not None else "genderage session"
 
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise InvalidModelError(
-                f"{where}: a genderage model must have one NCHW input, got "
-                f"{[(i.name, i.shape) for i in inputs]}"
-            )
-        shape = inputs[0].shape
-        in_h, in_w = static_dim(shape[2]), static_dim(shape[3])
-        if in_h is None or in_w is None or in_h != in_w or static_dim(shape[1]) not in (3, None):
-            raise InvalidModelError(
-                f"{where}: a genderage model must take (N, 3, S, S) with a fixed S, got "
-                f"{list(shape)}"
-            )
-        self.input_name: str = inputs[0].name
-        self.input_size: int = in_w
-        self._fixed_batch_one = static_dim(shape[0]) == 1
+        self.input_name, self.input_size, self._fixed_batch_one = square_image_input(
+            self.session, where, "a genderage model"
+        )
 
         outputs = self.session.get_outputs()
         if len(outputs) != 1:

@@ -28,6 +28,7 @@ from facegen.backends.onnx_utils import (
     input_normalisation,
     load_session,
     run_batched,
+    square_image_input,
     static_dim,
     to_blob,
 )
@@ -113,21 +114,9 @@ class InsightfaceLandmarker(Landmarker):
         self.name = name or f"insightface-{self.num_points}"
         where = str(model_path) if model_path is not None else "landmark session"
 
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise InvalidModelError(
-                f"{where}: a landmark model must have one NCHW input, got "
-                f"{[(i.name, i.shape) for i in inputs]}"
-            )
-        in_h, in_w = (static_dim(d) for d in inputs[0].shape[2:4])
-        if in_h is None or in_w is None or in_h != in_w:
-            raise InvalidModelError(
-                f"{where}: a landmark model must have a fixed square input, got shape "
-                f"{list(inputs[0].shape)}"
-            )
-        self.input_name: str = inputs[0].name
-        self.input_size: int = in_w
-        self._fixed_batch_one = static_dim(inputs[0].shape[0]) == 1
+        self.input_name, self.input_size, self._fixed_batch_one = square_image_input(
+            self.session, where, "a landmark model"
+        )
 
         outputs = self.session.get_outputs()
         if len(outputs) != 1:

@@ -91,6 +91,24 @@ def static_dim(value: Any) -> int | None:
     return None
 
 
+def square_image_input(session: Any, where: str, kind: str) -> tuple[str, int, bool]:
+    """The single ``(N, 3, S, S)`` image input of an insightface-style model: its name, ``S``
+    and whether the batch is fixed at 1. Raises :class:`InvalidModelError` naming ``where``
+    and the model ``kind`` ("an ArcFace model", …) for any other input layout."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise InvalidModelError(
+            f"{where}: {kind} must have one NCHW input, got {[(i.name, i.shape) for i in inputs]}"
+        )
+    shape = inputs[0].shape
+    in_h, in_w = static_dim(shape[2]), static_dim(shape[3])
+    if in_h is None or in_w is None or in_h != in_w or static_dim(shape[1]) not in (3, None):
+        raise InvalidModelError(
+            f"{where}: {kind} must take (N, 3, S, S) with a fixed S, got {list(shape)}"
+        )
+    return inputs[0].name, in_w, static_dim(shape[0]) == 1
+
+
 def graph_normalises_input(model_path: str | Path, *, check_bn_data: bool) -> bool:
     """Whether an insightface-format graph normalises its own input.
 
