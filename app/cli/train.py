@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from facegen.app.cli.options import positive_int, subcommand_parents
+from facegen.app.cli.options import non_negative_int, positive_int, subcommand_parents
 from facegen.app.cli.train_attributes import add_train_attributes_parser
 from facegen.errors import FacegenError
 
@@ -283,6 +283,19 @@ def _add_generator_options(g: argparse.ArgumentParser) -> None:
         choices=("float32", "float16"),
         help="the saved generator's weights (float32; float16 halves the size)",
     )
+    g.add_argument(
+        "--identity-morphs",
+        type=non_negative_int,
+        metavar="N",
+        help="add N morphs of the photos' people as extra training identities (0 = none; "
+        "made once into OUT/morphs with dlib's 68 landmarks, left out of the identity bank)",
+    )
+    g.add_argument(
+        "--morph-parents",
+        type=positive_int,
+        metavar="K",
+        help="people blended into each morph (3; at least 2)",
+    )
 
 
 _GEN_KEYS = {
@@ -316,6 +329,8 @@ _GEN_KEYS = {
     "random_flip": "random_flip",
     "save_dtype": "save_dtype",
     "prediction_type": "prediction_type",
+    "identity_morphs": "identity_morphs",
+    "morph_parents": "morph_parents",
 }
 
 

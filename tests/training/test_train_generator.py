@@ -333,20 +333,32 @@ def test_generator_config_validates(tmp_path: Path) -> None:
 
 
 def test_scratch_generator_on_orl_photos(orl_dir: Path, dlib_analyzer, tmp_path: Path) -> None:
-    """ORL's small grey photos (92×112) go through the default face analysis (dlib)."""
+    """ORL's small grey photos (92×112) go through the default face analysis (dlib), with
+    identity morphs of them."""
     from facegen.pipelines.generation.presets import preset_info
 
     photos = tmp_path / "orl"
     photos.mkdir()
     for person in ("s10", "s11", "s12"):
+        (photos / person).mkdir()
         for k in (1, 2):
-            (photos / f"{person}_{k}.pgm").write_bytes((orl_dir / person / f"{k}.pgm").read_bytes())
+            (photos / person / f"{k}.pgm").write_bytes((orl_dir / person / f"{k}.pgm").read_bytes())
     out = tmp_path / "gen"
-    cfg = GeneratorTrainConfig(**settings(out, photos, tmp_path / "cache", max_steps=2))
+    cfg = GeneratorTrainConfig(
+        **settings(out, photos, tmp_path / "cache", max_steps=2, identity_morphs=3)
+    )
     res = train_generator(
         cfg, components={"analyzer": dlib_analyzer, **_scratch(cfg)}, progress=False
     )
     assert res.steps == 2 and all(np.isfinite(res.losses))
     cache = FaceCache(tmp_path / "cache")
-    assert len(cache.identity_embeddings()) == 6 and cache.encoder_id == ENCODER
+    # the six photos and three morphs of them are trained on …
+    assert len(cache.identity_embeddings()) == 9 and cache.encoder_id == ENCODER
+    assert sum("morph-" in item.source for item in cache.items) == 3
+    assert sorted(p.name for p in cfg.morphs_dir.glob("morph-*")) == [
+        f"morph-{k:05d}" for k in range(3)
+    ]
+    # … but the identity bank (sampling, leakage) holds the real photos only
+    bank = load_file(out / "identity_bank.safetensors")["embeddings"]
+    assert bank.shape == (6, 128)
     assert preset_info(str(out)).identity.encoder_ids == (ENCODER,)

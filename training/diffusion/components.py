@@ -203,8 +203,9 @@ def prepare_face_cache(
     """Build (on the main process) or reuse the face cache of ``cfg.data_dir`` at
     ``cfg.cache_path``; every process then opens it."""
     if accelerator.is_main_process:
+        inputs = cfg.prepare_photo_inputs()
         build_face_cache(
-            cfg.data_dir,
+            inputs[0] if len(inputs) == 1 else inputs,
             cfg.cache_path,
             analyzer=analyzer,
             size=int(cfg.resolution or 0),

@@ -241,6 +241,11 @@ class TrainConfig:
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "face_cache"
 
+    def prepare_photo_inputs(self) -> list[str]:
+        """What the face cache reads: ``data_dir`` (a loop that derives more photos from it
+        makes them here; called on the main process only, before the cache is built)."""
+        return [self.data_dir]
+
 
 def default_conditioning(base_model: str) -> str:
     """``"arc2face"`` for the Arc2Face base, ``"prompt"`` for everything else."""

@@ -40,6 +40,7 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegen.adapters.arc2face import ARC2FACE_PROMPT
@@ -118,6 +119,10 @@ class GeneratorTrainConfig(TrainConfig):
     it is normalised and written into the token (None: for the ``"scratch"`` model only; see
     :meth:`~facegen.adapters.arc2face.Arc2FaceIDEncoder.centered`; the mean is saved with the
     generator). ``save_dtype``: ``"float32"`` or ``"float16"`` (the saved generator's weights).
+    ``identity_morphs``: add this many morphs of the training people as extra identities, each
+    a blend of ``morph_parents`` people's photos with its own measured identity vector (made
+    once into :attr:`morphs_dir`, left out of the identity bank; :mod:`.morphs`). A few dozen
+    people leave the space between them empty; morphs fill it (0 = none).
     ``model_description`` / ``model_license``: written into ``facegen_generator.json`` (what
     ``facegen models list`` and the preset's record show).
     """
@@ -141,6 +146,8 @@ class GeneratorTrainConfig(TrainConfig):
     prediction_type: str = "v_prediction"
     center_identities: bool | None = None
     save_dtype: str = "float32"
+    identity_morphs: int = 0
+    morph_parents: int = 3
     model_description: str | None = None
     model_license: str | None = None
 
@@ -171,6 +178,8 @@ class GeneratorTrainConfig(TrainConfig):
                 f"`scratch_text_width` must be a multiple of 64, got {self.scratch_text_width}"
             )
         check_int(self.scratch_text_layers, "scratch_text_layers", minimum=1)
+        check_int(self.identity_morphs, "identity_morphs", minimum=0)
+        check_int(self.morph_parents, "morph_parents", minimum=2)
         check_choice(self.save_dtype, "save_dtype", ("float32", "float16"))
         check_choice(self.prediction_type, "prediction_type", ("v_prediction", "epsilon"))
         factor = check_int(self.latent_factor, "latent_factor", minimum=1)
@@ -193,6 +202,27 @@ class GeneratorTrainConfig(TrainConfig):
     def analyzer_defaults(self) -> tuple[NamedOptions, NamedOptions]:
         """Arc2Face's own detector and ArcFace for ``"arc2face"``; dlib's (offline) else."""
         return ANALYZERS["arc2face" if self.base_model == "arc2face" else "prompt"]
+
+    @property
+    def morphs_dir(self) -> Path:
+        """Where ``identity_morphs`` are written: ``output_dir/morphs``."""
+        return Path(self.output_dir) / "morphs"
+
+    def prepare_photo_inputs(self) -> list[str]:
+        """``data_dir``, plus ``identity_morphs`` morphs of its people (made once, reused
+        on resume; see :mod:`.morphs`)."""
+        if not self.identity_morphs:
+            return [self.data_dir]
+        from facegen.training.diffusion.morphs import ensure_identity_morphs
+
+        ensure_identity_morphs(
+            self.data_dir,
+            self.morphs_dir,
+            count=self.identity_morphs,
+            parents=self.morph_parents,
+            seed=self.seed,
+        )
+        return [self.data_dir, str(self.morphs_dir)]
 
 
 # --------------------------------------------------------------------------- the model
@@ -451,8 +481,9 @@ def dataset_defaults(encoder: object) -> dict[str, float]:
 
 def _bank(run: TrainingRun[GeneratorTrainConfig]) -> tuple[list[Any], list[str]]:
     """The training photos' identity vectors and their people (the cache's label of each
-    photo, else the name of its folder), for the generator's identity bank."""
-    from pathlib import Path
+    photo, else the name of its folder), for the generator's identity bank; identity morphs
+    are left out (they are no one, and the leakage check is against real people)."""
+    from facegen.training.diffusion.morphs import is_morph_label
 
     cache = run.cache
     labels = cache.index.get("labels") or [None] * len(cache.items)
@@ -460,7 +491,9 @@ def _bank(run: TrainingRun[GeneratorTrainConfig]) -> tuple[list[Any], list[str]]
         str(label if label is not None else Path(item.source).parent.name)
         for item, label in zip(cache.items, labels)
     ]
-    return cache.identity_embeddings(), names
+    keep = [i for i, n in enumerate(names) if not is_morph_label(n)]
+    vectors = cache.identity_embeddings()
+    return [vectors[i] for i in keep], [names[i] for i in keep]
 
 
 def _loss_fn(
