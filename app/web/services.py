@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from facegen.pipelines.generation.presets import preset_info, preset_names
+from facegen.pipelines.generation.presets import DEMO_ORL_NAME, preset_info, preset_names
 from facegen.validate import check_choice, check_int, check_number
 
 from .trainers import TrainFn, TrainRequest, lora_trainer
@@ -329,11 +329,11 @@ class Services:
             return self.preferred(self.generate_presets, [self.default_preset])
         if tab == "control":
             return self.preferred(self.control_presets, self._alike(self.control_presets))
-        # random test doubles edit fastest without inpainting; real weights best with it
+        # random test doubles edit fastest without inpainting, and the shipped offline
+        # generator is the one that runs without downloads; real weights edit best with it
         inpainting = [p for p in self._alike(self.edit_presets) if preset_info(p).inpainting]
-        wanted = (
-            [self.default_preset, *inpainting] if self.tiny else [*inpainting, self.default_preset]
-        )
+        first = self.tiny or self.default_preset == DEMO_ORL_NAME
+        wanted = [self.default_preset, *inpainting] if first else [*inpainting, self.default_preset]
         return self.preferred(self.edit_presets, wanted)
 
     def _alike(self, names: list[str]) -> list[str]:

@@ -197,7 +197,7 @@ class GeneratorInfo:
             default_guidance=self.default_guidance,
             license=self.license
             or "as the data and base model it was trained on (see facegen_generator.json)",
-            edits_photos=False,
+            edits_photos=True,  # latent blending works on any latent width (swap)
             dataset_defaults=dict(self.dataset_defaults),
         )
 

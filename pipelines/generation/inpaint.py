@@ -2,9 +2,10 @@
 
 Two ways, chosen by the pipeline's UNet (:func:`masked_generate` picks):
 
-* **Latent blending** (RePaint-style; any 4-channel identity pipeline: Arc2Face's
-  ``IDToFacePipeline`` / ``IDToFaceControlNetPipeline``, IP-Adapter-FaceID's
-  ``IDTextToFacePipeline`` / ``…ControlNetPipeline``). The crop is encoded with the VAE
+* **Latent blending** (RePaint-style; any identity pipeline whose UNet takes its VAE's latents:
+  Arc2Face's ``IDToFacePipeline`` / ``IDToFaceControlNetPipeline``, IP-Adapter-FaceID's
+  ``IDTextToFacePipeline`` / ``…ControlNetPipeline``, facegen's own generators on a
+  space-to-depth latent such as ``demo-orl``). The crop is encoded with the VAE
   (mean of its latent distribution × ``scaling_factor``); the run starts from the seed's noise
   (what the plain pipeline would draw with that seed). After every denoising step,
   :class:`RePaintBlend` — a ``callback_on_step_end`` — replaces the latents outside the mask by
@@ -22,7 +23,8 @@ Two ways, chosen by the pipeline's UNet (:func:`masked_generate` picks):
   and seed per image.
 
 Masks: float ``(S, S)`` in [0, 1], 1 = regenerate. In latent space a cell is regenerated when
-any pixel of its ``f×f`` block (``f`` = the VAE's scale factor, 8) has mask > 0, so every
+any pixel of its ``f×f`` block (``f`` = the VAE's scale factor: 8 for SD1.5, 4 for
+facegen's space-to-depth latents) has mask > 0, so every
 pixel the mask touches gets generated content; the inpainting UNet gets the same region
 (``mask > 0``). The returned ``images`` are then composited with the original through the
 feathered pixel mask (:func:`facegen.masks.blend`: mask 0 keeps the original's bytes).
@@ -254,8 +256,8 @@ class MaskedGenerationOutput:
     the pixel masks (mask 0 = the original's bytes). ``raw``: uint8 ``(B, S, S, 3)``, the
     decoded generation before compositing. ``metadata``: one dict per crop (the pipeline's,
     plus ``strength``, ``method`` ``"repaint"`` or ``"inpaint"``). Latent blending also keeps
-    ``image_latents`` / ``noise`` (float ``(B, 4, S/8, S/8)``) and ``latent_mask`` (bool
-    ``(B, 1, S/8, S/8)``); ``None`` for the inpainting UNet.
+    ``image_latents`` / ``noise`` (float ``(B, C, S/f, S/f)``: 4 and 8 for SD1.5's VAE) and
+    ``latent_mask`` (bool ``(B, 1, S/f, S/f)``); ``None`` for the inpainting UNet.
     """
 
     images: np.ndarray
@@ -380,15 +382,15 @@ def masked_generate(
     if in_channels == 9:
         out = _inpaint(pipe, crops, masks, identities, strength, call, callback_on_step_end, inputs)
         method, extra = "inpaint", {}
-    elif in_channels == 4:
+    elif in_channels == _latent_channels(pipe):
         out, extra = _repaint(
             pipe, crops, masks, identities, strength, call, callback_on_step_end, inputs
         )
         method = "repaint"
     else:
         raise ValueError(
-            f"`pipe.unet` must take 4 (latent blending) or 9 (inpainting) input channels, "
-            f"got {in_channels}"
+            f"`pipe.unet` must take the VAE's {_latent_channels(pipe)} latent channels (latent "
+            f"blending) or 9 (inpainting) input channels, got {in_channels}"
         )
     # 3. composite with the originals through the pixel masks
     raw = _to_uint8(out.images)
@@ -399,6 +401,12 @@ def masked_generate(
     images = np.stack([blend(c, r, m) for c, r, m in zip(crops, raw, masks)])
     metadata = [{**md, "strength": strength, "method": method} for md in out.metadata]
     return MaskedGenerationOutput(images, raw, metadata, **extra)
+
+
+def _latent_channels(pipe: IDGenerationMixin) -> int:
+    """The width of the pipeline's latents: 4 for SD1.5's VAE, ``3·f²`` for a space-to-depth
+    latent (facegen's scratch generators)."""
+    return int(getattr(pipe.vae.config, "latent_channels", 4) or 4)
 
 
 def _inpaint(

@@ -111,7 +111,7 @@ def demo_orl_dir() -> Path:
         default_steps=25,
         default_guidance=3.0,
         license=_DEMO_ORL_LICENSE,
-        edits_photos=False,
+        edits_photos=True,  # latent blending on its space-to-depth latents (swap)
         dataset_defaults={
             "min_similarity": 0.925,
             "leakage_threshold": 0.925,

@@ -177,6 +177,10 @@ def test_it_is_the_default_where_no_published_weights_are(tmp_path: Path, monkey
     try:
         assert services.default_preset == DEMO_ORL_NAME
         assert services.default_for("generate") == DEMO_ORL_NAME
+        # the Swap tab and generative anonymization start on it too (not on an inpainting
+        # preset whose weights are not here)
+        assert DEMO_ORL_NAME in services.edit_presets
+        assert services.default_for("edit") == DEMO_ORL_NAME
     finally:
         services.close()
     # the web Dataset tab's thresholds follow the preset's identity space
@@ -208,3 +212,28 @@ def test_generate_command_samples_identities_in_the_models_domain(
     assert float((ids @ bank.T).max()) < 0.925
     mean = bank.mean(0) / np.linalg.norm(bank.mean(0))
     assert float((ids @ mean).min()) > 0.5  # near the training identities, not anywhere
+
+
+def test_swaps_a_face_in_a_real_photo(pipe, dlib_analyzer) -> None:
+    """Face edits (the Swap tab) run on it offline: latent blending on its space-to-depth
+    latents regenerates the largest face of t1.jpg with another person's identity and keeps
+    every pixel outside the face's mask."""
+    from facegen.image_io import load_image
+    from facegen.pipelines.editing.options import EditOptions
+    from facegen.pipelines.editing.swap import swap
+    from facegen.samples import sample_path
+
+    vectors, _ = pipe.identity_bank
+    target = sample_path("t1")
+    ident = IdentityEmbedding(vectors[0], "dlib-resnet-v1", True)
+    options = EditOptions(seed=3, num_inference_steps=10)
+    out = swap(target, ident, pipe, dlib_analyzer, "largest", options)
+    before = load_image(target)
+    assert out.image.shape == before.shape and len(out.faces) == 1
+    face = out.faces[0]
+    assert face.edit.skipped is None and face.edit.metadata["method"] == "repaint"
+    outside = out.mask == 0
+    assert np.array_equal(out.image[outside], before[outside])
+    inside = out.mask > 0.5
+    assert inside.sum() > 1000
+    assert np.abs(out.image[inside].astype(int) - before[inside]).mean() > 5

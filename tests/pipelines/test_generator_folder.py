@@ -259,3 +259,29 @@ def test_generator_folders_refuse_what_they_cannot_read(tmp_path: Path) -> None:
         )
     with pytest.raises(InvalidArgumentError, match="prompt"):
         GeneratorInfo(identity=INFO.identity, prompt="a photo of a person")
+
+
+def test_space_to_depth_generators_regenerate_masked_crops_by_latent_blending(
+    folder: Path,
+) -> None:
+    """Swap and generative anonymization edit a face through latent blending: a generator on
+    48-channel space-to-depth latents (demo-orl's kind) goes that way too, keeps the pixels
+    outside the mask and regenerates the inside with the identity."""
+    from facegen.pipelines.generation.inpaint import masked_generate
+    from facegen.pipelines.generation.presets import from_preset
+
+    pipe = from_preset(str(folder), with_analyzer=False)
+    pipe.set_progress_bar_config(disable=True)
+    crop = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.float32)
+    mask[8:24, 8:24] = 1.0
+    ids = [IdentityEmbedding(unit(128, 0), ENCODER, True)]
+    out = masked_generate(pipe, crop, mask, ids, seeds=[1])
+    assert out.metadata[0]["method"] == "repaint"
+    assert out.images.shape == (1, 32, 32, 3)
+    assert np.array_equal(out.images[0][mask == 0], crop[mask == 0])
+    assert np.abs(out.images[0][mask == 1].astype(int) - crop[mask == 1]).mean() > 10
+    other = masked_generate(
+        pipe, crop, mask, [IdentityEmbedding(unit(128, 5), ENCODER, True)], seeds=[1]
+    )
+    assert not np.array_equal(other.raw[0], out.raw[0])  # the identity steers the inside
