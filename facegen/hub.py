@@ -395,14 +395,25 @@ def _hf_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+#: The command-line option that gives a file of each role its path.
+_ROLE_OPTIONS = {
+    "detector": "--detector-model",
+    "recognition": "--encoder-model",
+    "genderage": "--attribute-model",
+    "swapper": "--swapper-model",
+    "restorer": "--model-path (facegen restore)",
+}
+
+
 def _hint(p: ModelPreset, filename: str, offline: bool) -> str:
     lines = ["To provide it, do one of:"]
     if p.package:
         lines.append(f"  - pip install {p.package}")
-    lines.append(
-        f"  - pass its path explicitly (model_path=/path/to/{filename} in Python; "
-        "--detector-model / --encoder-model on the command line)"
-    )
+    # roles without an option (landmarks, parsers, …) take their path from Python only
+    options = sorted({_ROLE_OPTIONS.get(r, "") for r, f in p.roles.items() if f == filename})
+    options = [o for o in options if o]
+    where = f"; {' / '.join(options)} on the command line" if options else ""
+    lines.append(f"  - pass its path explicitly (model_path=/path/to/{filename} in Python{where})")
     lines.append(
         f"  - copy it to {facegen_home() / 'models' / p.name / filename} (set FACEGEN_HOME)"
     )

@@ -116,7 +116,6 @@ def build_attribute_estimator(args: argparse.Namespace) -> Any:
     """The ``--attributes`` estimator (``None`` when not asked for); loads its model now, so a
     missing file stops the run before any image is read."""
     from facegen.backends import ATTRIBUTE_ESTIMATORS
-    from facegen.errors import ModelNotAvailableError
 
     if args.attributes is None:
         if args.attribute_model:
@@ -128,12 +127,7 @@ def build_attribute_estimator(args: argparse.Namespace) -> Any:
     name = args.attributes
     if name.lower().endswith(".json"):
         name, opts["config"] = "onnx-json", args.attributes
-    try:
-        return ATTRIBUTE_ESTIMATORS.create(name, **opts)
-    except ModelNotAvailableError as exc:
-        if "--attribute-model" not in str(exc):
-            exc.args = (f"{exc}\nOn the command line, give the file with --attribute-model PATH.",)
-        raise
+    return ATTRIBUTE_ESTIMATORS.create(name, **opts)  # a missing file's error names the option
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

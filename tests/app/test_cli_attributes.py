@@ -81,7 +81,8 @@ def test_analyze_missing_attribute_model_is_one_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("facegen: error: model 'buffalo_l/genderage.onnx' is not available")
     assert str(tmp_path / "fg" / "models" / "buffalo_l" / "genderage.onnx") in err
-    assert "--attribute-model PATH" in err and "Traceback" not in err
+    assert "--attribute-model on the command line" in err and "Traceback" not in err
+    assert "--detector-model" not in err and "--encoder-model" not in err  # the file's own option
     assert not out.exists()  # stopped before any output was written
     assert main([*args, "--attributes", "--attribute-model", str(tmp_path / "no.onnx")]) == 1
     assert "The explicit path does not exist" in capsys.readouterr().err

@@ -56,6 +56,32 @@ def test_missing_model_error_says_what_where_and_how(isolated: Path) -> None:
     assert "HF_HOME" in msg and "facegen models download antelopev2" in msg
 
 
+@pytest.mark.parametrize(
+    ("preset", "filename", "option"),
+    [
+        ("antelopev2", "glintr100.onnx", "--encoder-model"),
+        ("antelopev2", "scrfd_10g_bnkps.onnx", "--detector-model"),
+        ("buffalo_l", "genderage.onnx", "--attribute-model"),
+        ("inswapper_128", "inswapper_128.onnx", "--swapper-model"),
+        ("antelopev2", "1k3d68.onnx", None),  # a landmark model: from Python only
+    ],
+)
+def test_missing_model_hint_names_the_files_own_option(
+    isolated: Path, preset: str, filename: str, option: str | None
+) -> None:
+    with pytest.raises(ModelNotAvailableError) as ei:
+        hub.resolve(preset, filename)
+    msg = str(ei.value)
+    assert f"model_path=/path/to/{filename}" in msg
+    others = {"--encoder-model", "--detector-model", "--attribute-model", "--swapper-model"}
+    if option is None:
+        assert "on the command line" not in msg
+    else:
+        assert f"{option} on the command line" in msg
+        others.discard(option)
+    assert not any(o in msg for o in others)
+
+
 def test_resolution_order(isolated: Path) -> None:
     own = isolated / "fg" / "models" / "buffalo_l" / "w600k_r50.onnx"
     own.parent.mkdir(parents=True)
