@@ -55,19 +55,13 @@ _CROP_MARGIN = 1.5
 
 
 def crop_matrix(bbox: np.ndarray, size: int) -> np.ndarray:
-    """float64 ``(2, 3)`` similarity (no rotation) taking the box's neighbourhood to the crop.
+    """float64 ``(2, 3)`` similarity (no rotation) taking the box's neighbourhood to the crop,
+    as insightface's ``Landmark.get`` builds it: the box centre to the crop centre, scale =
+    ``size / (1.5 · max(w, h))``, computed in float32 as insightface does under NumPy ≥ 2
+    (:func:`~facegen.backends.attributes_onnx.box_crop_matrix`, the same crop)."""
+    from facegen.backends.attributes_onnx import box_crop_matrix
 
-    The box centre goes to the crop centre; scale = ``size / (1.5 · max(w, h))``.
-    """
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-    side = max(x2 - x1, y2 - y1)
-    if side <= 0:
-        raise ValueError(f"face `bbox` must have a positive width or height, got {list(bbox)}")
-    scale = size / (side * _CROP_MARGIN)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    return np.array(
-        [[scale, 0.0, size / 2 - cx * scale], [0.0, scale, size / 2 - cy * scale]], np.float64
-    )
+    return box_crop_matrix(bbox, size, _CROP_MARGIN)
 
 
 class InsightfaceLandmarker(Landmarker):

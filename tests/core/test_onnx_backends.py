@@ -471,7 +471,8 @@ def test_parity_with_insightface_reference_implementation(
     np.testing.assert_allclose(np.stack([f.kps5 for f in ours]), kpss, atol=1e-3)
 
     photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    bbox = np.array([150.0, 100.0, 210.0, 180.0], np.float32)
+    # fractional corners, as detectors give them: insightface's crop arithmetic is float32
+    bbox = np.array([150.37, 100.81, 210.23, 180.69], np.float32)
     for model, scheme in ((landmark68_model, "ibug68"), (landmark106_model, "insightface106")):
         ref_lm = zoo.landmark.Landmark(model_file=str(model.path))
         ref_face = InsightfaceFace(bbox=bbox)
@@ -504,3 +505,25 @@ def test_face_analyzer_runs_the_three_onnx_backends(
     np.testing.assert_allclose(face.bbox, _expected(scrfd_model.spec, 3, 6, 32)[0], atol=1e-3)
     assert face.landmarks is not None and face.landmarks.shape == (68, 3)
     assert face.embedding is not None and face.embedding.encoder_id == "arcface-onnx/arcface_tiny"
+
+
+def test_landmark_crop_is_bit_identical_to_insightfaces() -> None:
+    """The landmark models' box crop equals insightface's ``face_align.transform`` crop pixel
+    for pixel: its centre and scale are float32 arithmetic under NumPy 2, and a float64
+    matrix moves a few pixels of every crop by one level."""
+    import cv2
+    from insightface.utils import face_align
+
+    from facegen.backends.insightface_landmarks import crop_matrix
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    for _ in range(40):
+        x1, y1 = rng.uniform(50, 200), rng.uniform(50, 150)
+        w, h = rng.uniform(20, 90), rng.uniform(20, 90)
+        box = np.array([x1, y1, x1 + w, y1 + h], np.float32)
+        centre = ((box[2] + box[0]) / 2, (box[3] + box[1]) / 2)
+        scale = 192 / (max(box[2] - box[0], box[3] - box[1]) * 1.5)
+        ref, _ = face_align.transform(img, centre, 192, scale, 0)
+        ours = cv2.warpAffine(img, crop_matrix(box, 192), (192, 192), borderValue=0.0)
+        assert np.array_equal(ours, ref)
