@@ -5,6 +5,7 @@ measures them."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,12 @@ def test_morphs_are_reproducible_refused_twice_and_reused_when_unchanged(
     stamp = (a / "morph-00000" / "morph.png").stat().st_mtime_ns
     ensure_identity_morphs(three_people, a, count=3, parents=3, seed=7)
     assert (a / "morph-00000" / "morph.png").stat().st_mtime_ns == stamp
+    # … and remakes them when a photo changed
+    photo = three_people / "s2" / "1.pgm"
+    st = photo.stat()
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ensure_identity_morphs(three_people, a, count=3, parents=3, seed=7)
+    assert (a / "morph-00000" / "morph.png").stat().st_mtime_ns != stamp
     # … and remakes one that lost a morph or asks for other settings
     (a / "morph-00002" / "morph.png").unlink()
     (a / "morph-00001" / "stale.txt").write_text("x")

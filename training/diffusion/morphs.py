@@ -184,6 +184,16 @@ def _faces(
     return faces, skipped
 
 
+def _inputs_fingerprint(images: Images) -> str:
+    """The face cache's fingerprint of the photos' files (path, size, mtime): morphs of
+    changed photos are made again."""
+    from facegen.training.diffusion.face_cache_build import _fingerprint
+    from facegen.training.diffusion.photo_sources import photo_sources
+
+    keys = [k for s in photo_sources(images) for k in s.file_keys()]
+    return _fingerprint({"kind": "morph-inputs"}, keys, [], None)
+
+
 def make_identity_morphs(
     images: Images,
     out_dir: str | os.PathLike[str],
@@ -279,6 +289,7 @@ def make_identity_morphs(
         "size": size,
         "margin": margin,
         "seed": seed,
+        "inputs": _inputs_fingerprint(images),
     }
     tmp = manifest.with_name(MORPHS_MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"settings": settings, "morphs": records}, indent=1))
@@ -302,8 +313,8 @@ def ensure_identity_morphs(
     progress: bool | Callable[..., Any] | None = None,
 ) -> Path:
     """``out_dir`` holding the morphs :func:`make_identity_morphs` makes with these settings:
-    reused when its ``morphs.json`` has them and every morph is there (a resumed run), made
-    afresh otherwise. Returns ``out_dir``."""
+    reused when its ``morphs.json`` has them, the same photo files (path, size, mtime) and
+    every morph (a resumed run), made afresh otherwise. Returns ``out_dir``."""
     out = Path(out_dir)
     manifest = out / MORPHS_MANIFEST
     try:
@@ -313,6 +324,8 @@ def ensure_identity_morphs(
     except (OSError, ValueError, KeyError, TypeError):
         settings, complete = None, False
     want = {"count": count, "parents": parents, "seed": seed}
+    if complete and settings:
+        want["inputs"] = _inputs_fingerprint(images)
     if complete and settings and all(settings.get(k) == v for k, v in want.items()):
         logger.info("reusing the %d identity morphs in %s", count, out)
         return out
