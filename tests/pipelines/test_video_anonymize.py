@@ -365,16 +365,36 @@ def test_folder_refuses_shared_outputs_an_enclosing_output_and_stray_progress(
         anonymize_video_folder(root, tmp_path / "o2", independent, progress=print)
 
 
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
 def test_a_killed_run_resumes_from_its_parts_and_writes_what_one_run_writes(
-    clip, independent, tmp_path: Path
+    clip, independent, tmp_path: Path, monkeypatch
 ) -> None:
     """Parts of 4 frames; the run is killed on frame 11 (two parts finished, the third half
     written). Running again seeks back, replays a few frames through the tracker and writes
-    frames 8-23 only: the result equals an uninterrupted run frame for frame, with the same
-    counts, audio and times, and the parts folder is gone. A rerun with other settings starts
-    over."""
+    frames 8-23 only: the frames handed to the encoder equal an uninterrupted run's bit for bit,
+    with the same counts, audio and times, and the parts folder is gone. A rerun with other
+    settings starts over.
+
+    The decoded videos are compared within a tolerance: x264 in PyAV's FFmpeg build does not
+    always encode identical frames to identical bytes (now and then one of several encodes of
+    the same frames in one process differs by a few levels), so bit equality of the MP4s would
+    test the encoder, not the resume."""
     from facegen.pipelines.editing.tracking import TrackerConfig
     from facegen.pipelines.editing.video_pass import parts_folder
+    from facegen.video_write import VideoWriter
+
+    encoded: dict[Path, list[np.ndarray]] = {}
+    write = VideoWriter.write
+
+    def recording_write(self, image, *, time=None):
+        encoded.setdefault(self.path, []).append(np.array(image, copy=True))
+        return write(self, image, time=time)
+
+    monkeypatch.setattr(VideoWriter, "write", recording_write)
 
     _, frames = clip
     src = _write(tmp_path / "long.mp4", frames + frames[::-1])  # 24 frames, there and back
@@ -384,6 +404,8 @@ def test_a_killed_run_resumes_from_its_parts_and_writes_what_one_run_writes(
     }  # fmt: skip
     detector = _detector(independent)
     whole = anonymize_video(src, tmp_path / "whole.mp4", detector, **kw)
+    whole_frames = [f for _, frames in sorted(encoded.items()) for f in frames]
+    assert len(whole_frames) == 2 * N
 
     class Killed(Exception):
         pass
@@ -403,6 +425,8 @@ def test_a_killed_run_resumes_from_its_parts_and_writes_what_one_run_writes(
     manifest = json.loads((parts / "manifest.json").read_text())
     assert [p["frames"] for p in manifest["parts"]] == [4, 4] and not out.exists()
     assert sorted(p.name for p in parts.glob("*.mp4")) == ["part-00000.mp4", "part-00001.mp4"]
+    kept = [encoded[parts / f"part-0000{i}.mp4"] for i in (0, 1)]
+    encoded.clear()
     seen: list[int] = []
     report = anonymize_video(src, out, detector, progress=lambda d, t: seen.append(d), **kw)
     assert report.resumed_at == 8 and seen == list(range(9, 2 * N + 1))
@@ -410,9 +434,12 @@ def test_a_killed_run_resumes_from_its_parts_and_writes_what_one_run_writes(
     for name in ("frames", "frames_detected", "faces_detected", "faces_covered", "faces_filled"):
         assert getattr(report, name) == getattr(whole, name), name
     assert report.faces_by_source == whole.faces_by_source
+    resumed = kept[0] + kept[1] + [f for _, frames in sorted(encoded.items()) for f in frames]
+    assert len(resumed) == 2 * N
+    assert all(np.array_equal(x, y) for x, y in zip(whole_frames, resumed, strict=True))
     a, b = list(VideoReader(tmp_path / "whole.mp4")), list(VideoReader(out))
     assert [f.time for f in b] == pytest.approx([f.time for f in a], abs=1e-4)
-    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    assert min(_psnr(x.image, y.image) for x, y in zip(a, b, strict=True)) > 40
     assert probe_video(out).has_audio and report.audio_copied
     # killed again, then run with another blur: the old parts are not used
     with pytest.raises(Killed):
