@@ -74,8 +74,15 @@ def _warp_to(image: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     same size, float in [0, 1]."""
     from skimage.transform import PiecewiseAffineTransform, warp
 
-    tform = PiecewiseAffineTransform.from_estimate(dst, src)  # output → input coordinates
-    if not tform:
+    # output → input coordinates; scikit-image < 0.26 has only the (since deprecated)
+    # in-place estimate, which returns whether it succeeded
+    if hasattr(PiecewiseAffineTransform, "from_estimate"):
+        tform = PiecewiseAffineTransform.from_estimate(dst, src)
+        ok = bool(tform)
+    else:
+        tform = PiecewiseAffineTransform()
+        ok = bool(tform.estimate(dst, src))
+    if not ok:
         raise InvalidArgumentError("the landmarks do not triangulate (degenerate face shape)")
     return warp(image.astype(np.float32) / 255.0, tform, order=1, mode="edge")
 
