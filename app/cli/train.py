@@ -119,6 +119,9 @@ def _add_generative_parsers(tsub: Any) -> None:
             help="'scratch' (default: a small model trained from nothing), SD1.5 folder or hub "
             "id, 'arc2face', or 'tiny' (random, for plumbing)"
             if name == "generator"
+            else "SD1.5 folder or hub id, 'arc2face', a generator folder (`facegen train "
+            "generator`'s output) or 'demo-orl', or 'tiny' (random, for plumbing)"
+            if name == "controlnet"
             else "SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
         )
         g.add_argument("--resolution", type=positive_int)
@@ -142,6 +145,26 @@ def _add_generative_parsers(tsub: Any) -> None:
             )
         if name in ("lora", "controlnet"):
             g.add_argument("--conditioning", choices=["prompt", "arc2face"])
+        if name == "controlnet":
+            g.add_argument(
+                "--random-affine",
+                type=float,
+                metavar="S",
+                help="warp each crop and its landmark map by a random similarity (0 = off; 1 = "
+                "up to ±15°, ±10 %% scale, ±8 %% shift): makes a base that memorised its "
+                "photos follow the map",
+            )
+            g.add_argument(
+                "--empty-prompts",
+                type=float,
+                metavar="P",
+                help="share of steps with the unconditional prompt / null identity (0)",
+            )
+            g.add_argument(
+                "--save-dtype",
+                choices=("float32", "float16"),
+                help="the saved ControlNet's weights (float32; float16 halves the size)",
+            )
         if name == "adapter":
             g.add_argument("--encoder", help="identity encoder the adapter expects (dlib)")
             g.add_argument("--num-tokens", type=positive_int)
@@ -331,6 +354,8 @@ _GEN_KEYS = {
     "prediction_type": "prediction_type",
     "identity_morphs": "identity_morphs",
     "morph_parents": "morph_parents",
+    "random_affine": "random_affine",
+    "proportion_empty_prompts": "empty_prompts",
 }
 
 

@@ -190,7 +190,7 @@ class GeneratorInfo:
             or f"facegen-trained generator (identity only, from {how})",
             family=self.family,
             takes_prompt=False,
-            controlnet="none",
+            controlnet="optional",  # one trained for it: load_generator(controlnet=PATH)
             inpainting=False,
             identity=self.identity,
             default_steps=self.default_steps,
@@ -358,6 +358,7 @@ def load_generator(
     dtype: torch.dtype | None = None,
     local_files_only: bool | None = None,
     with_analyzer: bool = True,
+    controlnet: str | os.PathLike[str] | Any = None,
     **_: Any,
 ) -> IDToFacePipeline:
     """An :class:`~facegen.pipelines.generation.id_to_face.IDToFacePipeline` of the generator
@@ -365,12 +366,18 @@ def load_generator(
     :meth:`GeneratorInfo.preset_info`; identity vectors of another encoder are refused.
     ``with_analyzer``: build the face analysis named in its config (for photos as identities)
     when it names one. ``dtype``: a torch dtype (default float32); ``from_preset`` takes
-    names ("float16") and checks them."""
+    names ("float16") and checks them. ``controlnet``: a landmark ControlNet trained for this
+    generator (``facegen train controlnet --base-model FOLDER``: its output folder, or a
+    ``ControlNetModel``) makes it an
+    :class:`~facegen.pipelines.generation.id_to_face.IDToFaceControlNetPipeline`."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from facegen.pipelines.generation.id_to_face import IDToFacePipeline
+    from facegen.pipelines.generation.id_to_face import (
+        IDToFaceControlNetPipeline,
+        IDToFacePipeline,
+    )
 
     path = Path(folder)
     info = read_generator_info(path)
@@ -387,7 +394,10 @@ def load_generator(
         raise InvalidModelError(
             f"{path}: the generator's components did not load ({exc})"
         ) from None
-    pipe = IDToFacePipeline(
+    parts: dict[str, Any] = {}
+    if controlnet is not None:
+        parts["controlnet"] = _load_controlnet(controlnet, unet, torch_dtype)
+    pipe = (IDToFaceControlNetPipeline if parts else IDToFacePipeline)(
         vae=vae,
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
@@ -396,6 +406,7 @@ def load_generator(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+        **parts,
     )
     configure_pipeline(pipe, info)
     if with_analyzer and info.encoder and info.detector:
@@ -415,10 +426,47 @@ def load_generator(
     pipe.preset_name = name or str(folder)
     pipe.preset_info = info.preset_info(pipe.preset_name)
     pipe.model_ids = {"generator": str(path.resolve())}
+    if parts:
+        pipe.preset_info = replace(pipe.preset_info, controlnet="built-in")
+        where = controlnet if isinstance(controlnet, (str, os.PathLike)) else "given"
+        pipe.model_ids["controlnet"] = str(where)
     pipe.set_progress_bar_config(leave=False)
     if pipe.unet.dtype != torch_dtype:
         pipe = pipe.to(device, torch_dtype)
     return pipe.to(device)
+
+
+def _load_controlnet(source: Any, unet: Any, torch_dtype: torch.dtype) -> Any:
+    """``source`` (a ``ControlNetModel`` or its folder) checked against the generator's UNet:
+    the same latent channels and encoder widths, or a clear error."""
+    from diffusers import ControlNetModel
+
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            raise InvalidModelError(
+                f"{folder}: not a ControlNet folder (no config.json; `facegen train controlnet` "
+                "writes one)"
+            )
+        try:
+            model = ControlNetModel.from_pretrained(folder, torch_dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise InvalidModelError(f"{folder}: the ControlNet did not load ({exc})") from None
+    elif isinstance(source, ControlNetModel):
+        model = source.to(dtype=torch_dtype)
+    else:
+        raise InvalidArgumentError(
+            f"`controlnet` must be a ControlNet folder or a ControlNetModel, got {type(source).__name__}"
+        )
+    for key in ("in_channels", "block_out_channels", "cross_attention_dim"):
+        mine, theirs = model.config.get(key), unet.config.get(key)
+        if list(np.atleast_1d(mine)) != list(np.atleast_1d(theirs)):
+            raise InvalidModelError(
+                f"the ControlNet was not trained for this generator: its {key} is {mine}, the "
+                f"generator's UNet has {theirs} (train one with `facegen train controlnet "
+                "--base-model` this generator's folder)"
+            )
+    return model.eval()
 
 
 def configure_pipeline(pipe: Any, info: GeneratorInfo) -> Any:

@@ -111,14 +111,25 @@ def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     )
 
 
+def generator_folder_of(base_model: str) -> Path | None:
+    """The generator folder ``base_model`` names (``"demo-orl"``: the shipped one; a folder
+    holding ``facegen_generator.json``), else None."""
+    from facegen.pipelines.generation.generator_folder import is_generator_folder
+    from facegen.pipelines.generation.preset_builders import DEMO_ORL_NAME, demo_orl_dir
+
+    folder = demo_orl_dir() if base_model == DEMO_ORL_NAME else Path(base_model)
+    return folder if is_generator_folder(folder) else None
+
+
 def load_components(
     base_model: str, *, revision: str | None = None, local_files_only: bool | None = None
 ) -> dict[str, Any]:
     """``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` of ``base_model``.
 
     ``"tiny"``: facegen's tiny random components (seed 0, the ``tiny`` preset's);
-    ``"arc2face"``: the Arc2Face preset's (``FoivosPar/Arc2Face`` + SD1.5's VAE);
-    anything else: an SD1.5-layout diffusers folder or hub id.
+    ``"arc2face"``: the Arc2Face preset's (``FoivosPar/Arc2Face`` + SD1.5's VAE); a generator
+    folder (``facegen train generator``'s output) or ``"demo-orl"``: its own; anything else: an SD1.5-layout
+    diffusers folder or hub id.
     """
     if base_model == "tiny":
         from facegen.pipelines.generation.tiny import tiny_components
@@ -128,6 +139,12 @@ def load_components(
         from facegen.pipelines.generation.presets import from_preset
 
         pipe = from_preset("arc2face", with_analyzer=False, local_files_only=local_files_only)
+        return {k: pipe.components[k] for k in COMPONENT_NAMES}
+    folder = generator_folder_of(base_model)
+    if folder is not None:
+        from facegen.pipelines.generation.generator_folder import load_generator
+
+        pipe = load_generator(folder, with_analyzer=False)
         return {k: pipe.components[k] for k in COMPONENT_NAMES}
     from diffusers import StableDiffusionPipeline
 
