@@ -209,6 +209,26 @@ if (_DEMO_ORL / "facegen_generator.json").is_file():  # the generator facegen sh
             "README.md in the folder.",
         )
     )
+_DEMO_ORL_CONTROLNET = _DEMO_ORL.parent / "demo-orl-controlnet"
+if (_DEMO_ORL_CONTROLNET / "config.json").is_file():
+    _add(
+        ModelPreset(
+            name="demo-orl-controlnet",
+            description="facegen's own landmark ControlNet for demo-orl (the demo-orl-controlnet "
+            "preset): pose and expression from 68 landmarks; ships inside the facegen package",
+            files=(
+                "config.json",
+                "diffusion_pytorch_model.safetensors",
+                "facegen_controlnet.json",
+                "README.md",
+            ),
+            package="facegen",
+            package_subdir="models/demo-orl-controlnet",
+            license="facegen's own weights (Apache-2.0), trained on the ORL faces (AT&T "
+            "Laboratories Cambridge; research and demonstration, credit the source); model card: "
+            "README.md in the folder.",
+        )
+    )
 _IP_ADAPTER_FACEID_LICENSE = (
     "IP-Adapter-FaceID (h94/IP-Adapter-FaceID): non-commercial research use only. The adapter "
     "was trained on insightface buffalo_l identity embeddings and insightface's models are "

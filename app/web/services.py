@@ -35,7 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from facegen.pipelines.generation.presets import DEMO_ORL_NAME, preset_info, preset_names
+from facegen.pipelines.generation.presets import (
+    DEMO_ORL_CONTROLNET_NAME,
+    DEMO_ORL_NAME,
+    preset_info,
+    preset_names,
+)
 from facegen.validate import check_choice, check_int, check_number
 
 from .trainers import TrainFn, TrainRequest, lora_trainer
@@ -299,8 +304,10 @@ class Services:
     # -- presets --------------------------------------------------------------------------
     @property
     def generate_presets(self) -> list[str]:
-        """Presets that make new images of an identity (no ControlNet, no inpainting)."""
-        return [p for p in self.presets if p in preset_names(controlnet="none", inpainting=False)]
+        """Presets that make new images of an identity (no built-in ControlNet, no
+        inpainting)."""
+        plain = set(preset_names(inpainting=False)) - set(preset_names(controlnet="built-in"))
+        return [p for p in self.presets if p in plain]
 
     @property
     def control_presets(self) -> list[str]:
@@ -328,7 +335,11 @@ class Services:
         if tab == "generate":
             return self.preferred(self.generate_presets, [self.default_preset])
         if tab == "control":
-            return self.preferred(self.control_presets, self._alike(self.control_presets))
+            # offline (the shipped generator is the default), its own ControlNet
+            first = [DEMO_ORL_CONTROLNET_NAME] if self.default_preset == DEMO_ORL_NAME else []
+            return self.preferred(
+                self.control_presets, [*first, *self._alike(self.control_presets)]
+            )
         # random test doubles edit fastest without inpainting, and the shipped offline
         # generator is the one that runs without downloads; real weights edit best with it
         inpainting = [p for p in self._alike(self.edit_presets) if preset_info(p).inpainting]

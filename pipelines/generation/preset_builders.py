@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from facegen.pipelines.generation.inpaint import FaceIDInpaintMixin
 
 __all__ = [
+    "DEMO_ORL_CONTROLNET_NAME",
     "DEMO_ORL_NAME",
     "SD15_INPAINT_REPO",
     "arc2face_present",
     "default_generate_preset",
+    "demo_orl_controlnet_dir",
     "demo_orl_dir",
     "demo_orl_present",
 ]
@@ -91,11 +93,21 @@ _DEMO_ORL_LICENSE = (
 )
 
 
+#: demo-orl with the landmark ControlNet facegen trained for it (``facegen/models/
+#: demo-orl-controlnet``): pose and expression from a reference photo, offline.
+DEMO_ORL_CONTROLNET_NAME = "demo-orl-controlnet"
+
+
 def demo_orl_dir() -> Path:
     """The folder of the shipped ``demo-orl`` generator (inside the installed package)."""
     import facegen
 
     return Path(facegen.__file__).resolve().parent / "models" / DEMO_ORL_NAME
+
+
+def demo_orl_controlnet_dir() -> Path:
+    """The folder of the shipped ``demo-orl-controlnet`` ControlNet."""
+    return demo_orl_dir().parent / DEMO_ORL_CONTROLNET_NAME
 
 
 @register_preset(
@@ -105,7 +117,7 @@ def demo_orl_dir() -> Path:
         "identities): offline faces, a demo, not a research model",
         family="scratch",
         takes_prompt=False,
-        controlnet="none",
+        controlnet="optional",
         inpainting=False,
         identity=IdentitySpec(("dlib-resnet-v1",), dim=128, normalized=True),
         default_steps=25,
@@ -129,29 +141,89 @@ def _demo_orl(
     local_files_only: bool | None = None,
     **_: Any,
 ) -> IDToFacePipeline:
-    refuse_controlnet(DEMO_ORL_NAME, controlnet, "which has none")
+    return _load_demo_orl(
+        DEMO_ORL_NAME,
+        controlnet,
+        device=device,
+        dtype=dtype,
+        with_analyzer=with_analyzer,
+        local_files_only=local_files_only,
+    )
+
+
+def _load_demo_orl(
+    name: str,
+    controlnet: Any,
+    *,
+    device: str,
+    dtype: str | torch.dtype,
+    with_analyzer: bool,
+    local_files_only: bool | None,
+) -> IDToFacePipeline:
+    """The shipped generator as preset ``name``, with ``controlnet`` (a folder or model)."""
     from facegen.errors import ModelNotAvailableError
     from facegen.pipelines.generation.generator_folder import is_generator_folder, load_generator
 
-    folder = demo_orl_dir()
-    if not is_generator_folder(folder):
+    folder, cn_folder = demo_orl_dir(), demo_orl_controlnet_dir()
+    with_cn = name == DEMO_ORL_CONTROLNET_NAME
+    if not is_generator_folder(folder) or (with_cn and not (cn_folder / "config.json").is_file()):
         raise ModelNotAvailableError(
-            DEMO_ORL_NAME,
-            searched=[folder],
+            name,
+            searched=[folder, cn_folder] if with_cn else [folder],
             reason="its files are missing from this installation",
             hint="Reinstall facegen (pip install --force-reinstall facegen).",
         )
     pipe = load_generator(
         folder,
-        name=DEMO_ORL_NAME,
+        name=name,
         device=device,
         dtype=resolve_dtype(dtype, device),
         local_files_only=local_files_only,
         with_analyzer=with_analyzer,
+        controlnet=controlnet,
     )
-    pipe.preset_info = preset_info(DEMO_ORL_NAME)
+    pipe.preset_info = preset_info(name)
     pipe.model_ids = {"generator": f"facegen/{DEMO_ORL_NAME}"}
+    if controlnet is not None:
+        pipe.model_ids["controlnet"] = (
+            f"facegen/{DEMO_ORL_CONTROLNET_NAME}"
+            if name == DEMO_ORL_CONTROLNET_NAME
+            else str(controlnet)
+        )
     return pipe
+
+
+@register_preset(
+    replace(
+        preset_info(DEMO_ORL_NAME),
+        name=DEMO_ORL_CONTROLNET_NAME,
+        description="demo-orl with the landmark ControlNet facegen trained for it on the same "
+        "ORL faces: pose and expression from a reference photo's 68 landmarks, offline",
+        controlnet="built-in",
+    )
+)
+def _demo_orl_controlnet(
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    controlnet: object = None,
+    with_analyzer: bool = True,
+    local_files_only: bool | None = None,
+    **_: Any,
+) -> IDToFacePipeline:
+    refuse_controlnet(
+        DEMO_ORL_CONTROLNET_NAME,
+        controlnet,
+        "which ships its own (another one loads with preset demo-orl, controlnet=PATH)",
+    )
+    return _load_demo_orl(
+        DEMO_ORL_CONTROLNET_NAME,
+        demo_orl_controlnet_dir(),
+        device=device,
+        dtype=dtype,
+        with_analyzer=with_analyzer,
+        local_files_only=local_files_only,
+    )
 
 
 def arc2face_present() -> bool:

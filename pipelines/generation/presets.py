@@ -24,6 +24,7 @@ from __future__ import annotations
 
 # importing the builders registers the presets
 from facegen.pipelines.generation.preset_builders import (
+    DEMO_ORL_CONTROLNET_NAME,
     DEMO_ORL_NAME,
     SD15_INPAINT_REPO,
     default_generate_preset,
@@ -40,6 +41,7 @@ from facegen.pipelines.generation.preset_registry import (
 )
 
 __all__ = [
+    "DEMO_ORL_CONTROLNET_NAME",
     "DEMO_ORL_NAME",
     "PRESETS",
     "SD15_INPAINT_REPO",
