@@ -66,10 +66,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             json.dump(rows, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
+            width = max([18, *(len(r["name"]) for r in rows)])
             for r in rows:
-                print(f"{r['name']:<18} {r['files_present']}/{r['files']} local  {r['source']}")
-                print(f"{'':<18} {r['description']}")
-                print(f"{'':<18} licence: {r['license']}")
+                print(
+                    f"{r['name']:<{width}} {r['files_present']}/{r['files']} local  {r['source']}"
+                )
+                print(f"{'':<{width}} {r['description']}")
+                print(f"{'':<{width}} licence: {r['license']}")
         return EXIT_OK
     if action == "where":
         for f, where in hub.status(args.name).items():
