@@ -132,33 +132,19 @@ def demo_orl_controlnet_dir() -> Path:
         },
     )
 )
-def _demo_orl(
-    *,
-    device: str = "cpu",
-    dtype: str | torch.dtype = "float32",
-    controlnet: object = None,
-    with_analyzer: bool = True,
-    local_files_only: bool | None = None,
-    **_: Any,
-) -> IDToFacePipeline:
-    return _load_demo_orl(
-        DEMO_ORL_NAME,
-        controlnet,
-        device=device,
-        dtype=dtype,
-        with_analyzer=with_analyzer,
-        local_files_only=local_files_only,
-    )
+def _demo_orl(*, controlnet: object = None, **kwargs: Any) -> IDToFacePipeline:
+    return _load_demo_orl(DEMO_ORL_NAME, controlnet, **kwargs)
 
 
 def _load_demo_orl(
     name: str,
     controlnet: Any,
     *,
-    device: str,
-    dtype: str | torch.dtype,
-    with_analyzer: bool,
-    local_files_only: bool | None,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    with_analyzer: bool = True,
+    local_files_only: bool | None = None,
+    **_: Any,
 ) -> IDToFacePipeline:
     """The shipped generator as preset ``name``, with ``controlnet`` (a folder or model)."""
     from facegen.errors import ModelNotAvailableError
@@ -202,28 +188,13 @@ def _load_demo_orl(
         controlnet="built-in",
     )
 )
-def _demo_orl_controlnet(
-    *,
-    device: str = "cpu",
-    dtype: str | torch.dtype = "float32",
-    controlnet: object = None,
-    with_analyzer: bool = True,
-    local_files_only: bool | None = None,
-    **_: Any,
-) -> IDToFacePipeline:
+def _demo_orl_controlnet(*, controlnet: object = None, **kwargs: Any) -> IDToFacePipeline:
     refuse_controlnet(
         DEMO_ORL_CONTROLNET_NAME,
         controlnet,
         "which ships its own (another one loads with preset demo-orl, controlnet=PATH)",
     )
-    return _load_demo_orl(
-        DEMO_ORL_CONTROLNET_NAME,
-        demo_orl_controlnet_dir(),
-        device=device,
-        dtype=dtype,
-        with_analyzer=with_analyzer,
-        local_files_only=local_files_only,
-    )
+    return _load_demo_orl(DEMO_ORL_CONTROLNET_NAME, demo_orl_controlnet_dir(), **kwargs)
 
 
 def arc2face_present() -> bool:

@@ -5,9 +5,11 @@ driven by Playwright, headless. Skipped only where no Chromium binary can be fou
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +88,43 @@ def _keep(screenshot: Path) -> None:
         shutil.copy2(screenshot, Path(target) / screenshot.name)
 
 
-def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_path: Path) -> None:
-    t1 = sample_path("t1")
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+@contextlib.contextmanager
+def _page(browser: Any, tmp_path: Path, name: str, height: int = 1000) -> Iterator[Any]:
+    """A new page; on a failure its screenshot is kept as ``NAME_failure.png``."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(TIMEOUT_MS)
     try:
+        yield page
+    except Exception:
+        failure = tmp_path / f"{name}_failure.png"
+        page.screenshot(path=str(failure), full_page=True)
+        _keep(failure)
+        raise
+    finally:
+        page.close()
+
+
+def _shown_image(page: Any, selector: str) -> np.ndarray:
+    """The first image under ``selector`` once loaded, fetched from the app: RGB uint8."""
+    shown = page.locator(selector).first
+    shown.wait_for(state="visible")
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=shown.element_handle())
+    src = shown.get_attribute("src")
+    assert src
+    response = page.request.get(src)
+    assert response.ok
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_path: Path) -> None:
+    t1 = sample_path("t1")
+    with _page(browser, tmp_path, "anonymize_t1") as page:
         page.goto(app_url)
         page.get_by_role("tab", name="Anonymize").click()
         page.locator("#anon-files input[type=file]").set_input_files(str(t1))
         page.locator("#anon-files").get_by_label("t1.jpg").wait_for()  # the upload is listed
         page.locator("#anon-run").click()
-        result = page.locator("#anon-gallery img").first
-        result.wait_for(state="visible")
-        page.wait_for_function(
-            "el => el.complete && el.naturalWidth > 0", arg=result.element_handle()
-        )
+        shown = _shown_image(page, "#anon-gallery img")
         page.get_by_text("Provenance:").wait_for()
         shot = tmp_path / "anonymize_t1.png"
         page.screenshot(path=str(shot), full_page=True)
@@ -108,11 +132,6 @@ def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_
         assert shot.stat().st_size > 10_000
 
         # the displayed image is the anonymized photo: same size, faces changed
-        src = result.get_attribute("src")
-        assert src
-        response = page.request.get(src)
-        assert response.ok
-        shown = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
         original = load_image(t1)
         assert shown.shape == original.shape
         diff = np.abs(shown.astype(int) - original).mean(-1)
@@ -123,13 +142,6 @@ def test_anonymize_a_group_photo_in_the_browser(browser: Any, app_url: str, tmp_
         assert page.locator(".toast-body").count() == 0  # no error shown
         notice = page.locator("#anon-provenance").inner_text()
         assert "1/1 file(s) carry facegen's provenance record" in notice
-    except Exception:
-        failure = tmp_path / "anonymize_t1_failure.png"
-        page.screenshot(path=str(failure), full_page=True)
-        _keep(failure)
-        raise
-    finally:
-        page.close()
 
 
 def test_anonymize_a_video_in_the_browser(browser: Any, app_url: str, tmp_path: Path) -> None:
@@ -151,9 +163,7 @@ def test_anonymize_a_video_in_the_browser(browser: Any, app_url: str, tmp_path: 
             frame.pts = i
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
+    with _page(browser, tmp_path, "anonymize_video") as page:
         page.goto(app_url)
         page.get_by_role("tab", name="Video").click()
         page.locator("#anon-video input[type=file]").set_input_files(str(clip))
@@ -176,10 +186,41 @@ def test_anonymize_a_video_in_the_browser(browser: Any, app_url: str, tmp_path: 
         page.get_by_role("tab", name="Swap", exact=True).click()
         page.locator("#swap-video input[type=file]").wait_for(state="attached")
         assert page.locator("#swap-video-run").count() == 1
-    except Exception:
-        failure = tmp_path / "anonymize_video_failure.png"
-        page.screenshot(path=str(failure), full_page=True)
-        _keep(failure)
-        raise
+
+
+def test_the_control_tab_turns_a_face_offline_on_the_shipped_models(
+    browser: Any, tmp_path: Path, monkeypatch
+) -> None:
+    """The app as it starts without published weights (default preset demo-orl): the Control
+    tab starts on demo-orl-controlnet, takes an identity photo and a pose reference, shows the
+    reference's landmark map and makes faces, loaded for real from the installed package."""
+    from facegen.pipelines.generation.presets import DEMO_ORL_CONTROLNET_NAME, DEMO_ORL_NAME
+
+    monkeypatch.setenv("FACEGEN_OFFLINE", "1")
+    dlib = FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
+    services = Services(
+        default_preset=DEMO_ORL_NAME,
+        presets=[DEMO_ORL_NAME, DEMO_ORL_CONTROLNET_NAME],
+        analyzer=dlib,
+        output_root=tmp_path / "app",
+    )
+    demo = launch_app(services, port=free_port(), block=False, quiet=True)
+    try:
+        with _page(browser, tmp_path, "control_demo_orl", height=1200) as page:
+            page.goto(demo.local_url)
+            page.get_by_role("tab", name="Control").click()
+            assert page.locator("#ctl-preset input").input_value() == DEMO_ORL_CONTROLNET_NAME
+            page.locator("#ctl-photo input[type=file]").set_input_files(str(sample_path("hanks")))
+            page.locator("#ctl-reference input[type=file]").set_input_files(str(sample_path("t1")))
+            landmark_map = _shown_image(page, "#ctl-map img")
+            assert landmark_map.max() > 100 and (landmark_map.max(-1) > 100).mean() < 0.2  # lines
+            page.locator("#ctl-run").click()
+            shown = _shown_image(page, "#ctl-gallery img")
+            assert shown.shape == (64, 64, 3) and shown.std() > 10  # a face, not a flat image
+            assert page.locator(".toast-body").count() == 0  # no error shown
+            shot = tmp_path / "control_demo_orl.png"
+            page.screenshot(path=str(shot), full_page=True)
+            _keep(shot)
     finally:
-        page.close()
+        demo.close()
+        services.close()

@@ -51,8 +51,15 @@ def render(services: Services) -> ControlTab:
                     elem_id="ctl-reference",
                 )
                 with gr.Row():
-                    overlay = gr.Image(label="Reference landmarks", interactive=False, height=220)
-                    landmark_map = gr.Image(label="Landmark map", interactive=False, height=220)
+                    overlay = gr.Image(
+                        label="Reference landmarks",
+                        interactive=False,
+                        height=220,
+                        elem_id="ctl-overlay",
+                    )
+                    landmark_map = gr.Image(
+                        label="Landmark map", interactive=False, height=220, elem_id="ctl-map"
+                    )
                 settings = generation_settings(
                     services.limits,
                     services.control_presets,
