@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 from facegen.errors import InvalidArgumentError, InvalidModelError
 from facegen.pipelines.generation.generator_folder import save_generator
 from facegen.training.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
-from facegen.training.diffusion.face_cache import FaceCache
+from facegen.training.diffusion.face_cache import CacheDataset, FaceCache
 from tests.pipelines.test_generator_folder import INFO, small_generator
 
 CENTER = tuple(float(v) for v in np.linspace(-0.05, 0.05, 128))
@@ -39,7 +40,7 @@ def _config(generator: Path, photos: Path, out: Path, **kw) -> ControlNetTrainCo
         data_dir=str(photos),
         base_model=str(generator),
         batch_size=2,
-        max_steps=30,
+        max_steps=60,
         learning_rate=1e-2,
         checkpointing_steps=0,
         num_validation_images=1,
@@ -48,6 +49,33 @@ def _config(generator: Path, photos: Path, out: Path, **kw) -> ControlNetTrainCo
         cpu=True,
         **kw,
     )
+
+
+def denoising_error(pipe: Any, cache: FaceCache, *, controlnet: bool = True) -> float:
+    """Mean squared ε error of ``pipe``'s UNet on each cached face at eight timesteps across
+    the schedule, on the same noise every call, with or without the ControlNet's residuals."""
+    from diffusers import DDPMScheduler
+    from torch.utils.data import default_collate
+
+    data = CacheDataset(cache, ("latents", "control"))
+    batch = default_collate([data[i] for i in range(len(data))])
+    latents, control = batch["latents_mean"].repeat(8, 1, 1, 1), batch["control"].repeat(8, 1, 1, 1)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0, 999, len(latents)).long()
+    noisy = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, t)
+    cond = pipe.id_encoder.encode(cache.identity_embeddings()).repeat(8, 1, 1)
+    residuals: dict[str, Any] = {}
+    with torch.no_grad():
+        if controlnet:
+            down, mid = pipe.controlnet(
+                noisy, t, encoder_hidden_states=cond, controlnet_cond=control, return_dict=False
+            )
+            residuals = {
+                "down_block_additional_residuals": down,
+                "mid_block_additional_residual": mid,
+            }
+        pred = pipe.unet(noisy, t, encoder_hidden_states=cond, **residuals).sample
+    return float(((pred - noise) ** 2).mean())
 
 
 def test_generator_settings_are_the_defaults_and_other_conditionings_are_refused(
@@ -86,8 +114,7 @@ def test_trains_on_the_generator_and_loads_with_it(
 
     out = tmp_path / "cn"
     result = train_controlnet(_config(generator, photos, out), progress=False)
-    losses = result.losses
-    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    assert len(result.losses) == 60 and np.isfinite(result.losses).all()
     meta = json.loads((out / "facegen_controlnet.json").read_text())
     assert meta["base_generator"] is True and meta["conditioning"] == "arc2face"
     assert meta["encoder_id"] == "dlib-resnet-v1" and meta["crop_template"] == "ffhq"
@@ -101,6 +128,10 @@ def test_trains_on_the_generator_and_loads_with_it(
     assert pipe.preset_info.controlnet == "built-in" and pipe.model_ids["controlnet"] == str(out)
     assert pipe.id_encoder_options["identity_center"] == CENTER
     cache = FaceCache(out / "face_cache")
+    # it learned: on fixed noise and timesteps its residuals lower the generator's ε error on
+    # the training faces (a paired, deterministic comparison: measured 0.82× of the error
+    # without them with the locked libraries, 0.93× with the oldest allowed; untrained: 1×)
+    assert denoising_error(pipe, cache) < 0.97 * denoising_error(pipe, cache, controlnet=False)
     ids = cache.identity_embeddings()[:1]
     control = Image.fromarray(cache.row(0, ("control",))["control"])
     other = Image.fromarray(cache.row(1, ("control",))["control"])
