@@ -31,7 +31,8 @@ def _library_log_handlers_follow_stderr() -> Iterator[None]:
     """diffusers and transformers create their log handler on first use, bound to the
     ``sys.stderr`` of that moment: inside a test, pytest's capture stream, which is closed
     later ("--- Logging error ---" tracebacks in a later test's output). Point such handlers
-    at whatever stderr is current instead."""
+    at whatever stderr is current instead (diffusers also sets the handler's ``flush`` to that
+    stream's ``flush``: it goes too)."""
     yield
     for name in ("diffusers", "transformers"):
         for handler in logging.getLogger(name).handlers:
@@ -40,6 +41,8 @@ def _library_log_handlers_follow_stderr() -> Iterator[None]:
                 handler.stream, _LiveStderr
             ):
                 handler.stream = _LiveStderr()  # not setStream: it flushes the closed stream
+                # diffusers also binds the handler's `flush` to that stream's own method
+                vars(handler).pop("flush", None)
 
 
 def _insightface_images() -> Path:
