@@ -111,10 +111,11 @@ def common_options(*, top: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--device", default=d("cpu"), help="cpu, cuda[:N], … (default: cpu)")
+    # None (not given) leaves it to FACEGEN_OFFLINE / HF_HUB_OFFLINE: False would override them
     g.add_argument(
         "--offline",
         action="store_true",
-        default=d(False),
+        default=d(None),
         help="never download; use only local files (also: HF_HUB_OFFLINE=1 or FACEGEN_OFFLINE=1)",
     )
     g.add_argument(

@@ -49,6 +49,14 @@ RESTORER_SPECS: dict[str, RestorerSpec] = {
 }
 
 
+def check_fidelity(value: float) -> float:
+    """CodeFormer's ``w`` as a float in [0, 1], or :class:`InvalidArgumentError`."""
+    w = float(value)
+    if not 0.0 <= w <= 1.0:
+        raise InvalidArgumentError(f"`fidelity` must be in [0, 1], got {value!r}")
+    return w
+
+
 class OnnxFaceRestorer:
     """A face restorer (see the module doc) on ONNX Runtime. ``fidelity``: CodeFormer's
     ``w`` in [0, 1] (ignored by GFPGAN)."""
@@ -96,10 +104,7 @@ class OnnxFaceRestorer:
 
     @fidelity.setter
     def fidelity(self, value: float) -> None:
-        w = float(value)
-        if not 0.0 <= w <= 1.0:
-            raise InvalidArgumentError(f"`fidelity` must be in [0, 1], got {value!r}")
-        self._fidelity = w
+        self._fidelity = check_fidelity(value)
 
     def align(self, image: np.ndarray, face: Face) -> AlignedFace:
         return align_face(

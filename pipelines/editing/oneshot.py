@@ -154,7 +154,7 @@ class OneShotSwap:
         if self.mask.occlusion and occluder is None:
             raise InvalidArgumentError("the occlusion mask needs an occluder model (`occluder`)")
         self.parser, self.occluder, self.restorer = parser, occluder, restorer
-        self.restore_blend = _check_blend(restore_blend)
+        self.restore_blend = check_blend(restore_blend)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready settings for reports and provenance."""
@@ -216,7 +216,8 @@ class OneShotSwap:
         return OneShotResult(out, records)
 
 
-def _check_blend(value: float) -> float:
+def check_blend(value: float) -> float:
+    """A restoration blend as a float in [0, 1], or :class:`InvalidArgumentError`."""
     b = float(value)
     if not 0.0 <= b <= 1.0:
         raise InvalidArgumentError(f"the restoration blend must be in [0, 1], got {value!r}")
@@ -237,7 +238,7 @@ def restore_faces(
     from facegen.backends.onnx_utils import check_rgb_image
 
     img = check_rgb_image(image)
-    b = _check_blend(blend)
+    b = check_blend(blend)
     if not faces or b == 0:
         return img.copy()
     opts = mask or MaskOptions()

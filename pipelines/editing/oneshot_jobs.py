@@ -12,7 +12,7 @@ from facegen._version import __version__
 from facegen.analyzer import FaceAnalyzer
 from facegen.errors import FacegenError, IncompatibleEmbeddingError, UnknownNameError
 from facegen.image_io import ImageSource, load_image
-from facegen.pipelines.editing.oneshot import OneShotSwap, parse_mask, restore_faces
+from facegen.pipelines.editing.oneshot import OneShotSwap, check_blend, parse_mask, restore_faces
 from facegen.types import IdentityEmbedding
 
 __all__ = [
@@ -75,13 +75,19 @@ def load_oneshot(
     """The swapper of ``method`` (with ``model_path``: that file), and the restorer, parser
     and occluder the options ask for, each through :func:`facegen.hub.resolve`."""
     from facegen.backends.face_parsing import FaceParser, Occluder
+    from facegen.backends.restorers import RESTORER_SPECS, check_fidelity
     from facegen.backends.swappers import OnnxFaceSwapper
 
     name = oneshot_method(method)
     if name is None:
         raise FacegenError("the diffusion method is not a one-shot swapper")
-    swapper = OnnxFaceSwapper.from_pretrained(name, model_path, device=device, offline=offline)
+    # every setting is checked before any model is looked for or loaded
     opts = parse_mask(mask, occlusion=occlusion)
+    check_blend(restore_blend)
+    check_fidelity(fidelity)
+    if restore is not None and restore not in RESTORER_SPECS:
+        raise UnknownNameError("face restorer", restore, RESTORER_SPECS)
+    swapper = OnnxFaceSwapper.from_pretrained(name, model_path, device=device, offline=offline)
     parser = (
         FaceParser.from_pretrained(device=device, offline=offline)
         if opts.kind == "parsing"
@@ -219,9 +225,8 @@ def restore_generated(replacement: Any, restorer: Any, blend: float = 0.8) -> An
     every accepted face restored (GFPGAN / CodeFormer) after it passed verification."""
     from facegen.pipelines.editing.anonymize import FaceReplacement
     from facegen.pipelines.editing.jobs import TrackReplacement
-    from facegen.pipelines.editing.oneshot import _check_blend
 
-    b = _check_blend(blend)
+    b = check_blend(blend)
     record = {"model": restorer.name, "blend": b}
     if restorer.spec.fidelity:
         record["fidelity"] = restorer.fidelity

@@ -180,18 +180,34 @@ def test_commands_swap_photos_and_a_video_and_restore(
 
 
 def test_commands_refuse_what_they_cannot_do(
-    t1_path: Path, offline_home: Path, tmp_path: Path, capsys
+    t1_path: Path, offline_home: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Refusals, with FACEGEN_OFFLINE=1 and no --offline: the environment alone keeps the
+    commands off the network (a missing model is refused at once, saying offline mode is on)."""
+    import socket
+
     from facegen.app.cli.main import main
 
+    def no_network(*args: object, **kw: object) -> None:
+        raise AssertionError("offline mode must not open a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     base = ["swap", "--source", str(t1_path), "--target", str(t1_path), "--out", str(tmp_path)]
     assert main([*base, "--method", "faceswapper9000"]) != 0
     assert "faceswapper9000" in capsys.readouterr().err
     assert main([*base, "--method", "simswap"]) != 0  # not in this FACEGEN_HOME
     err = capsys.readouterr().err
     assert "simswap_256" in err and "facefusion/models-3.0.0" in err
-    assert main([*base, "--method", "inswapper", "--restore-blend", "3"]) != 0
-    assert "blend" in capsys.readouterr().err
+    assert "offline mode is on" in err
+    # bad settings are refused before any model is looked for (simswap is missing here)
+    for bad, said in (("--restore-blend", "blend"), ("--fidelity", "fidelity")):
+        assert main([*base, "--method", "simswap", "--restore", "codeformer", bad, "3"]) != 0
+        err = capsys.readouterr().err
+        assert said in err and "[0, 1]" in err and "not available" not in err
+    assert main([*base, "--method", "simswap", "--mask", "parsing:wings"]) != 0
+    err = capsys.readouterr().err
+    assert "wings" in err and "not available" not in err
 
 
 def test_models_list_shows_each_swapper_and_its_licence(offline_home: Path, capsys) -> None:
