@@ -34,6 +34,11 @@ upsample 1, i.e. detected on the photo enlarged 2×; on the raw file, which repr
 bank's vectors exactly), against their own person's mean (the photo included, and left out)
 and the training people; and the sampled identity vectors themselves (their ``cos own`` is 1).
 
+A second table asks what a verifier that checks consistency instead of the target (DCFace's
+criterion: the images of one identity agree with each other) would see: whether the images
+of one identity show one person, and whether that person is a training person
+(:func:`consistency`), next to the same statistics for the real unseen people.
+
 Usage: ``python benchmarks/generator_novel.py MODEL_DIR [--identities 30] [--per-id 4]
 [--seed 0] [--steps N] [--guidance G] [--threads 0] [--json OUT]``
 """
@@ -138,6 +143,70 @@ def measure(
             sims_person.argmax(1), minlength=len(persons)
         ).tolist(),
     }
+
+
+def consistency(
+    vecs: Sequence[np.ndarray | None], owner: Sequence[int], persons: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """Whether images of one identity show one person, and whom: over identities with ≥ 2
+    faces, the cosine between two images of the same identity (``intra``) and of different
+    identities (``inter``), and where each identity's centroid (the normalised mean of its
+    images) lies among the training people — how near the nearest one is, how many centroids
+    are at the same-person threshold to one (``centroid_leak``), and how many distinct
+    training people are nearest (fewer than identities: several identities render as one)."""
+    groups: dict[int, list[np.ndarray]] = {}
+    for v, o in zip(vecs, owner):
+        if v is not None:
+            groups.setdefault(int(o), []).append(v)
+    groups = {o: g for o, g in groups.items() if len(g) >= 2}
+    if len(groups) < 2:
+        return {"identities": len(groups)}
+    keys = sorted(groups)
+    stacked = np.concatenate([np.stack(groups[o]) for o in keys])
+    label = np.concatenate([[o] * len(groups[o]) for o in keys])
+    sims = stacked @ stacked.T
+    upper = np.triu(np.ones_like(sims, dtype=bool), 1)
+    same = label[:, None] == label[None, :]
+    intra, inter = sims[upper & same], sims[upper & ~same]
+    centroids = unit(np.stack([np.mean(groups[o], axis=0) for o in keys]))
+    near = centroids @ persons.T
+    p5, p50 = np.percentile(intra, [5, 50])
+    return {
+        "identities": len(keys),
+        "intra": {"mean": float(intra.mean()), "p5": float(p5), "p50": float(p50)},
+        "intra_at_threshold": float((intra >= threshold).mean()),
+        "inter": {"mean": float(inter.mean()), "p95": float(np.percentile(inter, 95))},
+        "inter_at_threshold": float((inter >= threshold).mean()),
+        "centroid_nearest_person": {
+            "mean": float(near.max(1).mean()),
+            "min": float(near.max(1).min()),
+            "max": float(near.max(1).max()),
+        },
+        "centroid_leak": float((near.max(1) >= threshold).mean()),
+        "distinct_nearest_people": len(set(near.argmax(1).tolist())),
+    }
+
+
+def consistency_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The Markdown table of ``(name, consistency(...))`` rows."""
+    lines = [
+        "| row | identities | intra cos (p5 / p50) | intra ≥ thr | inter cos (p95) | inter ≥ thr "
+        "| centroid → nearest training person (min / max) | centroid leak | distinct nearest |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        if "intra" not in r:
+            lines.append(f"| {name} | {r['identities']} | — | — | — | — | — | — | — |")
+            continue
+        a, e, c = r["intra"], r["inter"], r["centroid_nearest_person"]
+        lines.append(
+            f"| {name} | {r['identities']} | {a['mean']:.3f} ({a['p5']:.3f} / {a['p50']:.3f}) "
+            f"| {100 * r['intra_at_threshold']:.1f} % | {e['mean']:.3f} ({e['p95']:.3f}) "
+            f"| {100 * r['inter_at_threshold']:.1f} % | {c['mean']:.3f} ({c['min']:.3f} / "
+            f"{c['max']:.3f}) | {100 * r['centroid_leak']:.1f} % "
+            f"| {r['distinct_nearest_people']} |"
+        )
+    return "\n".join(lines)
 
 
 def unseen_people(analyzer: Any, workers: int) -> tuple[list[np.ndarray], list[int], int]:
@@ -282,6 +351,14 @@ def main() -> None:
         ("sampled identity vectors (no image)", measure(list(vectors), vectors, *scoring)),
     ]
     rows[-1][1]["accepted"] = None  # a vector is its own target: nothing to accept
+    owners = np.repeat(np.arange(len(vectors)), args.per_id)
+    people_rows = [
+        (
+            f"generated, novel identities ({args.identities} × {args.per_id})",
+            consistency(found, owners, persons, threshold),
+        ),
+        ("real unseen people (s32–s40)", consistency(real, owner, persons, threshold)),
+    ]
 
     steps = args.steps or pipe.default_steps
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
@@ -299,6 +376,8 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads\n"
     )
     print(table(rows))
+    print("\nDo the images of one identity show one person, and whom?\n")
+    print(consistency_table(people_rows))
     if args.json:
         result = {
             "model": str(args.model),
@@ -316,6 +395,7 @@ def main() -> None:
             "real_unseen_without_face": real_missed,
             "threads": torch.get_num_threads(),
             "rows": {name: r for name, r in rows},
+            "consistency": {name: r for name, r in people_rows},
         }
         args.json.write_text(json.dumps(result, indent=2))
 
