@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,9 +188,7 @@ def _fmt(sims: dict[str, float | None]) -> str:
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
-    from facegen.fileio import write_json
     from facegen.image_io import find_images
     from facegen.pipelines.editing.jobs import output_name, reference_selection, swap_file
     from facegen.pipelines.editing.oneshot_jobs import oneshot_method
@@ -209,27 +208,48 @@ def cmd_swap(args: argparse.Namespace) -> int:
     options = edit_options(args)
     pipe, analyzer = load_edit_pipeline(args)
     faces = reference_selection(analyzer, args.reference) if args.reference else args.faces
-    report: list[dict[str, Any]] = []
-    for path in tqdm(targets, desc="swap", unit="img", file=sys.stderr, disable=len(targets) < 2):
-        try:
-            job = swap_file(
-                path, source, args.out / output_name(path.name), pipe, analyzer, faces, options,
-                source_name=args.source.name, watermark=not args.no_watermark,
-            )  # fmt: skip
-        except FacegenError as e:
-            print(f"{path.name}: {e}", file=sys.stderr)
-            report.append({"target": str(path), "error": str(e)})
-            continue
-        report.append({"target": str(path), "output": str(job.path), "faces": job.record["faces"]})
+
+    def swap_one(path: Path) -> dict[str, Any]:
+        job = swap_file(
+            path, source, args.out / output_name(path.name), pipe, analyzer, faces, options,
+            source_name=args.source.name, watermark=not args.no_watermark,
+        )  # fmt: skip
         for f in job.result.faces:
             print(
                 f"{path.name} face {f.detector_index}: to source {_fmt(f.source_similarity)}; "
                 f"to original {_fmt(f.target_similarity)}"
             )
+        return {"output": str(job.path), "faces": job.record["faces"]}
+
+    return _swap_each(args, targets, swap_one)
+
+
+def _swap_each(
+    args: argparse.Namespace,
+    targets: list[Path],
+    swap_one: Callable[[Path], dict[str, Any]],
+    *,
+    settings: dict[str, Any] | None = None,
+    using: str = "",
+) -> int:
+    """``swap_one`` on each target photo (returning its report entry): a photo that fails is
+    reported and the rest go on; writes ``swap_report.json`` and prints the tally."""
+    from tqdm.auto import tqdm
+
+    from facegen.fileio import write_json
+
+    report: list[dict[str, Any]] = []
+    for path in tqdm(targets, desc="swap", unit="img", file=sys.stderr, disable=len(targets) < 2):
+        try:
+            report.append({"target": str(path), **swap_one(path)})
+        except FacegenError as e:
+            print(f"{path.name}: {e}", file=sys.stderr)
+            report.append({"target": str(path), "error": str(e)})
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "swap_report.json", {"images": report})
+    head = {"settings": settings} if settings is not None else {}
+    write_json(args.out / "swap_report.json", {**head, "images": report})
     failed = sum("error" in r for r in report)
-    print(f"{len(targets) - failed} of {len(targets)} image(s) swapped → {args.out}")
+    print(f"{len(targets) - failed} of {len(targets)} image(s) swapped{using} → {args.out}")
     return 0 if failed == 0 else 1
 
 
@@ -309,9 +329,7 @@ def _swap_oneshot(
     args: argparse.Namespace, source: IdentityEmbedding | Path, targets: list[Path]
 ) -> int:
     """Photos with a one-shot swapper (see ``add_oneshot_options``)."""
-    from tqdm.auto import tqdm
 
-    from facegen.fileio import write_json
     from facegen.pipelines.editing.jobs import edit_analyzer, output_name, reference_selection
     from facegen.pipelines.editing.oneshot_jobs import (
         oneshot_source,
@@ -325,26 +343,17 @@ def _swap_oneshot(
     )
     analyzer = edit_analyzer()
     faces = reference_selection(analyzer, args.reference) if args.reference else args.faces
-    report: list[dict[str, Any]] = []
-    for path in tqdm(targets, desc="swap", unit="img", file=sys.stderr, disable=len(targets) < 2):
-        try:
-            written, record = oneshot_swap_file(
-                path, identity, swap, analyzer, args.out / output_name(path.name), faces=faces,
-                source_name=args.source.name, watermark=not args.no_watermark,
-            )  # fmt: skip
-        except FacegenError as e:
-            print(f"{path.name}: {e}", file=sys.stderr)
-            report.append({"target": str(path), "error": str(e)})
-            continue
-        report.append({"target": str(path), "output": str(written), "faces": record["faces"]})
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "swap_report.json", {"settings": swap.settings(), "images": report})
-    failed = sum("error" in r for r in report)
-    print(
-        f"{len(targets) - failed} of {len(targets)} image(s) swapped with {swap.swapper.name} → "
-        f"{args.out}"
+
+    def swap_one(path: Path) -> dict[str, Any]:
+        written, record = oneshot_swap_file(
+            path, identity, swap, analyzer, args.out / output_name(path.name), faces=faces,
+            source_name=args.source.name, watermark=not args.no_watermark,
+        )  # fmt: skip
+        return {"output": str(written), "faces": record["faces"]}
+
+    return _swap_each(
+        args, targets, swap_one, settings=swap.settings(), using=f" with {swap.swapper.name}"
     )
-    return 0 if failed == 0 else 1
 
 
 def add_restore_parser(sub: Any) -> None:
