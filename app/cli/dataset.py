@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from facegen.app.cli.options import positive_int, preset_name, subcommand_parents
 from facegen.errors import FacegenError
-from facegen.pipelines.dataset.config import POSE_CHOICES
+from facegen.pipelines.dataset.config import POSE_CHOICES, VERIFY_CHOICES
 
 if TYPE_CHECKING:
     from facegen.pipelines.dataset.config import DatasetConfig
@@ -171,7 +171,15 @@ def _add_generate_parser(dsub: Any, formats: str) -> None:
         type=float,
         help="reject near-copies more similar than this (preset's calibration, else 0.98)",
     )
-    g.add_argument("--attempts", type=positive_int, help="tries per image (3)")
+    g.add_argument("--attempts", type=positive_int, help="tries per image (and per anchor) (3)")
+    g.add_argument(
+        "--verify-against",
+        choices=VERIFY_CHOICES,
+        help="check each image against its sampled identity vector (target), or against the "
+        "identity as the generator renders it: one anchor image per identity, kept when it is "
+        "new (leakage check) and apart from the other identities (anchor). Default: the "
+        "preset's recommendation (anchor for demo-orl), else target",
+    )
     g.add_argument(
         "--perturbation",
         type=_levels,
@@ -292,11 +300,11 @@ def _finish(out: Path, cfg: DatasetConfig, formats: Sequence[str], holdout: int)
     )
     if summary["failed"] and not summary["done"]:
         print(
-            f"no identity kept: each had an image the verifier rejected after {cfg.attempts} "
-            f"attempt(s) (`facegen dataset report {out}` shows why). This generator does not "
-            "render these identities recognisably; give it more --attempts, or use a stronger "
-            "one (the small demo-orl model renders its training people, not new ones: see its "
-            "model card)"
+            f"no identity kept: each had an image (or anchor) the verifier rejected after "
+            f"{cfg.attempts} attempt(s) (`facegen dataset report {out}` shows why). This "
+            "generator does not render these identities recognisably; give it more --attempts, "
+            "try --verify-against anchor, or use a stronger one (see the model card of "
+            "demo-orl for what a small model can do)"
         )
     if formats:
         if not summary["complete"]:
@@ -367,10 +375,31 @@ def cmd_dataset_generate(args: argparse.Namespace) -> int:
         bar.set_postfix(ids=f"{done}/{total}", kept=images, refresh=False)
         bar.refresh()
 
+    anchor_bar: Any = None
+
+    def anchor_progress(decided: int, total: int) -> None:
+        nonlocal anchor_bar
+        if anchor_bar is None:
+            anchor_bar = tqdm(
+                total=total,
+                initial=decided - 1,
+                desc="anchors",
+                unit="id",
+                file=sys.stderr,
+                disable=bar.disable,
+            )
+        anchor_bar.update(1)
+        if decided == total:
+            anchor_bar.close()
+
     try:
-        summary = run_shard(out, cfg, shard, worker, progress=progress)
+        summary = run_shard(
+            out, cfg, shard, worker, progress=progress, anchor_progress=anchor_progress
+        )
     finally:
         bar.close()
+        if anchor_bar is not None:
+            anchor_bar.close()
     dt = time.perf_counter() - t0
     print(
         f"shard {shard[0]}/{shard[1]}: {summary.done} identities done, "

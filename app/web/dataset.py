@@ -214,7 +214,18 @@ def _dataset_job(
         def on_identity(done: int, total: int, images: int) -> None:
             say((done, total), f"identities ({images} images kept)", unit="identities")
 
-        summary = run_shard(out, cfg, (0, 1), worker, prepared=prepared, progress=on_identity)
+        def on_anchor(decided: int, total: int) -> None:
+            say((decided, total), "anchors: the person each identity renders as", unit="identities")
+
+        summary = run_shard(
+            out,
+            cfg,
+            (0, 1),
+            worker,
+            prepared=prepared,
+            progress=on_identity,
+            anchor_progress=on_anchor,
+        )
     say(1.0, "measuring the dataset (independent encoder)")
     with services.using_analyzer() as analyzer:
         report = dataset_report(out, analyzer)

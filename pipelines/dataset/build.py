@@ -190,6 +190,7 @@ def build_dataset(
     shard: tuple[int, int] = (0, 1),
     condition: ConditionFn | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    anchors: Sequence[dict[str, Any]] | None = None,
 ) -> DatasetSummary:
     """Generate and verify ``spec.images_per_identity`` images for this shard's identities.
 
@@ -199,14 +200,17 @@ def build_dataset(
     doc). ``condition`` gives per-image generator inputs (a pose's control image, a prompt) that
     are passed to ``generate`` as a third argument, one dict per image, and recorded with the
     image. ``progress(identities_done, identities_total, images_written)`` is called after each
-    committed identity. Holds the shard's lock while it runs (see the module doc): raises
+    committed identity. ``anchors``: one record per identity from
+    :func:`~facegen.pipelines.dataset.anchors.find_anchors`; images are then verified against
+    their identity's anchor vector instead of its sampled vector (still the generator's
+    input), and an identity without an anchor fails at once with the anchor's rejections. Holds the shard's lock while it runs (see the module doc): raises
     :class:`~facegen.errors.FolderLockedError` at once when another run is filling this shard
     of ``out_dir``.
     """
     _check_shard(shard)
     with shard_lock(out_dir, shard):
         return _build_dataset(
-            out_dir, identities, generate, verifier, spec, shard, condition, progress
+            out_dir, identities, generate, verifier, spec, shard, condition, progress, anchors
         )
 
 
@@ -219,10 +223,13 @@ def _build_dataset(
     shard: tuple[int, int],
     condition: ConditionFn | None,
     progress: Callable[[int, int, int], None] | None,
+    anchors: Sequence[dict[str, Any]] | None = None,
 ) -> DatasetSummary:
     """:func:`build_dataset` for a caller that holds the shard's lock."""
     k, n_shards = shard
     vecs = l2_normalize(np.asarray(identities, np.float32))
+    if anchors is not None and len(anchors) != len(vecs):
+        raise FacegenError(f"{len(anchors)} anchors for {len(vecs)} identities")
     out = Path(out_dir)
     journal = _journal_path(out, shard)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +240,9 @@ def _build_dataset(
     summary = DatasetSummary(skipped_existing=sum(i in committed for i in mine))
     todo = [i for i in mine if i not in committed]
     with open(journal, "a", encoding="utf-8") as jf:
-        for record in _fill_identities(out, todo, vecs, generate, verifier, spec, condition):
+        for record in _fill_identities(
+            out, todo, vecs, generate, verifier, spec, condition, anchors
+        ):
             append_json_line(jf, record)
             for rej in record["rejections"]:
                 summary.rejections[rej["reason"]] = summary.rejections.get(rej["reason"], 0) + 1
@@ -248,17 +257,15 @@ def _build_dataset(
     return summary
 
 
-def _verify_workers(spec: DatasetSpec) -> int:
-    return spec.verify_workers or max(1, min(4, os.cpu_count() or 1))
-
-
 def _largest_faces(
-    verifier: FaceAnalyzer, arrays: Sequence[np.ndarray], spec: DatasetSpec
+    verifier: FaceAnalyzer, arrays: Sequence[np.ndarray], workers: int = 0
 ) -> list[Face | None]:
-    """The largest face of each image (None where none), embedded in one batch; a verifier
-    without ``largest_faces`` (a stand-in) is asked image by image."""
+    """The largest face of each image (None where none), embedded in one batch, detected by
+    ``workers`` threads (0: one per CPU core, at most 4); a verifier without
+    ``largest_faces`` (a stand-in) is asked image by image."""
     if hasattr(verifier, "largest_faces"):
-        return list(verifier.largest_faces(arrays, workers=_verify_workers(spec)))
+        workers = workers or max(1, min(4, os.cpu_count() or 1))
+        return list(verifier.largest_faces(arrays, workers=workers))
     out = []
     for arr in arrays:
         try:
@@ -350,7 +357,9 @@ def _check_batch(
     results = []
     originals = [load_image(np.asarray(img)) for img in images]
     arrays = [enlarged_for_detection(a) for a in originals]
-    found = _largest_faces(verifier, arrays, spec)  # detection in parallel, one embedding batch
+    found = _largest_faces(
+        verifier, arrays, spec.verify_workers
+    )  # detection in parallel, one embedding batch
     for n, (j, seed, arr, orig) in enumerate(zip(idx, seeds, arrays, originals)):
         face, sim, reason = _verify(found[n], target, spec)
         if reason is not None:
@@ -392,8 +401,12 @@ class _Job:
     """One identity being filled: the batches of its current attempt and their checks."""
 
     identity: int
+    #: what images are verified against: the sampled vector, or the identity's anchor
     target: np.ndarray
     pending: list[int]
+    #: what the generator is given (None: ``target``)
+    vector: np.ndarray | None = None
+    anchor: dict[str, Any] | None = None
     attempt: int = 0
     cursor: int = 0
     checks: list[Future] = field(default_factory=list)
@@ -404,12 +417,29 @@ class _Job:
         return self.cursor >= len(self.pending)
 
     def record(self) -> dict[str, Any]:
-        return {
+        out = {
             "identity": self.identity,
             "status": "failed" if self.pending else "done",
             "images": [self.accepted[j] for j in sorted(self.accepted)],
             "rejections": self.rejections,
         }
+        if self.anchor is not None:
+            out["anchor"] = {k: self.anchor[k] for k in ("attempt", "seed", "target_similarity")}
+        return out
+
+
+def _anchored_job(i: int, vecs: np.ndarray, anchor: dict[str, Any], spec: DatasetSpec) -> _Job:
+    """The job of identity ``i`` verified against its ``anchor`` (a ``done`` record); the
+    anchor's rejected candidates open the identity's rejections."""
+    target = l2_normalize(np.asarray(anchor["vector"], np.float32))
+    return _Job(
+        i,
+        target,
+        list(range(spec.images_per_identity)),
+        vector=vecs[i],
+        anchor=anchor,
+        rejections=list(anchor["rejections"]),
+    )
 
 
 def _fill_identities(
@@ -420,6 +450,7 @@ def _fill_identities(
     verifier: FaceAnalyzer,
     spec: DatasetSpec,
     condition: ConditionFn | None,
+    anchors: Sequence[dict[str, Any]] | None = None,
     lookahead: int = 2,
 ) -> Iterator[dict[str, Any]]:
     """Yield each identity's finished record. Generation and verification overlap: a batch is
@@ -459,7 +490,19 @@ def _fill_identities(
             job = next((a for a in active if not a.generated_all()), None)
             if job is None and queue and len(active) < lookahead:
                 i = queue.pop(0)
-                job = _Job(i, vecs[i], list(range(spec.images_per_identity)))
+                if anchors is None:
+                    job = _Job(i, vecs[i], list(range(spec.images_per_identity)))
+                elif anchors[i]["status"] == "done":
+                    job = _anchored_job(i, vecs, anchors[i], spec)
+                else:  # no anchor: nothing to verify images against
+                    rejections = list(anchors[i]["rejections"])
+                    yield {
+                        "identity": i,
+                        "status": "failed",
+                        "images": [],
+                        "rejections": rejections,
+                    }
+                    continue
                 active.append(job)
             if job is None:
                 # everything generated: wait for a check still running to finish (waiting on
@@ -489,7 +532,8 @@ def _generate_batch(
     idx = job.pending[job.cursor : job.cursor + spec.batch_size]
     job.cursor += len(idx)
     seeds = [image_seed(spec.seed, i, j, attempt) for j in idx]
-    vectors = _perturbed(job.target, idx, seeds, spec.perturbation)
+    given = job.target if job.vector is None else job.vector
+    vectors = _perturbed(given, idx, seeds, spec.perturbation)
     conds: list[tuple[dict[str, Any], dict[str, Any]]] = []
     if condition is None:
         images = generate(vectors, seeds)

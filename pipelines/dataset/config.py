@@ -26,12 +26,18 @@ __all__ = [
     "CONFIG_KEYS",
     "GLOBAL_DEFAULTS",
     "POSE_CHOICES",
+    "VERIFY_CHOICES",
     "DatasetConfig",
     "export_formats",
     "load_config",
 ]
 
 POSE_CHOICES = ("none", "reference", "sampled", "bands")
+#: What a run checks each image against (``verify_against``): ``target``, the sampled identity
+#: vector; ``anchor``, the identity as the generator renders it (one first image's vector,
+#: kept only when it is new and apart from the other identities; see
+#: :mod:`facegen.pipelines.dataset.anchors`).
+VERIFY_CHOICES = ("target", "anchor")
 
 #: The thresholds a run leaves unset take the preset's calibrated values
 #: (:attr:`~facegen.pipelines.generation.capabilities.PresetInfo.dataset_defaults`), else
@@ -102,6 +108,8 @@ class DatasetConfig:
     #: None: the preset's calibrated value, else ``identity_separation``
     leakage_threshold: float | None = None
     attempts: int = 3
+    #: None: the preset's recommendation, else ``target`` (:data:`VERIFY_CHOICES`)
+    verify_against: str | None = None
     perturbation: tuple[float, ...] = (0.0,)
     steps: int | None = None
     dtype: str = "float32"
@@ -142,6 +150,8 @@ class DatasetConfig:
         if self.leakage_threshold is not None:
             check_number(self.leakage_threshold, "leakage_threshold", minimum=-1, maximum=1)
         check_choice(self.sampler, "sampler", _sampler_names())
+        if self.verify_against is not None:
+            check_choice(self.verify_against, "verify_against", VERIFY_CHOICES)
         if self.steps is not None:
             check_int(self.steps, "steps", minimum=1)
         check_choice(self.pose, "pose", POSE_CHOICES)
@@ -198,7 +208,7 @@ class DatasetConfig:
 
         return GroupTargets.from_dict(self.group_targets)
 
-    def setting(self, name: str, defaults: Mapping[str, float] | None = None) -> float:
+    def setting(self, name: str, defaults: Mapping[str, float | str] | None = None) -> float:
         """A threshold's value: as set, else ``defaults``' (a preset's calibration), else
         :data:`GLOBAL_DEFAULTS`' (``leakage_threshold``: else ``identity_separation``'s)."""
         value = getattr(self, name)
@@ -211,18 +221,20 @@ class DatasetConfig:
         return float(GLOBAL_DEFAULTS[name])
 
     def resolved(
-        self, defaults: Mapping[str, float] | None = None, *, has_bank: bool = False
+        self, defaults: Mapping[str, float | str] | None = None, *, has_bank: bool = False
     ) -> DatasetConfig:
-        """This config with every unset threshold filled in (:meth:`setting`) and the
-        ``auto`` sampler decided (``gaussian`` when an identity bank is available): what a
-        run records in its ``config.json`` and compares on resume."""
-        values = {
+        """This config with every unset threshold filled in (:meth:`setting`), the ``auto``
+        sampler decided (``gaussian`` when an identity bank is available) and
+        ``verify_against`` decided (the preset's recommendation, else ``target``): what a run
+        records in its ``config.json`` and compares on resume."""
+        values: dict[str, Any] = {
             name: self.setting(name, defaults) for name in (*GLOBAL_DEFAULTS, "leakage_threshold")
         }
         sampler = self.sampler
         if sampler == "auto":
             sampler = "gaussian" if has_bank or self.identity_bank else "uniform"
-        return replace(self, sampler=sampler, **values)
+        verify = self.verify_against or str((defaults or {}).get("verify_against", "target"))
+        return replace(self, sampler=sampler, verify_against=verify, **values)
 
     def spec(self) -> DatasetSpec:
         """The :class:`~facegen.pipelines.dataset.build.DatasetSpec` of this run."""

@@ -34,8 +34,9 @@ def export(
     """Write the committed identities as ``formats`` under ``out_dir/export``.
 
     Class indices are the exported identities in increasing identity order (0…C-1). Every
-    sample carries its identity vector (``identities.safetensors``, when present) as its
-    embedding and the journal's record (seed, similarity, attempt, pose, …) as metadata, plus
+    sample carries its identity vector (``identities.safetensors``, when present; a run
+    verified against anchors: the identity's anchor vector, what its images were checked
+    against) as its embedding and the journal's record (seed, similarity, attempt, pose, …) as metadata, plus
     ``rejections`` (how many candidates of that identity were rejected).
 
     ``holdout``: the last ``holdout`` committed identities are left out of the training
@@ -83,7 +84,7 @@ def _export(
                             identity=cls,
                             index=im["index"],
                             image=load_image(crop_path(out, ident, im["index"])),
-                            embedding=None if vectors is None else vectors[ident],
+                            embedding=vectors.get(ident),
                             metadata={
                                 "source_identity": ident,
                                 "rejections": len(r["rejections"]),
@@ -98,14 +99,21 @@ def _export(
     return files
 
 
-def _identity_vectors(out: Path) -> np.ndarray | None:
-    path = out / "identities.safetensors"
-    if not path.exists():
-        return None
-    from facegen.embedding_io import load_embeddings
+def _identity_vectors(out: Path) -> dict[int, np.ndarray]:
+    """``{identity: vector}``: ``identities.safetensors``' rows, replaced by the anchors of a
+    run verified against anchors."""
+    from facegen.pipelines.dataset.anchors import ANCHOR_FILE, anchor_vectors
 
-    embeddings, _ = load_embeddings(path)
-    return np.stack([e.vector for e in embeddings]).astype(np.float32)
+    vectors: dict[int, np.ndarray] = {}
+    path = out / "identities.safetensors"
+    if path.exists():
+        from facegen.embedding_io import load_embeddings
+
+        embeddings, _ = load_embeddings(path)
+        vectors = {i: e.vector.astype(np.float32) for i, e in enumerate(embeddings)}
+    if (out / ANCHOR_FILE).exists():
+        vectors.update(anchor_vectors(out))
+    return vectors
 
 
 def _verification_pairs(

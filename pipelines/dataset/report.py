@@ -187,6 +187,7 @@ def dataset_report(
         "encoder": analyzer.encoder.encoder_id,
         "independent_encoder_missed_faces": undetected,
         **_pose_spread(done),
+        **_anchor_summary(out),
     }
     from facegen.pipelines.dataset.groups import group_summary, read_groups
 
@@ -205,6 +206,28 @@ def dataset_report(
     write_json(rdir / "report.json", report)
     _write_card(out, rdir / "README.md", report)
     return report
+
+
+def _anchor_summary(out: Path) -> dict[str, Any]:
+    """A run verified against anchors: how many identities have one, how near an anchor
+    lies to its sampled vector (``anchor_target_similarity``: how faithfully the generator
+    rendered the vector) and to the nearest real identity of the bank."""
+    from facegen.pipelines.dataset.anchors import ANCHOR_FILE, read_anchors
+
+    if not (out / ANCHOR_FILE).exists():
+        return {}
+    recs = read_anchors(out)
+    found = [r for r in recs if r["status"] == "done"]
+    summary: dict[str, Any] = {"anchors_decided": len(recs), "anchors_found": len(found)}
+    for key, name in (
+        ("target_similarity", "anchor_target_similarity_mean"),
+        ("nearest_bank", "anchor_nearest_bank_mean"),
+        ("nearest_anchor", "anchor_nearest_other_anchor_mean"),
+    ):
+        values = [r[key] for r in found if key in r]
+        if values:
+            summary[name] = round(float(np.mean(values)), 4)
+    return summary
 
 
 def _embed_crops(

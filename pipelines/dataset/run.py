@@ -75,7 +75,7 @@ PROBE_PREFIX = "probe:"
 def _check_config(
     out: Path,
     cfg: DatasetConfig,
-    defaults: Mapping[str, float] | None = None,
+    defaults: Mapping[str, float | str] | None = None,
     has_bank: bool = False,
 ) -> None:
     """Refuse to mix datasets: an existing ``config.json`` must match in content settings
@@ -84,7 +84,9 @@ def _check_config(
     path = out / "config.json"
     if not path.exists():
         return
-    old = DatasetConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    recorded = json.loads(path.read_text())
+    recorded.setdefault("verify_against", "target")  # recorded before the setting existed
+    old = DatasetConfig.from_dict(recorded, source=str(path))
     old = old.resolved(defaults, has_bank=has_bank)
     cfg = cfg.resolved(defaults, has_bank=has_bank)  # a no-op on a recorded (resolved) config
     if old.identity_dict() != cfg.identity_dict():
@@ -101,7 +103,7 @@ def prepare_run(
     dim: int,
     pose_analyzer: FaceAnalyzer | None = None,
     identity_bank: np.ndarray | None = None,
-    defaults: Mapping[str, float] | None = None,
+    defaults: Mapping[str, float | str] | None = None,
     attribute_estimator: VectorAttributeEstimator | None = None,
 ) -> Prepared:
     """Create/check the run folder: ``config.json``, ``identities.safetensors`` (sampled once,
@@ -199,7 +201,7 @@ def _prepare(
     dim: int,
     pose_analyzer: FaceAnalyzer | None,
     identity_bank: np.ndarray | None,
-    defaults: Mapping[str, float] | None,
+    defaults: Mapping[str, float | str] | None,
     attribute_estimator: VectorAttributeEstimator | None = None,
 ) -> Prepared:
     """:func:`prepare_run` while it holds the prepare lock (``cfg`` resolved)."""
@@ -282,7 +284,7 @@ class Worker:
     takes_prompt: bool = False
     takes_control: bool = False
     identity_bank: np.ndarray | None = None
-    defaults: Mapping[str, float] | None = None
+    defaults: Mapping[str, float | str] | None = None
     #: labels identity vectors for ``group_targets`` (default: ``cfg.attribute_head``'s head)
     attribute_estimator: VectorAttributeEstimator | None = None
 
@@ -469,9 +471,11 @@ def run_shard(
     *,
     prepared: Prepared | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    anchor_progress: Callable[[int, int], None] | None = None,
 ) -> DatasetSummary:
     """Fill one shard; returns its summary. ``prepared``: :func:`prepare_run`'s result (made
-    here when not given). Holds the shard's lock throughout: raises
+    here when not given). With ``verify_against: anchor`` the run's anchors are found first
+    (:mod:`facegen.pipelines.dataset.anchors`; ``anchor_progress(decided, total)``). Holds the shard's lock throughout: raises
     :class:`~facegen.errors.FolderLockedError` at once when another run fills this shard."""
     from facegen.pipelines.dataset.build import _build_dataset, _check_shard, shard_lock
 
@@ -487,10 +491,53 @@ def run_shard(
             data = read_groups(out_dir)
             groups = None if data is None else [r["group"] for r in data["identities"]]
         condition = _condition_fn(cfg, bank, worker.size, groups)
-        spec = worker.resolve(cfg).spec()
+        resolved = worker.resolve(cfg)
+        spec = resolved.spec()
+        anchors = None
+        if resolved.verify_against == "anchor":
+            anchors = _anchors(out_dir, resolved, worker, vectors, condition, anchor_progress)
         return _build_dataset(
-            out_dir, vectors, worker.generate, worker.verifier, spec, shard, condition, progress
+            out_dir,
+            vectors,
+            worker.generate,
+            worker.verifier,
+            spec,
+            shard,
+            condition,
+            progress,
+            anchors,
         )
+
+
+def _anchors(
+    out_dir: str | os.PathLike[str],
+    cfg: DatasetConfig,
+    worker: Worker,
+    vectors: np.ndarray,
+    condition: ConditionFn | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    """The run's anchors (:func:`~facegen.pipelines.dataset.anchors.find_anchors`), kept away
+    from the identity bank (``cfg.identity_bank``, else the worker's) when ``cfg`` checks
+    leakage; ``cfg`` is resolved."""
+    from facegen.pipelines.dataset.anchors import find_anchors
+
+    bank = _identity_bank(cfg, worker.identity_bank, worker.encoder_id, worker.dim)
+    leak = bank if cfg.leakage_check else None
+    return find_anchors(
+        out_dir,
+        vectors,
+        worker.generate,
+        worker.verifier,
+        seed=cfg.seed,
+        attempts=cfg.attempts,
+        separation=cfg.setting("identity_separation"),
+        bank=leak,
+        leakage_threshold=None if leak is None else cfg.setting("leakage_threshold"),
+        batch_size=cfg.batch_size,
+        condition=condition,
+        progress=progress,
+    )
 
 
 def accelerate_shard() -> tuple[tuple[int, int], str, Any]:

@@ -13,7 +13,13 @@ from typing import Literal
 from facegen.adapters.base import IdentitySpec
 from facegen.validate import check_choice, check_int, check_number
 
-__all__ = ["DATASET_DEFAULT_KEYS", "ControlNetSupport", "PresetInfo"]
+__all__ = [
+    "DATASET_DEFAULT_CHOICES",
+    "DATASET_DEFAULT_KEYS",
+    "ControlNetSupport",
+    "PresetInfo",
+    "check_dataset_defaults",
+]
 
 #: What a preset may calibrate for dataset runs in its identity space: the separation between
 #: sampled identities, the verifier's similarity window, and the leakage threshold (the
@@ -23,7 +29,27 @@ DATASET_DEFAULT_KEYS = (
     "min_similarity",
     "max_similarity",
     "leakage_threshold",
+    "verify_against",
 )
+
+#: The settings of :data:`DATASET_DEFAULT_KEYS` that name a choice rather than a cosine:
+#: ``verify_against`` (what a dataset run checks images against: the sampled identity
+#: vector, or the identity as the generator renders it; see
+#: :mod:`facegen.pipelines.dataset.anchors`).
+DATASET_DEFAULT_CHOICES: dict[str, tuple[str, ...]] = {"verify_against": ("target", "anchor")}
+
+
+def check_dataset_defaults(defaults: Mapping[str, float | str]) -> None:
+    """Raise :class:`~facegen.errors.InvalidArgumentError` unless every key of ``defaults``
+    is one of :data:`DATASET_DEFAULT_KEYS` with a valid value (a cosine in [-1, 1], or one of
+    :data:`DATASET_DEFAULT_CHOICES`)."""
+    for key, value in defaults.items():
+        check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
+        if key in DATASET_DEFAULT_CHOICES:
+            check_choice(value, f"dataset_defaults.{key}", DATASET_DEFAULT_CHOICES[key])
+        else:
+            check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
+
 
 #: ``none``: no ControlNet; ``built-in``: always one, so every call needs a control image;
 #: ``optional``: ``controlnet=PATH`` adds one.
@@ -63,16 +89,14 @@ class PresetInfo:
     edits_photos: bool = True
     #: dataset settings calibrated for the preset's identity space, used where a dataset run
     #: leaves them unset (keys of :data:`DATASET_DEFAULT_KEYS`); ArcFace-space values otherwise
-    dataset_defaults: Mapping[str, float] = field(default_factory=dict)
+    dataset_defaults: Mapping[str, float | str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice(self.controlnet, "controlnet", _CONTROLNET_SUPPORT)
         check_choice(self.family, "family", _FAMILIES)
         check_int(self.default_steps, "default_steps", minimum=1)
         check_number(self.default_guidance, "default_guidance", minimum=0)
-        for key, value in self.dataset_defaults.items():
-            check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
-            check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
+        check_dataset_defaults(self.dataset_defaults)
 
     @property
     def needs_control_image(self) -> bool:

@@ -46,7 +46,7 @@ import numpy as np
 from facegen.adapters.arc2face import ARC2FACE_PROMPT, UNCONDITIONAL_KINDS
 from facegen.adapters.base import IdentitySpec
 from facegen.errors import InvalidArgumentError, InvalidModelError
-from facegen.pipelines.generation.capabilities import DATASET_DEFAULT_KEYS, PresetInfo
+from facegen.pipelines.generation.capabilities import PresetInfo, check_dataset_defaults
 from facegen.validate import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class GeneratorInfo:
     family: str = "scratch"
     training: dict[str, Any] = field(default_factory=dict)
     identity_bank: str | None = None
-    dataset_defaults: dict[str, float] = field(default_factory=dict)
+    dataset_defaults: dict[str, float | str] = field(default_factory=dict)
     license: str | None = None
     description: str | None = None
     identity_center: tuple[float, ...] | None = None
@@ -117,9 +117,7 @@ class GeneratorInfo:
             raise InvalidArgumentError(
                 f"`identity_bank` must be {IDENTITY_BANK_NAME!r} or null, got {self.identity_bank!r}"
             )
-        for key, value in self.dataset_defaults.items():
-            check_choice(key, "dataset_defaults", DATASET_DEFAULT_KEYS)
-            check_number(value, f"dataset_defaults.{key}", minimum=-1, maximum=1)
+        check_dataset_defaults(self.dataset_defaults)
         if self.identity_center is not None:
             center = tuple(float(v) for v in self.identity_center)
             if len(center) != self.identity.dim:

@@ -35,6 +35,10 @@ pytestmark = pytest.mark.skipif(
 #: 30 (0.23) when the weights shipped; 1 of 30 or less means the identity is lost (the
 #: condition-dropped control of ``benchmarks/generator_orl.py`` is accepted 1.7 % of the time)
 ACCEPTANCE_FLOOR = 0.10
+#: identities of 10 kept by the anchored novel-identity run below (2 images each, 3 attempts):
+#: 5 when measured on the shipped weights (10 of 16 in the README's run; 0 of 16 verified
+#: against the sampled vectors)
+NOVEL_FLOOR = 3
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +120,12 @@ def test_loads_offline_and_makes_its_training_people_the_verifier_accepts(
     assert len(means) == 30
     people = np.linspace(0, 29, 10).round().astype(int)
     cfg = DatasetConfig(
-        identities=10, images_per_identity=3, preset=DEMO_ORL_NAME, attempts=1, batch_size=10
+        identities=10,
+        images_per_identity=3,
+        preset=DEMO_ORL_NAME,
+        attempts=1,
+        batch_size=10,
+        verify_against="target",  # its training people: the vector is the person
     )
     worker = pipeline_worker(pipe, cfg)
     summary = run_shard(tmp_path / "ds", cfg, (0, 1), worker, prepared=(means[people], None))
@@ -131,24 +140,39 @@ def test_loads_offline_and_makes_its_training_people_the_verifier_accepts(
     assert summary.done + summary.failed == 10
 
 
-def test_novel_identities_run_through_the_verifier(pipe, tmp_path: Path) -> None:
-    """The main job's default: identities sampled from the Gaussian of the training bank with
-    the leakage check on. This model renders its training people instead of new ones (see the
-    model card), so the verifier rejects nearly every image; what is kept passed it."""
+def test_novel_identities_are_verified_against_the_person_the_model_renders(
+    pipe, tmp_path: Path
+) -> None:
+    """The main job's default on this model: identities sampled from the Gaussian of the
+    training bank with the leakage check on, each image verified against its identity's anchor
+    (the model renders a sampled vector as a consistent person, not as the vector: see the
+    model card). Every kept identity's anchor is new (below the leakage threshold to every
+    training photo and person) and apart from the others', and enough identities are kept."""
+    from facegen.pipelines.dataset.anchors import read_anchors
+    from facegen.pipelines.dataset.build import committed_identities
     from facegen.pipelines.dataset.config import DatasetConfig
     from facegen.pipelines.dataset.run import pipeline_worker, run_shard
+    from facegen.pipelines.identities import with_person_means
 
-    cfg = DatasetConfig(
-        identities=3, images_per_identity=2, preset=DEMO_ORL_NAME, attempts=1, batch_size=6
-    )
-    run_shard(tmp_path / "ds", cfg, (0, 1), pipeline_worker(pipe, cfg))
-    saved = json.loads((tmp_path / "ds" / "config.json").read_text())
+    cfg = DatasetConfig(identities=10, images_per_identity=2, preset=DEMO_ORL_NAME)
+    out = tmp_path / "ds"
+    run_shard(out, cfg, (0, 1), pipeline_worker(pipe, cfg))
+    saved = json.loads((out / "config.json").read_text())
     assert saved["sampler"] == "gaussian" and saved["leakage_check"] is True
-    assert saved["min_similarity"] == 0.925
-    accepted, reasons, sims = _per_image(tmp_path / "ds")
-    assert accepted + len(reasons) == 6
-    assert all(0.925 <= s <= 0.995 for s in sims)
-    assert set(reasons) <= {"identity_drift", "no_face", "near_duplicate"}
+    assert saved["verify_against"] == "anchor" and saved["min_similarity"] == 0.925
+    anchors = read_anchors(out)
+    kept = committed_identities(out)
+    assert len(anchors) == 10 and len(kept) >= NOVEL_FLOOR, anchors
+    bank = with_person_means(*pipe.identity_bank)
+    found = np.stack([a["vector"] for a in anchors if a["status"] == "done"])
+    assert float((found @ bank.T).max()) < 0.925  # new people, not training ones
+    between = found @ found.T
+    np.fill_diagonal(between, -1)
+    assert float(between.max()) < 0.925
+    for r in kept:
+        assert all(0.925 <= im["similarity"] <= 0.995 for im in r["images"])
+    reasons = {x["reason"] for a in anchors for x in a["rejections"]}
+    assert reasons <= {"anchor_no_face", "anchor_leakage", "anchor_too_close"}
 
 
 def test_same_seed_same_face_and_other_encoders_refused(pipe) -> None:
