@@ -12,7 +12,9 @@ Five networks of one architecture are compared on REAL people that none of them 
   runs, which then uses them instead of sampling;
 * **(c) synthetic, novel people**: 30 identities sampled as ``facegen dataset generate
   --preset MODEL_DIR`` samples them by default (sampler ``auto``: a Gaussian fitted to the
-  bank, leakage check against it);
+  bank, leakage check against it), verified as the model's preset recommends
+  (``dataset_defaults.verify_against``; ``demo-orl``: against anchors, and (b) against the
+  people's vectors);
 * **(d) real + synthetic**: (a) and (c) together (60 classes).
 
 Datasets are made with the CLI, as a user would: ``facegen dataset generate --preset MODEL_DIR
@@ -260,11 +262,21 @@ def _journal_stats(out: Path) -> dict[str, Any]:
     }
 
 
+def _recommended_verification(model_dir: Path) -> str:
+    """What the generator folder's dataset defaults verify images against (``target`` when
+    they say nothing)."""
+    info = json.loads((model_dir / "facegen_generator.json").read_text())
+    return str(info.get("dataset_defaults", {}).get("verify_against", "target"))
+
+
 def _synthetic(
     arm: str, args: argparse.Namespace, work: Path, env: dict[str, str]
 ) -> dict[str, Any]:
     """Make (b) or (c) with the CLI, export it as an ImageFolder; returns its statistics."""
-    out = work / "datasets" / f"{arm}_m{args.images_per_identity}_seed{args.seed}"
+    # (b)'s identities are the people themselves: their images are checked against them;
+    # (c) is checked as the model's preset recommends (demo-orl: against anchors)
+    verify = "target" if arm == "b" else _recommended_verification(args.model_dir)
+    out = work / "datasets" / f"{arm}_{verify}_m{args.images_per_identity}_seed{args.seed}"
     stats_path = out.parent / f"{out.name}.stats.json"
     stats = _read_json(stats_path)
     if stats is not None:
@@ -285,6 +297,8 @@ def _synthetic(
             str(args.images_per_identity),
             "--seed",
             str(args.seed),
+            "--verify-against",
+            verify,
             "--out",
             str(out),
         ],

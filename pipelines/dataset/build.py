@@ -6,6 +6,8 @@ in the identities' space); it is accepted only if its cosine similarity to its i
 in ``[min_similarity, max_similarity]`` (below: identity drift; above: a near-copy). A
 rejected image is generated again with the next seed, at most ``max_attempts`` times; an
 identity that cannot be filled is recorded as failed and skipped. Every rejection is logged.
+With ``anchors`` (:mod:`facegen.pipelines.dataset.anchors`), images are checked against the
+person the generator rendered for their identity instead of the sampled vector.
 
 Work is deterministic: image ``j`` of identity ``i`` at attempt ``a`` uses
 ``image_seed(seed, i, j, a)``, so any shard, rerun or machine makes the same images.
