@@ -1,7 +1,8 @@
 """Facts about, and quiet behaviour of, the libraries facegen builds on.
 
 :func:`integration_refuses_peft` tells whether transformers' adapter integration refuses the
-installed peft (see :mod:`facegen.adapters.peft_compat`).
+installed peft (see :mod:`facegen.adapters.peft_compat`). :func:`enable_checkpointing` turns on
+a transformers model's activation checkpointing by the name its version has.
 
 transformers 5 made ``CLIPImageProcessor`` / ``SiglipImageProcessor`` torchvision-backed; where
 torchvision is not installed (the CPU build of torch on PyPI has no matching torchvision),
@@ -26,7 +27,12 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["IMAGE_PROCESSORS", "integration_refuses_peft", "use_pil_image_processors"]
+__all__ = [
+    "IMAGE_PROCESSORS",
+    "enable_checkpointing",
+    "integration_refuses_peft",
+    "use_pil_image_processors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +128,13 @@ def integration_refuses_peft() -> str | None:
     if need is None or Version(have) >= Version(need):
         return None
     return str(need)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Turn on activation (gradient) checkpointing of a transformers model:
+    ``activation_checkpointing_enable`` where transformers has it (newer releases deprecate
+    ``gradient_checkpointing_enable`` for it), else ``gradient_checkpointing_enable``."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is None:
+        enable = model.gradient_checkpointing_enable
+    enable()

@@ -12,6 +12,7 @@ diffusers and through ``from_preset(PATH)`` and generates; the CLI runs end to e
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +248,16 @@ def test_fine_tunes_a_base_with_a_learning_rate_per_part(
         **settings(
             tmp_path / "ft", photos, caches / "tiny", base_model="tiny", max_steps=3,
             use_ema=False, text_encoder_learning_rate=1e-12, unet_learning_rate=1e-3,
+            gradient_checkpointing=True,
         )
     )  # fmt: skip
-    res = train_generator(cfg, components=parts, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train_generator(cfg, components=parts, progress=False)
+    # both parts recompute activations, through the name this transformers release prefers
+    assert parts["unet"].is_gradient_checkpointing
+    assert parts["text_encoder"].is_gradient_checkpointing
+    assert not [w for w in caught if "checkpointing_enable" in str(w.message)]
     te_moved = max(
         float((v - te0[k]).abs().max()) for k, v in parts["text_encoder"].state_dict().items()
     )

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegen.adapters.arc2face import ARC2FACE_PROMPT
+from facegen.compat import enable_checkpointing
 from facegen.errors import InvalidArgumentError
 from facegen.training.diffusion.components import (
     TrainingRun,
@@ -581,7 +582,7 @@ def train_generator(
         part.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        te.gradient_checkpointing_enable()
+        enable_checkpointing(te)
     model = _generator_module(enc, unet)
     groups = [
         {"params": list(unet.parameters()), "lr": cfg.unet_learning_rate or cfg.learning_rate},

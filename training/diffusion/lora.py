@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facegen.adapters.lora import DEFAULT_LORA_WEIGHT_NAME
+from facegen.compat import enable_checkpointing
 from facegen.errors import InvalidArgumentError
 from facegen.training.diffusion.class_images import (
     ClassImages,
@@ -267,7 +268,7 @@ def _add_loras(
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            enable_checkpointing(text_encoder)
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
         raise InvalidArgumentError(
