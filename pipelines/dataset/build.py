@@ -295,19 +295,32 @@ def enlarged_for_detection(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
 
+#: The other identities' anchors an anchored image must not match: ``(matrix (K, D) of the
+#: run's anchors, this identity's row)``.
+Rivals = tuple[np.ndarray, int]
+
+
 def _verify(
-    face: Face | None, target: np.ndarray, spec: DatasetSpec
-) -> tuple[Face | None, float, str | None]:
-    """``(face, similarity, rejection reason or None)`` for an image's largest face (None
-    when it has none)."""
+    face: Face | None, target: np.ndarray, spec: DatasetSpec, rivals: Rivals | None = None
+) -> tuple[Face | None, float, str | None, float | None]:
+    """``(face, similarity, rejection reason or None, nearest rival's similarity)`` for an
+    image's largest face (None when it has none). With ``rivals`` (a run verified against
+    anchors), an image that also matches another identity's anchor (at ``min_similarity``)
+    is ``ambiguous``: its label would be in doubt."""
     if face is None:
-        return None, float("nan"), "no_face"
-    sim = float(np.dot(l2_normalize(face.embedding.vector), target))
+        return None, float("nan"), "no_face", None
+    vector = l2_normalize(face.embedding.vector)
+    sim = float(np.dot(vector, target))
     if sim < spec.min_similarity:
-        return face, sim, "identity_drift"
+        return face, sim, "identity_drift", None
     if sim > spec.max_similarity:
-        return face, sim, "near_duplicate"
-    return face, sim, None
+        return face, sim, "near_duplicate", None
+    if rivals is not None and len(rivals[0]) > 1:
+        sims = rivals[0] @ vector
+        sims[rivals[1]] = -np.inf
+        rival = float(sims.max())
+        return face, sim, "ambiguous" if rival >= spec.min_similarity else None, rival
+    return face, sim, None, None
 
 
 def _perturbed(
@@ -354,6 +367,7 @@ def _check_batch(
     seeds: Sequence[int],
     images: Sequence[np.ndarray],
     conds: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+    rivals: Rivals | None = None,
 ) -> list[tuple[int, dict[str, Any], bool]]:
     """Verify, align and store one generated batch: ``(index, record, accepted)`` per image."""
     results = []
@@ -363,7 +377,8 @@ def _check_batch(
         verifier, arrays, spec.verify_workers
     )  # detection in parallel, one embedding batch
     for n, (j, seed, arr, orig) in enumerate(zip(idx, seeds, arrays, originals)):
-        face, sim, reason = _verify(found[n], target, spec)
+        face, sim, reason, rival = _verify(found[n], target, spec, rivals)
+        nearest_rival = {} if rival is None else {"rival_similarity": round(rival, 6)}
         if reason is not None:
             rec = {
                 "index": j,
@@ -371,6 +386,7 @@ def _check_batch(
                 "seed": seed,
                 "reason": reason,
                 "similarity": None if np.isnan(sim) else round(sim, 6),
+                **nearest_rival,
             }
             results.append((j, rec, False))
             continue
@@ -391,6 +407,7 @@ def _check_batch(
             "seed": seed,
             "attempt": attempt,
             "similarity": round(sim, 6),
+            **nearest_rival,
             **_measured_pose(face),
             **(conds[n][1] if conds else {}),
         }
@@ -409,6 +426,7 @@ class _Job:
     #: what the generator is given (None: ``target``)
     vector: np.ndarray | None = None
     anchor: dict[str, Any] | None = None
+    rivals: Rivals | None = None
     attempt: int = 0
     cursor: int = 0
     checks: list[Future] = field(default_factory=list)
@@ -430,18 +448,29 @@ class _Job:
         return out
 
 
-def _anchored_job(i: int, vecs: np.ndarray, anchor: dict[str, Any], spec: DatasetSpec) -> _Job:
-    """The job of identity ``i`` verified against its ``anchor`` (a ``done`` record); the
-    anchor's rejected candidates open the identity's rejections."""
-    target = l2_normalize(np.asarray(anchor["vector"], np.float32))
+def _anchored_job(
+    i: int, vecs: np.ndarray, anchor: dict[str, Any], spec: DatasetSpec, rivals: Rivals
+) -> _Job:
+    """The job of identity ``i`` verified against its ``anchor`` (a ``done`` record; its row
+    in ``rivals``); the anchor's rejected candidates open the identity's rejections."""
     return _Job(
         i,
-        target,
+        rivals[0][rivals[1]],
         list(range(spec.images_per_identity)),
         vector=vecs[i],
         anchor=anchor,
+        rivals=rivals,
         rejections=list(anchor["rejections"]),
     )
+
+
+def _anchor_rows(anchors: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[int, int]]:
+    """The unit vectors of the found anchors ``(K, D)`` and each identity's row."""
+    found = [a for a in anchors if a["status"] == "done"]
+    if not found:
+        return np.zeros((0, 0), np.float32), {}
+    matrix = l2_normalize(np.stack([np.asarray(a["vector"], np.float32) for a in found]))
+    return matrix, {int(a["identity"]): n for n, a in enumerate(found)}
 
 
 def _fill_identities(
@@ -462,6 +491,7 @@ def _fill_identities(
     only on its own seeds, so the result is the same as one image at a time."""
     queue = list(todo)
     active: list[_Job] = []
+    matrix, rows = _anchor_rows(anchors) if anchors is not None else (None, {})
     with ThreadPoolExecutor(1, thread_name_prefix="facegen-verify") as pool:
         while queue or active:
             # 1. identities whose attempt is fully checked: retry the rejected, or finish
@@ -495,7 +525,7 @@ def _fill_identities(
                 if anchors is None:
                     job = _Job(i, vecs[i], list(range(spec.images_per_identity)))
                 elif anchors[i]["status"] == "done":
-                    job = _anchored_job(i, vecs, anchors[i], spec)
+                    job = _anchored_job(i, vecs, anchors[i], spec, (matrix, rows[i]))
                 else:  # no anchor: nothing to verify images against
                     rejections = list(anchors[i]["rejections"])
                     yield {
@@ -544,7 +574,9 @@ def _generate_batch(
         images = generate(vectors, seeds, [c[0] for c in conds])
     if len(images) != len(idx):
         raise FacegenError(f"the generator returned {len(images)} images for {len(idx)} seeds")
-    return (out, i, job.target, verifier, spec, attempt, idx, seeds, list(images), conds)
+    return (
+        out, i, job.target, verifier, spec, attempt, idx, seeds, list(images), conds, job.rivals
+    )  # fmt: skip
 
 
 def committed_identities(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

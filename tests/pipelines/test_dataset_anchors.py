@@ -146,6 +146,29 @@ def test_an_anchor_in_the_bank_or_too_near_another_is_rejected_and_retried(
     assert anchors[2]["nearest_anchor"] < SEPARATION
 
 
+def test_an_image_that_also_matches_another_identitys_anchor_is_ambiguous(
+    tmp_path: Path, people, dlib_analyzer
+) -> None:
+    """With a separation too lax to tell two renders of one person apart, two identities get
+    anchors of the same person; their images match both anchors, and none is kept."""
+    targets = _targets(people)
+    twins = np.stack([targets[0], targets[0] + 0.01 * targets[2], targets[2]])
+    anchors = find_anchors(tmp_path, twins, OtherPerson(people), dlib_analyzer, seed=0,
+                           attempts=2, separation=0.999)  # fmt: skip
+    assert [a["status"] for a in anchors] == ["done"] * 3
+    assert anchors[1]["nearest_anchor"] >= SPEC.min_similarity  # one person, two anchors
+    summary = build_dataset(tmp_path, twins, OtherPerson(people), dlib_analyzer, SPEC,
+                            anchors=anchors)  # fmt: skip
+    assert (summary.done, summary.failed) == (1, 2) and summary.rejections["ambiguous"] >= 6
+    for r in read_journal(tmp_path / "journal" / "shard-0-of-1.jsonl"):
+        assert (r["status"] == "done") == (r["identity"] == 2)
+        for im in r["images"]:  # kept: its own anchor only
+            assert im["rival_similarity"] < SPEC.min_similarity <= im["similarity"]
+        for rej in r["rejections"]:
+            if rej["reason"] == "ambiguous":
+                assert rej["rival_similarity"] >= SPEC.min_similarity
+
+
 def _same(got: list[dict], want: list[dict]) -> None:
     """The same decisions (identity, status, attempt, seed, rejection reasons); vectors and
     similarities equal up to float32 rounding (an embedding batch of another size may differ

@@ -171,6 +171,7 @@ def test_novel_identities_are_verified_against_the_person_the_model_renders(
     assert float(between.max()) < 0.925
     for r in kept:
         assert all(0.925 <= im["similarity"] <= 0.995 for im in r["images"])
+        assert all(im["rival_similarity"] < 0.925 for im in r["images"])  # no other anchor
     reasons = {x["reason"] for a in anchors for x in a["rejections"]}
     assert reasons <= {"anchor_no_face", "anchor_leakage", "anchor_too_close"}
 
