@@ -35,7 +35,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,7 +60,12 @@ __all__ = [
     "anchor_vectors",
     "find_anchors",
     "read_anchors",
+    "run_anchors",
 ]
+
+if TYPE_CHECKING:
+    from facegen.pipelines.dataset.config import DatasetConfig
+    from facegen.pipelines.dataset.run import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +160,37 @@ def find_anchors(
                     if progress is not None:
                         progress(len(records), len(vecs))
     return records
+
+
+def run_anchors(
+    out_dir: str | os.PathLike[str],
+    cfg: DatasetConfig,
+    worker: Worker,
+    vectors: np.ndarray,
+    condition: Callable[[int, int, int], tuple[dict[str, Any], dict[str, Any]]] | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`find_anchors` for a dataset run: ``cfg`` (resolved) gives the seed, attempts,
+    separation and batch size; the anchors stay away from the identity bank
+    (``cfg.identity_bank``, else the worker's) when ``cfg`` checks leakage."""
+    from facegen.pipelines.dataset.run import _identity_bank
+
+    bank = _identity_bank(cfg, worker.identity_bank, worker.encoder_id, worker.dim)
+    leak = bank if cfg.leakage_check else None
+    return find_anchors(
+        out_dir,
+        vectors,
+        worker.generate,
+        worker.verifier,
+        seed=cfg.seed,
+        attempts=cfg.attempts,
+        separation=cfg.setting("identity_separation"),
+        bank=leak,
+        leakage_threshold=None if leak is None else cfg.setting("leakage_threshold"),
+        batch_size=cfg.batch_size,
+        condition=condition,
+        progress=progress,
+    )
 
 
 class _AnchorFinder:

@@ -205,7 +205,8 @@ def build_dataset(
     committed identity. ``anchors``: one record per identity from
     :func:`~facegen.pipelines.dataset.anchors.find_anchors`; images are then verified against
     their identity's anchor vector instead of its sampled vector (still the generator's
-    input), and an identity without an anchor fails at once with the anchor's rejections. Holds the shard's lock while it runs (see the module doc): raises
+    input), and an identity without an anchor fails at once with the anchor's rejections.
+    Holds the shard's lock while it runs (see the module doc): raises
     :class:`~facegen.errors.FolderLockedError` at once when another run is filling this shard
     of ``out_dir``.
     """
@@ -373,9 +374,8 @@ def _check_batch(
     results = []
     originals = [load_image(np.asarray(img)) for img in images]
     arrays = [enlarged_for_detection(a) for a in originals]
-    found = _largest_faces(
-        verifier, arrays, spec.verify_workers
-    )  # detection in parallel, one embedding batch
+    # detection in parallel, one embedding batch
+    found = _largest_faces(verifier, arrays, spec.verify_workers)
     for n, (j, seed, arr, orig) in enumerate(zip(idx, seeds, arrays, originals)):
         face, sim, reason, rival = _verify(found[n], target, spec, rivals)
         nearest_rival = {} if rival is None else {"rival_similarity": round(rival, 6)}

@@ -495,49 +495,13 @@ def run_shard(
         spec = resolved.spec()
         anchors = None
         if resolved.verify_against == "anchor":
-            anchors = _anchors(out_dir, resolved, worker, vectors, condition, anchor_progress)
+            from facegen.pipelines.dataset.anchors import run_anchors
+
+            anchors = run_anchors(out_dir, resolved, worker, vectors, condition, anchor_progress)
+        generate, verifier = worker.generate, worker.verifier
         return _build_dataset(
-            out_dir,
-            vectors,
-            worker.generate,
-            worker.verifier,
-            spec,
-            shard,
-            condition,
-            progress,
-            anchors,
+            out_dir, vectors, generate, verifier, spec, shard, condition, progress, anchors
         )
-
-
-def _anchors(
-    out_dir: str | os.PathLike[str],
-    cfg: DatasetConfig,
-    worker: Worker,
-    vectors: np.ndarray,
-    condition: ConditionFn | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[dict[str, Any]]:
-    """The run's anchors (:func:`~facegen.pipelines.dataset.anchors.find_anchors`), kept away
-    from the identity bank (``cfg.identity_bank``, else the worker's) when ``cfg`` checks
-    leakage; ``cfg`` is resolved."""
-    from facegen.pipelines.dataset.anchors import find_anchors
-
-    bank = _identity_bank(cfg, worker.identity_bank, worker.encoder_id, worker.dim)
-    leak = bank if cfg.leakage_check else None
-    return find_anchors(
-        out_dir,
-        vectors,
-        worker.generate,
-        worker.verifier,
-        seed=cfg.seed,
-        attempts=cfg.attempts,
-        separation=cfg.setting("identity_separation"),
-        bank=leak,
-        leakage_threshold=None if leak is None else cfg.setting("leakage_threshold"),
-        batch_size=cfg.batch_size,
-        condition=condition,
-        progress=progress,
-    )
 
 
 def accelerate_shard() -> tuple[tuple[int, int], str, Any]:
