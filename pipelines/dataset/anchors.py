@@ -65,7 +65,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from facegen.pipelines.dataset.config import DatasetConfig
-    from facegen.pipelines.dataset.run import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -165,23 +164,22 @@ def find_anchors(
 def run_anchors(
     out_dir: str | os.PathLike[str],
     cfg: DatasetConfig,
-    worker: Worker,
     vectors: np.ndarray,
+    generate: Callable[..., Sequence[np.ndarray]],
+    verifier: FaceAnalyzer,
+    bank: np.ndarray | None,
     condition: Callable[[int, int, int], tuple[dict[str, Any], dict[str, Any]]] | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`find_anchors` for a dataset run: ``cfg`` (resolved) gives the seed, attempts,
-    separation and batch size; the anchors stay away from the identity bank
-    (``cfg.identity_bank``, else the worker's) when ``cfg`` checks leakage."""
-    from facegen.pipelines.dataset.run import _identity_bank
-
-    bank = _identity_bank(cfg, worker.identity_bank, worker.encoder_id, worker.dim)
+    separation and batch size; the anchors stay away from ``bank`` (the run's identity bank)
+    when ``cfg`` checks leakage."""
     leak = bank if cfg.leakage_check else None
     return find_anchors(
         out_dir,
         vectors,
-        worker.generate,
-        worker.verifier,
+        generate,
+        verifier,
         seed=cfg.seed,
         attempts=cfg.attempts,
         separation=cfg.setting("identity_separation"),

@@ -477,6 +477,7 @@ def run_shard(
     here when not given). With ``verify_against: anchor`` the run's anchors are found first
     (:mod:`facegen.pipelines.dataset.anchors`; ``anchor_progress(decided, total)``). Holds the shard's lock throughout: raises
     :class:`~facegen.errors.FolderLockedError` at once when another run fills this shard."""
+    from facegen.pipelines.dataset.anchors import run_anchors
     from facegen.pipelines.dataset.build import _build_dataset, _check_shard, shard_lock
 
     _check_shard(shard)
@@ -494,11 +495,12 @@ def run_shard(
         resolved = worker.resolve(cfg)
         spec = resolved.spec()
         anchors = None
-        if resolved.verify_against == "anchor":
-            from facegen.pipelines.dataset.anchors import run_anchors
-
-            anchors = run_anchors(out_dir, resolved, worker, vectors, condition, anchor_progress)
         generate, verifier = worker.generate, worker.verifier
+        if resolved.verify_against == "anchor":
+            bank = _identity_bank(resolved, worker.identity_bank, worker.encoder_id, worker.dim)
+            anchors = run_anchors(
+                out_dir, resolved, vectors, generate, verifier, bank, condition, anchor_progress
+            )
         return _build_dataset(
             out_dir, vectors, generate, verifier, spec, shard, condition, progress, anchors
         )
