@@ -6,79 +6,29 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 from PIL import Image
-from web_testing import TINY_PRESETS, free_port, tiny_factory, write_noise_png
+from web_testing import (
+    LIMITS,
+    STEPS,
+    TINY_PRESETS,
+    app_error,
+    free_port,
+    write_noise_png,
+)
 
 from facegen.analyzer import FaceAnalyzer
 from facegen.app.web.app import launch_app
-from facegen.app.web.services import AppLimits, Services, SessionState
+from facegen.app.web.services import Services, SessionState
 from facegen.embedding_io import save_embeddings
 from facegen.image_io import load_image, save_image
 from facegen.provenance import read_provenance
-from facegen.samples import sample_path
 from facegen.types import IdentityEmbedding
-
-LIMITS = AppLimits(
-    max_upload_mb=2,
-    max_pixels=2_000_000,
-    max_images=4,
-    max_steps=10,
-    max_dataset_identities=3,
-    max_dataset_images=2,
-    max_train_steps=5,
-    max_video_frames=10,
-)
-STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def dlib() -> FaceAnalyzer:
-    return FaceAnalyzer.from_names("dlib", "dlib68", "dlib")
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, dlib: FaceAnalyzer) -> Any:
-    root = tmp_path_factory.mktemp("webapp")
-    services = Services(
-        default_preset="tiny",
-        presets=[*TINY_PRESETS, "arc2face"],
-        pipeline_factory=tiny_factory(dlib),
-        analyzer=dlib,
-        limits=LIMITS,
-        output_root=root / "outputs",
-    )
-    demo = launch_app(services, port=free_port(), block=False, quiet=True)
-    try:
-        yield SimpleNamespace(
-            services=services,
-            demo=demo,
-            url=demo.local_url,
-            client=Client(demo.local_url, verbose=False),
-        )
-    finally:
-        demo.close()
-        services.close()
-
-
-@pytest.fixture(scope="session")
-def astronaut_path() -> Path:
-    return sample_path("astronaut")
-
-
-def _error(client: Client, *args: Any, api_name: str) -> str:
-    with pytest.raises(AppError) as ei:
-        client.predict(*args, api_name=api_name)
-    message = str(ei.value)
-    assert "Traceback" not in message and 'File "' not in message
-    return message
 
 
 def _gen(client: Client, **kw: Any) -> tuple[Any, ...]:
@@ -127,16 +77,16 @@ def test_uploads_are_checked_before_decoding(app: Any, tmp_path: Path) -> None:
     c = app.client
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 50)
-    msg = _error(c, handle_file(str(broken)), api_name="/detect_faces")
+    msg = app_error(c, handle_file(str(broken)), api_name="/detect_faces")
     assert "broken.jpg is not an image this app can read" in msg
     # more pixels than allowed: refused from the header (the file itself is small)
     huge = tmp_path / "huge.png"
     Image.new("RGB", (1600, 1400)).save(huge)
     assert huge.stat().st_size < LIMITS.max_upload_bytes
-    msg = _error(c, handle_file(str(huge)), api_name="/detect_faces")
+    msg = app_error(c, handle_file(str(huge)), api_name="/detect_faces")
     assert "huge.png is 1600×1400 pixels" in msg and "up to 2 MP" in msg
     # no face
-    msg = _error(
+    msg = app_error(
         c, handle_file(str(write_noise_png(tmp_path / "noise.png"))), api_name="/detect_faces"
     )
     assert "noise.png: no face detected" in msg
@@ -183,13 +133,13 @@ def test_generate_from_a_chosen_face_of_a_group_photo(app: Any, t1_path: Path, d
     assert record["identity"]["face"] == 2 and record["identity"]["photo"] == "t1.jpg"
     np.testing.assert_allclose(record["identity"]["bbox"], box, atol=0.1)
     assert set(record["identity_similarity"]) == {"conditioning", "dlib"}
-    msg = _error(
+    msg = app_error(
         app.client,
         *_args(source="photo", photo=handle_file(str(t1_path)), face="#9"),
         api_name="/generate",
     )
     assert "Face #9 does not exist: the photo has 6 face(s)" in msg
-    msg = _error(app.client, *_args(source="photo"), api_name="/generate")
+    msg = app_error(app.client, *_args(source="photo"), api_name="/generate")
     assert "Please upload a photo of the person" in msg
 
 
@@ -223,7 +173,7 @@ def test_generate_from_an_embedding_file(
     out = _gen(app.client, source="embedding", emb=handle_file(str(ids)), emb_index=1, n=1)
     rec = _manifest(out[3])["images"][0]["identity"]
     assert rec == {"embedding_file": "ids.safetensors", "embedding_index": 1}
-    msg = _error(
+    msg = app_error(
         app.client,
         *_args(source="embedding", emb=handle_file(str(ids)), emb_index=5),
         api_name="/generate",
@@ -231,21 +181,21 @@ def test_generate_from_an_embedding_file(
     assert "ids.safetensors holds 2 embedding(s)" in msg
     other = tmp_path / "dlib.safetensors"
     save_embeddings(other, [dlib.embed(load_image(t1_path))])
-    msg = _error(
+    msg = app_error(
         app.client, *_args(source="embedding", emb=handle_file(str(other))), api_name="/generate"
     )
     assert "holds dlib-resnet-v1 embeddings, but preset 'tiny' needs arcface-onnx/arc2face" in msg
 
 
 def test_generate_reports_a_missing_model_and_bad_settings(app: Any) -> None:
-    msg = _error(app.client, *_args(preset="arc2face"), api_name="/generate")
+    msg = app_error(app.client, *_args(preset="arc2face"), api_name="/generate")
     assert "is not available" in msg and "Models panel" in msg
     assert "Looked in" not in msg  # no server paths on the page
     # the form's own limits are checked by its components
-    assert "greater than maximum value 10" in _error(
+    assert "greater than maximum value 10" in app_error(
         app.client, *_args(steps=11), api_name="/generate"
     )
-    assert "The seed must be in [0, 2147483647]" in _error(
+    assert "The seed must be in [0, 2147483647]" in app_error(
         app.client, *_args(seed=2**31), api_name="/generate"
     )
 
@@ -274,12 +224,12 @@ def test_control_landmarks_and_generation_follow_the_reference(
     assert read_provenance(files[0]).operation == "control"
     wrong = _args(preset="tiny")
     wrong.insert(5, handle_file(str(astronaut_path)))
-    assert "not in the list of choices: ['tiny-controlnet']" in _error(
+    assert "not in the list of choices: ['tiny-controlnet']" in app_error(
         app.client, *wrong, api_name="/control_generate"
     )
     faceless = _args(preset="tiny-controlnet")
     faceless.insert(5, handle_file(str(write_noise_png(tmp_path / "pose.png"))))
-    assert "pose.png: no face detected" in _error(
+    assert "pose.png: no face detected" in app_error(
         app.client, *faceless, api_name="/control_generate"
     )
 
@@ -314,7 +264,7 @@ def test_swap_replaces_the_chosen_face_only(
     info = read_provenance(download)
     assert info.operation == "swap" and info.kind == "edited" and info.params["target"] == "t1.jpg"
     assert "compositeWithTrainedAlgorithmicMedia" in notice
-    msg = _error(
+    msg = app_error(
         app.client,
         handle_file(str(astronaut_path)),
         handle_file(str(t1_path)),
@@ -370,7 +320,7 @@ def test_anonymize_reports_unreadable_files_and_processes_the_rest(
     skipped = _manifest(zip_path)["skipped"]
     assert [s.split(":")[0] for s in skipped] == ["broken.jpg", "empty.png"], skipped
     # alone, an unreadable file is still an error that names it
-    msg = _error(
+    msg = app_error(
         app.client,
         [handle_file(str(broken))],
         "blur",
@@ -391,7 +341,7 @@ def test_anonymize_skips_photos_without_faces(app: Any, t1_path: Path, tmp_path:
     gallery, table, zip_path, _ = _anon(app.client, [t1_path, noise])
     assert len(gallery) == 1 and {row[0] for row in table["data"]} == {"t1.jpg"}
     assert "empty.png: no face detected" in _manifest(zip_path)["skipped"][0]
-    msg = _error(
+    msg = app_error(
         app.client,
         [handle_file(str(noise))],
         "blur",
@@ -405,7 +355,7 @@ def test_anonymize_skips_photos_without_faces(app: Any, t1_path: Path, tmp_path:
         api_name="/anonymize",
     )
     assert "empty.png: no face detected" in msg
-    msg = _error(
+    msg = app_error(
         app.client, [], "blur", "all", 0.25, 8, "hull", "tiny", 0, 2, api_name="/anonymize"
     )
     assert "Please upload one or more photos" in msg
@@ -434,7 +384,7 @@ def test_dataset_preview_checks_the_separation(app: Any) -> None:
     pairs = sum(int(row[1]) for row in plot["data"])
     assert pairs == 300 * 299 // 2
     # below -1/(n-1) no n unit vectors fit: asking for it is refused with advice
-    msg = _error(app.client, 50, -0.2, "uniform", 0, api_name="/dataset_preview")
+    msg = app_error(app.client, 50, -0.2, "uniform", 0, api_name="/dataset_preview")
     assert "higher separation value" in msg
 
 
@@ -455,9 +405,13 @@ def test_dataset_job_runs_measures_and_zips_the_run(app: Any) -> None:
         assert name in names
     # random tiny models make no faces: every rejection is recorded as such
     assert set(summary["rejections"]) <= {"no_face", "identity_drift", "near_duplicate"}
-    msg = _error(app.client, "tiny", 5, 2, 0.3, 0.5, 0.98, 1, STEPS, 0, "", api_name="/dataset_run")
+    msg = app_error(
+        app.client, "tiny", 5, 2, 0.3, 0.5, 0.98, 1, STEPS, 0, "", api_name="/dataset_run"
+    )
     assert "greater than maximum value 3" in msg
-    msg = _error(app.client, "tiny", 2, 2, 0.3, 0.9, 0.5, 1, STEPS, 0, "", api_name="/dataset_run")
+    msg = app_error(
+        app.client, "tiny", 2, 2, 0.3, 0.9, 0.5, 1, STEPS, 0, "", api_name="/dataset_run"
+    )
     assert "`min_similarity` < `max_similarity`" in msg
 
 
@@ -490,9 +444,9 @@ def test_train_lora_returns_the_weights(
             name = next(n for n in z.namelist() if n.endswith("pytorch_lora_weights.safetensors"))
             keys = load(z.read(name))
         assert any(k.startswith("text_encoder.") for k in keys) == te
-    msg = _error(app.client, [], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
+    msg = app_error(app.client, [], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
     assert "Please upload photos of the person" in msg
-    msg = _error(app.client, [photo], "arc2face", 2, 4, 1e-4, 0, True, api_name="/train_lora")
+    msg = app_error(app.client, [photo], "arc2face", 2, 4, 1e-4, 0, True, api_name="/train_lora")
     assert "text encoder can be trained only with a prompt-conditioned base" in msg
 
 
@@ -544,15 +498,15 @@ def test_missing_features_and_internal_errors_read_as_sentences(
     try:
         c = Client(demo.local_url, verbose=False)
         t1 = handle_file(str(t1_path))
-        msg = _error(c, t1, t1, "all", "tiny", 0, STEPS, 1.0, api_name="/swap")
+        msg = app_error(c, t1, t1, "all", "tiny", 0, STEPS, 1.0, api_name="/swap")
         assert msg == "Face swap is turned off in this app."
-        msg = _error(
+        msg = app_error(
             c, [t1], "generate", "all", 0.25, 8, "hull", "tiny", 0, 2, api_name="/anonymize"
         )
         assert "'generate'" in msg and "not in the list of choices" in msg  # not offered
-        msg = _error(c, [t1], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
+        msg = app_error(c, [t1], "tiny", 2, 4, 1e-4, 0, False, api_name="/train_lora")
         assert msg == "LoRA personalization is turned off in this app."
-        msg = _error(c, *_args(), api_name="/generate")
+        msg = app_error(c, *_args(), api_name="/generate")
         assert "internal error" in msg and "secret" not in msg
     finally:
         demo.close()
@@ -605,142 +559,3 @@ def test_app_command_defaults_to_this_machine_only() -> None:
     assert (args.host, args.port, args.share, args.preset) == ("127.0.0.1", 7860, False, None)
     with pytest.raises(SystemExit):
         parser.parse_args(["app", "--port", "70000"])
-
-
-def _clip(path: Path, t1: np.ndarray, frames: int) -> Path:
-    """A 320×240 pan across t1.jpg (faces in every frame), H.264 with a silent audio track."""
-    av = pytest.importorskip("av", reason="the video extra is not installed")
-    import cv2
-
-    small = cv2.resize(t1, (480, round(t1.shape[0] * 480 / t1.shape[1])))
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=10)
-        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
-        for i in range(frames):
-            window = np.ascontiguousarray(small[:240, 8 * i : 8 * i + 320])
-            frame = av.VideoFrame.from_ndarray(window, format="rgb24")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode())
-    return path
-
-
-def _anon_video(client: Client, video: Path, mode: str = "blur", every: int = 2) -> Any:
-    return client.predict(
-        handle_file(str(video)),
-        mode,
-        0.25,
-        8,
-        "hull",
-        every,
-        api_name="/anonymize_video",
-    )
-
-
-def test_anonymize_video_tracks_and_covers_every_frame(
-    app: Any, t1_path: Path, tmp_path: Path
-) -> None:
-    from facegen.video_io import VideoReader, probe_video
-
-    t1 = load_image(t1_path)
-    clip = _clip(tmp_path / "street.mp4", t1, 8)
-    video, report, summary = _anon_video(app.client, clip)
-    out = Path(video["video"] if isinstance(video, dict) else video)
-    assert out.suffix == ".mp4" and probe_video(out).frame_count == 8
-    assert report["frames"] == 8 and report["frames_detected"] == 4
-    assert report["faces_detected"] > 0 and report["source"] == "street.mp4"
-    assert "face track" in summary
-    with VideoReader(clip) as a, VideoReader(out) as b:
-        before, after = [f.image for f in a], [f.image for f in b]
-    assert all(np.abs(x.astype(int) - y).mean() > 1 for x, y in zip(before, after))
-
-
-def test_anonymize_video_refuses_long_wrong_and_generate(
-    app: Any, t1_path: Path, tmp_path: Path
-) -> None:
-    t1 = load_image(t1_path)
-    long_clip = _clip(tmp_path / "long.mp4", t1, 12)
-    assert "at most 10" in _error(
-        app.client, handle_file(str(long_clip)), "blur", 0.25, 8, "hull", 1,
-        api_name="/anonymize_video",
-    )  # fmt: skip
-    short = _clip(tmp_path / "short.mp4", t1, 4)
-    assert "photos for now" in _error(
-        app.client, handle_file(str(short)), "generate", 0.25, 8, "hull", 1,
-        api_name="/anonymize_video",
-    )  # fmt: skip
-    still = tmp_path / "photo.mp4"
-    still.write_bytes(t1_path.read_bytes())
-    message = _error(
-        app.client, handle_file(str(still)), "blur", 0.25, 8, "hull", 1,
-        api_name="/anonymize_video",
-    )  # fmt: skip
-    assert "still image" in message and str(tmp_path) not in message
-
-
-def test_swap_video_with_tiny_models(app: Any, t1_path: Path, tmp_path: Path) -> None:
-    """Plumbing (tiny random pipeline): the source photo's identity on the largest face of
-    every frame; 'best' is refused for a video."""
-    from facegen.video_io import probe_video
-
-    clip = _clip(tmp_path / "group.mp4", load_image(t1_path), 4)
-    video, report, summary = app.client.predict(
-        handle_file(str(t1_path)), handle_file(str(clip)), "largest", "tiny", 0, 1, 2,
-        api_name="/swap_video",
-    )  # fmt: skip
-    out = Path(video["video"] if isinstance(video, dict) else video)
-    assert probe_video(out).frame_count == 4
-    assert report["faces_generated"] == 4 and report["settings"]["swap"]["faces"] == "largest"
-    assert "faces swapped" in summary
-    message = _error(
-        app.client, handle_file(str(t1_path)), handle_file(str(clip)), "best", "tiny", 0, 1, 1,
-        api_name="/swap_video",
-    )  # fmt: skip
-    assert "largest" in message and "Traceback" not in message  # gradio checks the choice
-
-
-def test_swap_with_a_one_shot_model_and_restoration(
-    app: Any, t1_path: Path, astronaut_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The Swap tab's method: inswapper (a random-weight double in the real signature) with
-    GFPGAN after it, on a photo and on a video; a method whose model is missing says which
-    and where it looked."""
-    pytest.importorskip("onnx")
-    from onnx_face_models import build_arcface_w600k, build_restorer, build_swapper
-
-    from facegen.video_io import probe_video
-
-    models = tmp_path / "home" / "models"
-    build_swapper(models / "inswapper_128" / "inswapper_128.onnx", size=128, emap=True)
-    build_arcface_w600k(models / "buffalo_l" / "w600k_r50.onnx")
-    build_restorer(models / "gfpgan_1.4" / "gfpgan_1.4.onnx")
-    monkeypatch.setenv("FACEGEN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FACEGEN_OFFLINE", "1")
-    photo = (
-        handle_file(str(astronaut_path)),
-        handle_file(str(t1_path)),
-        "all",
-        "tiny",
-        0,
-        STEPS,
-        1.0,
-    )
-    _, after, table, download, _ = app.client.predict(
-        *photo, "inswapper_128", "gfpgan", 0.8, api_name="/swap"
-    )
-    t1 = load_image(t1_path)
-    assert np.abs(load_image(after).astype(int) - t1).mean() > 0.5
-    info = read_provenance(download)
-    assert info.params["swapper"] == "inswapper_128" and info.params["restore"]["model"] == "gfpgan"
-    assert len(table["data"]) == 6 and "one-shot" in table["data"][0][3]
-    message = _error(app.client, *photo, "simswap_256", "none", 0.8, api_name="/swap")
-    assert "simswap_256" in message and "facefusion/models-3.0.0" in message
-    clip = _clip(tmp_path / "group.mp4", t1, 4)
-    video, report, _ = app.client.predict(
-        handle_file(str(astronaut_path)), handle_file(str(clip)), "all", "tiny", 0, 1, 2,
-        "inswapper_128", api_name="/swap_video",
-    )  # fmt: skip
-    out = Path(video["video"] if isinstance(video, dict) else video)
-    assert probe_video(out).frame_count == 4
-    assert report["settings"]["swap"]["swapper"] == "inswapper_128"
-    assert report["faces_generated"] == report["faces_covered"] > 0

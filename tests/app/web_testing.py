@@ -1,5 +1,5 @@
-"""Helpers shared by the web app's tests: services with tiny models, a launched app, and
-a stand-in for the Arc2Face ArcFace encoder (so photos give identities offline)."""
+"""Helpers shared by the web app's tests: services with tiny models, the API tests' limits
+and error check, and a stand-in for the Arc2Face ArcFace encoder (so photos give identities offline)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from facegen.align import align_face
 from facegen.analyzer import FaceAnalyzer
+from facegen.app.web.services import AppLimits
 from facegen.base import IdentityEncoder
 from facegen.types import AlignedFace, Face
 
 TINY_PRESETS = ["tiny", "tiny-controlnet"]
+#: The limits of the app the API tests launch (``conftest.app``): small, so they are reached.
+LIMITS = AppLimits(
+    max_upload_mb=2,
+    max_pixels=2_000_000,
+    max_images=4,
+    max_steps=10,
+    max_dataset_identities=3,
+    max_dataset_images=2,
+    max_train_steps=5,
+    max_video_frames=10,
+)
+#: Denoising steps of the API tests' generations.
+STEPS = 2
 
 
 class ProjectionEncoder(IdentityEncoder):
@@ -67,3 +84,13 @@ def write_noise_png(path: Path, size: int = 96, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     save_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), path)
     return path
+
+
+def app_error(client: Client, *args: Any, api_name: str) -> str:
+    """The message of the error the endpoint raises for ``args``; it must read as a
+    sentence, without a traceback."""
+    with pytest.raises(AppError) as ei:
+        client.predict(*args, api_name=api_name)
+    message = str(ei.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
