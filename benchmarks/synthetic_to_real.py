@@ -233,7 +233,7 @@ def _write_known_identities(out: Path, model_dir: Path) -> None:
 
 
 def _journal_stats(out: Path) -> dict[str, Any]:
-    """Counts from the dataset's journals (the first record of each identity)."""
+    """Counts from the dataset's journals (the first record of each identity) and anchors."""
     records: dict[int, dict[str, Any]] = {}
     for f in sorted((out / "journal").glob("*.jsonl")):
         for line in f.read_text().splitlines():
@@ -244,8 +244,18 @@ def _journal_stats(out: Path) -> dict[str, Any]:
     failed = [r for r in records.values() if r["status"] != "done"]
     accepted = sum(len(r["images"]) for r in records.values())
     rejected = Counter(x["reason"] for r in records.values() for x in r["rejections"])
-    candidates = accepted + sum(rejected.values())
+    # accepted anchors are renders too (rejected ones are in the journals' rejections)
+    anchors_file = out / "anchors.jsonl"
+    anchors_kept = 0
+    if anchors_file.exists():
+        anchors_kept = sum(
+            json.loads(line)["status"] == "done"
+            for line in anchors_file.read_text().splitlines()
+            if line.strip()
+        )
+    candidates = accepted + anchors_kept + sum(rejected.values())
     return {
+        "anchors_kept": anchors_kept,
         "identities_recorded": len(records),
         "identities_kept": len(done),
         "identities_failed": len(failed),
