@@ -124,15 +124,34 @@ def _add_generative_parsers(tsub: Any) -> None:
             if name == "controlnet"
             else "SD1.5 folder or hub id, 'arc2face', or 'tiny' (random, for plumbing)",
         )
-        g.add_argument("--resolution", type=positive_int)
-        g.add_argument("--batch-size", type=positive_int)
-        g.add_argument("--max-steps", type=positive_int)
-        g.add_argument("--lr", type=float)
-        g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
-        g.add_argument("--checkpointing-steps", type=positive_int)
-        g.add_argument("--validation-steps", type=int)
+        g.add_argument(
+            "--resolution",
+            type=positive_int,
+            help="training image size in pixels (default: the base model's own: 512 for SD1.5 "
+            "and arc2face, 64 for scratch and tiny)",
+        )
+        g.add_argument("--batch-size", type=positive_int, help="images per step and device (1)")
+        g.add_argument("--max-steps", type=positive_int, help="optimizer steps (500)")
+        g.add_argument(
+            "--lr", type=float, help=f"learning rate ({'1e-5' if name == 'controlnet' else '1e-4'})"
+        )
+        g.add_argument(
+            "--mixed-precision",
+            choices=["no", "fp16", "bf16"],
+            help="autocast precision on a GPU (no)",
+        )
+        g.add_argument(
+            "--checkpointing-steps",
+            type=positive_int,
+            help="save a resumable checkpoint every N steps (500; the last 2 are kept)",
+        )
+        g.add_argument(
+            "--validation-steps",
+            type=int,
+            help="render validation images every N steps (0 = never)",
+        )
         g.add_argument("--resume", help="'latest' or a checkpoint folder")
-        g.add_argument("--seed", type=int)
+        g.add_argument("--seed", type=int, help="seed of the run (0)")
         if name == "lora":
             g.add_argument("--rank", type=positive_int)
             g.add_argument("--alpha", type=float)
@@ -294,8 +313,10 @@ def _add_generator_options(g: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-ema", dest="use_ema", action="store_false", default=None, help="save the last weights"
     )
-    g.add_argument("--ema-decay", type=float)
-    g.add_argument("--random-flip", action="store_true", default=None)
+    g.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights (0.9999)")
+    g.add_argument(
+        "--random-flip", action="store_true", default=None, help="mirror photos at random"
+    )
     g.add_argument(
         "--prediction-type",
         choices=("v_prediction", "epsilon"),

@@ -4,6 +4,7 @@ LoRA in `facegen generate --lora`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,37 @@ def test_train_skips_unreadable_and_faceless_photos(tmp_path: Path, photos: Path
     blocker.write_text("x")
     bad_out = ["--out", str(blocker / "o"), *COMMON, "--max-steps", "1", "--conditioning", "prompt"]
     assert main(["train", "lora", str(folder), *bad_out]) == 1  # unwritable output: an error
+
+
+def _stated(help_text: str) -> str:
+    """The default an option's help states: the parenthesised text's first word."""
+    m = re.search(r"\(([^;)\s]+)", help_text)
+    assert m, help_text
+    return m.group(1)
+
+
+@pytest.mark.parametrize("kind", ["lora", "adapter", "controlnet", "generator"])
+def test_train_help_names_each_loops_own_defaults(kind: str) -> None:
+    """The defaults the options' help states are the config's (help is built without
+    importing the training code, so the two are kept in step here)."""
+    import dataclasses
+
+    from facegen.app.cli.main import build_parser
+    from facegen.app.cli.train import _generative_trainer
+
+    config_cls, _ = _generative_trainer(kind)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    commands = build_parser()._subparsers._group_actions[0].choices
+    train = next(a for a in commands["train"]._actions if a.dest == "train_command")
+    helps = {a.dest: a.help or "" for a in train.choices[kind]._actions}
+    assert int(_stated(helps["batch_size"])) == defaults["batch_size"]
+    assert int(_stated(helps["max_steps"])) == defaults["max_steps"]
+    assert float(_stated(helps["lr"])) == defaults["learning_rate"]
+    assert _stated(helps["mixed_precision"]) == defaults["mixed_precision"]
+    assert int(_stated(helps["checkpointing_steps"])) == defaults["checkpointing_steps"]
+    assert f"last {defaults['checkpoints_total_limit']} are kept" in helps["checkpointing_steps"]
+    assert int(_stated(helps["seed"])) == defaults["seed"]
+    assert defaults["validation_steps"] == 0 and "0 = never" in helps["validation_steps"]
+    assert defaults["resolution"] is None and "base model's own" in helps["resolution"]
+    if kind == "generator":
+        assert float(_stated(helps["ema_decay"])) == defaults["ema_decay"]
