@@ -234,25 +234,19 @@ def _write_known_identities(out: Path, model_dir: Path) -> None:
 
 def _journal_stats(out: Path) -> dict[str, Any]:
     """Counts from the dataset's journals (the first record of each identity) and anchors."""
+    from facegen.pipelines.dataset.anchors import read_anchors
+    from facegen.pipelines.dataset.build import read_journal
+
     records: dict[int, dict[str, Any]] = {}
     for f in sorted((out / "journal").glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records.setdefault(int(r["identity"]), r)
+        for r in read_journal(f):
+            records.setdefault(int(r["identity"]), r)
     done = [r for r in records.values() if r["status"] == "done"]
     failed = [r for r in records.values() if r["status"] != "done"]
     accepted = sum(len(r["images"]) for r in records.values())
     rejected = Counter(x["reason"] for r in records.values() for x in r["rejections"])
     # accepted anchors are renders too (rejected ones are in the journals' rejections)
-    anchors_file = out / "anchors.jsonl"
-    anchors_kept = 0
-    if anchors_file.exists():
-        anchors_kept = sum(
-            json.loads(line)["status"] == "done"
-            for line in anchors_file.read_text().splitlines()
-            if line.strip()
-        )
+    anchors_kept = sum(a["status"] == "done" for a in read_anchors(out))
     candidates = accepted + anchors_kept + sum(rejected.values())
     return {
         "anchors_kept": anchors_kept,
@@ -275,8 +269,9 @@ def _journal_stats(out: Path) -> dict[str, Any]:
 def _recommended_verification(model_dir: Path) -> str:
     """What the generator folder's dataset defaults verify images against (``target`` when
     they say nothing)."""
-    info = json.loads((model_dir / "facegen_generator.json").read_text())
-    return str(info.get("dataset_defaults", {}).get("verify_against", "target"))
+    from facegen.pipelines.generation.generator_folder import read_generator_info
+
+    return str(read_generator_info(model_dir).dataset_defaults.get("verify_against", "target"))
 
 
 def _synthetic(
