@@ -19,8 +19,9 @@ An identity tries ``attempts`` anchors (seeds) before it fails. The images of an
 an anchor are generated from its sampled vector as in ``target`` mode and each is verified
 against the anchor's vector with the run's similarity window, and rejected as ``ambiguous``
 when it also matches another identity's anchor at ``min_similarity`` (its label would be in
-doubt); the anchor image itself is not one of them. This is the consistency filter of DCFace-style pipelines, applied as images are
-made, so the journal, retries and resume work as in ``target`` mode.
+doubt); the anchor image itself is not one of them. This is the consistency filter of
+DCFace-style pipelines, applied as images are made, so the journal, retries and resume work as
+in ``target`` mode.
 
 Anchors are decided in identity order, each against those decided before it, so the same
 config gives the same anchors whatever runs it: one process finds them for the whole run (the

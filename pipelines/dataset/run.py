@@ -475,8 +475,9 @@ def run_shard(
 ) -> DatasetSummary:
     """Fill one shard; returns its summary. ``prepared``: :func:`prepare_run`'s result (made
     here when not given). With ``verify_against: anchor`` the run's anchors are found first
-    (:mod:`facegen.pipelines.dataset.anchors`; ``anchor_progress(decided, total)``). Holds the shard's lock throughout: raises
-    :class:`~facegen.errors.FolderLockedError` at once when another run fills this shard."""
+    (:mod:`facegen.pipelines.dataset.anchors`; ``anchor_progress(decided, total)``). Holds
+    the shard's lock throughout: raises :class:`~facegen.errors.FolderLockedError` at once when
+    another run fills this shard."""
     from facegen.pipelines.dataset.anchors import run_anchors
     from facegen.pipelines.dataset.build import _build_dataset, _check_shard, shard_lock
 
